@@ -1,0 +1,40 @@
+# Two commands on a fresh machine with Python 3.11:  `make demo`  and  `make test`.
+# pip, not uv: only pip finds the torch 2.13.0 CPU wheel on this disk.
+PYTHON ?= python3
+VENV   ?= .venv
+BIN    := $(VENV)/bin
+DEMO   := .cache/demo
+DS     ?= ds_configs/zero2.json
+export PATH := $(abspath $(BIN)):$(PATH)
+
+.PHONY: setup demo demo-base test test-fast clean-demo
+
+setup: $(VENV)/.installed
+
+$(VENV)/.installed: pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install -q -e '.[dev]'
+	touch $@
+
+# Demo assets: generated text, offline-trained tokenizer, random tiny OPT (seconds).
+$(DEMO)/init/config.json: $(VENV)/.installed unlearn/demo.py
+	$(BIN)/python -m unlearn.demo $(DEMO)
+
+# Stage 1: fine-tune the tiny OPT until it reproduces the demo book; cached as $(DEMO)/base.
+$(DEMO)/base/COMPLETE: $(DEMO)/init/config.json configs/demo_finetune.yaml
+	deepspeed launch/finetune.py --ds_config $(DS) --config configs/demo_finetune.yaml --overwrite --no_report
+
+demo-base: $(DEMO)/base/COMPLETE
+
+# The main job on the embedded default: unlearn the book, print the before/after table.
+demo: $(DEMO)/base/COMPLETE
+	deepspeed launch/unlearn.py --ds_config $(DS)
+
+test: $(VENV)/.installed
+	$(BIN)/python -m pytest -q
+
+test-fast: $(VENV)/.installed
+	$(BIN)/python -m pytest -q -m "not slow and not slurm"
+
+clean-demo:
+	rm -rf $(DEMO) runs/demo-base

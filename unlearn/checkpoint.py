@@ -1,0 +1,195 @@
+"""Self-describing, atomic checkpoints: runs/<name>/checkpoints/step-XXXXXX/.
+
+Each folder holds the weights as a Hugging Face folder (full model, or the LoRA adapter), the
+tokenizer, the resolved `config.yaml`, `meta.json` (step, world size, ZeRO stage, dtype, versions,
+git commit), the DeepSpeed engine state for exact resume under `engine/`, and a `COMPLETE` marker
+written last. Everything is written into `.step-XXXXXX.tmp` and renamed at the end, so a crash in
+the middle of a save never leaves a folder that looks finished, nor touches the previous one.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import shutil
+import subprocess
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from unlearn import distributed
+from unlearn.config import Config
+from unlearn.config_io import dump_yaml
+from unlearn.distributed import DistEnv
+from unlearn.errors import UserError
+from unlearn.model import is_peft, library_versions
+
+COMPLETE = "COMPLETE"
+ENGINE_DIR = "engine"
+ENGINE_TAG = "state"
+
+
+def step_dir(run_dir: Path, step: int) -> Path:
+    return Path(run_dir) / "checkpoints" / f"step-{step:06d}"
+
+
+def git_commit() -> str:
+    try:
+        out = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True, timeout=5,
+                             cwd=Path(__file__).resolve().parent)
+        return out.stdout.strip() if out.returncode == 0 else ""
+    except (OSError, subprocess.TimeoutExpired):
+        return ""
+
+
+def complete_checkpoints(run_dir: Path) -> list[Path]:
+    """Finished checkpoint folders of a run, oldest first."""
+    root = Path(run_dir) / "checkpoints"
+    if not root.is_dir():
+        return []
+    return sorted(p for p in root.glob("step-*") if (p / COMPLETE).is_file())
+
+
+def require_complete(path: Path) -> None:
+    path = Path(path)
+    if not path.is_dir():
+        raise UserError(f"checkpoint '{path}' not found; expected a folder runs/<name>/checkpoints/step-XXXXXX")
+    if not (path / COMPLETE).is_file():
+        raise UserError(f"checkpoint '{path}' has no {COMPLETE} marker (unfinished or crashed save); "
+                        "expected a completely written checkpoint")
+
+
+def _gathered(engine):
+    """Full parameters on every rank inside the block (ZeRO-3 shards them otherwise)."""
+    import contextlib
+
+    if engine.zero_optimization_stage() == 3:
+        import deepspeed
+
+        return deepspeed.zero.GatheredParameters(list(engine.module.parameters()), modifier_rank=None)
+    return contextlib.nullcontext()
+
+
+def save_weights(engine, tokenizer, out: Path, env: DistEnv) -> None:
+    """Write the model (or LoRA adapter) as a Hugging Face folder; collective under ZeRO-3."""
+    module = engine.module
+    with _gathered(engine):
+        if env.is_main:
+            out.mkdir(parents=True, exist_ok=True)
+            if is_peft(module):
+                module.save_pretrained(out)
+            else:
+                state = {k: v.detach().cpu().clone() for k, v in module.state_dict().items()}
+                module.save_pretrained(out, state_dict=state)
+            tokenizer.save_pretrained(out)
+
+
+def _meta(cfg: Config, engine, env: DistEnv, step: int, extra: dict[str, Any]) -> dict[str, Any]:
+    return {
+        "step": step,
+        "world_size": env.world_size,
+        "zero_stage": engine.zero_optimization_stage(),
+        "dtype": str(next(engine.module.parameters()).dtype).replace("torch.", ""),
+        "lora": is_peft(engine.module),
+        "base_model": cfg.model.name_or_path,
+        "versions": library_versions(),
+        "git_commit": git_commit(),
+        "time": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+        **extra,
+    }
+
+
+def save(engine, tokenizer, cfg: Config, run_dir: Path, step: int, env: DistEnv,
+         client_state: dict[str, Any], engine_state: bool = True) -> Path:
+    """Atomically write checkpoint `step` (all ranks must call this)."""
+    final = step_dir(run_dir, step)
+    tmp = final.parent / f".{final.name}.tmp"
+    if env.is_main:
+        if tmp.exists():
+            shutil.rmtree(tmp)
+        tmp.mkdir(parents=True)
+    distributed.barrier()
+    save_weights(engine, tokenizer, tmp, env)
+    if engine_state:
+        engine.save_checkpoint(str(tmp / ENGINE_DIR), tag=ENGINE_TAG, client_state=client_state,
+                               save_latest=False)
+        torch.save(_rng_state(), tmp / ENGINE_DIR / f"rng_rank{env.rank}.pt")
+    distributed.barrier()
+    if env.is_main:
+        (tmp / "config.yaml").write_text(dump_yaml(cfg))
+        (tmp / "meta.json").write_text(json.dumps(_meta(cfg, engine, env, step, client_state), indent=2) + "\n")
+        _fsync_tree(tmp)
+        (tmp / COMPLETE).write_text(f"{step}\n")
+        if final.exists():  # a re-save of the same step (e.g. after resume) replaces it
+            shutil.rmtree(final)
+        os.replace(tmp, final)
+    distributed.barrier()
+    return final
+
+
+def prune(run_dir: Path, keep_last_n: int, env: DistEnv) -> None:
+    """Delete all but the newest `keep_last_n` complete checkpoints (never the newest)."""
+    if not env.is_main or keep_last_n <= 0:
+        return
+    done = complete_checkpoints(run_dir)
+    for old in done[:-max(1, keep_last_n)]:
+        shutil.rmtree(old)
+
+
+def load_for_resume(engine, ckpt: Path, env: DistEnv) -> dict[str, Any]:
+    """Restore engine, optimizer, LR schedule and RNG; returns the saved client state."""
+    require_complete(ckpt)
+    engine_dir = ckpt / ENGINE_DIR
+    if not engine_dir.is_dir():
+        raise UserError(f"checkpoint '{ckpt}' has no engine state; expected one saved with "
+                        "train.save_engine_state=true to resume")
+    _, client = engine.load_checkpoint(str(engine_dir), tag=ENGINE_TAG, load_optimizer_states=True,
+                                       load_lr_scheduler_states=True)
+    if client is None:
+        raise UserError(f"checkpoint '{ckpt}' engine state could not be loaded (saved with another "
+                        "world size or ZeRO stage?); expected the same launch settings as the original run")
+    rng = engine_dir / f"rng_rank{env.rank}.pt"
+    if rng.is_file():
+        _set_rng_state(torch.load(rng, weights_only=False))
+    return client
+
+
+def export(ckpt: Path, dest: Path) -> None:
+    """Copy a checkpoint's Hugging Face files (not the engine state) to `dest`, atomically."""
+    dest = Path(dest)
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    tmp = dest.parent / f".{dest.name}.tmp"
+    shutil.rmtree(tmp, ignore_errors=True)
+    shutil.copytree(ckpt, tmp, ignore=shutil.ignore_patterns(ENGINE_DIR))
+    if dest.exists():
+        shutil.rmtree(dest)
+    os.replace(tmp, dest)
+
+
+def _rng_state() -> dict[str, Any]:
+    import numpy as np
+
+    state = {"python": random.getstate(), "numpy": np.random.get_state(), "torch": torch.get_rng_state()}
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state()
+    return state
+
+
+def _set_rng_state(state: dict[str, Any]) -> None:
+    import numpy as np
+
+    random.setstate(state["python"])
+    np.random.set_state(state["numpy"])
+    torch.set_rng_state(state["torch"])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state(state["cuda"])
+
+
+def _fsync_tree(root: Path) -> None:
+    for path in root.rglob("*"):
+        if path.is_file():
+            with open(path, "rb") as fh:
+                os.fsync(fh.fileno())

@@ -1,0 +1,52 @@
+"""Shared command-line plumbing for the thin training scripts in launch/."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from typing import Any, Callable
+
+from unlearn.errors import EXIT_USER_ERROR, UserError
+
+
+def run_args(description: str) -> argparse.ArgumentParser:
+    """`--ds_config FILE [--config X.yaml ...] [--resume|--overwrite] [key.sub=value ...]`."""
+    parser = argparse.ArgumentParser(description=description,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--ds_config", required=True, help="DeepSpeed JSON (ZeRO, precision, offload)")
+    parser.add_argument("--config", action="append", default=[],
+                        help="run YAML (repeatable; later files win); defaults = the embedded demo")
+    parser.add_argument("--resume", action="store_true",
+                        help="continue runs/<run.name> from its last complete checkpoint")
+    parser.add_argument("--overwrite", action="store_true", help="delete an existing runs/<run.name> first")
+    parser.add_argument("--no_report", action="store_true", help="skip the before/after table at the end")
+    parser.add_argument("--local_rank", type=int, default=-1, help=argparse.SUPPRESS)  # set by deepspeed
+    parser.add_argument("overrides", nargs="*", metavar="key.sub=value",
+                        help="config overrides, e.g. optim.lr=2e-6; ds.* patches the DeepSpeed JSON")
+    return parser
+
+
+def guarded(fn: Callable[[], object]) -> None:
+    """Run `fn`; a UserError becomes one line on stderr and exit status 2 (no traceback)."""
+    try:
+        fn()
+    except UserError as exc:
+        print(f"error: {exc}", file=sys.stderr, flush=True)
+        raise SystemExit(EXIT_USER_ERROR) from None
+
+
+def train_main(doc: str, argv: list[str] | None, defaults: dict[str, Any] | None = None) -> None:
+    """Entry point shared by launch/unlearn.py and launch/finetune.py."""
+    args = run_args(doc).parse_intermixed_args(argv)
+
+    def job() -> None:
+        from unlearn.config_io import load_config
+        from unlearn.report import final_report
+        from unlearn.train import train
+
+        cfg, ds_patch = load_config(args.config, args.overrides, defaults=defaults)
+        run_dir = train(cfg, args.ds_config, ds_patch, resume=args.resume, overwrite=args.overwrite)
+        if not args.no_report:
+            final_report(cfg, run_dir)
+
+    guarded(job)

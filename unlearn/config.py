@@ -1,0 +1,159 @@
+"""Run configuration: frozen dataclasses, one docstring per field (units included).
+
+The defaults are the embedded demo: a tiny OPT fine-tuned on a generated "book" (see
+`unlearn.demo`), so `deepspeed launch/unlearn.py --ds_config ds_configs/zero2.json` runs with no
+config file. Real runs start from a YAML in `configs/`.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+DEMO_DIR = ".cache/demo"
+"""Where `make demo` builds the demo assets (tokenizer, random tiny OPT, data, fine-tuned base)."""
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    name_or_path: str = f"{DEMO_DIR}/base"
+    """A local Hugging Face model folder or a hub id (e.g. facebook/opt-1.3b)."""
+    tokenizer: str = ""
+    """Tokenizer folder or hub id; empty = the model's own."""
+    revision: str = ""
+    """Hub revision (commit or tag) to pin; empty = the default branch."""
+    lora: bool = False
+    """Train LoRA adapters (peft) instead of all weights."""
+    lora_r: int = 16
+    """LoRA rank."""
+    lora_alpha: int = 32
+    """LoRA scaling numerator (scale = alpha / r)."""
+    lora_dropout: float = 0.05
+    """Dropout on the LoRA input."""
+    lora_target_modules: tuple[str, ...] = ("q_proj", "v_proj")
+    """Module names that get adapters (OPT: q_proj, k_proj, v_proj, out_proj, fc1, fc2)."""
+    load_in_8bit: bool = False
+    """Load the frozen base in 8-bit through bitsandbytes (requires lora; not with ZeRO-3)."""
+    gradient_checkpointing: bool = False
+    """Recompute activations in backward: less memory, ~30% more compute."""
+
+
+@dataclass(frozen=True)
+class DataConfig:
+    forget: str = f"{DEMO_DIR}/forget.txt"
+    """Forget set: a local .txt/.jsonl/.json/.csv/.parquet file or a hub dataset id."""
+    retain: str = f"{DEMO_DIR}/retain.txt"
+    """Retain (normal) set, same forms as `forget`."""
+    forget_format: str = "auto"
+    """How to read `forget`: auto | text | qa | pku (PKU-SafeRLHF columns, unsafe answers only)."""
+    retain_format: str = "auto"
+    """How to read `retain`: auto | text | qa | truthfulqa."""
+    forget_split: str = "train"
+    """Split of a hub/local dataset used for the forget set."""
+    retain_split: str = "train"
+    """Split of a hub/local dataset used for the retain set."""
+    revision: str = ""
+    """Hub dataset revision to pin; empty = the default branch."""
+    max_length: int = 128
+    """Tokens per sample (text corpora are chunked to this; QA samples are truncated)."""
+    prompt_template: str = "### Question: {prompt}\n ### Answer: {response}"
+    """Template for QA samples; labels cover the `{response}` tokens only."""
+    num_random_answers: int = 5
+    """Random normal answers drawn per forget prompt for the random-mismatch term."""
+    max_forget_samples: int = 0
+    """Cap on forget samples (0 = all)."""
+    max_retain_samples: int = 0
+    """Cap on retain samples (0 = all)."""
+
+
+@dataclass(frozen=True)
+class MethodConfig:
+    forget_loss: str = "ga"
+    """Forget objective: ga | npo | simnpo (see unlearn.methods)."""
+    forget_weight: float = 1.0
+    """Weight of the forget objective."""
+    retain_loss: str = "nll"
+    """Retain objective: nll (GradDiff) | kl (to the reference model) | none."""
+    retain_weight: float = 1.0
+    """Weight of the retain objective."""
+    mismatch_weight: float = 0.0
+    """Weight of the random-mismatch term (forget prompts -> random normal answers); 0 = off."""
+    beta: float = 0.1
+    """Inverse temperature of NPO / SimNPO."""
+    simnpo_gamma: float = 0.0
+    """SimNPO reward margin."""
+    schedule: str = "alternate"
+    """alternate: separate forget and retain optimizer steps; joint: one step on the weighted sum."""
+    forget_steps_per_cycle: int = 1
+    """alternate: forget optimizer steps before each run of retain steps."""
+    retain_steps_per_cycle: int = 1
+    """alternate: retain optimizer steps after each run of forget steps."""
+    max_forget_loss: float = 0.0
+    """Stop when the forget NLL (mean over answer tokens, nats) exceeds this; 0 = never."""
+
+
+@dataclass(frozen=True)
+class OptimConfig:
+    lr: float = 2e-4
+    """Peak learning rate."""
+    weight_decay: float = 0.0
+    """AdamW decoupled weight decay."""
+    betas: tuple[float, float] = (0.9, 0.999)
+    """AdamW betas."""
+    eps: float = 1e-8
+    """AdamW epsilon."""
+    warmup_steps: int = 0
+    """Optimizer steps of linear warm-up from 0 to `lr`."""
+    schedule: str = "linear"
+    """LR after warm-up: linear (decay to 0 at max_steps) | constant."""
+    grad_clip: float = 1.0
+    """Max global gradient L2 norm (DeepSpeed gradient_clipping); 0 = off."""
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    max_steps: int = 60
+    """Optimizer steps in total (forget and retain steps both count); exact."""
+    epochs: float = 0.0
+    """If > 0, max_steps = ceil(epochs * samples / global_batch_size) of the forget set (fine-tune)."""
+    micro_batch_size: int = 8
+    """Samples per rank per forward."""
+    global_batch_size: int = 8
+    """Samples per optimizer step over all ranks (= micro * grad_accum * world_size)."""
+    seed: int = 0
+    """Seeds weights-independent randomness: data order, dropout, random answers."""
+    log_every_n_steps: int = 5
+    """Optimizer steps between TensorBoard/console logs."""
+    save_every_n_steps: int = 0
+    """Optimizer steps between checkpoints (0 = only at the end)."""
+    keep_last_n: int = 0
+    """Checkpoints to keep (0 = all); the newest complete one is never deleted."""
+    eval_every_n_steps: int = 0
+    """Optimizer steps between quick in-loop evals (forget/retain NLL); 0 = off."""
+    save_engine_state: bool = True
+    """Store optimizer/LR/RNG/data position in checkpoints (needed for --resume; ~3x the weights)."""
+    max_nonfinite_steps: int = 5
+    """Consecutive non-finite losses/gradients (steps skipped) before the run stops."""
+
+
+@dataclass(frozen=True)
+class RunConfig:
+    name: str = ""
+    """Run folder name under output_dir; empty = a fresh timestamped name."""
+    output_dir: str = "runs"
+    """Parent folder of run folders."""
+    export_dir: str = ""
+    """Also write the final weights here as a plain Hugging Face folder (e.g. a base for unlearning)."""
+
+
+@dataclass(frozen=True)
+class Config:
+    model: ModelConfig = field(default_factory=ModelConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    method: MethodConfig = field(default_factory=MethodConfig)
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    run: RunConfig = field(default_factory=RunConfig)
+
+
+FINETUNE_DEFAULTS = {"method": {"forget_loss": "none", "retain_loss": "nll", "mismatch_weight": 0.0}}
+"""What launch/finetune.py changes in the defaults: plain NLL on data.retain, nothing to forget."""

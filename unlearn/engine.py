@@ -1,0 +1,149 @@
+"""DeepSpeed engine from a declarative JSON (ZeRO, precision, offload) plus our run config.
+
+The JSON in ds_configs/ says *how* to shard and in which precision. Batch sizes, gradient
+clipping, optimizer and LR schedule come from the run config (one source of truth): a JSON that
+sets them too is an error, as is DeepSpeed's "auto" (only HF's Trainer resolves it).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from unlearn.config import Config
+from unlearn.config_io import deep_merge
+from unlearn.distributed import DistEnv
+from unlearn.errors import UserError
+
+OWNED_BY_RUN_CONFIG = {
+    "train_batch_size": "train.global_batch_size",
+    "train_micro_batch_size_per_gpu": "train.micro_batch_size",
+    "gradient_accumulation_steps": "train.global_batch_size / train.micro_batch_size",
+    "gradient_clipping": "optim.grad_clip",
+    "optimizer": "optim.*",
+    "scheduler": "optim.warmup_steps / optim.schedule",
+}
+
+
+def _find_auto(tree: Any, path: str = "") -> str | None:
+    if isinstance(tree, dict):
+        for key, value in tree.items():
+            hit = _find_auto(value, f"{path}.{key}" if path else key)
+            if hit:
+                return hit
+    elif tree == "auto":
+        return path
+    return None
+
+
+def read_ds_config(path: str | Path, patch: dict[str, Any] | None = None) -> dict[str, Any]:
+    """Load and check a DeepSpeed JSON; `patch` comes from `ds.*=...` command-line overrides."""
+    path = Path(path)
+    if not path.is_file():
+        raise UserError(f"DeepSpeed config '{path}' not found; expected a JSON file such as ds_configs/zero2.json")
+    try:
+        ds = json.loads(path.read_text())
+    except json.JSONDecodeError as exc:
+        raise UserError(f"DeepSpeed config '{path}' is not valid JSON (line {exc.lineno}: {exc.msg})") from None
+    if not isinstance(ds, dict):
+        raise UserError(f"DeepSpeed config '{path}' must be a JSON object")
+    ds = deep_merge(ds, patch or {})
+    for key, owner in OWNED_BY_RUN_CONFIG.items():
+        if key in ds:
+            raise UserError(f"DeepSpeed config '{path}' sets '{key}'; remove it: it comes from the run "
+                            f"config ({owner})")
+    auto = _find_auto(ds)
+    if auto:
+        raise UserError(f"DeepSpeed config '{path}' has \"auto\" at '{auto}'; expected a concrete value "
+                        "(only Hugging Face's Trainer resolves \"auto\")")
+    if ds.get("fp16", {}).get("enabled") and not torch.cuda.is_available():
+        raise UserError(f"DeepSpeed config '{path}' enables fp16, which needs a GPU; expected bf16 or fp32 on CPU")
+    return ds
+
+
+def zero_stage(ds: dict[str, Any]) -> int:
+    return int(ds.get("zero_optimization", {}).get("stage", 0))
+
+
+def dtype_of(ds: dict[str, Any]) -> torch.dtype:
+    if ds.get("bf16", {}).get("enabled"):
+        return torch.bfloat16
+    if ds.get("fp16", {}).get("enabled"):
+        return torch.float16
+    return torch.float32
+
+
+def grad_accum_steps(cfg: Config, env: DistEnv) -> int:
+    per_step = cfg.train.micro_batch_size * env.world_size
+    if cfg.train.global_batch_size % per_step:
+        raise UserError(f"train.global_batch_size={cfg.train.global_batch_size} is not a multiple of "
+                        f"train.micro_batch_size x world size = {cfg.train.micro_batch_size} x {env.world_size}")
+    return cfg.train.global_batch_size // per_step
+
+
+def full_ds_config(ds: dict[str, Any], cfg: Config, env: DistEnv) -> dict[str, Any]:
+    """The JSON plus the fields our config owns (batch sizes, clipping, optimizer)."""
+    full = dict(ds)
+    full["train_micro_batch_size_per_gpu"] = cfg.train.micro_batch_size
+    full["gradient_accumulation_steps"] = grad_accum_steps(cfg, env)
+    full["train_batch_size"] = cfg.train.global_batch_size
+    full["gradient_clipping"] = cfg.optim.grad_clip
+    full.setdefault("steps_per_print", 10**9)  # we log ourselves
+    full["optimizer"] = {"type": "AdamW", "params": {
+        "lr": cfg.optim.lr, "betas": list(cfg.optim.betas), "eps": cfg.optim.eps,
+        "weight_decay": cfg.optim.weight_decay,
+        # torch's AdamW: DeepSpeed's fused/CPU Adam need a ~100 s JIT build on first use
+        "torch_adam": True}}
+    return full
+
+
+def lr_lambda(cfg: Config, max_steps: int):
+    """Multiplier of optim.lr at optimizer step s: linear warm-up, then linear decay or constant."""
+    warm = cfg.optim.warmup_steps
+
+    def fn(step: int) -> float:
+        if warm and step < warm:
+            return (step + 1) / warm
+        if cfg.optim.schedule == "constant":
+            return 1.0
+        return max(0.0, (max_steps - step) / max(1, max_steps - warm))
+    return fn
+
+
+def initialize(model, ds: dict[str, Any], cfg: Config, env: DistEnv, max_steps: int):
+    """A DeepSpeed engine training the model's trainable parameters."""
+    import deepspeed  # heavy: only when an engine is built
+
+    if cfg.optim.schedule not in ("linear", "constant"):
+        raise UserError(f"optim.schedule '{cfg.optim.schedule}' is unknown; expected linear or constant")
+    full = full_ds_config(ds, cfg, env)
+    params = [p for p in model.parameters() if p.requires_grad]
+    engine, optimizer, _, scheduler = deepspeed.initialize(
+        model=model, model_parameters=params, config=full,
+        lr_scheduler=lambda opt: torch.optim.lr_scheduler.LambdaLR(opt, lr_lambda(cfg, max_steps)))
+    return engine
+
+
+def reference_engine(model, ds: dict[str, Any]):
+    """ZeRO-3 reference: the frozen copy sharded by an engine of its own, without an optimizer."""
+    import deepspeed
+
+    ref_ds = {k: v for k, v in ds.items() if k in ("zero_optimization", "bf16", "fp16")}
+    ref_ds["zero_optimization"] = {k: v for k, v in ds["zero_optimization"].items()
+                                   if k not in ("offload_optimizer",)}
+    ref_ds["train_micro_batch_size_per_gpu"] = 1
+    engine, *_ = deepspeed.initialize(model=model, config=ref_ds)
+    engine.eval()
+    return engine
+
+
+def describe(engine) -> str:
+    return f"ZeRO-{engine.zero_optimization_stage()} {engine.communication_data_type} x{engine.world_size}"
+
+
+def is_finite(x: float) -> bool:
+    return math.isfinite(x)

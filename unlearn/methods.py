@@ -1,0 +1,122 @@
+"""Registry of forget and retain objectives: small functions over one batch's forward passes.
+
+A method is a forget loss + a retain loss (+ the random-mismatch term) with weights, chosen by
+name in `MethodConfig`. Adding one = one decorated function + one test; the loop does not change.
+Losses are written to be *minimised*: gradient ascent is `ga = -nll`.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Callable
+
+import torch
+
+from unlearn import losses
+from unlearn.errors import UserError
+
+
+@dataclass
+class Forward:
+    """Logits of one micro-batch with its labels; `ref_logits` only when the method needs them."""
+
+    logits: torch.Tensor
+    labels: torch.Tensor
+    ref_logits: torch.Tensor | None = None
+
+    def nll(self) -> torch.Tensor:
+        return losses.nll(self.logits, self.labels)
+
+
+LossFn = Callable[[Forward, object], torch.Tensor]
+
+
+@dataclass(frozen=True)
+class Objective:
+    name: str
+    fn: LossFn
+    needs_reference: bool
+
+
+FORGET: dict[str, Objective] = {}
+RETAIN: dict[str, Objective] = {}
+
+
+def _register(table: dict[str, Objective], name: str, needs_reference: bool):
+    def wrap(fn: LossFn) -> LossFn:
+        table[name] = Objective(name, fn, needs_reference)
+        return fn
+    return wrap
+
+
+def register_forget(name: str, needs_reference: bool = False):
+    return _register(FORGET, name, needs_reference)
+
+
+def register_retain(name: str, needs_reference: bool = False):
+    return _register(RETAIN, name, needs_reference)
+
+
+# ----------------------------------------------------------------------------- forget
+
+@register_forget("ga")
+def ga(fwd: Forward, cfg) -> torch.Tensor:
+    """Gradient ascent: minimise the negative NLL of the forget answers."""
+    return -fwd.nll()
+
+
+@register_forget("npo", needs_reference=True)
+def npo(fwd: Forward, cfg) -> torch.Tensor:
+    with torch.no_grad():
+        ref = losses.sequence_logp(fwd.ref_logits, fwd.labels)
+    return losses.npo(losses.sequence_logp(fwd.logits, fwd.labels), ref, cfg.beta)
+
+
+@register_forget("simnpo")
+def simnpo(fwd: Forward, cfg) -> torch.Tensor:
+    return losses.simnpo(losses.sequence_mean_logp(fwd.logits, fwd.labels), cfg.beta, cfg.simnpo_gamma)
+
+
+# ----------------------------------------------------------------------------- retain
+
+@register_retain("nll")
+def nll(fwd: Forward, cfg) -> torch.Tensor:
+    """GradDiff's retain term: ordinary NLL on normal data."""
+    return fwd.nll()
+
+
+@register_retain("kl", needs_reference=True)
+def kl(fwd: Forward, cfg) -> torch.Tensor:
+    return losses.kl_to_reference(fwd.logits, fwd.ref_logits, fwd.labels)
+
+
+@register_retain("random_mismatch")
+def random_mismatch(fwd: Forward, cfg) -> torch.Tensor:
+    """NLL of random normal answers given forget prompts; labels cover answer tokens only."""
+    return fwd.nll()
+
+
+NONE = "none"
+
+
+def forget_objective(name: str) -> Objective | None:
+    if name == NONE:
+        return None
+    if name not in FORGET:
+        raise UserError(f"unknown method.forget_loss '{name}'; expected one of: {', '.join([*FORGET, NONE])}")
+    return FORGET[name]
+
+
+def retain_objective(name: str) -> Objective | None:
+    if name == NONE:
+        return None
+    if name not in RETAIN or name == "random_mismatch":
+        choices = [n for n in RETAIN if n != "random_mismatch"] + [NONE]
+        hint = " (random_mismatch is set by method.mismatch_weight)" if name == "random_mismatch" else ""
+        raise UserError(f"unknown method.retain_loss '{name}'{hint}; expected one of: {', '.join(choices)}")
+    return RETAIN[name]
+
+
+def needs_reference(cfg) -> bool:
+    objs = [forget_objective(cfg.forget_loss), retain_objective(cfg.retain_loss)]
+    return any(o is not None and o.needs_reference for o in objs)

@@ -1,0 +1,62 @@
+"""TensorBoard and console logging (rank 0 only; other ranks get a writer that does nothing)."""
+
+from __future__ import annotations
+
+import math
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+from unlearn.distributed import DistEnv
+
+
+class Writer:
+    def __init__(self, logdir: Path, env: DistEnv, purge_step: int | None = None):
+        self.env = env
+        self.tb = None
+        if env.is_main:
+            from torch.utils.tensorboard import SummaryWriter  # tensorboard: only on rank 0
+
+            # purge_step drops events past a resume point, so curves do not double back
+            self.tb = SummaryWriter(str(logdir), purge_step=purge_step)
+        self._t0 = time.time()
+
+    def log(self, metrics: dict[str, float], step: int) -> None:
+        if self.tb is None:
+            return
+        for key, value in metrics.items():
+            self.tb.add_scalar(key, value, step)
+        self.tb.flush()
+
+    def text(self, tag: str, text: str, step: int = 0) -> None:
+        if self.tb is not None:
+            self.tb.add_text(tag, text, step)
+
+    def hparams(self, hparams: dict[str, Any], final: dict[str, float]) -> None:
+        """HParams-tab summary (one per run) so a sweep's runs compare side by side."""
+        if self.tb is None:
+            return
+        from torch.utils.tensorboard.summary import hparams as hp_summary
+
+        clean = {k: (v if isinstance(v, (int, float, str, bool)) else str(v)) for k, v in hparams.items()}
+        finite = {k: v for k, v in final.items() if isinstance(v, (int, float)) and math.isfinite(v)}
+        exp, ssi, sei = hp_summary(clean, finite)
+        writer = self.tb._get_file_writer()
+        for s in (exp, ssi, sei):
+            writer.add_summary(s)
+        for k, v in finite.items():
+            self.tb.add_scalar(k, v)
+        self.tb.flush()
+
+    def console(self, step: int, max_steps: int, metrics: dict[str, float]) -> None:
+        if not self.env.is_main:
+            return
+        keys = [k for k in ("forget/loss", "forget/nll", "retain/loss", "retain/nll", "mismatch/loss",
+                            "grad_norm", "lr", "tokens_per_s") if k in metrics]
+        parts = " ".join(f"{k}={metrics[k]:.4g}" for k in keys)
+        print(f"step {step:>6}/{max_steps} {parts} ({time.time() - self._t0:.0f}s)", file=sys.stderr, flush=True)
+
+    def close(self) -> None:
+        if self.tb is not None:
+            self.tb.close()

@@ -1,0 +1,158 @@
+"""Policy and reference models: any Hugging Face causal LM, optional LoRA and 8-bit base.
+
+Reference model (KL, NPO): with LoRA it is the policy itself with adapters switched off (no copy,
+see `reference_logits`); without LoRA a frozen copy loaded from the same weights.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+from pathlib import Path
+
+import torch
+
+from unlearn.config import ModelConfig
+from unlearn.errors import UserError
+
+
+def _hub_kwargs(cfg: ModelConfig) -> dict:
+    return {"revision": cfg.revision} if cfg.revision else {}
+
+
+def _explain_load_error(what: str, name: str, exc: Exception) -> UserError:
+    first = str(exc).strip().splitlines()[0][:200] if str(exc).strip() else type(exc).__name__
+    local = Path(name).exists() or name.startswith((".", "/"))
+    hint = ("expected a Hugging Face model folder (config.json + weights)" if local else
+            "expected a local folder or a hub id that is in the local cache (no network here?)")
+    if name.startswith(".cache/demo"):
+        hint = "run `make demo` first to build the demo model"
+    return UserError(f"{what} '{name}' could not be loaded ({first}); {hint}")
+
+
+def load_tokenizer(cfg: ModelConfig):
+    from transformers import AutoTokenizer
+
+    name = cfg.tokenizer or cfg.name_or_path
+    try:
+        tok = AutoTokenizer.from_pretrained(name, **_hub_kwargs(cfg))
+    except Exception as exc:  # OSError, ValueError, HFValidationError...: all mean "cannot load"
+        raise _explain_load_error("tokenizer", name, exc) from None
+    if tok.pad_token_id is None:
+        tok.pad_token = tok.eos_token  # padding is masked by position (data.collate), so this is safe
+    return tok
+
+
+def _load_causal_lm(cfg: ModelConfig, dtype: torch.dtype, quantized: bool):
+    from transformers import AutoModelForCausalLM
+
+    kwargs = dict(_hub_kwargs(cfg), dtype=dtype)
+    if quantized:
+        from transformers import BitsAndBytesConfig  # bitsandbytes: only for 8-bit runs
+
+        kwargs["quantization_config"] = BitsAndBytesConfig(load_in_8bit=True)
+    try:
+        return AutoModelForCausalLM.from_pretrained(cfg.name_or_path, **kwargs)
+    except Exception as exc:
+        raise _explain_load_error("model", cfg.name_or_path, exc) from None
+
+
+def validate(cfg: ModelConfig, zero_stage: int) -> None:
+    if cfg.load_in_8bit and not cfg.lora:
+        raise UserError("model.load_in_8bit=true needs model.lora=true (8-bit weights cannot be trained); "
+                        "expected LoRA adapters on an 8-bit base")
+    if cfg.load_in_8bit and zero_stage == 3:
+        raise UserError("model.load_in_8bit=true cannot be sharded by ZeRO-3; expected a ZeRO stage 0-2 "
+                        "DeepSpeed config (e.g. ds_configs/zero2.json)")
+
+
+def load_policy(cfg: ModelConfig, dtype: torch.dtype = torch.float32):
+    """The model to train: full weights, or LoRA adapters on a (possibly 8-bit) frozen base."""
+    model = _load_causal_lm(cfg, dtype, quantized=cfg.load_in_8bit)
+    if cfg.lora:
+        from peft import LoraConfig, get_peft_model, prepare_model_for_kbit_training  # peft: LoRA runs
+
+        if cfg.load_in_8bit:
+            model = prepare_model_for_kbit_training(
+                model, use_gradient_checkpointing=cfg.gradient_checkpointing)
+        lora = LoraConfig(r=cfg.lora_r, lora_alpha=cfg.lora_alpha, lora_dropout=cfg.lora_dropout,
+                          target_modules=list(cfg.lora_target_modules), task_type="CAUSAL_LM")
+        try:
+            model = get_peft_model(model, lora)
+        except ValueError as exc:
+            raise UserError(f"model.lora_target_modules {list(cfg.lora_target_modules)} do not match "
+                            f"the model's modules ({str(exc).splitlines()[0][:120]})") from None
+    if cfg.gradient_checkpointing:
+        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+        if cfg.lora:
+            model.enable_input_require_grads()
+    model.config.use_cache = False
+    return model
+
+
+def load_reference(cfg: ModelConfig, dtype: torch.dtype = torch.float32):
+    """A frozen copy of the starting weights (only for full-parameter runs that need a reference)."""
+    model = _load_causal_lm(cfg, dtype, quantized=False)
+    model.requires_grad_(False)
+    model.eval()
+    return model
+
+
+@contextlib.contextmanager
+def adapters_disabled(model):
+    """Run the LoRA policy as its own base model (the reference) inside this block."""
+    peft_model = getattr(model, "module", model)
+    with peft_model.disable_adapter():
+        yield
+
+
+def count_parameters(model) -> tuple[int, int]:
+    """(trainable, total) parameter counts; under ZeRO-3 uses the full (unsharded) sizes."""
+    def numel(p):
+        return getattr(p, "ds_numel", p.numel())
+    params = list(model.parameters())
+    return sum(numel(p) for p in params if p.requires_grad), sum(numel(p) for p in params)
+
+
+def is_peft(model) -> bool:
+    return hasattr(getattr(model, "module", model), "peft_config")
+
+
+def library_versions() -> dict[str, str]:
+    import importlib.metadata as md
+
+    out = {}
+    for pkg in ("torch", "deepspeed", "transformers", "peft", "bitsandbytes", "datasets"):
+        try:
+            out[pkg] = md.version(pkg)
+        except md.PackageNotFoundError:
+            pass
+    return out
+
+
+def threads_hint() -> None:
+    """Leave one thread per core to each rank on shared CPUs (no oversubscription)."""
+    local_world = int(os.environ.get("LOCAL_WORLD_SIZE", os.environ.get("WORLD_SIZE", 1)))
+    if not torch.cuda.is_available() and "OMP_NUM_THREADS" not in os.environ:
+        torch.set_num_threads(max(1, (os.cpu_count() or 1) // max(1, local_world)))
+
+
+def load_for_eval(path: str, dtype: torch.dtype = torch.float32, device: str | torch.device = "cpu"):
+    """(model, tokenizer) of a checkpoint folder: full weights, or a LoRA adapter on its base."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    folder = Path(path)
+    try:
+        if (folder / "adapter_config.json").is_file():
+            from peft import AutoPeftModelForCausalLM  # peft: LoRA checkpoints only
+
+            model = AutoPeftModelForCausalLM.from_pretrained(folder, dtype=dtype)
+        else:
+            model = AutoModelForCausalLM.from_pretrained(path, dtype=dtype)
+        tok = AutoTokenizer.from_pretrained(path)
+    except Exception as exc:
+        raise _explain_load_error("checkpoint model", str(path), exc) from None
+    if tok.pad_token_id is None:
+        tok.pad_token = tok.eos_token
+    model.config.use_cache = True
+    return model.to(device).eval(), tok

@@ -1,0 +1,109 @@
+"""The before/after table printed at the end of a run: memorisation and utility in a few numbers.
+
+- forget ROUGE-L: greedy continuation of forget probes vs the true text (verbatim memorisation;
+  text samples are split into a prefix and the next tokens, QA samples into prompt and answer).
+- forget NLL: mean answer-token NLL on the forget set (higher = more forgotten).
+- retain PPL: perplexity on the retain set (lower = more ability kept).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+
+from unlearn import data, losses
+
+PREFIX_TOKENS = 32
+CONTINUATION_TOKENS = 32
+
+
+@dataclass(frozen=True)
+class Probe:
+    prompt_ids: list[int]
+    target_ids: list[int]
+
+
+def probes(samples: list[data.Sample], prefix: int = PREFIX_TOKENS, length: int = CONTINUATION_TOKENS) -> list[Probe]:
+    """Prompt/target pairs: QA samples split at the answer, text samples at `prefix` tokens."""
+    out = []
+    for s in samples:
+        ids, labels = s["input_ids"], s["labels"]
+        first_label = next(i for i, x in enumerate(labels) if x != data.IGNORE)
+        cut = first_label if first_label > 0 else prefix
+        target = ids[cut:cut + length]
+        if cut < len(ids) and target:
+            out.append(Probe(ids[:cut], target))
+    return out
+
+
+@torch.no_grad()
+def greedy(model, prompts: list[list[int]], max_new_tokens: int, pad_id: int, batch_size: int = 16) -> list[list[int]]:
+    """Greedy continuations with the KV cache, left-padded batches; returns new tokens only."""
+    device = next(model.parameters()).device
+    outs: list[list[int]] = []
+    for i in range(0, len(prompts), batch_size):
+        chunk = prompts[i:i + batch_size]
+        width = max(len(p) for p in chunk)
+        ids = torch.full((len(chunk), width), pad_id, dtype=torch.long)
+        mask = torch.zeros_like(ids)
+        for j, p in enumerate(chunk):
+            ids[j, width - len(p):] = torch.tensor(p)
+            mask[j, width - len(p):] = 1
+        gen = model.generate(input_ids=ids.to(device), attention_mask=mask.to(device), do_sample=False,
+                             max_new_tokens=max_new_tokens, pad_token_id=pad_id, use_cache=True)
+        outs += [row[width:].tolist() for row in gen.cpu()]
+    return outs
+
+
+def rouge_l(predictions: list[str], references: list[str]) -> list[float]:
+    from rouge_score import rouge_scorer
+
+    scorer = rouge_scorer.RougeScorer(["rougeL"], use_stemmer=False)
+    return [scorer.score(ref, pred)["rougeL"].fmeasure for pred, ref in zip(predictions, references)]
+
+
+def verbatim_rouge(model, tokenizer, samples: list[data.Sample]) -> float:
+    """Mean ROUGE-L F1 of greedy continuations against the true continuations."""
+    ps = probes(samples)
+    gens = greedy(model, [p.prompt_ids for p in ps], CONTINUATION_TOKENS, tokenizer.pad_token_id)
+    preds = [tokenizer.decode(g[:len(p.target_ids)], skip_special_tokens=True) for g, p in zip(gens, ps)]
+    refs = [tokenizer.decode(p.target_ids, skip_special_tokens=True) for p in ps]
+    scores = rouge_l(preds, refs)
+    return sum(scores) / max(1, len(scores))
+
+
+@torch.no_grad()
+def mean_nll(model, tokenizer, samples: list[data.Sample], batch_size: int = 16) -> float:
+    """Token-weighted mean NLL (nats) over the labelled tokens of `samples`."""
+    device = next(model.parameters()).device
+    total, count = 0.0, 0
+    for i in range(0, len(samples), batch_size):
+        batch = {k: v.to(device) for k, v in data.collate(samples[i:i + batch_size], tokenizer.pad_token_id).items()}
+        logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
+        n = int((batch["labels"][:, 1:] != data.IGNORE).sum())
+        total += losses.nll(logits, batch["labels"]).item() * n
+        count += n
+    return total / max(1, count)
+
+
+def measure(model, tokenizer, forget: list[data.Sample], retain: list[data.Sample]) -> dict[str, float]:
+    model.eval()
+    out = {"forget_rouge_l": verbatim_rouge(model, tokenizer, forget), "forget_nll": mean_nll(model, tokenizer, forget)}
+    if retain:
+        out["retain_ppl"] = math.exp(min(mean_nll(model, tokenizer, retain), 50.0))
+    return out
+
+
+def table(before: dict[str, float], after: dict[str, float]) -> str:
+    rows = [("forget ROUGE-L (verbatim)", "forget_rouge_l", "lower = forgotten"),
+            ("forget NLL (nats/token)", "forget_nll", "higher = forgotten"),
+            ("retain perplexity", "retain_ppl", "lower = ability kept")]
+    lines = [f"{'metric':<28}{'before':>10}{'after':>10}  change", "-" * 64]
+    for label, key, note in rows:
+        if key in before and key in after:
+            b, a = before[key], after[key]
+            change = f"{(a - b) / b:+.0%}" if b else ""
+            lines.append(f"{label:<28}{b:>10.3f}{a:>10.3f}  {change:>6}  ({note})")
+    return "\n".join(lines)
