@@ -1,0 +1,53 @@
+"""Shared fixtures: tiny real objects built once per session, no downloads."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+SHARED_DATA = ROOT.parent / "shared" / "data"
+
+# Tests run many small processes on 2 cores: one thread each avoids oversubscription.
+os.environ.setdefault("OMP_NUM_THREADS", "1")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
+os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
+
+
+@pytest.fixture(scope="session")
+def demo_dir(tmp_path_factory) -> Path:
+    """Demo assets (texts, QA sets, tokenizer, random tiny OPT in init/), built once."""
+    from unlearn import demo
+
+    return demo.build(tmp_path_factory.mktemp("demo"))
+
+
+@pytest.fixture(scope="session")
+def shared_data() -> Path:
+    """../shared/data (real public data); tests that need it skip where it is absent."""
+    if not SHARED_DATA.is_dir():
+        pytest.skip(f"{SHARED_DATA} not present (bare clone); CI provides it")
+    return SHARED_DATA
+
+
+def launch(script: str, args: list[str], *, nprocs: int = 1, cwd: Path | None = None,
+           timeout: int = 300, env: dict | None = None) -> subprocess.CompletedProcess:
+    """Run launch/<script> under the real `deepspeed` launcher (nprocs ranks on gloo)."""
+    cmd = [str(Path(sys.executable).parent / "deepspeed"), "--num_gpus", str(nprocs),
+           "--master_port", str(_free_port()), str(ROOT / "launch" / script), *args]
+    full_env = {**os.environ, **(env or {})}
+    return subprocess.run(cmd, cwd=cwd or ROOT, capture_output=True, text=True, timeout=timeout, env=full_env)
+
+
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
