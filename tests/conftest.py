@@ -51,3 +51,14 @@ def _free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
+
+
+@pytest.fixture(scope="session")
+def dist_env():
+    """torch.distributed (gloo) for in-process single-rank DeepSpeed engines, started once."""
+    from unlearn import distributed
+
+    for key, value in {"RANK": "0", "LOCAL_RANK": "0", "WORLD_SIZE": "1", "LOCAL_WORLD_SIZE": "1",
+                       "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(_free_port())}.items():
+        os.environ.setdefault(key, value)
+    return distributed.init()
