@@ -44,21 +44,39 @@ class DataConfig:
     retain: str = f"{DEMO_DIR}/retain.txt"
     """Retain (normal) set, same forms as `forget`."""
     forget_format: str = "auto"
-    """How to read `forget`: auto | text | qa | pku (PKU-SafeRLHF columns, unsafe answers only)."""
+    """How to read `forget`: auto | text (chunked) | sentences (consecutive sentences as
+    prompt/continuation pairs) | qa | pku (PKU-SafeRLHF columns, one sample per unsafe response) |
+    truthfulqa. auto picks by columns (never `sentences`)."""
     retain_format: str = "auto"
-    """How to read `retain`: auto | text | qa | truthfulqa."""
+    """How to read `retain`: same choices as `forget_format`."""
     forget_split: str = "train"
-    """Split of a hub/local dataset used for the forget set."""
+    """Split of a hub dataset used for the forget set (local files have only `train`)."""
     retain_split: str = "train"
-    """Split of a hub/local dataset used for the retain set."""
-    revision: str = ""
-    """Hub dataset revision to pin; empty = the default branch."""
+    """Split of a hub dataset used for the retain set (truthfulqa/truthful_qa has only `validation`)."""
+    forget_subset: str = ""
+    """Hub dataset configuration name of `forget` (datasets' `name`); empty = the default."""
+    retain_subset: str = ""
+    """Hub dataset configuration name of `retain` (e.g. generation for truthfulqa/truthful_qa)."""
+    forget_revision: str = ""
+    """Hub revision (commit sha or tag) of `forget` to pin; empty = the default branch."""
+    retain_revision: str = ""
+    """Hub revision (commit sha or tag) of `retain` to pin; empty = the default branch."""
+    truthfulqa_part: str = "train"
+    """Part of the seeded TruthfulQA partition used for training: train | val | test | all."""
+    truthfulqa_fractions: tuple[float, float, float] = (0.7, 0.1, 0.2)
+    """Train/val/test fractions of the TruthfulQA partition (by question; the paper's 70/10/20)."""
+    truthfulqa_seed: int = 8888
+    """Seed of the TruthfulQA partition (fixed, so eval can hold out the same test questions)."""
     max_length: int = 128
     """Tokens per sample (text corpora are chunked to this; QA samples are truncated)."""
     prompt_template: str = "### Question: {prompt}\n ### Answer: {response}"
-    """Template for QA samples; labels cover the `{response}` tokens only."""
+    """Template for QA samples; labels cover the `{response}` tokens only (a book's continuation:
+    "{prompt} {response}")."""
+    append_eos: bool = True
+    """End each QA answer with EOS (trained: the model learns to stop); the paper's code did not."""
     num_random_answers: int = 5
-    """Random normal answers drawn per forget prompt for the random-mismatch term."""
+    """Random normal answers drawn per forget prompt and step for the random-mismatch term (the
+    pool: retain answers; for TruthfulQA best + correct + incorrect answers of `truthfulqa_part`)."""
     max_forget_samples: int = 0
     """Cap on forget samples (0 = all)."""
     max_retain_samples: int = 0

@@ -1,9 +1,10 @@
-"""Forget / retain samples: loading (through `datasets`), answer-only labels, batching.
+"""Forget / retain samples: tokenising with answer-only labels, batching, random-mismatch samples.
 
-A sample is a dict of two equal-length int lists: `input_ids` and `labels`, where labels are -100
-on every token that is not trained (question, template, padding). Padding is added per micro-batch
-by `collate` from sequence lengths, never by token id, so a pad token equal to EOS (OPT, Llama)
-cannot mask or dilute real tokens.
+A sample is a dict with two equal-length int lists, `input_ids` and `labels` (-100 on every token
+that is not trained: question, template, padding), and for QA-like formats the `prompt` text it
+came from. Padding is added per micro-batch by `collate` from sequence lengths, never by token id,
+so a pad token equal to EOS (OPT's tokenizers, Llama) cannot mask or dilute real tokens. Rows and
+formats come from `unlearn.sources`.
 """
 
 from __future__ import annotations
@@ -11,100 +12,16 @@ from __future__ import annotations
 import math
 import random
 from dataclasses import dataclass
-from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 import torch
 
+from unlearn import sources
 from unlearn.errors import UserError
 
 IGNORE = -100
-LOCAL_BUILDERS = {".txt": "text", ".jsonl": "json", ".json": "json", ".csv": "csv", ".parquet": "parquet"}
-PKU_COLUMNS = ("prompt", "response_0", "response_1", "is_response_0_safe", "is_response_1_safe")
-Sample = dict[str, list[int]]
-
-
-# ----------------------------------------------------------------------------- loading
-
-def load_rows(source: str, split: str = "train", revision: str = "") -> list[dict[str, Any]]:
-    """Rows of a local file (by extension) or a hub dataset, as plain dicts."""
-    import datasets  # heavy: only when data is loaded
-
-    path = Path(source)
-    suffix = path.suffix.lower()
-    if suffix in LOCAL_BUILDERS:
-        if not path.is_file():
-            raise UserError(f"data file '{source}' not found; expected an existing "
-                            f"{'/'.join(LOCAL_BUILDERS)} file or a hub dataset id")
-        builder = LOCAL_BUILDERS[suffix]
-        kwargs: dict[str, Any] = {"sample_by": "document"} if builder == "text" else {}
-        if builder == "csv":
-            kwargs["encoding"] = "utf-8-sig"  # TruthfulQA.csv starts with a byte-order mark
-        ds = datasets.load_dataset(builder, data_files=str(path), split="train", **kwargs)
-        return ds.to_list()
-    if path.exists():
-        raise UserError(f"data path '{source}' has an unsupported type; expected one of "
-                        f"{', '.join(LOCAL_BUILDERS)} or a hub dataset id")
-    try:
-        ds = datasets.load_dataset(source, split=split, revision=revision or None)
-    except Exception as exc:  # the hub client raises many types; the message is what matters
-        raise UserError(f"dataset '{source}' (split '{split}') could not be loaded: "
-                        f"{str(exc).splitlines()[0][:200]}") from None
-    return ds.to_list()
-
-
-def detect_format(rows: list[dict[str, Any]], source: str) -> str:
-    if not rows:
-        raise UserError(f"data '{source}' is empty; expected at least one row")
-    cols = set(rows[0])
-    if cols == {"text"}:
-        return "text"
-    if set(PKU_COLUMNS) <= cols:
-        return "pku"
-    if {"Question", "Best Answer"} <= cols or {"question", "best_answer"} <= cols:
-        return "truthfulqa"
-    if ({"question", "answer"} <= cols) or ({"prompt", "response"} <= cols):
-        return "qa"
-    if "text" in cols:
-        return "text"
-    raise UserError(f"data '{source}' has columns {sorted(cols)}; expected 'text', question/answer, "
-                    f"prompt/response, TruthfulQA columns or PKU-SafeRLHF columns {list(PKU_COLUMNS)}")
-
-
-def require_columns(rows: list[dict[str, Any]], columns: Sequence[str], source: str, fmt: str) -> None:
-    missing = [c for c in columns if c not in rows[0]]
-    if missing:
-        raise UserError(f"data '{source}' lacks columns {missing} needed by format '{fmt}'; "
-                        f"it has {sorted(rows[0])}")
-
-
-def qa_pairs(rows: list[dict[str, Any]], fmt: str, source: str) -> list[tuple[str, str]]:
-    """(prompt, answer) pairs of a QA-like table; `pku` keeps the unsafe responses only."""
-    if fmt == "pku":
-        require_columns(rows, PKU_COLUMNS, source, fmt)
-        pairs = []
-        for row in rows:  # which slot is harmful varies row by row; both may be
-            for slot in (0, 1):
-                if not _truthy(row[f"is_response_{slot}_safe"]) and str(row[f"response_{slot}"]).strip():
-                    pairs.append((row["prompt"], row[f"response_{slot}"]))
-        if not pairs:
-            raise UserError(f"harmful data '{source}' has no unsafe responses "
-                            "(every is_response_*_safe is true); expected some unsafe answers to forget")
-        return pairs
-    if fmt == "truthfulqa":
-        q, a = ("Question", "Best Answer") if "Question" in rows[0] else ("question", "best_answer")
-        return [(r[q], r[a]) for r in rows if str(r[a]).strip()]
-    if fmt == "qa":
-        q, a = ("question", "answer") if "question" in rows[0] else ("prompt", "response")
-        require_columns(rows, (q, a), source, fmt)
-        return [(r[q], r[a]) for r in rows if str(r[a]).strip()]
-    raise UserError(f"format '{fmt}' is not a QA format; expected pku, truthfulqa or qa")
-
-
-def _truthy(value: Any) -> bool:
-    if isinstance(value, str):
-        return value.strip().lower() in ("true", "1", "yes")
-    return bool(value)
+Sample = dict[str, Any]
+QA_FORMATS = ("qa", "pku", "truthfulqa", "sentences")
 
 
 # ----------------------------------------------------------------------------- tokenising
@@ -119,35 +36,60 @@ def text_samples(texts: list[str], tokenizer, max_length: int) -> list[Sample]:
     return [{"input_ids": b, "labels": list(b)} for b in blocks]
 
 
-def qa_sample(prompt: str, answer: str, tokenizer, template: str, max_length: int) -> Sample:
-    """Template-formatted sample whose labels cover the answer (and a closing EOS) only."""
+def check_template(template: str) -> None:
+    if template.count("{prompt}") != 1 or template.count("{response}") != 1 or \
+            template.index("{prompt}") > template.index("{response}"):
+        raise UserError(f"data.prompt_template {template!r} must contain {{prompt}} once and then "
+                        "{response} once, e.g. '### Question: {prompt}\\n ### Answer: {response}'")
+
+
+def qa_sample(prompt: str, answer: str, tokenizer, template: str, max_length: int,
+              append_eos: bool = True) -> Sample:
+    """Template-formatted sample whose labels cover the answer (and a closing EOS) only.
+
+    The template's whitespace before `{response}` goes with the answer ("Answer:" + " Paris"), so
+    the two halves tokenise as the whole text does with byte-level BPE.
+    """
     head, _, tail = template.partition("{response}")
-    prompt_ids = tokenizer(head.format(prompt=prompt), add_special_tokens=True)["input_ids"]
-    answer_ids = tokenizer(answer + tail.format(prompt=prompt), add_special_tokens=False)["input_ids"]
-    answer_ids = answer_ids + [tokenizer.eos_token_id]
+    head = head.replace("{prompt}", prompt)
+    cut = len(head.rstrip())
+    prompt_ids = tokenizer(head[:cut], add_special_tokens=True)["input_ids"]
+    answer_text = head[cut:] + answer + tail.replace("{prompt}", prompt)
+    answer_ids = tokenizer(answer_text, add_special_tokens=False)["input_ids"]
+    if append_eos:
+        answer_ids = answer_ids + [tokenizer.eos_token_id]
     ids = (prompt_ids + answer_ids)[:max_length]
     labels = ([IGNORE] * len(prompt_ids) + answer_ids)[:max_length]
-    return {"input_ids": ids, "labels": labels}
+    return {"input_ids": ids, "labels": labels, "prompt": prompt}
 
 
-def build_samples(source: str, fmt: str, tokenizer, cfg_data, split: str, limit: int = 0) -> list[Sample]:
-    """Samples of one data source, in file order."""
-    rows = load_rows(source, split, cfg_data.revision)
-    fmt = detect_format(rows, source) if fmt == "auto" else fmt
+def read(source: str, role: str, d) -> tuple[list[sources.Row], str]:
+    """(rows, format) of one `role` ("forget" | "retain") source, TruthfulQA cut to its part."""
+    fmt = getattr(d, f"{role}_format")
+    if fmt not in sources.FORMATS:
+        raise UserError(f"data.{role}_format '{fmt}' is unknown; expected one of {', '.join(sources.FORMATS)}")
+    rows = sources.load_rows(source, getattr(d, f"{role}_split"), getattr(d, f"{role}_revision"),
+                             getattr(d, f"{role}_subset"))
+    fmt = sources.detect_format(rows, source) if fmt == "auto" else fmt
+    if fmt == "truthfulqa":
+        rows = sources.truthfulqa_rows(rows, d.truthfulqa_part, d.truthfulqa_fractions, d.truthfulqa_seed)
+    return rows, fmt
+
+
+def build_samples(source: str, role: str, tokenizer, d) -> list[Sample]:
+    """Trainable samples of one source, in file order."""
+    rows, fmt = read(source, role, d)
     if fmt == "text":
-        require_columns(rows, ("text",), source, fmt)
-        samples = text_samples([r["text"] for r in rows if str(r["text"]).strip()], tokenizer,
-                               cfg_data.max_length)
-    elif fmt in ("pku", "qa", "truthfulqa"):
-        samples = [qa_sample(p, a, tokenizer, cfg_data.prompt_template, cfg_data.max_length)
-                   for p, a in qa_pairs(rows, fmt, source)]
+        samples = text_samples(sources.texts_of(rows, source, fmt), tokenizer, d.max_length)
     else:
-        raise UserError(f"data format '{fmt}' is unknown; expected auto, text, qa, pku or truthfulqa")
-    if limit:
-        samples = samples[:limit]
+        check_template(d.prompt_template)
+        pairs = (sources.sentence_pairs(sources.texts_of(rows, source, fmt)) if fmt == "sentences"
+                 else sources.qa_pairs(rows, fmt, source))
+        samples = [qa_sample(p, a, tokenizer, d.prompt_template, d.max_length, d.append_eos) for p, a in pairs]
     samples = [s for s in samples if any(x != IGNORE for x in s["labels"][1:])]
     if not samples:
-        raise UserError(f"data '{source}' yields no trainable samples; expected non-empty answers/text")
+        raise UserError(f"data '{source}' yields no trainable samples; expected non-empty answers/text "
+                        f"shorter than data.max_length={d.max_length}")
     return samples
 
 
@@ -216,36 +158,53 @@ def steps_for_epochs(epochs: float, n_samples: int, global_batch: int) -> int:
 
 # ----------------------------------------------------------------------------- random mismatch
 
-def answer_pool(rows: list[dict[str, Any]], fmt: str, source: str) -> list[str]:
-    """Normal answers to draw from; TruthfulQA adds its correct and incorrect answers (';'-split)."""
-    if fmt == "truthfulqa":
-        cols = [c for c in ("Best Answer", "Correct Answers", "Incorrect Answers",
-                            "best_answer", "correct_answers", "incorrect_answers") if c in rows[0]]
-        pool = []
-        for row in rows:
-            for col in cols:
-                value = row[col]
-                items = value if isinstance(value, list) else str(value).split(";")
-                pool += [a.strip() for a in items if str(a).strip()]
-        return pool
-    return [a for _, a in qa_pairs(rows, fmt, source)]
+@dataclass
+class RandomAnswers:
+    """Random-mismatch samples: each forget sample's prompt with `k` random normal answers.
+
+    The answers are drawn afresh for every optimizer step from a generator seeded by (seed, step,
+    sample index), so a step's samples are the same whatever the world size and after a resume.
+    """
+
+    pool: list[str]
+    k: int
+    seed: int
+    tokenizer: Any
+    template: str
+    max_length: int
+    append_eos: bool = True
+
+    def samples(self, forget: list[Sample], ids: list[int], step: int) -> list[Sample]:
+        """len(forget) * k samples for forget samples `forget` (dataset indices `ids`) at `step`."""
+        out = []
+        for i, sample in zip(ids, forget):
+            rng = random.Random(f"{self.seed}/{step}/{i}")
+            for answer in rng.sample(self.pool, min(self.k, len(self.pool))):
+                out.append(qa_sample(sample["prompt"], answer, self.tokenizer, self.template,
+                                     self.max_length, self.append_eos))
+        return out
 
 
-def mismatch_samples(cfg, tokenizer, forget_source: str, retain_source: str) -> list[Sample]:
-    """Each forget prompt paired with `num_random_answers` random normal answers (answer-only labels)."""
+def random_answers(cfg, tokenizer, forget: list[Sample]) -> RandomAnswers:
+    """The random-mismatch sampler over `forget`, its pool from every data.retain source."""
     d = cfg.data
-    f_rows = load_rows(forget_source, d.forget_split, d.revision)
-    f_fmt = detect_format(f_rows, forget_source) if d.forget_format == "auto" else d.forget_format
-    if f_fmt == "text":
-        raise UserError(f"method.mismatch_weight>0 needs prompts, but data.forget '{forget_source}' is plain "
-                        "text; expected a QA or PKU-SafeRLHF forget set (or mismatch_weight=0)")
-    prompts = sorted({p for p, _ in qa_pairs(f_rows, f_fmt, forget_source)})
-    r_rows = load_rows(retain_source, d.retain_split, d.revision)
-    r_fmt = detect_format(r_rows, retain_source) if d.retain_format == "auto" else d.retain_format
-    if r_fmt == "text":
-        raise UserError(f"method.mismatch_weight>0 draws random answers from data.retain, but "
-                        f"'{retain_source}' is plain text; expected a QA or TruthfulQA retain set")
-    pool = answer_pool(r_rows, r_fmt, retain_source)
-    rng = random.Random(cfg.train.seed + 7)
-    return [qa_sample(p, rng.choice(pool), tokenizer, d.prompt_template, d.max_length)
-            for p in prompts for _ in range(d.num_random_answers)]
+    if any("prompt" not in s for s in forget):
+        raise UserError(f"method.mismatch_weight>0 needs prompts, but data.forget '{d.forget}' has plain "
+                        "text samples; expected a QA, PKU-SafeRLHF or sentences forget set (or mismatch_weight=0)")
+    pool: list[str] = []
+    for source in split_sources(d.retain):
+        rows, fmt = read(source, "retain", d)
+        if fmt in ("text", "sentences"):
+            raise UserError(f"method.mismatch_weight>0 draws random answers from data.retain, but '{source}' "
+                            f"is read as {fmt}; expected a QA or TruthfulQA retain set")
+        pool += sources.answer_pool(rows, fmt, source)
+    if d.num_random_answers < 1 or not pool:
+        raise UserError(f"random mismatch needs data.num_random_answers >= 1 (got {d.num_random_answers}) "
+                        f"and a non-empty answer pool (got {len(pool)} answers from data.retain)")
+    return RandomAnswers(pool, d.num_random_answers, cfg.train.seed, tokenizer, d.prompt_template,
+                         d.max_length, d.append_eos)
+
+
+def split_sources(sources_csv: str) -> list[str]:
+    """`a.jsonl,b.jsonl` -> the list of sources (data.forget / data.retain may name several)."""
+    return [s.strip() for s in sources_csv.split(",") if s.strip()]

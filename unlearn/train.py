@@ -31,7 +31,7 @@ from unlearn.schedule import FORGET, JOINT, RETAIN, phase_at
 class Sets:
     forget: list[data.Sample]
     retain: list[data.Sample]
-    mismatch: list[data.Sample] = field(default_factory=list)
+    mismatch: data.RandomAnswers | None = None  # random answers to the forget batch's prompts
 
 
 @dataclass
@@ -63,20 +63,20 @@ def load_sets(cfg: Config, tokenizer, env: DistEnv) -> Sets:
     d, m = cfg.data, cfg.method
     forget: list[data.Sample] = []
     if m.forget_loss != methods.NONE or m.mismatch_weight:
-        forget = _samples(d.forget, d.forget_format, tokenizer, d, d.forget_split, d.max_forget_samples)
+        forget = _samples(d.forget, "forget", tokenizer, d, d.max_forget_samples)
     retain: list[data.Sample] = []
     if m.retain_loss != methods.NONE or m.mismatch_weight:
-        retain = _samples(d.retain, d.retain_format, tokenizer, d, d.retain_split, d.max_retain_samples)
+        retain = _samples(d.retain, "retain", tokenizer, d, d.max_retain_samples)
     sets = Sets(forget, retain)
     if m.mismatch_weight:
-        sets.mismatch = data.mismatch_samples(cfg, tokenizer, forget_source=d.forget, retain_source=d.retain)
+        sets.mismatch = data.random_answers(cfg, tokenizer, forget)
     return sets
 
 
-def _samples(sources: str, fmt: str, tokenizer, d, split: str, limit: int) -> list[data.Sample]:
+def _samples(sources: str, role: str, tokenizer, d, limit: int) -> list[data.Sample]:
     out: list[data.Sample] = []
-    for source in [s.strip() for s in sources.split(",") if s.strip()]:
-        out += data.build_samples(source, fmt, tokenizer, d, split)
+    for source in data.split_sources(sources):
+        out += data.build_samples(source, role, tokenizer, d)
     if not out:
         raise UserError("a data source is empty; expected data.forget / data.retain to name files or datasets")
     return out[:limit] if limit else out
@@ -128,9 +128,18 @@ class Loop:
         self.retain_obj = methods.retain_objective(cfg.method.retain_loss)
         self.mismatch_obj = methods.RETAIN["random_mismatch"] if cfg.method.mismatch_weight else None
 
-    def _micro_batches(self, state: State, name: str, samples: list[data.Sample]):
-        idx = state.streams[name].take(self.cfg.train.micro_batch_size, self.env.rank, self.env.world_size)
-        return [data.collate([samples[i] for i in group], self.tokenizer.pad_token_id) for group in idx]
+    def _micro_batches(self, state: State, names: set[str]) -> dict[str, list[dict[str, torch.Tensor]]]:
+        """Collated micro-batches per set; mismatch = random answers to this step's forget prompts."""
+        t = self.cfg.train
+        streams = {"forget" if n == "mismatch" else n for n in names}
+        idx = {n: state.streams[n].take(t.micro_batch_size, self.env.rank, self.env.world_size) for n in streams}
+        pad = self.tokenizer.pad_token_id
+        out = {n: [data.collate([getattr(self.sets, n)[i] for i in g], pad) for g in idx[n]]
+               for n in names if n != "mismatch"}
+        if "mismatch" in names:
+            out["mismatch"] = [data.collate(self.sets.mismatch.samples([self.sets.forget[i] for i in g], g,
+                                                                       state.step), pad) for g in idx["forget"]]
+        return out
 
     def _term(self, obj: methods.Objective, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
         batch = {k: v.to(self.env.device) for k, v in batch.items()}
@@ -152,7 +161,7 @@ class Loop:
                 parts.append(("mismatch", m.mismatch_weight, self.mismatch_obj, "mismatch"))
         if phase in (RETAIN, JOINT) and self.retain_obj:
             parts.append(("retain", m.retain_weight, self.retain_obj, "retain"))
-        batches = {name: self._micro_batches(state, name, getattr(self.sets, name)) for *_, name in parts}
+        batches = self._micro_batches(state, {name for *_, name in parts})
         n_micro = len(next(iter(batches.values())))
         sums: dict[str, float] = {}
         tokens = 0
@@ -224,8 +233,7 @@ def train(cfg: Config, ds_config: str, ds_patch: dict[str, Any] | None = None, *
 
     state = State(streams={
         name: data.BatchStream(len(samples), cfg.train.global_batch_size, cfg.train.seed + i)
-        for i, (name, samples) in enumerate((("forget", sets.forget), ("retain", sets.retain),
-                                             ("mismatch", sets.mismatch))) if samples})
+        for i, (name, samples) in enumerate((("forget", sets.forget), ("retain", sets.retain))) if samples})
     last = checkpoint.complete_checkpoints(run_dir)
     if resume and last:
         client = checkpoint.load_for_resume(engine, last[-1], env)
