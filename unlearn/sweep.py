@@ -1,0 +1,277 @@
+"""Hyperparameter grids: a sweep YAML = a base run config + axes; one folder holds the whole sweep.
+
+    name: demo-2x2                     # sweep folder name under output_dir
+    output_dir: sweeps
+    ds_config: ds_configs/zero2.json
+    profile: slurm/profiles/local.yaml # cluster resources (see slurm/profiles/)
+    base: {train: {max_steps: 4}}      # a run config, as in configs/*.yaml
+    axes: {optim.lr: [1e-4, 5e-4], method.forget_loss: [ga, npo]}
+    eval: {args: [--suite, utility]}   # extra arguments of launch/evaluate.py
+    report: {forget_metric: ..., utility_metric: ...}   # dotted keys into eval.json
+
+Folder layout (`plan` writes it; launchers and `status` read it; nothing here talks to SLURM):
+
+    <output_dir>/<name>/sweep.yaml       the resolved sweep
+                        tasks.txt        run name of array task i on line i+1
+                        evals.tsv        task index, run name, step, checkpoint folder (one eval job each)
+                        configs/<run>.yaml   the full run config of each grid point
+                        runs/<run>/      run folders (checkpoints/, tb/) = the TensorBoard logdir
+                        logs/            scheduler output
+"""
+
+from __future__ import annotations
+
+import itertools
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from unlearn.checkpoint import COMPLETE, step_dir
+from unlearn.config import Config
+from unlearn.config_io import deep_merge, dump_yaml, from_dict, parse_overrides, read_yaml
+from unlearn.errors import UserError
+
+SWEEP_KEYS = {"name", "output_dir", "ds_config", "profile", "base", "base_configs", "axes", "eval", "report"}
+SWEEP_PREFIX = "sweep."
+"""Command-line overrides under this prefix set sweep keys (sweep.output_dir=/tmp/s); others patch `base`."""
+
+
+@dataclass(frozen=True)
+class ReportSpec:
+    forget_metric: str = ""
+    """Dotted key into eval.json for the forget axis of the plot (e.g. copyright.rougeL)."""
+    forget_goal: str = "min"
+    """min: lower forget metric is better (memorisation, harmful rate); max: higher is better."""
+    utility_metric: str = ""
+    """Dotted key into eval.json for the utility axis (e.g. utility.truthfulqa_mc1)."""
+    utility_goal: str = "max"
+    """max: higher utility is better; min: lower is better (e.g. perplexity)."""
+
+
+@dataclass(frozen=True)
+class Sweep:
+    name: str
+    output_dir: str
+    ds_config: str
+    profile: str
+    base: dict[str, Any]
+    axes: tuple[tuple[str, tuple[Any, ...]], ...]
+    eval_args: tuple[str, ...] = ()
+    report: ReportSpec = field(default_factory=ReportSpec)
+
+    @property
+    def folder(self) -> Path:
+        return Path(self.output_dir) / self.name
+
+
+@dataclass(frozen=True)
+class Point:
+    index: int
+    """Array task index (0-based)."""
+    name: str
+    """Run name, derived from the axis values."""
+    values: dict[str, Any]
+    """Axis key -> value of this grid point."""
+    config: Config
+
+
+def load_sweep(path: str | Path, overrides: list[str] | None = None) -> Sweep:
+    """Read a sweep YAML; `sweep.key=value` overrides set sweep keys, `key.sub=value` patch `base`."""
+    raw = read_yaml(path)
+    # "sweep.output_dir=/tmp/s" -> parse as "_.output_dir=/tmp/s" and take the "_" subtree
+    sweep_patch, _ = parse_overrides(["_." + o[len(SWEEP_PREFIX):] for o in overrides or []
+                                      if o.startswith(SWEEP_PREFIX)])
+    raw = deep_merge(raw, sweep_patch.get("_", {}))
+    unknown = set(raw) - SWEEP_KEYS
+    if unknown:
+        raise UserError(f"sweep file '{path}': unknown key(s) {', '.join(sorted(unknown))}; "
+                        f"expected {', '.join(sorted(SWEEP_KEYS))}")
+    base: dict[str, Any] = {}
+    for extra in raw.get("base_configs") or []:
+        base = deep_merge(base, read_yaml(extra))
+    base = deep_merge(base, raw.get("base") or {})
+    run_patch, ds_patch = parse_overrides([o for o in overrides or [] if not o.startswith(SWEEP_PREFIX)])
+    if ds_patch:
+        raise UserError("ds.* overrides are not supported in sweeps; expected a ds_config file per sweep")
+    base = deep_merge(base, run_patch)
+    axes = raw.get("axes")
+    if not isinstance(axes, dict) or not axes:
+        raise UserError(f"sweep file '{path}' needs 'axes:', a mapping of config keys to value lists "
+                        "(e.g. optim.lr: [1e-6, 2e-6])")
+    for key, values in axes.items():
+        if not isinstance(values, list) or not values:
+            raise UserError(f"sweep axis '{key}' must be a non-empty list of values, got {values!r}")
+        if key.startswith("run."):
+            raise UserError(f"sweep axis '{key}': run.* keys are set by the sweep; expected a training key")
+    ev = raw.get("eval") or {}
+    if set(ev) - {"args"}:
+        raise UserError(f"sweep key 'eval' accepts only 'args', got {sorted(ev)}")
+    report = raw.get("report") or {}
+    try:
+        report_spec = ReportSpec(**report)
+    except TypeError:
+        raise UserError(f"sweep key 'report' accepts {sorted(ReportSpec.__dataclass_fields__)}, "
+                        f"got {sorted(report)}") from None
+    for goal in (report_spec.forget_goal, report_spec.utility_goal):
+        if goal not in ("min", "max"):
+            raise UserError(f"sweep report goal '{goal}' is unknown; expected min or max")
+    sweep = Sweep(name=_safe(str(raw.get("name") or Path(path).stem)),
+                  output_dir=str(raw.get("output_dir") or "sweeps"),
+                  ds_config=str(raw.get("ds_config") or "ds_configs/zero2.json"),
+                  profile=str(raw.get("profile") or "slurm/profiles/local.yaml"),
+                  base=base, axes=tuple((k, tuple(v)) for k, v in axes.items()),
+                  eval_args=tuple(str(a) for a in ev.get("args") or ()), report=report_spec)
+    points(sweep)  # validate every grid point now, not in a job an hour later
+    return sweep
+
+
+def _safe(text: str) -> str:
+    return re.sub(r"[^A-Za-z0-9._=+-]", "-", text)
+
+
+def _fmt(value: Any) -> str:
+    if isinstance(value, float):
+        return f"{value:g}"
+    return str(value)
+
+
+def run_name(values: dict[str, Any]) -> str:
+    """`optim.lr=1e-4, method.forget_loss=ga` -> `lr=0.0001_forget_loss=ga` (last key part, unless ambiguous)."""
+    last = [k.rsplit(".", 1)[-1] for k in values]
+    short = {k: (s if last.count(s) == 1 else k) for k, s in zip(values, last)}
+    return _safe("_".join(f"{short[k]}={_fmt(v)}" for k, v in values.items()))
+
+
+def points(sweep: Sweep) -> list[Point]:
+    """The cartesian product of the axes, in file order (the last axis varies fastest)."""
+    keys = [k for k, _ in sweep.axes]
+    out = []
+    for index, combo in enumerate(itertools.product(*(v for _, v in sweep.axes))):
+        values = dict(zip(keys, combo))
+        name = run_name(values)
+        tree = sweep.base
+        for key, value in values.items():
+            tree = deep_merge(tree, _nested(key, value))
+        tree = deep_merge(tree, {"run": {"name": name, "output_dir": str(sweep.folder / "runs")}})
+        try:
+            cfg = from_dict(tree)
+        except UserError as exc:
+            raise UserError(f"sweep point {name}: {exc}") from None
+        _check_sweepable(cfg, name)
+        out.append(Point(index, name, values, cfg))
+    names = [p.name for p in out]
+    if len(set(names)) != len(names):
+        raise UserError(f"sweep axes give duplicate run names {names}; expected distinct axis values")
+    return out
+
+
+def _nested(dotted: str, value: Any) -> dict[str, Any]:
+    """"optim.lr", 1e-4 -> {"optim": {"lr": 1e-4}}."""
+    *parents, leaf = dotted.split(".")
+    tree: dict[str, Any] = {leaf: value}
+    for part in reversed(parents):
+        tree = {part: tree}
+    return tree
+
+
+def _check_sweepable(cfg: Config, name: str) -> None:
+    t = cfg.train
+    if t.epochs > 0:
+        raise UserError(f"sweep point {name}: train.epochs={t.epochs}; sweeps need train.max_steps "
+                        "(and train.epochs=0) so that eval jobs per checkpoint can be submitted up front")
+    if t.keep_last_n:
+        raise UserError(f"sweep point {name}: train.keep_last_n={t.keep_last_n} would delete checkpoints "
+                        "before their eval job runs; expected 0")
+
+
+def checkpoint_steps(cfg: Config) -> list[int]:
+    """Steps at which a run saves: every save_every_n_steps below max_steps, and max_steps itself."""
+    t = cfg.train
+    every = t.save_every_n_steps
+    steps = list(range(every, t.max_steps, every)) if every else []
+    return steps + [t.max_steps]
+
+
+def plan(sweep: Sweep) -> list[Point]:
+    """Write the sweep folder (idempotent for the same grid; a different grid in it is refused)."""
+    folder = sweep.folder
+    pts = points(sweep)
+    tasks = "".join(p.name + "\n" for p in pts)
+    old = folder / "tasks.txt"
+    if old.is_file() and old.read_text() != tasks:
+        raise UserError(f"sweep folder '{folder}' holds another grid; expected a new sweep name or output_dir")
+    (folder / "configs").mkdir(parents=True, exist_ok=True)
+    (folder / "logs").mkdir(exist_ok=True)
+    (folder / "runs").mkdir(exist_ok=True)
+    (folder / "sweep.yaml").write_text(yaml.safe_dump(sweep_dict(sweep), sort_keys=False))
+    for p in pts:
+        (folder / "configs" / f"{p.name}.yaml").write_text(dump_yaml(p.config))
+    rows = [f"{p.index}\t{p.name}\t{s}\t{step_dir(folder / 'runs' / p.name, s).resolve()}\n"
+            for p in pts for s in checkpoint_steps(p.config)]
+    (folder / "evals.tsv").write_text("".join(rows))
+    old.write_text(tasks)  # last: its presence means the folder is complete
+    return pts
+
+
+def sweep_dict(sweep: Sweep) -> dict[str, Any]:
+    return {"name": sweep.name, "output_dir": sweep.output_dir, "ds_config": sweep.ds_config,
+            "profile": sweep.profile, "base": sweep.base, "axes": {k: list(v) for k, v in sweep.axes},
+            "eval": {"args": list(sweep.eval_args)}, "report": dict(sweep.report.__dict__)}
+
+
+def open_sweep(folder: str | Path) -> tuple[Sweep, list[Point]]:
+    """A planned sweep folder -> its sweep and grid points."""
+    folder = Path(folder)
+    if not (folder / "tasks.txt").is_file():
+        raise UserError(f"'{folder}' is not a sweep folder (no tasks.txt); expected <output_dir>/<sweep name>")
+    sweep = load_sweep(folder / "sweep.yaml")
+    if sweep.folder.resolve() != folder.resolve():  # the folder was moved: follow it
+        sweep = Sweep(**{**sweep.__dict__, "output_dir": str(folder.parent), "name": folder.name})
+    return sweep, points(sweep)
+
+
+@dataclass(frozen=True)
+class RunStatus:
+    name: str
+    state: str
+    """pending (no checkpoint yet) | running (some checkpoints) | done (final checkpoint) ."""
+    step: int
+    """Step of the newest complete checkpoint (0 = none)."""
+    max_steps: int
+    evaluated: int
+    """Checkpoints with an eval.json."""
+    checkpoints: int
+    latest_eval: dict[str, float]
+    """Flattened numeric metrics of the newest evaluated checkpoint."""
+
+
+def run_status(sweep: Sweep, point: Point) -> RunStatus:
+    run_dir = sweep.folder / "runs" / point.name
+    done = sorted(int(p.name.split("-")[1]) for p in (run_dir / "checkpoints").glob("step-*")
+                  if (p / COMPLETE).is_file())
+    evals = [s for s in done if (step_dir(run_dir, s) / "eval.json").is_file()]
+    latest = flat_metrics(step_dir(run_dir, evals[-1]) / "eval.json") if evals else {}
+    max_steps = point.config.train.max_steps
+    step = done[-1] if done else 0
+    state = "done" if step == max_steps else ("running" if done else "pending")
+    return RunStatus(point.name, state, step, max_steps, len(evals), len(done), latest)
+
+
+def flat_metrics(path: Path) -> dict[str, float]:
+    """Numeric leaves of a JSON file as dotted keys ({"a": {"b": 1}} -> {"a.b": 1.0})."""
+    import json
+
+    out: dict[str, float] = {}
+
+    def walk(node: Any, prefix: str) -> None:
+        if isinstance(node, dict):
+            for k, v in node.items():
+                walk(v, f"{prefix}{k}.")
+        elif isinstance(node, (int, float)) and not isinstance(node, bool):
+            out[prefix[:-1]] = float(node)
+
+    walk(json.loads(Path(path).read_text()), "")
+    return out

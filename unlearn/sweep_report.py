@@ -1,0 +1,118 @@
+"""A sweep's report: status table, report.csv, report.png (forget metric vs utility, Pareto front),
+and one TensorBoard HParams session per run so the HParams tab compares the grid.
+"""
+
+from __future__ import annotations
+
+import csv
+import shutil
+from pathlib import Path
+
+from unlearn.sweep import Point, ReportSpec, Sweep, run_status
+
+HPARAMS_DIR = "hparams"
+"""Under each run's tb/: the HParams session (axis values + final eval metrics), rewritten per report."""
+
+
+def status_table(sweep: Sweep, pts: list[Point]) -> str:
+    """One line per run: state, newest checkpoint, evaluated checkpoints, newest eval metrics."""
+    spec = sweep.report
+    lines = [f"sweep {sweep.folder}  ({len(pts)} runs)"]
+    for p in pts:
+        st = run_status(sweep, p)
+        shown = {k: v for k, v in st.latest_eval.items() if k in (spec.forget_metric, spec.utility_metric)}
+        shown = shown or dict(list(st.latest_eval.items())[:4])
+        metrics = " ".join(f"{k}={v:.4g}" for k, v in shown.items()) or "-"
+        lines.append(f"{p.name:<40} {st.state:<8} step {st.step:>5}/{st.max_steps:<5} "
+                     f"evals {st.evaluated}/{st.checkpoints}  {metrics}")
+    return "\n".join(lines)
+
+
+def pareto_front(xs: list[float], ys: list[float], x_goal: str, y_goal: str) -> list[bool]:
+    """True where no other point is at least as good on both axes and better on one."""
+    sx = 1.0 if x_goal == "max" else -1.0
+    sy = 1.0 if y_goal == "max" else -1.0
+    pts = [(sx * x, sy * y) for x, y in zip(xs, ys)]  # now "higher is better" on both
+    return [not any(ox >= x and oy >= y and (ox > x or oy > y) for ox, oy in pts) for x, y in pts]
+
+
+def write_report(sweep: Sweep, pts: list[Point]) -> tuple[Path, Path | None]:
+    """report.csv (every run: axes, state, newest eval metrics) and report.png when the metrics exist."""
+    rows = []
+    for p in pts:
+        st = run_status(sweep, p)
+        rows.append({"run": p.name, **{k: v for k, v in p.values.items()}, "state": st.state,
+                     "step": st.step, **st.latest_eval})
+        _write_hparams(sweep, p, st.latest_eval)
+    columns: list[str] = []
+    for row in rows:
+        columns += [k for k in row if k not in columns]
+    csv_path = sweep.folder / "report.csv"
+    spec = sweep.report
+    pareto = _front_flags(rows, spec)
+    with csv_path.open("w", newline="") as f:
+        w = csv.DictWriter(f, fieldnames=columns + ["pareto"])
+        w.writeheader()
+        for row, flag in zip(rows, pareto):
+            w.writerow({**row, "pareto": "" if flag is None else int(flag)})
+    png = _plot(sweep, rows, pareto) if any(flag is not None for flag in pareto) else None
+    return csv_path, png
+
+
+def _front_flags(rows: list[dict], spec: ReportSpec) -> list[bool | None]:
+    """Pareto flag per row; None for rows without both metrics (not evaluated yet)."""
+    have = [i for i, r in enumerate(rows) if spec.forget_metric in r and spec.utility_metric in r]
+    flags: list[bool | None] = [None] * len(rows)
+    if not (spec.forget_metric and spec.utility_metric) or not have:
+        return flags
+    front = pareto_front([rows[i][spec.forget_metric] for i in have], [rows[i][spec.utility_metric] for i in have],
+                         spec.forget_goal, spec.utility_goal)
+    for i, flag in zip(have, front):
+        flags[i] = flag
+    return flags
+
+
+def _plot(sweep: Sweep, rows: list[dict], pareto: list[bool | None]) -> Path:
+    import matplotlib  # plotting only when a report is drawn
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    spec = sweep.report
+    fig, ax = plt.subplots(figsize=(6.4, 4.8))
+    front = []
+    for row, flag in zip(rows, pareto):
+        if flag is None:
+            continue
+        x, y = row[spec.forget_metric], row[spec.utility_metric]
+        ax.scatter([x], [y], s=60 if flag else 30, marker="*" if flag else "o",
+                   color="tab:red" if flag else "tab:blue", zorder=3)
+        ax.annotate(row["run"], (x, y), fontsize=7, xytext=(4, 4), textcoords="offset points")
+        if flag:
+            front.append((x, y))
+    front.sort()
+    ax.plot([x for x, _ in front], [y for _, y in front], color="tab:red", lw=1, label="Pareto front")
+    better = {"min": "lower is better", "max": "higher is better"}
+    ax.set_xlabel(f"{spec.forget_metric} ({better[spec.forget_goal]})")
+    ax.set_ylabel(f"{spec.utility_metric} ({better[spec.utility_goal]})")
+    ax.set_title(f"sweep {sweep.name}: newest evaluated checkpoint per run")
+    ax.legend(loc="best")
+    ax.grid(alpha=0.3)
+    path = sweep.folder / "report.png"
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return path
+
+
+def _write_hparams(sweep: Sweep, point: Point, metrics: dict[str, float]) -> None:
+    """A fresh HParams session in runs/<run>/tb/hparams (axis values -> eval metrics)."""
+    from unlearn.distributed import DistEnv
+    from unlearn.metrics import Writer
+
+    logdir = sweep.folder / "runs" / point.name / "tb" / HPARAMS_DIR
+    if logdir.exists():
+        shutil.rmtree(logdir)  # one session per run, not one per report written
+    writer = Writer(logdir, DistEnv(rank=0, local_rank=0, world_size=1))
+    writer.hparams(dict(point.values), {f"eval/{k}": v for k, v in metrics.items()})
+    writer.close()
