@@ -7,6 +7,7 @@ see `reference_logits`); without LoRA a frozen copy loaded from the same weights
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 from pathlib import Path
 
@@ -44,6 +45,8 @@ def load_tokenizer(cfg: ModelConfig):
 
 
 def _load_causal_lm(cfg: ModelConfig, dtype: torch.dtype, quantized: bool):
+    """The model at cfg.name_or_path; a LoRA adapter folder (a LoRA fine-tune's export) is loaded
+    onto its base and merged, so stage 2 starts from the stage-1 weights as one plain model."""
     from transformers import AutoModelForCausalLM
 
     kwargs = dict(_hub_kwargs(cfg), dtype=dtype)
@@ -51,10 +54,26 @@ def _load_causal_lm(cfg: ModelConfig, dtype: torch.dtype, quantized: bool):
         from transformers import BitsAndBytesConfig  # bitsandbytes: only for 8-bit runs
 
         kwargs["quantization_config"] = BitsAndBytesConfig(load_in_8bit=True)
+    adapter = Path(cfg.name_or_path)
+    base = _adapter_base(adapter) if (adapter / "adapter_config.json").is_file() else ""
     try:
-        return AutoModelForCausalLM.from_pretrained(cfg.name_or_path, **kwargs)
+        model = AutoModelForCausalLM.from_pretrained(base or cfg.name_or_path, **kwargs)
     except Exception as exc:
-        raise _explain_load_error("model", cfg.name_or_path, exc) from None
+        raise _explain_load_error("model", base or cfg.name_or_path, exc) from None
+    if base:
+        from peft import PeftModel  # peft: merging a LoRA stage-1 adapter
+
+        model = PeftModel.from_pretrained(model, str(adapter)).merge_and_unload()
+    return model
+
+
+def _adapter_base(folder: Path) -> str:
+    config = json.loads((folder / "adapter_config.json").read_text())
+    base = config.get("base_model_name_or_path") or ""
+    if not base:
+        raise UserError(f"LoRA adapter '{folder}' names no base_model_name_or_path; expected the "
+                        "adapter of a LoRA fine-tune (or a full Hugging Face model folder)")
+    return base
 
 
 def validate(cfg: ModelConfig, zero_stage: int) -> None:
