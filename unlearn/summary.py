@@ -14,6 +14,8 @@ from dataclasses import dataclass
 import torch
 
 from unlearn import data, losses
+from unlearn.generation import greedy
+from unlearn.textmetrics import rouge_l
 
 PREFIX_TOKENS = 32
 CONTINUATION_TOKENS = 32
@@ -36,32 +38,6 @@ def probes(samples: list[data.Sample], prefix: int = PREFIX_TOKENS, length: int 
         if cut < len(ids) and target:
             out.append(Probe(ids[:cut], target))
     return out
-
-
-@torch.no_grad()
-def greedy(model, prompts: list[list[int]], max_new_tokens: int, pad_id: int, batch_size: int = 16) -> list[list[int]]:
-    """Greedy continuations with the KV cache, left-padded batches; returns new tokens only."""
-    device = next(model.parameters()).device
-    outs: list[list[int]] = []
-    for i in range(0, len(prompts), batch_size):
-        chunk = prompts[i:i + batch_size]
-        width = max(len(p) for p in chunk)
-        ids = torch.full((len(chunk), width), pad_id, dtype=torch.long)
-        mask = torch.zeros_like(ids)
-        for j, p in enumerate(chunk):
-            ids[j, width - len(p):] = torch.tensor(p)
-            mask[j, width - len(p):] = 1
-        gen = model.generate(input_ids=ids.to(device), attention_mask=mask.to(device), do_sample=False,
-                             max_new_tokens=max_new_tokens, pad_token_id=pad_id, use_cache=True)
-        outs += [row[width:].tolist() for row in gen.cpu()]
-    return outs
-
-
-def rouge_l(predictions: list[str], references: list[str]) -> list[float]:
-    from rouge_score import rouge_scorer
-
-    scorer = rouge_scorer.RougeScorer(["rougeL"], use_stemmer=False)
-    return [scorer.score(ref, pred)["rougeL"].fmeasure for pred, ref in zip(predictions, references)]
 
 
 def verbatim_rouge(model, tokenizer, samples: list[data.Sample]) -> float:

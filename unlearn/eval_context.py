@@ -1,0 +1,157 @@
+"""What every eval suite needs: the checkpoint's model and run config, options, data, and a
+lazily loaded reference model whose results are cached per run (computed once, not per checkpoint).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any, Callable
+
+from unlearn import data, sources
+from unlearn.config import Config
+from unlearn.errors import UserError
+
+SHARED_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
+"""Public data beside the checkout (../shared/data); defaults that point here are used only if present."""
+
+
+@dataclass(frozen=True)
+class EvalOptions:
+    suites: tuple[str, ...] = ()
+    """Suites to run; empty = every suite whose inputs the run provides."""
+    force: bool = False
+    """Re-run suites already recorded in eval.json."""
+    harmful_prompts: str = ""
+    """Harmful prompts file (AdvBench/HarmBench/HarmfulQA/XSTest/PKU/jsonl); empty = AdvBench or the forget prompts."""
+    judge: str = "keyword"
+    """keyword (offline refusal judge) or a sequence-classification model folder / hub id."""
+    judge_threshold: float = 0.5
+    """Probability above which a judge label counts as harmful."""
+    reference: str = ""
+    """Original model for similarity, effectiveness and PrivLeak; empty = the run's model.name_or_path; none = off."""
+    reference_auc: float = -1.0
+    """Min-k% AUC of a retrained model for PrivLeak; < 0 = use the reference model's AUC."""
+    qa: str = ""
+    """Knowledge QA file (question/answer, TOFU format); empty = the forget set when it is QA."""
+    truthfulqa: str = ""
+    """TruthfulQA CSV; empty = ../shared/data/truthfulqa/TruthfulQA.csv when present; none = skip."""
+    normal_prompts: str = ""
+    """Normal prompts for similarity/degeneration (QA or text file); empty = the run's retain data."""
+    holdout: str = ""
+    """Held-out text never trained on (non-members) for the privacy suite."""
+    max_new_tokens: int = 64
+    """Greedy tokens generated per response (harmful, knowledge, normal prompts)."""
+    prefix_tokens: int = 32
+    """Verbatim memorisation: tokens of a forget passage given as the prompt."""
+    continuation_tokens: int = 32
+    """Verbatim memorisation: tokens generated and compared with the true continuation."""
+    min_k: float = 0.2
+    """Min-k% prob: share of lowest-probability tokens averaged per sample."""
+    limit: int = 0
+    """Items per metric (prompts, passages, questions); 0 = all."""
+    batch_size: int = 16
+    """Sequences per forward/generate call."""
+    device: str = ""
+    """cpu | cuda | cuda:N; empty = cuda when available."""
+    dtype: str = "float32"
+    """Weights dtype for evaluation: float32 | bfloat16 | float16."""
+
+
+def _dtype(name: str):
+    import torch
+
+    if name not in ("float32", "bfloat16", "float16"):
+        raise UserError(f"--dtype '{name}' is unknown; expected float32, bfloat16 or float16")
+    return getattr(torch, name)
+
+
+def device_of(opts: EvalOptions) -> str:
+    import torch
+
+    return opts.device or ("cuda" if torch.cuda.is_available() else "cpu")
+
+
+class Context:
+    def __init__(self, checkpoint: Path, cfg: Config, opts: EvalOptions, cache_dir: Path):
+        from unlearn.model import load_for_eval
+
+        self.checkpoint, self.cfg, self.opts, self.cache_dir = checkpoint, cfg, opts, cache_dir
+        self.model, self.tokenizer = load_for_eval(str(checkpoint), _dtype(opts.dtype), device_of(opts))
+        self._reference = None
+
+    @property
+    def reference_name(self) -> str:
+        name = self.opts.reference or self.cfg.model.name_or_path
+        return "" if name.lower() == "none" else name
+
+    def reference(self):
+        """(model, tokenizer) of the original model, loaded on first use."""
+        from unlearn.model import load_for_eval
+
+        if not self.reference_name:
+            raise UserError("this metric needs a reference model; expected --reference MODEL (not none)")
+        if self._reference is None:
+            self._reference = load_for_eval(self.reference_name, _dtype(self.opts.dtype), device_of(self.opts))
+        return self._reference
+
+    def cached(self, key: dict[str, Any], compute: Callable[[], Any]) -> Any:
+        """Result of `compute()` (JSON-able) stored under a hash of `key` in the run's eval cache."""
+        full = {**key, "reference": self.reference_name, "options": _cache_options(self.opts)}
+        digest = hashlib.sha1(json.dumps(full, sort_keys=True).encode()).hexdigest()[:16]
+        path = self.cache_dir / f"reference-{digest}.json"
+        if path.is_file():
+            return json.loads(path.read_text())["value"]
+        value = compute()
+        self.cache_dir.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_suffix(f".tmp{os.getpid()}")
+        tmp.write_text(json.dumps({"key": full, "value": value}) + "\n")
+        os.replace(tmp, path)  # concurrent eval jobs of one run may race; both write the same value
+        return value
+
+    def limited(self, items: list) -> list:
+        return items[:self.opts.limit] if self.opts.limit else items
+
+    def samples(self, role: str, source_csv: str = "") -> list[data.Sample]:
+        """Tokenised samples of the run's `role` data ("forget" | "retain"), as the run built them,
+        or of `source_csv` read with that role's settings; capped by --limit."""
+        out: list[data.Sample] = []
+        for source in data.split_sources(source_csv or getattr(self.cfg.data, role)):
+            out += data.build_samples(source, role, self.tokenizer, self.cfg.data)
+        return self.limited(out)
+
+    def file_samples(self, source: str) -> list[data.Sample]:
+        """Samples of a file given on the command line, its format detected from its columns."""
+        d = self.cfg.data
+        rows = sources.load_rows(source)
+        fmt = sources.detect_format(rows, source)
+        if fmt == "text":
+            samples = data.text_samples(sources.texts_of(rows, source, fmt), self.tokenizer, d.max_length)
+        else:
+            samples = [data.qa_sample(p, a, self.tokenizer, d.prompt_template, d.max_length, d.append_eos)
+                       for p, a in sources.qa_pairs(rows, fmt, source)]
+        return self.limited(samples)
+
+    def qa_pairs(self, source: str) -> list[tuple[str, str]]:
+        """(question, answer) pairs of a QA-like file (format by columns), capped by --limit."""
+        rows = sources.load_rows(source)
+        return self.limited(sources.qa_pairs(rows, sources.detect_format(rows, source), source))
+
+    def prompt(self, question: str) -> str:
+        """`question` in the run's template up to the answer, as data.qa_sample cuts it."""
+        return self.cfg.data.prompt_template.partition("{response}")[0].replace("{prompt}", question).rstrip()
+
+
+def role_format(cfg: Config, role: str) -> str:
+    """The format of the run's first `role` source (auto-detected as the run did)."""
+    first = data.split_sources(getattr(cfg.data, role))[0]
+    return data.read(first, role, cfg.data)[1]
+
+
+def _cache_options(opts: EvalOptions) -> dict[str, Any]:
+    keep = ("judge", "judge_threshold", "max_new_tokens", "prefix_tokens", "continuation_tokens", "min_k",
+            "limit", "dtype")
+    return {k: v for k, v in asdict(opts).items() if k in keep}

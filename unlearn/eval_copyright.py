@@ -1,0 +1,68 @@
+"""Copyright suite: verbatim and knowledge memorisation of the forget data.
+
+- verbatim (as MUSE measures it): prompt with the first `prefix_tokens` tokens of a forget
+  passage (QA samples: the question), greedily generate `continuation_tokens` tokens, and score
+  them against the true next tokens with ROUGE-L F1 (rouge-score) and sentence BLEU (sacrebleu).
+  A model that still holds the text scores near 1, one that never saw it near 0.
+- knowledge: for QA pairs (TOFU columns question/answer), ROUGE-L F1 and recall of the greedy
+  answer against the true answer (TOFU reports recall).
+"""
+
+from __future__ import annotations
+
+from unlearn import data, summary
+from unlearn.eval_context import role_format
+from unlearn.eval_stats import mean_ci
+from unlearn.generation import generate_text, greedy
+from unlearn.textmetrics import bleu, rouge_l
+
+EXAMPLES = 3  # generations stored in eval.json for a reader to look at
+
+
+def verbatim(model, tokenizer, samples, prefix_tokens: int, continuation_tokens: int,
+             batch_size: int = 16) -> dict:
+    """ROUGE-L F1 and BLEU of greedy continuations of forget prefixes against the true text."""
+    probes = summary.probes(samples, prefix=prefix_tokens, length=continuation_tokens)
+    gens = greedy(model, [p.prompt_ids for p in probes], continuation_tokens, tokenizer.pad_token_id,
+                  batch_size, desc="verbatim")
+    preds = [tokenizer.decode(g[:len(p.target_ids)], skip_special_tokens=True) for g, p in zip(gens, probes)]
+    refs = [tokenizer.decode(p.target_ids, skip_special_tokens=True) for p in probes]
+    return {
+        "metrics": {"verbatim_rouge_l": mean_ci(rouge_l(preds, refs)), "verbatim_bleu": mean_ci(bleu(preds, refs))},
+        "examples": [{"prompt": tokenizer.decode(p.prompt_ids, skip_special_tokens=True), "reference": r,
+                      "generation": g} for p, r, g in list(zip(probes, refs, preds))[:EXAMPLES]],
+    }
+
+
+def knowledge(model, tokenizer, pairs: list[tuple[str, str]], prompts: list[str], max_new_tokens: int,
+              batch_size: int = 16) -> dict:
+    """ROUGE-L of greedy answers to forget questions (`prompts`: templated) against the true answers."""
+    answers = generate_text(model, tokenizer, prompts, max_new_tokens, batch_size, desc="knowledge")
+    refs = [a for _, a in pairs]
+    return {
+        "metrics": {"knowledge_rouge_l": mean_ci(rouge_l(answers, refs)),
+                    "knowledge_rouge_l_recall": mean_ci(rouge_l(answers, refs, kind="recall"))},
+        "examples": [{"question": q, "reference": a, "generation": g}
+                     for (q, a), g in list(zip(pairs, answers))[:EXAMPLES]],
+    }
+
+
+def run(ctx) -> dict:
+    """The suite on the run's forget data (and --qa or a QA-format forget set for knowledge)."""
+    d, o = ctx.cfg.data, ctx.opts
+    forget = ctx.samples("forget")
+    out = verbatim(ctx.model, ctx.tokenizer, forget, o.prefix_tokens, o.continuation_tokens, o.batch_size)
+    info = {"forget": d.forget, "prefix_tokens": o.prefix_tokens, "continuation_tokens": o.continuation_tokens}
+    qa_source = o.qa
+    if not qa_source and role_format(ctx.cfg, "forget") == "qa":
+        qa_source = data.split_sources(d.forget)[0]
+    if qa_source:
+        pairs = ctx.qa_pairs(qa_source)
+        k = knowledge(ctx.model, ctx.tokenizer, pairs, [ctx.prompt(q) for q, _ in pairs], o.max_new_tokens,
+                      o.batch_size)
+        out["metrics"].update(k["metrics"])
+        out["examples"] += k["examples"]
+        info["qa"] = qa_source
+    else:
+        info["knowledge"] = "skipped: the forget set is not QA and no --qa file was given"
+    return {**out, "info": info}

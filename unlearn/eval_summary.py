@@ -1,0 +1,85 @@
+"""Summary of a run's evaluations across checkpoints: CSV, PNG (forget vs utility by step), table."""
+
+from __future__ import annotations
+
+import csv
+import math
+from pathlib import Path
+
+CSV_FILE, PNG_FILE = "eval_summary.csv", "eval_summary.png"
+
+# (scalar key, short label, direction) in plotting/printing order; forget metrics first
+HEADLINE = [
+    ("eval/harmful/harmful_rate", "harmful", "lower = forgotten"),
+    ("eval/harmful/effectiveness", "E", "higher = forgotten"),
+    ("eval/copyright/verbatim_rouge_l", "verbatim R-L", "lower = forgotten"),
+    ("eval/copyright/knowledge_rouge_l", "knowledge R-L", "lower = forgotten"),
+    ("eval/privacy/privleak", "PrivLeak", "0 = like reference"),
+    ("eval/utility/retain_ppl", "retain PPL", "lower = kept"),
+    ("eval/utility/truthfulqa_mc1", "TQA MC1", "higher = kept"),
+    ("eval/utility/similarity_to_reference_rouge_l", "sim. R-L", "higher = kept"),
+    ("eval/utility/degeneration_rate", "degenerate", "lower = kept"),
+]
+FORGET_PREFIXES = ("eval/harmful/", "eval/copyright/", "eval/privacy/")
+
+
+def rows(results: list[dict]) -> tuple[list[str], list[dict]]:
+    """(columns, one row per checkpoint sorted by step): step, checkpoint, every eval scalar."""
+    keys = sorted({k for r in results for k in r.get("scalars", {})})
+    table = [{"step": r["step"], "checkpoint": r["checkpoint"], **r.get("scalars", {})}
+             for r in sorted(results, key=lambda r: r["step"])]
+    return ["step", "checkpoint", *keys], table
+
+
+def write(run_dir: Path, results: list[dict]) -> str:
+    """Write RUN_DIR/eval_summary.csv and .png; print and return the terminal table."""
+    columns, table = rows(results)
+    with open(run_dir / CSV_FILE, "w", newline="") as fh:
+        writer = csv.DictWriter(fh, fieldnames=columns)
+        writer.writeheader()
+        writer.writerows(table)
+    plot(run_dir / PNG_FILE, columns, table)
+    text = format_table(columns, table)
+    print(text, flush=True)
+    return text
+
+
+def format_table(columns: list[str], table: list[dict]) -> str:
+    shown = [(k, label, note) for k, label, note in HEADLINE if k in columns]
+    head = f"{'step':>8}" + "".join(f"{label:>15}" for _, label, _ in shown)
+    lines = [head, "-" * len(head)]
+    for row in table:
+        cells = "".join(f"{row[k]:>15.4g}" if isinstance(row.get(k), float) else f"{'':>15}"
+                        for k, _, _ in shown)
+        lines.append(f"{row['step']:>8}" + cells)
+    lines.append("; ".join(f"{label}: {note}" for _, label, note in shown))
+    return "\n".join(lines)
+
+
+def plot(path: Path, columns: list[str], table: list[dict]) -> None:
+    """Two panels by step: forget metrics (left) and utility metrics (right)."""
+    import matplotlib
+
+    matplotlib.use("Agg")  # files only: eval jobs run without a display
+    import matplotlib.pyplot as plt
+
+    metrics = [c for c in columns if c.startswith("eval/")]
+    fig, axes = plt.subplots(1, 2, figsize=(12, 4.5))
+    steps = [r["step"] for r in table]
+    for ax, forget in zip(axes, (True, False)):
+        for key in metrics:
+            if key.startswith(FORGET_PREFIXES) != forget or key.endswith("retain_ppl"):
+                continue
+            ys = [r.get(key, math.nan) for r in table]
+            ax.plot(steps, ys, marker="o", label=key.removeprefix("eval/"))
+        ax.set_xlabel("step")
+        ax.set_title("forget (lower = forgotten)" if forget else "utility")
+        if ax.lines:
+            ax.legend(fontsize=7)
+    if "eval/utility/retain_ppl" in metrics:  # perplexity has its own scale: right axis
+        twin = axes[1].twinx()
+        twin.plot(steps, [r.get("eval/utility/retain_ppl", math.nan) for r in table], "k--", marker="s")
+        twin.set_ylabel("retain perplexity (dashed)")
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)

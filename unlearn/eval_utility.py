@@ -1,0 +1,160 @@
+"""Utility suite: what the unlearned model can still do.
+
+- retain perplexity: exp(token-weighted mean NLL) on the run's retain data.
+- TruthfulQA MC1/MC2 by log-likelihood, as lm-eval scores them: each answer's summed log-prob
+  given the question (no length normalisation). MC1 = 1 when the best answer outscores every
+  incorrect one; MC2 = probability mass of the true answers among true + false (normalised).
+- similarity to the original model: ROUGE-L F1 between this model's and the reference model's
+  greedy answers to normal prompts (1 = answers unchanged by unlearning).
+- degeneration rate: share of normal-prompt answers that are empty, runs of one symbol ("!!!!")
+  or one token repeated; a model that answers everything with "!!!!" scores 1 here even when
+  its perplexity looks fine.
+"""
+
+from __future__ import annotations
+
+import math
+from collections import Counter
+
+import numpy as np
+
+from unlearn import data, sources, summary
+from unlearn.errors import UserError
+from unlearn.eval_context import SHARED_DATA, role_format
+from unlearn.eval_stats import mean_ci
+from unlearn.generation import token_logprobs
+from unlearn.textmetrics import degeneration_reason, rouge_l
+
+EXAMPLES = 3
+NORMAL_PROMPTS = 200  # cap on normal prompts answered (retain corpora can hold thousands of chunks)
+
+
+def retain_perplexity(model, tokenizer, samples) -> dict:
+    nll = summary.mean_nll(model, tokenizer, samples)
+    return {"value": math.exp(min(nll, 50.0)), "nll": nll, "n": len(samples)}
+
+
+def truthfulqa_items(rows: list[dict], source: str) -> list[dict]:
+    """[{question, best, true: [...], false: [...]}] from TruthfulQA rows (CSV: ';'-separated lists)."""
+    names = sources.TQA_CSV if sources.TQA_CSV["question"] in rows[0] else sources.TQA_HUB
+    sources.require_columns(rows, list(names.values()), source, "truthfulqa")
+
+    def split(cell) -> list[str]:
+        items = cell if isinstance(cell, list) else str(cell or "").split(";")  # hub rows hold lists
+        return [str(a).strip() for a in items if str(a).strip()]
+
+    items = []
+    for row in rows:
+        best, true, false = str(row[names["best"]]).strip(), split(row[names["correct"]]), split(row[names["incorrect"]])
+        if best and false:
+            items.append({"question": row[names["question"]], "best": best,
+                          "true": true if best in true else [best, *true], "false": false})
+    if not items:
+        raise UserError(f"TruthfulQA '{source}' has no usable rows; expected Best and Incorrect Answers")
+    return items
+
+
+def mc_scores(ll_best: float, ll_true: list[float], ll_false: list[float]) -> tuple[float, float]:
+    """(MC1, MC2) of one item from summed answer log-likelihoods (nats)."""
+    mc1 = float(ll_best > max(ll_false))
+    lt, lf = np.asarray(ll_true), np.asarray(ll_false)
+    top = max(lt.max(), lf.max())  # subtract the max before exp: log-likelihoods are very negative
+    p_true, p_false = np.exp(lt - top).sum(), np.exp(lf - top).sum()
+    return mc1, float(p_true / (p_true + p_false))
+
+
+def answer_loglik(model, tokenizer, pairs: list[tuple[str, str]], template: str, batch_size: int = 16) -> list[float]:
+    """Summed log p(answer tokens | templated question) per (question, answer) pair (no EOS)."""
+    samples = [data.qa_sample(q, a, tokenizer, template, max_length=1 << 20, append_eos=False) for q, a in pairs]
+    lps = token_logprobs(model, samples, tokenizer.pad_token_id, batch_size, desc="truthfulqa")
+    return [float(lp.sum()) for lp in lps]
+
+
+def truthfulqa(model, tokenizer, items: list[dict], template: str, batch_size: int = 16) -> dict:
+    pairs, spans = [], []
+    for it in items:  # one flat list of (question, answer) so batches are full
+        start = len(pairs)
+        pairs += [(it["question"], a) for a in [it["best"], *it["true"], *it["false"]]]
+        spans.append((start, len(it["true"]), len(it["false"])))
+    ll = answer_loglik(model, tokenizer, pairs, template, batch_size)
+    mc1, mc2 = [], []
+    for start, n_true, n_false in spans:
+        best, true = ll[start], ll[start + 1:start + 1 + n_true]
+        false = ll[start + 1 + n_true:start + 1 + n_true + n_false]
+        s1, s2 = mc_scores(best, true, false)
+        mc1.append(s1)
+        mc2.append(s2)
+    return {"truthfulqa_mc1": mean_ci(mc1), "truthfulqa_mc2": mean_ci(mc2)}
+
+
+def degeneration(answers: list[str]) -> dict:
+    reasons = [degeneration_reason(a) for a in answers]
+    out = {"degeneration_rate": mean_ci([float(bool(r)) for r in reasons])}
+    counts = Counter(r for r in reasons if r)
+    return {**out, "degeneration_reasons": dict(counts)}
+
+
+def similarity(answers: list[str], reference_answers: list[str]) -> dict:
+    return {"similarity_to_reference_rouge_l": mean_ci(rouge_l(answers, reference_answers))}
+
+
+def examples(prompts: list[str], answers: list[str], reference: list[str] | None) -> list[dict]:
+    out = []
+    for i, (p, a) in enumerate(list(zip(prompts, answers))[:EXAMPLES]):
+        out.append({"prompt": p, "generation": a, **({"reference_generation": reference[i]} if reference else {})})
+    return out
+
+
+def normal_prompts(ctx) -> list[str]:
+    """Prompts of ordinary use: --normal_prompts, else the run's retain data (question or text prefix)."""
+    o = ctx.opts
+    samples = (ctx.file_samples(o.normal_prompts) if o.normal_prompts else ctx.samples("retain"))[:NORMAL_PROMPTS]
+    probes = summary.probes(samples, prefix=ctx.opts.prefix_tokens, length=1)
+    return [ctx.tokenizer.decode(p.prompt_ids, skip_special_tokens=True) for p in probes]
+
+
+def truthfulqa_eval_items(ctx, path: str) -> tuple[list[dict], str]:
+    """Items to score and which: the partition's held-out test part if the run trained on TruthfulQA."""
+    d = ctx.cfg.data
+    rows = sources.load_rows(path)
+    trained = any(role_format(ctx.cfg, role) == "truthfulqa" for role in ("forget", "retain"))
+    if trained:
+        rows = sources.truthfulqa_rows(rows, "test", d.truthfulqa_fractions, d.truthfulqa_seed)
+    return ctx.limited(truthfulqa_items(rows, path)), "test part (held out from training)" if trained else "all"
+
+
+def truthfulqa_path(ctx) -> str:
+    if ctx.opts.truthfulqa:
+        return "" if ctx.opts.truthfulqa.lower() == "none" else ctx.opts.truthfulqa
+    default = SHARED_DATA / "truthfulqa" / "TruthfulQA.csv"
+    return str(default) if default.is_file() else ""
+
+
+def run(ctx) -> dict:
+    from unlearn.generation import generate_text
+
+    d, o = ctx.cfg.data, ctx.opts
+    info: dict = {"retain": d.retain}
+    metrics: dict = {"retain_ppl": retain_perplexity(ctx.model, ctx.tokenizer, ctx.samples("retain"))}
+    tqa = truthfulqa_path(ctx)
+    if tqa:
+        items, which = truthfulqa_eval_items(ctx, tqa)
+        metrics.update(truthfulqa(ctx.model, ctx.tokenizer, items, d.prompt_template, o.batch_size))
+        info["truthfulqa"], info["truthfulqa_items"] = tqa, which
+    else:
+        info["truthfulqa"] = "skipped: no TruthfulQA CSV (--truthfulqa FILE)"
+    prompts = normal_prompts(ctx)
+    answers = generate_text(ctx.model, ctx.tokenizer, prompts, o.max_new_tokens, o.batch_size, desc="normal")
+    deg = degeneration(answers)
+    info["degeneration_reasons"] = deg.pop("degeneration_reasons")
+    metrics.update(deg)
+    reference = None
+    if ctx.reference_name:
+        def compute() -> list[str]:
+            model, tok = ctx.reference()
+            return generate_text(model, tok, prompts, o.max_new_tokens, o.batch_size, desc="normal (reference)")
+        reference = ctx.cached({"what": "normal_answers", "prompts": prompts}, compute)
+        metrics.update(similarity(answers, reference))
+        info["reference"] = ctx.reference_name
+    info["normal_prompts"] = o.normal_prompts or d.retain
+    return {"metrics": metrics, "info": info, "examples": examples(prompts, answers, reference)}

@@ -1,0 +1,167 @@
+"""Evaluate one checkpoint (or every checkpoint of a run) and record the results.
+
+Writes `eval.json` beside the weights (metrics with n and 95% bootstrap intervals, decoding
+settings, judge identity, versions) and the same scalars under `eval/<suite>/<metric>` in the
+run's TensorBoard at the checkpoint's step. Suites already in eval.json are skipped unless
+`force`, so re-running a job (requeue, a sweep's chained eval) does no work twice.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from dataclasses import asdict, replace
+from pathlib import Path
+from typing import Callable
+
+from unlearn import checkpoint
+from unlearn.config import Config
+from unlearn.errors import UserError
+from unlearn.eval_context import Context, EvalOptions, device_of, role_format
+
+EVAL_FILE = "eval.json"
+
+
+SUITES = ("harmful", "copyright", "utility", "privacy")
+"""Each suite is `unlearn.eval_<name>.run(ctx) -> {"metrics", "info", "examples"}`."""
+
+
+def suite_fn(name: str) -> Callable[[Context], dict]:
+    import importlib
+
+    return importlib.import_module(f"unlearn.eval_{name}").run
+
+
+def parse_suites(text: str) -> tuple[str, ...]:
+    names = tuple(s.strip() for s in text.split(",") if s.strip())
+    unknown = [s for s in names if s not in SUITES]
+    if unknown:
+        raise UserError(f"--suite {','.join(unknown)} unknown; expected a comma list of {', '.join(SUITES)}")
+    return names
+
+
+def run_config(ckpt: Path) -> Config:
+    from unlearn.config_io import load_config
+
+    path = ckpt / "config.yaml"
+    if not path.is_file():
+        raise UserError(f"checkpoint '{ckpt}' has no config.yaml; expected a checkpoint written by this toolkit")
+    return load_config([str(path)])[0]
+
+
+def step_of(ckpt: Path) -> int:
+    meta = ckpt / "meta.json"
+    if meta.is_file():
+        return int(json.loads(meta.read_text()).get("step", 0))
+    name = ckpt.name
+    return int(name.split("-")[-1]) if name.startswith("step-") and name.split("-")[-1].isdigit() else 0
+
+
+def run_dir_of(ckpt: Path) -> Path | None:
+    """runs/<name> for runs/<name>/checkpoints/step-XXXXXX; None for a loose model folder."""
+    return ckpt.parent.parent if ckpt.parent.name == "checkpoints" else None
+
+
+def default_suites(cfg: Config, o: EvalOptions) -> tuple[str, ...]:
+    """copyright and utility always; harmful for PKU forget sets or given prompts; privacy with a holdout."""
+    out = ["copyright", "utility"]
+    if o.harmful_prompts or role_format(cfg, "forget") == "pku":
+        out.insert(0, "harmful")
+    if o.holdout:
+        out.append("privacy")
+    return tuple(out)
+
+
+def read_eval(ckpt: Path) -> dict:
+    path = Path(ckpt) / EVAL_FILE
+    return json.loads(path.read_text()) if path.is_file() else {}
+
+
+def scalars(result: dict) -> dict[str, float]:
+    """`eval/<suite>/<metric>` -> value for every metric with a numeric value."""
+    out = {}
+    for suite, res in sorted(result.get("suites", {}).items()):
+        for name, metric in sorted(res.get("metrics", {}).items()):
+            value = metric.get("value") if isinstance(metric, dict) else metric
+            if isinstance(value, (int, float)):
+                out[f"eval/{suite}/{name}"] = float(value)
+    return out
+
+
+def evaluate_checkpoint(ckpt: str | Path, opts: EvalOptions) -> dict:
+    """Run the requested suites on one complete checkpoint; returns the (merged) eval.json content."""
+    ckpt = Path(ckpt)
+    checkpoint.require_complete(ckpt)
+    cfg = run_config(ckpt)
+    previous = read_eval(ckpt)
+    wanted = opts.suites or default_suites(cfg, opts)
+    todo = [s for s in wanted if opts.force or s not in previous.get("suites", {})]
+    if not todo:
+        print(f"{ckpt}: already evaluated ({', '.join(wanted)}); use --force to redo", flush=True)
+        return previous
+    run_dir = run_dir_of(ckpt)
+    ctx = Context(ckpt, cfg, opts, (run_dir or ckpt) / "eval_cache")
+    suites = dict(previous.get("suites", {}))
+    for name in todo:
+        t0 = time.time()
+        print(f"{ckpt}: {name} suite ...", flush=True)
+        suites[name] = {**suite_fn(name)(ctx), "seconds": round(time.time() - t0, 1)}
+    result = {
+        "checkpoint": str(ckpt), "step": step_of(ckpt), "time": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+        "reference": ctx.reference_name, "device": device_of(opts),
+        "decoding": {"strategy": "greedy", "max_new_tokens": opts.max_new_tokens,
+                     "prefix_tokens": opts.prefix_tokens, "continuation_tokens": opts.continuation_tokens,
+                     "batch_size": opts.batch_size, "dtype": opts.dtype, "prompt_template": cfg.data.prompt_template},
+        "options": asdict(replace(opts, suites=tuple(todo))), "versions": versions(),
+        "git_commit": checkpoint.git_commit(), "suites": suites,
+    }
+    result["scalars"] = scalars(result)
+    write_json(ckpt / EVAL_FILE, result)
+    if run_dir is not None:
+        log_tensorboard(run_dir, result)
+    return result
+
+
+def write_json(path: Path, value: dict) -> None:
+    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
+    tmp.write_text(json.dumps(value, indent=2, default=float) + "\n")
+    os.replace(tmp, path)  # a reader never sees half a file
+
+
+def log_tensorboard(run_dir: Path, result: dict) -> None:
+    from unlearn.distributed import env_from_os
+    from unlearn.metrics import Writer
+
+    writer = Writer(run_dir / "tb", env_from_os())
+    writer.log(result["scalars"], result["step"])
+    writer.close()
+
+
+def versions() -> dict[str, str]:
+    import importlib.metadata as md
+
+    from unlearn.model import library_versions
+
+    out = library_versions()
+    for pkg in ("rouge-score", "sacrebleu", "scipy"):
+        try:
+            out[pkg] = md.version(pkg)
+        except md.PackageNotFoundError:
+            pass
+    return out
+
+
+def evaluate_run(run_dir: str | Path, opts: EvalOptions) -> list[dict]:
+    """Evaluate every complete checkpoint of a run (skipping evaluated ones), then summarise."""
+    from unlearn import eval_summary
+
+    run_dir = Path(run_dir)
+    if not (run_dir / "checkpoints").is_dir():
+        raise UserError(f"run '{run_dir}' has no checkpoints/ folder; expected runs/<name> of a training run")
+    ckpts = checkpoint.complete_checkpoints(run_dir)
+    if not ckpts:
+        raise UserError(f"run '{run_dir}' has no complete checkpoint; expected checkpoints/step-*/COMPLETE")
+    results = [evaluate_checkpoint(c, opts) for c in ckpts]
+    eval_summary.write(run_dir, results)
+    return results

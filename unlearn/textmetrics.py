@@ -1,0 +1,54 @@
+"""Scores of generated text against references, and a detector of degenerate output.
+
+The one implementation of ROUGE-L (rouge-score) and BLEU (sacrebleu) in the project.
+"""
+
+from __future__ import annotations
+
+import re
+from collections import Counter
+
+
+def rouge_l(predictions: list[str], references: list[str], kind: str = "fmeasure") -> list[float]:
+    """Per-pair ROUGE-L (F1 by default; `kind` = precision | recall | fmeasure), in [0, 1]."""
+    from rouge_score import rouge_scorer  # rouge-score: only when text is scored
+
+    scorer = rouge_scorer.RougeScorer(["rougeL"], use_stemmer=False)
+    return [getattr(scorer.score(ref, pred)["rougeL"], kind) for pred, ref in zip(predictions, references)]
+
+
+def bleu(predictions: list[str], references: list[str]) -> list[float]:
+    """Per-pair sentence BLEU (sacrebleu, exponential smoothing), rescaled from 0-100 to [0, 1]."""
+    from sacrebleu.metrics import BLEU  # sacrebleu: only when text is scored
+
+    metric = BLEU(effective_order=True)
+    return [metric.sentence_score(pred, [ref]).score / 100.0 for pred, ref in zip(predictions, references)]
+
+
+_RUN_OF_SYMBOLS = re.compile(r"([^\w\s])\1{3,}")  # "!!!!", "????", "...." : 4+ of one symbol
+_WORD = re.compile(r"\w+|[^\w\s]")
+
+
+def degeneration_reason(text: str, min_tokens: int = 8, max_repeat_share: float = 0.5,
+                        max_same_in_a_row: int = 4) -> str:
+    """Why `text` is degenerate ('' when it is not): empty, a run of one symbol, or repetition.
+
+    Repetition: a word/symbol repeated `max_same_in_a_row` times in a row, or (for answers of at
+    least `min_tokens` words) one word/symbol making up more than `max_repeat_share` of the answer.
+    """
+    stripped = text.strip()
+    if not stripped:
+        return "empty"
+    if _RUN_OF_SYMBOLS.search(stripped):
+        return "symbol_run"
+    words = [w.lower() for w in _WORD.findall(stripped)]
+    if not any(w[0].isalnum() for w in words):
+        return "no_words"
+    streak = 1
+    for prev, cur in zip(words, words[1:]):
+        streak = streak + 1 if cur == prev else 1
+        if streak >= max_same_in_a_row:
+            return "repeated_token"
+    if len(words) >= min_tokens and Counter(words).most_common(1)[0][1] > max_repeat_share * len(words):
+        return "repeated_token"
+    return ""
