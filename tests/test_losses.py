@@ -1,0 +1,133 @@
+"""Each loss against a closed form, on small random tensors (B=3, T=7, V=11)."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from unlearn import losses, methods
+from unlearn.config import MethodConfig
+from unlearn.methods import Forward
+
+B, T, V = 3, 7, 11
+
+
+@pytest.fixture
+def batch() -> tuple[torch.Tensor, torch.Tensor]:
+    """(logits, labels): question tokens and right padding masked with -100, lengths 7, 5, 3."""
+    g = torch.Generator().manual_seed(0)
+    logits = torch.randn(B, T, V, generator=g) * 3
+    labels = torch.randint(0, V, (B, T), generator=g)
+    labels[:, :2] = losses.IGNORE        # the question
+    labels[1, 5:] = losses.IGNORE        # padding
+    labels[2, 3:] = losses.IGNORE
+    return logits, labels
+
+
+def _perturb_masked(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    """Logits changed wildly wherever the *next* label is masked (positions that predict nothing)."""
+    out = logits.clone()
+    predicts_nothing = torch.ones(B, T, dtype=torch.bool)
+    predicts_nothing[:, :-1] = labels[:, 1:] == losses.IGNORE
+    out[predicts_nothing] = torch.randn(int(predicts_nothing.sum()), V) * 50
+    return out
+
+
+def test_uniform_logits_give_nll_log_vocab(batch):
+    _, labels = batch
+    assert losses.nll(torch.zeros(B, T, V), labels).item() == pytest.approx(math.log(V), abs=1e-6)
+
+
+def test_nll_is_the_token_mean_cross_entropy_over_answer_tokens(batch):
+    logits, labels = batch
+    keep = labels[:, 1:] != losses.IGNORE
+    logp = F.log_softmax(logits[:, :-1].double(), -1).gather(-1, labels[:, 1:].clamp(min=0)[..., None])[..., 0]
+    assert losses.nll(logits, labels).item() == pytest.approx(-logp[keep].mean().item(), rel=1e-6)
+
+
+def test_ga_is_exactly_minus_nll(batch):
+    logits, labels = batch
+    fwd = Forward(logits, labels)
+    assert torch.equal(methods.FORGET["ga"].fn(fwd, MethodConfig()), -methods.RETAIN["nll"].fn(fwd, MethodConfig()))
+
+
+def test_kl_is_zero_when_policy_is_reference(batch):
+    logits, labels = batch
+    fwd = Forward(logits, labels, ref_logits=logits.clone())
+    assert methods.RETAIN["kl"].fn(fwd, MethodConfig()).item() == 0.0
+
+
+def test_kl_matches_the_definition_and_direction(batch):
+    """KL(p_ref || p_policy) = sum_v p_ref (log p_ref - log p_policy), averaged over answer positions."""
+    logits, labels = batch
+    ref = torch.randn(B, T, V, generator=torch.Generator().manual_seed(1))
+    keep = labels[:, 1:] != losses.IGNORE
+    p_ref = F.softmax(ref[:, :-1].double(), -1)
+    expected = (p_ref * (p_ref.log() - F.log_softmax(logits[:, :-1].double(), -1))).sum(-1)[keep].mean()
+    got = losses.kl_to_reference(logits, ref, labels)
+    assert got.item() == pytest.approx(expected.item(), rel=1e-5)
+    assert got.item() > 0
+
+
+def test_npo_with_policy_equal_reference_is_two_over_beta_log_two(batch):
+    logits, labels = batch
+    for beta in (0.1, 1.0, 2.5):
+        fwd = Forward(logits, labels, ref_logits=logits.clone())
+        got = methods.FORGET["npo"].fn(fwd, MethodConfig(beta=beta)).item()
+        assert got == pytest.approx(2 / beta * math.log(2), rel=1e-6)
+
+
+def test_simnpo_closed_form_on_uniform_logits(batch):
+    """Uniform logits: mean answer log-prob = -log V for every sequence."""
+    _, labels = batch
+    beta, gamma = 0.5, 0.3
+    got = methods.FORGET["simnpo"].fn(Forward(torch.zeros(B, T, V), labels), MethodConfig(beta=beta, simnpo_gamma=gamma))
+    expected = -(2 / beta) * math.log(1 / (1 + math.exp(-(beta * math.log(V) - gamma))))
+    assert got.item() == pytest.approx(expected, rel=1e-6)
+
+
+def test_sequence_logps_sum_and_mean_over_answer_tokens_only(batch):
+    _, labels = batch
+    n = (labels[:, 1:] != losses.IGNORE).sum(-1).float()
+    uniform = torch.zeros(B, T, V)
+    assert torch.allclose(losses.sequence_logp(uniform, labels), -n * math.log(V))
+    assert torch.allclose(losses.sequence_mean_logp(uniform, labels), torch.full((B,), -math.log(V)))
+
+
+@pytest.mark.parametrize("name", ["ga", "npo", "simnpo", "nll", "kl", "random_mismatch"])
+def test_logits_at_masked_positions_change_nothing(batch, name):
+    logits, labels = batch
+    ref = torch.randn(B, T, V, generator=torch.Generator().manual_seed(2))
+    obj = methods.FORGET.get(name) or methods.RETAIN[name]
+    before = obj.fn(Forward(logits, labels, ref), MethodConfig())
+    after = obj.fn(Forward(_perturb_masked(logits, labels), labels, _perturb_masked(ref, labels)), MethodConfig())
+    assert after.item() == pytest.approx(before.item(), rel=1e-6, abs=1e-7)
+
+
+@pytest.mark.parametrize("name", ["ga", "npo", "simnpo", "nll", "kl"])
+def test_gradients_flow_only_into_policy_logits_at_answer_positions(batch, name):
+    logits, labels = batch
+    logits = logits.clone().requires_grad_(True)
+    ref = torch.randn(B, T, V, generator=torch.Generator().manual_seed(3))
+    obj = methods.FORGET.get(name) or methods.RETAIN[name]
+    obj.fn(Forward(logits, labels, ref), MethodConfig()).backward()
+    predicts_nothing = torch.ones(B, T, dtype=torch.bool)
+    predicts_nothing[:, :-1] = labels[:, 1:] == losses.IGNORE
+    assert logits.grad[predicts_nothing].abs().max() == 0
+    assert logits.grad[~predicts_nothing].abs().max() > 0
+
+
+def test_nothing_labelled_gives_zero_not_nan():
+    labels = torch.full((2, 4), losses.IGNORE)
+    assert losses.nll(torch.randn(2, 4, V), labels).item() == 0.0
+    assert losses.kl_to_reference(torch.randn(2, 4, V), torch.randn(2, 4, V), labels).item() == 0.0
+
+
+def test_registry_names_and_reference_needs():
+    assert {n: o.needs_reference for n, o in methods.FORGET.items()} == {"ga": False, "npo": True, "simnpo": False}
+    assert methods.RETAIN["kl"].needs_reference and not methods.RETAIN["nll"].needs_reference
+    assert methods.needs_reference(MethodConfig(forget_loss="ga", retain_loss="kl"))
+    assert not methods.needs_reference(MethodConfig(forget_loss="simnpo", retain_loss="nll"))
