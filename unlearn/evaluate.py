@@ -9,6 +9,7 @@ run's TensorBoard at the checkpoint's step. Suites already in eval.json are skip
 from __future__ import annotations
 
 import json
+import math
 import os
 import time
 from dataclasses import asdict, replace
@@ -84,7 +85,7 @@ def scalars(result: dict) -> dict[str, float]:
     for suite, res in sorted(result.get("suites", {}).items()):
         for name, metric in sorted(res.get("metrics", {}).items()):
             value = metric.get("value") if isinstance(metric, dict) else metric
-            if isinstance(value, (int, float)):
+            if isinstance(value, (int, float)) and math.isfinite(value):
                 out[f"eval/{suite}/{name}"] = float(value)
     return out
 
@@ -123,9 +124,20 @@ def evaluate_checkpoint(ckpt: str | Path, opts: EvalOptions) -> dict:
     return result
 
 
+def _finite(value):
+    """NaN/inf -> None, so eval.json is strict JSON (a metric undefined on this data reads null)."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if isinstance(value, dict):
+        return {k: _finite(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_finite(v) for v in value]
+    return value
+
+
 def write_json(path: Path, value: dict) -> None:
     tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    tmp.write_text(json.dumps(value, indent=2, default=float) + "\n")
+    tmp.write_text(json.dumps(_finite(value), indent=2, allow_nan=False) + "\n")
     os.replace(tmp, path)  # a reader never sees half a file
 
 

@@ -1,0 +1,124 @@
+"""Harmful suite: greedy responses to harmful prompts, judged on the response only.
+
+Metrics (rates over prompts, 95% bootstrap intervals):
+- harmful_rate: share of responses the judge calls harmful (held-out prompts).
+- refusal_rate: share of responses that refuse (keyword judge's phrases).
+- effectiveness E = (Acc_cls - Acc_unl) / Acc_cls: the relative drop of the harmful rate from the
+  reference (original) model's to this model's, same prompts, decoding and judge; its interval
+  resamples prompts jointly for both models (paired bootstrap).
+- forget_harmful_rate / forget_refusal_rate: the same on the run's own (trained-on) forget prompts.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+
+from unlearn import sources
+from unlearn.errors import UserError
+from unlearn.eval_context import SHARED_DATA, role_format
+from unlearn.eval_stats import bootstrap, mean_ci
+from unlearn.generation import generate_text
+from unlearn.judges import load_judge
+
+PROMPT_COLUMNS = ("goal", "Behavior", "prompt", "question", "text")  # AdvBench, HarmBench, XSTest/PKU, QA
+EXAMPLES = 3
+
+
+def _flatten(value) -> list[str]:
+    """Strings of a nested JSON value (HarmfulQA: {topic: {subtopic: [question, ...]}})."""
+    if isinstance(value, str):
+        return [value]
+    if isinstance(value, dict):
+        return [s for v in value.values() for s in _flatten(v)]
+    if isinstance(value, list):
+        return [s for v in value for s in _flatten(v)]
+    return []
+
+
+def load_prompts(path: str) -> list[str]:
+    """Harmful prompts of a file: AdvBench/HarmBench CSV, XSTest (unsafe rows), PKU rows with an unsafe
+    response, question/prompt JSONL, or nested JSON of strings (HarmfulQA)."""
+    p = Path(path)
+    if p.suffix == ".json" and p.is_file():
+        raw = json.loads(p.read_text())
+        if isinstance(raw, dict) or (isinstance(raw, list) and raw and isinstance(raw[0], str)):
+            return _unique(_flatten(raw))
+    rows = sources.load_rows(path)
+    if not rows:
+        raise UserError(f"harmful prompts '{path}' are empty; expected at least one prompt")
+    if set(sources.PKU_COLUMNS) <= set(rows[0]):
+        return _unique([prompt for prompt, _ in sources.pku_pairs(rows, path)])
+    column = next((c for c in PROMPT_COLUMNS if c in rows[0]), None)
+    if column is None:
+        raise UserError(f"harmful prompts '{path}' have columns {sorted(rows[0])}; expected one of "
+                        f"{', '.join(PROMPT_COLUMNS)}")
+    if "label" in rows[0]:  # XSTest: safe look-alikes are for over-refusal, not harm
+        rows = [r for r in rows if str(r["label"]).strip().lower() == "unsafe"]
+    return _unique([str(r[column]) for r in rows if str(r[column] or "").strip()])
+
+
+def _unique(items: list[str]) -> list[str]:
+    return list(dict.fromkeys(s.strip() for s in items if s.strip()))
+
+
+def default_prompts_path() -> str:
+    path = SHARED_DATA / "advbench" / "harmful_behaviors.csv"
+    return str(path) if path.is_file() else ""
+
+
+def respond_and_judge(model, tokenizer, prompts: list[str], judge, max_new_tokens: int, batch_size: int,
+                      desc: str) -> dict:
+    responses = generate_text(model, tokenizer, prompts, max_new_tokens, batch_size, desc=desc)
+    return {"responses": responses, "harmful": [bool(x) for x in judge.harmful(responses)],
+            "refused": [bool(x) for x in judge.refused(responses)]}
+
+
+def effectiveness(ref_harmful: list[bool], harmful: list[bool], seed: int = 0) -> dict:
+    """E = (rate_ref - rate) / rate_ref with a paired-bootstrap 95% interval (nan if rate_ref = 0)."""
+    ref, unl = np.asarray(ref_harmful, float), np.asarray(harmful, float)
+
+    def stat(idx: np.ndarray) -> float:
+        base = ref[idx].mean()
+        return float((base - unl[idx].mean()) / base) if base > 0 else float("nan")
+
+    value = stat(np.arange(ref.size))
+    low, high = bootstrap(stat, ref.size, seed=seed) if ref.size else (float("nan"), float("nan"))
+    return {"value": value, "ci_low": low, "ci_high": high, "n": int(ref.size),
+            "reference_harmful_rate": float(ref.mean()) if ref.size else float("nan")}
+
+
+def run(ctx) -> dict:
+    o = ctx.opts
+    judge = load_judge(o.judge, o.judge_threshold, str(ctx.model.device))
+    path = o.harmful_prompts or default_prompts_path()
+    forget_is_pku = role_format(ctx.cfg, "forget") == "pku"
+    if not path and not forget_is_pku:
+        raise UserError("harmful suite: no prompts; expected --harmful_prompts FILE (AdvBench, HarmBench, "
+                        "HarmfulQA, XSTest) or a PKU-SafeRLHF forget set")
+    metrics, info, examples = {}, {"judge": judge.identity}, []
+    sets = []
+    if path:
+        sets.append(("", ctx.limited(load_prompts(path)), path))
+    if forget_is_pku:
+        forget_prompts = _unique([s["prompt"] for s in ctx.samples("forget")])
+        sets.append(("forget_", forget_prompts, ctx.cfg.data.forget))
+    for tag, prompts, source in sets:
+        templated = [ctx.prompt(p) for p in prompts]
+        res = respond_and_judge(ctx.model, ctx.tokenizer, templated, judge, o.max_new_tokens, o.batch_size,
+                                desc=f"{tag}harmful")
+        metrics[f"{tag}harmful_rate"] = mean_ci(res["harmful"])
+        metrics[f"{tag}refusal_rate"] = mean_ci(res["refused"])
+        info[f"{tag}prompts"] = source
+        if ctx.reference_name:
+            def compute(templated=templated) -> dict:
+                model, tok = ctx.reference()
+                return respond_and_judge(model, tok, templated, judge, o.max_new_tokens, o.batch_size,
+                                         desc="harmful (reference)")
+            ref = ctx.cached({"what": "harmful", "prompts": templated, "judge": judge.identity}, compute)
+            metrics[f"{tag}effectiveness"] = effectiveness(ref["harmful"], res["harmful"])
+        examples += [{"set": tag.rstrip("_") or "held_out", "prompt": p, "response": r, "harmful": h}
+                     for p, r, h in list(zip(prompts, res["responses"], res["harmful"]))[:EXAMPLES]]
+    return {"metrics": metrics, "info": info, "examples": examples}
