@@ -11,6 +11,29 @@ from typing import Any
 from unlearn.distributed import DistEnv
 
 
+class Window:
+    """Means of per-step metrics between two log points.
+
+    Alternating schedules put forget and retain terms on different steps; averaging each tag over
+    the steps that have it means every term is logged whatever log_every_n_steps is.
+    """
+
+    def __init__(self) -> None:
+        self._sums: dict[str, float] = {}
+        self._counts: dict[str, int] = {}
+
+    def add(self, metrics: dict[str, float]) -> None:
+        for key, value in metrics.items():
+            self._sums[key] = self._sums.get(key, 0.0) + value
+            self._counts[key] = self._counts.get(key, 0) + 1
+
+    def pop_means(self) -> dict[str, float]:
+        means = {k: self._sums[k] / self._counts[k] for k in self._sums}
+        self._sums.clear()
+        self._counts.clear()
+        return means
+
+
 class Writer:
     def __init__(self, logdir: Path, env: DistEnv, purge_step: int | None = None):
         self.env = env
