@@ -123,11 +123,30 @@ def save(engine, tokenizer, cfg: Config, run_dir: Path, step: int, env: DistEnv,
         (tmp / "meta.json").write_text(json.dumps(_meta(cfg, engine, env, step, client_state), indent=2) + "\n")
         _fsync_tree(tmp)
         (tmp / COMPLETE).write_text(f"{step}\n")
-        if final.exists():  # a re-save of the same step (e.g. after resume) replaces it
-            shutil.rmtree(final)
-        os.replace(tmp, final)
+        _replace_dir(tmp, final)
     distributed.barrier()
     return final
+
+
+def _replace_dir(src: Path, dest: Path) -> None:
+    """Rename `src` to `dest`; an existing `dest` is moved aside first, so a crash in between
+    leaves either the old folder or the new one, never neither."""
+    old = dest.parent / f".{dest.name}.old"
+    if dest.exists():
+        shutil.rmtree(old, ignore_errors=True)
+        os.replace(dest, old)
+    os.replace(src, dest)
+    shutil.rmtree(old, ignore_errors=True)
+    _fsync_dir(dest.parent)
+
+
+def remove_partial(run_dir: Path, env: DistEnv) -> None:
+    """Delete the hidden `.step-*.tmp`/`.old` folders that a killed save leaves behind (rank 0)."""
+    root = Path(run_dir) / "checkpoints"
+    if env.is_main and root.is_dir():
+        for leftover in list(root.glob(".step-*.tmp")) + list(root.glob(".step-*.old")):
+            shutil.rmtree(leftover, ignore_errors=True)
+    distributed.barrier()
 
 
 def prune(run_dir: Path, keep_last_n: int, env: DistEnv) -> None:
@@ -136,6 +155,8 @@ def prune(run_dir: Path, keep_last_n: int, env: DistEnv) -> None:
         return
     done = complete_checkpoints(run_dir)
     for old in done[:-max(1, keep_last_n)]:
+        # Un-mark it first: a crash in the middle of rmtree must not leave a "complete" half folder.
+        (old / COMPLETE).unlink()
         shutil.rmtree(old)
 
 
@@ -146,15 +167,44 @@ def load_for_resume(engine, ckpt: Path, env: DistEnv) -> dict[str, Any]:
     if not engine_dir.is_dir():
         raise UserError(f"checkpoint '{ckpt}' has no engine state; expected one saved with "
                         "train.save_engine_state=true to resume")
+    meta = json.loads((ckpt / "meta.json").read_text())
+    now = {"world_size": env.world_size, "zero_stage": engine.zero_optimization_stage()}
+    for key, value in now.items():
+        if meta.get(key, value) != value:
+            raise UserError(f"checkpoint '{ckpt}' was saved with {key}={meta[key]}, this run has {key}={value}; "
+                            "expected the same number of ranks and ZeRO stage as the original run to resume")
+    rng = engine_dir / f"rng_rank{env.rank}.pt"
+    if not rng.is_file():
+        raise UserError(f"checkpoint '{ckpt}' lacks {ENGINE_DIR}/{rng.name}; expected the RNG state of "
+                        f"every rank (a damaged or hand-edited checkpoint?)")
     _, client = engine.load_checkpoint(str(engine_dir), tag=ENGINE_TAG, load_optimizer_states=True,
                                        load_lr_scheduler_states=True)
     if client is None:
         raise UserError(f"checkpoint '{ckpt}' engine state could not be loaded (saved with another "
                         "world size or ZeRO stage?); expected the same launch settings as the original run")
-    rng = engine_dir / f"rng_rank{env.rank}.pt"
-    if rng.is_file():
-        _set_rng_state(torch.load(rng, weights_only=False))
+    _set_rng_state(torch.load(rng, weights_only=False))
     return client
+
+
+def config_changes(ckpt: Path, cfg: Config) -> list[str]:
+    """'key: old -> new' for each setting that differs from the checkpoint's config.yaml."""
+    import yaml
+
+    from unlearn.config_io import to_dict
+
+    saved, now = _flat(yaml.safe_load((Path(ckpt) / "config.yaml").read_text()) or {}), _flat(to_dict(cfg))
+    return [f"{k}: {saved.get(k)!r} -> {now.get(k)!r}" for k in sorted(set(saved) | set(now))
+            if saved.get(k) != now.get(k)]
+
+
+def _flat(tree: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for key, value in tree.items():
+        if isinstance(value, dict):
+            out.update(_flat(value, f"{prefix}{key}."))
+        else:
+            out[f"{prefix}{key}"] = value
+    return out
 
 
 def export(ckpt: Path, dest: Path) -> None:
@@ -164,9 +214,7 @@ def export(ckpt: Path, dest: Path) -> None:
     tmp = dest.parent / f".{dest.name}.tmp"
     shutil.rmtree(tmp, ignore_errors=True)
     shutil.copytree(ckpt, tmp, ignore=shutil.ignore_patterns(ENGINE_DIR))
-    if dest.exists():
-        shutil.rmtree(dest)
-    os.replace(tmp, dest)
+    _replace_dir(tmp, dest)
 
 
 def _rng_state() -> dict[str, Any]:
@@ -189,7 +237,17 @@ def _set_rng_state(state: dict[str, Any]) -> None:
 
 
 def _fsync_tree(root: Path) -> None:
+    """Flush every file before COMPLETE is written: after a power loss the marker must not be
+    on disk while the weights are not."""
     for path in root.rglob("*"):
         if path.is_file():
             with open(path, "rb") as fh:
                 os.fsync(fh.fileno())
+
+
+def _fsync_dir(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)

@@ -6,7 +6,7 @@ import argparse
 import sys
 from typing import Any, Callable
 
-from unlearn.errors import EXIT_USER_ERROR, UserError
+from unlearn.errors import EXIT_DIVERGED, EXIT_USER_ERROR, Diverged, UserError
 
 
 def run_args(description: str) -> argparse.ArgumentParser:
@@ -27,12 +27,21 @@ def run_args(description: str) -> argparse.ArgumentParser:
 
 
 def guarded(fn: Callable[[], object]) -> None:
-    """Run `fn`; a UserError becomes one line on stderr and exit status 2 (no traceback)."""
+    """Run `fn`; a UserError becomes one `error:` line on stderr and exit status 2, a divergence
+    stop one line and status 4 (no traceback). In a multi-rank run the launcher (deepspeed,
+    torchrun, srun --kill-on-bad-exit) then ends the other ranks, so none waits in a collective."""
     try:
         fn()
     except UserError as exc:
-        print(f"error: {exc}", file=sys.stderr, flush=True)
+        print(f"error: {_one_line(exc)}", file=sys.stderr, flush=True)
         raise SystemExit(EXIT_USER_ERROR) from None
+    except Diverged as exc:
+        print(f"error: {_one_line(exc)}", file=sys.stderr, flush=True)
+        raise SystemExit(EXIT_DIVERGED) from None
+
+
+def _one_line(exc: Exception) -> str:
+    return " ".join(str(exc).split())
 
 
 def train_main(doc: str, argv: list[str] | None, defaults: dict[str, Any] | None = None) -> None:

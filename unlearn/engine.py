@@ -8,7 +8,6 @@ sets them too is an error, as is DeepSpeed's "auto" (only HF's Trainer resolves 
 from __future__ import annotations
 
 import json
-import math
 from pathlib import Path
 from typing import Any
 
@@ -60,6 +59,9 @@ def read_ds_config(path: str | Path, patch: dict[str, Any] | None = None) -> dic
     if auto:
         raise UserError(f"DeepSpeed config '{path}' has \"auto\" at '{auto}'; expected a concrete value "
                         "(only Hugging Face's Trainer resolves \"auto\")")
+    if ds.get("bf16", {}).get("enabled") and ds["bf16"].get("check_grad_overflow") is False:
+        raise UserError(f"DeepSpeed config '{path}' sets bf16.check_grad_overflow=false; expected true or "
+                        "unset (skipping steps with non-finite gradients relies on it)")
     if ds.get("fp16", {}).get("enabled") and not torch.cuda.is_available():
         raise UserError(f"DeepSpeed config '{path}' enables fp16, which needs a GPU; expected bf16 or fp32 on CPU")
     return ds
@@ -77,11 +79,20 @@ def dtype_of(ds: dict[str, Any]) -> torch.dtype:
     return torch.float32
 
 
-def grad_accum_steps(cfg: Config, env: DistEnv) -> int:
-    per_step = cfg.train.micro_batch_size * env.world_size
+def check_run_config(cfg: Config, world_size: int) -> None:
+    """The run-config side of the engine (before any weights are loaded)."""
+    if cfg.optim.schedule not in ("linear", "constant"):
+        raise UserError(f"optim.schedule '{cfg.optim.schedule}' is unknown; expected linear or constant")
+    grad_accum_steps(cfg, world_size)
+
+
+def grad_accum_steps(cfg: Config, world_size: int) -> int:
+    per_step = cfg.train.micro_batch_size * world_size
+    if per_step <= 0:
+        raise UserError(f"train.micro_batch_size={cfg.train.micro_batch_size} must be a positive integer")
     if cfg.train.global_batch_size % per_step:
         raise UserError(f"train.global_batch_size={cfg.train.global_batch_size} is not a multiple of "
-                        f"train.micro_batch_size x world size = {cfg.train.micro_batch_size} x {env.world_size}")
+                        f"train.micro_batch_size x world size = {cfg.train.micro_batch_size} x {world_size}")
     return cfg.train.global_batch_size // per_step
 
 
@@ -89,7 +100,7 @@ def full_ds_config(ds: dict[str, Any], cfg: Config, env: DistEnv) -> dict[str, A
     """The JSON plus the fields our config owns (batch sizes, clipping, optimizer)."""
     full = dict(ds)
     full["train_micro_batch_size_per_gpu"] = cfg.train.micro_batch_size
-    full["gradient_accumulation_steps"] = grad_accum_steps(cfg, env)
+    full["gradient_accumulation_steps"] = grad_accum_steps(cfg, env.world_size)
     full["train_batch_size"] = cfg.train.global_batch_size
     full["gradient_clipping"] = cfg.optim.grad_clip
     full.setdefault("steps_per_print", 10**9)  # we log ourselves
@@ -118,8 +129,7 @@ def initialize(model, ds: dict[str, Any], cfg: Config, env: DistEnv, max_steps: 
     """A DeepSpeed engine training the model's trainable parameters."""
     import deepspeed  # heavy: only when an engine is built
 
-    if cfg.optim.schedule not in ("linear", "constant"):
-        raise UserError(f"optim.schedule '{cfg.optim.schedule}' is unknown; expected linear or constant")
+    check_run_config(cfg, env.world_size)
     full = full_ds_config(ds, cfg, env)
     params = [p for p in model.parameters() if p.requires_grad]
     engine, optimizer, _, scheduler = deepspeed.initialize(
@@ -143,7 +153,3 @@ def reference_engine(model, ds: dict[str, Any]):
 
 def describe(engine) -> str:
     return f"ZeRO-{engine.zero_optimization_stage()} {engine.communication_data_type} x{engine.world_size}"
-
-
-def is_finite(x: float) -> bool:
-    return math.isfinite(x)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import tempfile
 import time
 from pathlib import Path
 
@@ -29,25 +30,42 @@ def prepare_run_dir(cfg: Config, env: DistEnv, *, resume: bool, overwrite: bool)
     return Path(path)
 
 
+def check_run_dir(cfg: Config, *, resume: bool, overwrite: bool) -> None:
+    """The run-folder errors, found without creating the run folder (every rank may call it: no
+    rank creates anything before all have passed it and met in distributed start-up)."""
+    if resume and overwrite:
+        raise UserError("--resume and --overwrite contradict each other; expected at most one of them")
+    _check_writable(Path(cfg.run.output_dir))
+    if not cfg.run.name:
+        return
+    path = Path(cfg.run.output_dir) / cfg.run.name
+    if path.exists() and not path.is_dir():
+        raise UserError(f"run folder '{path}' is a file; expected a folder (or a free run.name)")
+    if path.is_dir() and any(path.iterdir()) and not (resume or overwrite):
+        raise UserError(f"run folder '{path}' already exists; pass --resume to continue it, "
+                        "--overwrite to replace it, or choose another run.name")
+
+
 def _prepare(cfg: Config, resume: bool, overwrite: bool) -> Path:
-    parent = Path(cfg.run.output_dir)
-    try:
-        parent.mkdir(parents=True, exist_ok=True)
-    except OSError as exc:
-        raise UserError(f"run.output_dir '{parent}' cannot be created ({exc.strerror}); "
-                        "expected a writable folder") from None
-    if not os.access(parent, os.W_OK):
-        raise UserError(f"run.output_dir '{parent}' is not writable; expected a writable folder")
+    check_run_dir(cfg, resume=resume, overwrite=overwrite)
+    # Unnamed runs get a fresh name each time (second + pid), so repeating a command never collides.
     name = cfg.run.name or time.strftime("run-%Y%m%d-%H%M%S") + f"-{os.getpid()}"
-    path = parent / name
-    if path.exists() and any(path.iterdir()):
-        if overwrite:
-            shutil.rmtree(path)
-        elif not resume:
-            raise UserError(f"run folder '{path}' already exists; pass --resume to continue it, "
-                            "--overwrite to replace it, or choose another run.name")
-    elif resume and cfg.run.name:
+    path = Path(cfg.run.output_dir) / name
+    if overwrite and path.is_dir():
+        shutil.rmtree(path)
+    elif resume and not path.is_dir():
         print(f"--resume: '{path}' does not exist yet, starting a new run", flush=True)
     path.mkdir(parents=True, exist_ok=True)
     (path / "config.yaml").write_text(dump_yaml(cfg))
     return path
+
+
+def _check_writable(parent: Path) -> None:
+    """Create `parent` and write a probe file in it (os.access says yes to root even where writes fail)."""
+    try:
+        parent.mkdir(parents=True, exist_ok=True)
+        with tempfile.NamedTemporaryFile(dir=parent, prefix=".write-probe-"):
+            pass
+    except OSError as exc:
+        raise UserError(f"run.output_dir '{parent}' is not a writable folder ({exc.strerror or exc}); "
+                        "expected a folder this user can create and write to") from None

@@ -7,23 +7,23 @@ each step runs `grad_accum` micro-batches of `micro_batch_size` samples on every
 
 from __future__ import annotations
 
-import math
 import random
-import signal
+import sys
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import torch
 
-from unlearn import checkpoint, data, distributed, engine as engines, methods, model as models
+from unlearn import checkpoint, data, distributed, engine as engines, guards, methods, model as models, preflight
 from unlearn.config import Config
 from unlearn.distributed import DistEnv
-from unlearn.errors import EXIT_REQUEUE, UserError
+from unlearn.errors import EXIT_REQUEUE, Diverged, UserError
 from unlearn.methods import Forward
-from unlearn.metrics import Writer
-from unlearn.rundir import prepare_run_dir
+from unlearn.metrics import Window, Writer
+from unlearn.resume import State, resume_from_last
+from unlearn.rundir import check_run_dir, prepare_run_dir
 from unlearn.schedule import FORGET, JOINT, RETAIN, phase_at
 
 
@@ -32,31 +32,6 @@ class Sets:
     forget: list[data.Sample]
     retain: list[data.Sample]
     mismatch: data.RandomAnswers | None = None  # random answers to the forget batch's prompts
-
-
-@dataclass
-class State:
-    step: int = 0
-    streams: dict[str, data.BatchStream] = field(default_factory=dict)
-    nonfinite_in_row: int = 0
-    skipped_steps: int = 0
-    stop_reason: str = ""
-
-    def client_state(self) -> dict[str, Any]:
-        return {"step": self.step, "skipped_steps": self.skipped_steps,
-                "streams": {k: s.next_batch for k, s in self.streams.items()}}
-
-
-class Preemption:
-    """SIGUSR1/SIGTERM (SLURM's warning before a time limit or preemption) -> save and exit."""
-
-    def __init__(self):
-        self.requested = False
-        for sig in (signal.SIGUSR1, signal.SIGTERM):
-            signal.signal(sig, self._handle)
-
-    def _handle(self, signum, frame) -> None:
-        self.requested = True
 
 
 def load_sets(cfg: Config, tokenizer, env: DistEnv) -> Sets:
@@ -127,6 +102,7 @@ class Loop:
         self.forget_obj = methods.forget_objective(cfg.method.forget_loss)
         self.retain_obj = methods.retain_objective(cfg.method.retain_loss)
         self.mismatch_obj = methods.RETAIN["random_mismatch"] if cfg.method.mismatch_weight else None
+        self.zero_stage = engine.zero_optimization_stage()
 
     def _micro_batches(self, state: State, names: set[str]) -> dict[str, list[dict[str, torch.Tensor]]]:
         """Collated micro-batches per set; mismatch = random answers to this step's forget prompts."""
@@ -165,6 +141,7 @@ class Loop:
         n_micro = len(next(iter(batches.values())))
         sums: dict[str, float] = {}
         tokens = 0
+        bad_loss = False
         t0 = time.time()
         for k in range(n_micro):
             total = 0.0
@@ -174,9 +151,16 @@ class Loop:
                 sums[f"{metric}/loss"] = sums.get(f"{metric}/loss", 0.0) + loss.item() / n_micro
                 sums[f"{metric}/nll"] = sums.get(f"{metric}/nll", 0.0) + nll.item() / n_micro
                 tokens += int(batches[name][k]["attention_mask"].sum())
-            self.engine.backward(total)
+            # A non-finite loss on any rank spoils the whole optimizer step: NaN gradients make
+            # DeepSpeed discard it while its micro-step counters stay in step (see unlearn.guards).
+            bad_loss = bad_loss or not guards.finite_everywhere(total, self.env)
+            self.engine.backward(guards.poison(total) if bad_loss else total)
+            dropped = k == n_micro - 1 and self.zero_stage == 0 and guards.drop_nonfinite_grads(self.engine)
             self.engine.step()
+        applied = self.engine.was_step_applied() and not dropped
+        assert not (bad_loss and applied), "a step with a non-finite loss reached the weights"
         metrics = distributed.all_reduce_mean(sums, self.env)
+        metrics["skipped"] = 0.0 if applied else 1.0  # non-finite loss or gradient: weights untouched
         grad_norm = self.engine.get_global_grad_norm()
         metrics["grad_norm"] = float(grad_norm) if grad_norm is not None else float("nan")
         metrics["lr"] = self.engine.get_lr()[0]
@@ -185,12 +169,6 @@ class Loop:
         metrics["step_time_s"] = seconds
         metrics["phase"] = {FORGET: 0.0, RETAIN: 1.0, JOINT: 2.0}[phase]
         return metrics
-
-    def should_stop(self, state: State, metrics: dict[str, float]) -> str:
-        ceiling = self.cfg.method.max_forget_loss
-        if ceiling > 0 and metrics.get("forget/nll", -math.inf) > ceiling:
-            return f"forget NLL {metrics['forget/nll']:.3f} exceeded method.max_forget_loss={ceiling}"
-        return ""
 
 
 def max_steps_for(cfg: Config, sets: Sets) -> int:
@@ -209,84 +187,105 @@ def set_seed(seed: int, rank: int) -> None:
 
 def train(cfg: Config, ds_config: str, ds_patch: dict[str, Any] | None = None, *, resume: bool = False,
           overwrite: bool = False) -> Path:
-    """Run one unlearning (or fine-tuning, when forget_loss=none) job; returns the run folder."""
+    """Run one unlearning (or fine-tuning, when forget_loss=none) job; returns the run folder.
+
+    Raises UserError (bad input; nothing written), Diverged (after train.max_nonfinite_steps
+    non-finite steps in a row), or SystemExit(EXIT_REQUEUE) after a preemption signal and a save.
+    """
+    preempt = guards.Preemption()  # from the start: a signal while loading is honoured at step 1
+    try:
+        return _train(cfg, ds_config, ds_patch, resume, overwrite, preempt)
+    finally:
+        preempt.restore()
+
+
+def _train(cfg: Config, ds_config: str, ds_patch: dict[str, Any] | None, resume: bool, overwrite: bool,
+           preempt: guards.Preemption) -> Path:
+    # Bad input fails here, in seconds, before distributed start-up and the run folder.
     ds = engines.read_ds_config(ds_config, ds_patch)
-    models.validate(cfg.model, engines.zero_stage(ds))
-    forget_obj = methods.forget_objective(cfg.method.forget_loss)
-    retain_obj = methods.retain_objective(cfg.method.retain_loss)
-    if forget_obj is None and retain_obj is None:
-        raise UserError("method.forget_loss and method.retain_loss are both 'none'; expected at least one objective")
-    if cfg.method.schedule not in (JOINT, "alternate"):
-        raise UserError(f"method.schedule '{cfg.method.schedule}' is unknown; expected alternate or joint")
+    preflight.check_config(cfg, ds, distributed.env_from_os().world_size, resume=resume)
+    check_run_dir(cfg, resume=resume, overwrite=overwrite)
     models.threads_hint()
+    set_seed(cfg.train.seed, distributed.env_from_os().rank)
+    tokenizer = models.load_tokenizer(cfg.model)
+    sets = load_sets(cfg, tokenizer, distributed.env_from_os())
+    check_lengths(sets, models.load_model_config(cfg.model), cfg)
+    max_steps = max_steps_for(cfg, sets)
+
     env = distributed.init()
     run_dir = prepare_run_dir(cfg, env, resume=resume, overwrite=overwrite)
-    set_seed(cfg.train.seed, env.rank)
-    tokenizer = models.load_tokenizer(cfg.model)
-    sets = load_sets(cfg, tokenizer, env)
-    max_steps = max_steps_for(cfg, sets)
+    checkpoint.remove_partial(run_dir, env)  # .step-*.tmp left by a save that was killed
     dtype = engines.dtype_of(ds)
     policy = models.load_policy(cfg.model, dtype)
-    check_lengths(sets, policy.config, cfg)
     engine = engines.initialize(policy, ds, cfg, env, max_steps)
     reference = Reference(cfg, engine, ds, env, dtype) if methods.needs_reference(cfg.method) else None
 
     state = State(streams={
         name: data.BatchStream(len(samples), cfg.train.global_batch_size, cfg.train.seed + i)
         for i, (name, samples) in enumerate((("forget", sets.forget), ("retain", sets.retain))) if samples})
-    last = checkpoint.complete_checkpoints(run_dir)
-    if resume and last:
-        client = checkpoint.load_for_resume(engine, last[-1], env)
-        state.step = client["step"]
-        state.skipped_steps = client.get("skipped_steps", 0)
-        for name, pos in client["streams"].items():
-            state.streams[name].next_batch = pos
-        if env.is_main:
-            print(f"resumed from {last[-1]} at step {state.step}", flush=True)
-
-    writer = Writer(run_dir / "tb", env, purge_step=state.step + 1 if state.step else None)
+    last_saved = resume_from_last(state, engine, cfg, run_dir, env) if resume else -1
+    # On resume, events past the restored step (logged before the crash) are dropped, so curves
+    # do not double back; a resume without a checkpoint drops them all.
+    writer = Writer(run_dir / "tb", env, purge_step=state.step + 1 if resume else None)
     if env.is_main and state.step == 0:
         trainable, total = models.count_parameters(engine.module)
         print(f"run {run_dir} | {engines.describe(engine)} | {trainable:,}/{total:,} trainable params | "
               f"forget {len(sets.forget)} retain {len(sets.retain)} samples | {max_steps} steps", flush=True)
     loop = Loop(cfg, engine, sets, tokenizer, env, reference, writer, run_dir, max_steps)
-    preempt = Preemption()
     t = cfg.train
 
     def save() -> None:
-        checkpoint.save(engine, tokenizer, cfg, run_dir, state.step, env, state.client_state())
+        nonlocal last_saved
+        if state.step == last_saved:  # e.g. a preemption right after a periodic save
+            return
+        checkpoint.save(engine, tokenizer, cfg, run_dir, state.step, env, state.client_state(),
+                        engine_state=t.save_engine_state)
         checkpoint.prune(run_dir, t.keep_last_n, env)
+        last_saved = state.step
 
+    window = Window()
     while state.step < max_steps:
         metrics = loop.step(state)
         state.step += 1
-        stop = loop.should_stop(state, metrics)
-        if state.step % t.log_every_n_steps == 0 or state.step == max_steps or stop:
-            writer.log(metrics, state.step)
-            writer.console(state.step, max_steps, metrics)
+        skipped = metrics["skipped"] > 0
+        state.nonfinite_in_row = state.nonfinite_in_row + 1 if skipped else 0
+        state.skipped_steps += int(skipped)
+        metrics["skipped_steps"] = float(state.skipped_steps)
+        stop = guards.forget_ceiling(metrics, cfg.method.max_forget_loss)
+        window.add(metrics)
+        if state.step % t.log_every_n_steps == 0 or state.step == max_steps or stop or skipped:
+            logged = window.pop_means()
+            writer.log(logged, state.step)
+            writer.console(state.step, max_steps, logged)
+        if skipped:
+            _say(env, f"step {state.step}: non-finite loss or gradient, step skipped (weights untouched; "
+                      f"{state.nonfinite_in_row} in a row, {state.skipped_steps} in total)")
+        reason = guards.divergence(state.nonfinite_in_row, t.max_nonfinite_steps, state.step, run_dir)
+        if reason:
+            writer.text("stop_reason", reason, state.step)
+            writer.close()
+            raise Diverged(reason)
         if stop:
             state.stop_reason = stop
+            writer.text("stop_reason", stop, state.step)
             break
         if t.save_every_n_steps and state.step % t.save_every_n_steps == 0 and state.step < max_steps:
             save()
-        if _any_rank(preempt.requested, env):
+        if guards.on_any_rank(preempt.requested, env):
             save()
             writer.close()
-            if env.is_main:
-                print(f"preempted at step {state.step}: checkpoint saved, exiting {EXIT_REQUEUE} for requeue",
-                      flush=True)
+            _say(env, f"preempted at step {state.step}: checkpoint saved, exiting {EXIT_REQUEUE} for requeue")
             raise SystemExit(EXIT_REQUEUE)
     save()
     if env.is_main and cfg.run.export_dir:
         checkpoint.export(checkpoint.step_dir(run_dir, state.step), Path(cfg.run.export_dir))
         print(f"exported step {state.step} -> {cfg.run.export_dir}", flush=True)
-    if state.stop_reason and env.is_main:
-        print(f"stopped early at step {state.step}: {state.stop_reason}", flush=True)
+    if state.stop_reason:
+        _say(env, f"stopped early at step {state.step}: {state.stop_reason}")
     writer.close()
     return run_dir
 
 
-def _any_rank(flag: bool, env: DistEnv) -> bool:
-    if env.world_size == 1:
-        return flag
-    return distributed.all_reduce_mean({"flag": float(flag)}, env)["flag"] > 0
+def _say(env: DistEnv, line: str) -> None:
+    if env.is_main:
+        print(line, file=sys.stderr, flush=True)

@@ -1,0 +1,98 @@
+"""Guards around the optimizer step: non-finite losses or gradients never reach the weights, and a
+preemption signal becomes a checkpoint at the next step boundary.
+
+How a step is skipped in a DeepSpeed engine: under ZeRO 1-3 the optimizer's `step()` discards the
+whole optimizer step (all micro-batches accumulated since the last one) when the global gradient
+norm is inf/NaN, in fp32 and in bf16 (`bf16.check_grad_overflow`, on by default); the engine then
+counts it in `skipped_steps`, leaves the LR schedule where it was, and `was_step_applied()` is
+False. So a non-finite loss is not left out of the backward, which would put DeepSpeed's micro-step
+counter out of step with ours: it is turned into NaN gradients on purpose (`poison`) and DeepSpeed
+throws the step away. ZeRO stage 0 has no such check; there the gradients are dropped by hand
+(`drop_nonfinite_grads`) before the optimizer step, so AdamW leaves every parameter untouched.
+"""
+
+from __future__ import annotations
+
+import math
+import signal
+
+import torch
+
+from unlearn.distributed import DistEnv
+
+PREEMPTION_SIGNALS = (signal.SIGUSR1, signal.SIGTERM)
+"""What SLURM sends before a time limit (--signal=USR1@T) or a preemption (SIGTERM, then SIGKILL)."""
+
+
+class Preemption:
+    """Records a preemption signal; the loop saves at the next step boundary and exits EXIT_REQUEUE."""
+
+    def __init__(self):
+        self.signum = 0
+        self._previous = {sig: signal.signal(sig, self._handle) for sig in PREEMPTION_SIGNALS}
+
+    def _handle(self, signum, frame) -> None:
+        self.signum = signum  # only a flag: saving inside a signal handler could interrupt a collective
+
+    @property
+    def requested(self) -> bool:
+        return self.signum != 0
+
+    def restore(self) -> None:
+        """Put back the handlers that were there before (in-process callers, tests)."""
+        for sig, handler in self._previous.items():
+            signal.signal(sig, handler)
+
+
+def on_any_rank(flag: bool, env: DistEnv) -> bool:
+    """True on every rank if `flag` is True on at least one (one all-reduce)."""
+    return not all_ranks(not flag, env)
+
+
+def all_ranks(flag: bool, env: DistEnv) -> bool:
+    """True on every rank if `flag` is True on all of them (one all-reduce)."""
+    if env.world_size == 1:
+        return flag
+    t = torch.tensor([1.0 if flag else 0.0], device=env.device)
+    torch.distributed.all_reduce(t, op=torch.distributed.ReduceOp.MIN)
+    return bool(t.item() > 0)
+
+
+def finite_everywhere(loss: torch.Tensor, env: DistEnv) -> bool:
+    """Whether the loss is finite on every rank; every rank must call this with its micro-batch loss."""
+    return all_ranks(bool(torch.isfinite(loss.detach()).all()), env)
+
+
+def poison(loss: torch.Tensor) -> torch.Tensor:
+    """The loss times NaN: every gradient it reaches is NaN (0 * NaN is NaN), so ZeRO skips the step."""
+    return loss * float("nan")
+
+
+def drop_nonfinite_grads(engine) -> bool:
+    """ZeRO stage 0: if any gradient is inf/NaN, drop them all (AdamW skips parameters without one)."""
+    params = [p for p in engine.module.parameters() if p.grad is not None]
+    if all(bool(torch.isfinite(p.grad).all()) for p in params):
+        return False
+    for p in params:
+        p.grad = None
+    return True
+
+
+def divergence(in_row: int, limit: int, step: int, run_dir) -> str:
+    """Why the run must stop after `in_row` skipped steps in a row ("" = go on; limit 0 = never)."""
+    if not limit or in_row < limit:
+        return ""
+    from unlearn.checkpoint import complete_checkpoints
+
+    done = complete_checkpoints(run_dir)
+    return (f"training diverged: {in_row} non-finite steps in a row up to step {step} "
+            f"(train.max_nonfinite_steps={limit}); last good checkpoint: {done[-1] if done else 'none'}; "
+            "expected finite losses (lower optim.lr or check the data)")
+
+
+def forget_ceiling(metrics: dict[str, float], ceiling: float) -> str:
+    """Why the run stops early on method.max_forget_loss ("" = go on); NaN never triggers it."""
+    nll = metrics.get("forget/nll", -math.inf)
+    if ceiling > 0 and nll > ceiling:
+        return f"forget NLL {nll:.3f} exceeded method.max_forget_loss={ceiling}"
+    return ""
