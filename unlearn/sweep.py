@@ -7,7 +7,7 @@
     base: {train: {max_steps: 4}}      # a run config, as in configs/*.yaml
     axes: {optim.lr: [1e-4, 5e-4], method.forget_loss: [ga, npo]}
     eval: {args: [--suite, utility]}   # extra arguments of launch/evaluate.py
-    report: {forget_metric: ..., utility_metric: ...}   # dotted keys into eval.json
+    report: {forget_metric: copyright/verbatim_rouge_l, utility_metric: utility/retain_ppl}
 
 Folder layout (`plan` writes it; launchers and `status` read it; nothing here talks to SLURM):
 
@@ -29,10 +29,18 @@ from typing import Any
 
 import yaml
 
-from unlearn.checkpoint import COMPLETE, step_dir
 from unlearn.config import Config
 from unlearn.config_io import deep_merge, dump_yaml, from_dict, parse_overrides, read_yaml
 from unlearn.errors import UserError
+
+# unlearn.checkpoint's names, repeated so that planning a sweep (a small SLURM job) needs no torch import;
+# tests/test_sweep_grid.py checks they agree.
+COMPLETE = "COMPLETE"
+
+
+def step_dir(run_dir: Path, step: int) -> Path:
+    return Path(run_dir) / "checkpoints" / f"step-{step:06d}"
+
 
 SWEEP_KEYS = {"name", "output_dir", "ds_config", "profile", "base", "base_configs", "axes", "eval", "report"}
 SWEEP_PREFIX = "sweep."
@@ -42,11 +50,11 @@ SWEEP_PREFIX = "sweep."
 @dataclass(frozen=True)
 class ReportSpec:
     forget_metric: str = ""
-    """Dotted key into eval.json for the forget axis of the plot (e.g. copyright.rougeL)."""
+    """Metric of eval.json for the forget axis of the plot (e.g. copyright/verbatim_rouge_l)."""
     forget_goal: str = "min"
     """min: lower forget metric is better (memorisation, harmful rate); max: higher is better."""
     utility_metric: str = ""
-    """Dotted key into eval.json for the utility axis (e.g. utility.truthfulqa_mc1)."""
+    """Metric of eval.json for the utility axis (e.g. utility/truthfulqa_mc2)."""
     utility_goal: str = "max"
     """max: higher utility is better; min: lower is better (e.g. perplexity)."""
 
@@ -199,20 +207,21 @@ def plan(sweep: Sweep) -> list[Point]:
     """Write the sweep folder (idempotent for the same grid; a different grid in it is refused)."""
     folder = sweep.folder
     pts = points(sweep)
-    tasks = "".join(p.name + "\n" for p in pts)
-    old = folder / "tasks.txt"
-    if old.is_file() and old.read_text() != tasks:
-        raise UserError(f"sweep folder '{folder}' holds another grid; expected a new sweep name or output_dir")
+    resolved = yaml.safe_dump(sweep_dict(sweep), sort_keys=False)
+    tasks = folder / "tasks.txt"
+    if tasks.is_file() and (folder / "sweep.yaml").read_text() != resolved:
+        raise UserError(f"sweep folder '{folder}' holds another grid or base config; expected a new "
+                        "sweep name or output_dir")
     (folder / "configs").mkdir(parents=True, exist_ok=True)
     (folder / "logs").mkdir(exist_ok=True)
     (folder / "runs").mkdir(exist_ok=True)
-    (folder / "sweep.yaml").write_text(yaml.safe_dump(sweep_dict(sweep), sort_keys=False))
+    (folder / "sweep.yaml").write_text(resolved)
     for p in pts:
         (folder / "configs" / f"{p.name}.yaml").write_text(dump_yaml(p.config))
     rows = [f"{p.index}\t{p.name}\t{s}\t{step_dir(folder / 'runs' / p.name, s).resolve()}\n"
             for p in pts for s in checkpoint_steps(p.config)]
     (folder / "evals.tsv").write_text("".join(rows))
-    old.write_text(tasks)  # last: its presence means the folder is complete
+    tasks.write_text("".join(p.name + "\n" for p in pts))  # last: the folder is complete
     return pts
 
 
@@ -261,9 +270,13 @@ def run_status(sweep: Sweep, point: Point) -> RunStatus:
 
 
 def flat_metrics(path: Path) -> dict[str, float]:
-    """Numeric leaves of a JSON file as dotted keys ({"a": {"b": 1}} -> {"a.b": 1.0})."""
+    """Metrics of an eval.json: its `scalars` ("eval/copyright/verbatim_rouge_l" -> "copyright/verbatim_rouge_l"),
+    or else every numeric leaf as a dotted key ({"a": {"b": 1}} -> {"a.b": 1.0})."""
     import json
 
+    data = json.loads(Path(path).read_text())
+    if isinstance(data.get("scalars"), dict):
+        return {k.removeprefix("eval/"): float(v) for k, v in data["scalars"].items()}
     out: dict[str, float] = {}
 
     def walk(node: Any, prefix: str) -> None:
@@ -273,5 +286,5 @@ def flat_metrics(path: Path) -> dict[str, float]:
         elif isinstance(node, (int, float)) and not isinstance(node, bool):
             out[prefix[:-1]] = float(node)
 
-    walk(json.loads(Path(path).read_text()), "")
+    walk(data, "")
     return out

@@ -1,0 +1,181 @@
+"""Sweep grids without SLURM: cartesian product, run names, folder layout, status, report, profiles."""
+
+from __future__ import annotations
+
+import csv
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+from unlearn.checkpoint import COMPLETE
+from unlearn.errors import UserError
+from unlearn.profile import load_profile, sbatch_args, submitit_params
+from unlearn.sweep import checkpoint_steps, load_sweep, open_sweep, plan, points, run_name, run_status
+from unlearn.sweep_report import pareto_front, status_table, write_report
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def _grid(tmp_path: Path, **extra) -> Path:
+    doc = {"name": "g", "output_dir": str(tmp_path / "sweeps"),
+           "base": {"train": {"max_steps": 6, "save_every_n_steps": 2}},
+           "axes": {"optim.lr": ["1e-4", 5e-4], "method.forget_loss": ["ga", "npo"], "train.seed": [0, 1, 2]},
+           "report": {"forget_metric": "copyright/verbatim_rouge_l", "utility_metric": "utility/retain_ppl",
+                      "utility_goal": "min"}, **extra}
+    path = tmp_path / "grid.yaml"
+    path.write_text(yaml.safe_dump(doc, sort_keys=False))
+    return path
+
+
+def test_cartesian_product_names_and_configs(tmp_path):
+    pts = points(load_sweep(_grid(tmp_path)))
+    assert len(pts) == 2 * 2 * 3
+    assert [p.index for p in pts] == list(range(12))
+    assert pts[0].name == "lr=1e-4_forget_loss=ga_seed=0"
+    assert pts[-1].name == "lr=0.0005_forget_loss=npo_seed=2"  # last axis varies fastest
+    assert len({p.name for p in pts}) == 12
+    cfg = pts[-1].config
+    assert cfg.optim.lr == 5e-4 and cfg.method.forget_loss == "npo" and cfg.train.seed == 2
+    assert pts[0].config.optim.lr == 1e-4  # YAML string "1e-4" coerced by the field type
+    assert cfg.run.name == pts[-1].name and cfg.run.output_dir == str(tmp_path / "sweeps" / "g" / "runs")
+    assert cfg.train.max_steps == 6  # from base
+
+
+def test_checkpoint_names_agree_with_the_checkpoint_module():
+    from unlearn import checkpoint, sweep
+
+    assert sweep.COMPLETE == checkpoint.COMPLETE
+    assert sweep.step_dir(Path("r"), 12) == checkpoint.step_dir(Path("r"), 12)
+
+
+def test_ambiguous_short_names_keep_the_full_key():
+    assert run_name({"method.beta": 0.1, "optim.betas.beta": 2}) == "method.beta=0.1_optim.betas.beta=2"
+
+
+def test_overrides_patch_base_and_sweep_keys(tmp_path):
+    sweep = load_sweep(_grid(tmp_path), ["train.max_steps=4", f"sweep.output_dir={tmp_path / 'o'}",
+                                         "sweep.eval.args=[--suite, copyright]"])
+    assert sweep.folder == tmp_path / "o" / "g"
+    assert sweep.eval_args == ("--suite", "copyright")
+    assert all(p.config.train.max_steps == 4 for p in points(sweep))
+
+
+@pytest.mark.parametrize("extra, match", [
+    ({"axes": {"optim.lrr": [1]}}, "optim.lrr"),
+    ({"axes": {"optim.lr": []}}, "non-empty list"),
+    ({"axes": {"run.name": ["a"]}}, "run.name"),
+    ({"colour": 1}, "unknown key"),
+    ({"base": {"train": {"max_steps": 6, "keep_last_n": 1}}}, "keep_last_n"),
+    ({"base": {"train": {"epochs": 1.0}}}, "epochs"),
+    ({"report": {"forget_goal": "lower"}}, "goal"),
+    ({"axes": {"train.seed": [1, "1"]}}, "duplicate run names"),
+])
+def test_bad_grids_raise_user_errors(tmp_path, extra, match):
+    with pytest.raises(UserError, match=match):
+        load_sweep(_grid(tmp_path, **extra))
+
+
+def test_checkpoint_steps(tmp_path):
+    pts = points(load_sweep(_grid(tmp_path)))
+    assert checkpoint_steps(pts[0].config) == [2, 4, 6]
+    one = pts[0].config.__class__(train=pts[0].config.train.__class__(max_steps=5, save_every_n_steps=0))
+    assert checkpoint_steps(one) == [5]
+
+
+def test_plan_layout_is_idempotent_and_refuses_another_grid(tmp_path):
+    sweep = load_sweep(_grid(tmp_path))
+    pts = plan(sweep)
+    folder = sweep.folder
+    assert (folder / "tasks.txt").read_text().splitlines() == [p.name for p in pts]
+    rows = [line.split("\t") for line in (folder / "evals.tsv").read_text().splitlines()]
+    assert len(rows) == 12 * 3
+    assert rows[1][:3] == ["0", pts[0].name, "4"] and rows[1][3].endswith(f"{pts[0].name}/checkpoints/step-000004")
+    saved = yaml.safe_load((folder / "configs" / f"{pts[3].name}.yaml").read_text())
+    assert saved["run"]["name"] == pts[3].name and float(saved["optim"]["lr"]) == 1e-4
+    assert [p.name for p in open_sweep(folder)[1]] == [p.name for p in pts]
+    plan(sweep)  # same grid again: fine (resubmitting a sweep)
+    with pytest.raises(UserError, match="another grid"):
+        plan(load_sweep(_grid(tmp_path), ["train.max_steps=8"]))
+
+
+def _fake_checkpoint(folder: Path, name: str, step: int, metrics: dict[str, float] | None) -> None:
+    ckpt = folder / "runs" / name / "checkpoints" / f"step-{step:06d}"
+    ckpt.mkdir(parents=True)
+    (ckpt / COMPLETE).write_text("")
+    if metrics is not None:
+        (ckpt / "eval.json").write_text(json.dumps({"step": step, "scalars": {f"eval/{k}": v
+                                                                              for k, v in metrics.items()}}))
+
+
+def test_status_report_pareto_and_hparams(tmp_path):
+    sweep = load_sweep(_grid(tmp_path, axes={"optim.lr": [1e-4, 5e-4, 1e-3]}))
+    pts = plan(sweep)
+    f = sweep.folder
+    # run 0 done: two evaluated checkpoints; run 1 half-way; run 2 never started
+    _fake_checkpoint(f, pts[0].name, 2, {"copyright/verbatim_rouge_l": 0.9, "utility/retain_ppl": 10.0})
+    _fake_checkpoint(f, pts[0].name, 6, {"copyright/verbatim_rouge_l": 0.2, "utility/retain_ppl": 30.0})
+    _fake_checkpoint(f, pts[1].name, 2, {"copyright/verbatim_rouge_l": 0.5, "utility/retain_ppl": 12.0})
+    (f / "runs" / pts[1].name / "checkpoints" / "step-000004").mkdir()  # no COMPLETE: does not count
+    states = [run_status(sweep, p) for p in pts]
+    assert [(s.state, s.step, s.evaluated) for s in states] == [("done", 6, 2), ("running", 2, 1), ("pending", 0, 0)]
+    assert states[0].latest_eval["copyright/verbatim_rouge_l"] == 0.2
+    table = status_table(sweep, pts)
+    assert "done" in table and "copyright/verbatim_rouge_l=0.2" in table and "pending" in table
+
+    csv_path, png = write_report(sweep, pts)
+    rows = list(csv.DictReader(csv_path.open()))
+    assert [r["run"] for r in rows] == [p.name for p in pts]
+    assert [r["pareto"] for r in rows] == ["1", "1", ""]  # neither dominates the other; run 2 not evaluated
+    assert png is not None and png.stat().st_size > 1000
+
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    acc = EventAccumulator(str(f / "runs" / pts[0].name / "tb" / "hparams"))
+    acc.Reload()
+    assert "_hparams_/session_start_info" in acc.summary_metadata
+    assert acc.Scalars("eval/copyright/verbatim_rouge_l")[-1].value == pytest.approx(0.2)
+
+
+def test_pareto_front_directions():
+    xs, ys = [0.1, 0.2, 0.3, 0.15], [5.0, 9.0, 1.0, 4.0]
+    assert pareto_front(xs, ys, "min", "max") == [True, True, False, False]
+    assert pareto_front(xs, ys, "max", "max") == [False, True, True, False]
+
+
+def test_profiles_give_sbatch_and_submitit_options(tmp_path):
+    local = load_profile(ROOT / "slurm" / "profiles" / "local.yaml")
+    assert local.train.time_min >= 5  # submitit's early signal must not hit a job still starting
+    args = sbatch_args(local, "train")
+    assert "--partition=debug" in args and "--requeue" in args and any(a.startswith("--signal=USR1@") for a in args)
+    gpu = load_profile(ROOT / "slurm" / "profiles" / "example_gpu.yaml")
+    params = submitit_params(gpu, "train")
+    assert params["gpus_per_node"] == params["tasks_per_node"] == 4 and params["slurm_partition"] == "gpu"
+    assert "--gpus-per-node=1" in sbatch_args(gpu, "eval")
+    bad = tmp_path / "p.yaml"
+    bad.write_text("train: {gpus: 2}\n")
+    with pytest.raises(UserError, match="train.gpus"):
+        load_profile(bad)
+
+
+def test_shipped_sweep_files_load():
+    for path in sorted((ROOT / "configs" / "sweeps").glob("*.yaml")):
+        sweep = load_sweep(path)
+        assert len(points(sweep)) >= 4, path
+        load_profile(ROOT / sweep.profile)
+
+
+def test_plan_shell_and_status_cli(tmp_path):
+    grid = _grid(tmp_path)
+    out = subprocess.run([sys.executable, str(ROOT / "launch" / "sweep.py"), "--plan-shell", str(grid)],
+                         capture_output=True, text=True, cwd=ROOT, check=True).stdout
+    assert f"SWEEP_DIR={tmp_path / 'sweeps' / 'g'}" in out and "N_TASKS=12" in out
+    status = subprocess.run([sys.executable, str(ROOT / "launch" / "sweep.py"), "--status",
+                             str(tmp_path / "sweeps" / "g")], capture_output=True, text=True, cwd=ROOT)
+    assert status.returncode == 0 and status.stdout.count("pending") == 12
+    bad = subprocess.run([sys.executable, str(ROOT / "launch" / "sweep.py"), "--status", str(tmp_path)],
+                         capture_output=True, text=True, cwd=ROOT)
+    assert bad.returncode == 2 and bad.stderr.startswith("error: ") and "tasks.txt" in bad.stderr
