@@ -144,8 +144,8 @@ def submit(args: argparse.Namespace) -> None:
             job.result()
     eval_jobs = []
     for p, tj in zip(pts, train_jobs):
-        configure("eval", f"afterok:{tj.job_id}", f"eval-{p.name}")
-        for step in checkpoint_steps(p.config):
+        for step in checkpoint_steps(p.config) if sweep.eval_enabled else []:
+            configure("eval", f"afterok:{tj.job_id}", f"eval-{p.name}-{step}")
             ckpt = str(sweep.folder.resolve() / "runs" / p.name / "checkpoints" / f"step-{step:06d}")
             eval_jobs.append(executor.submit(EvalJob(ckpt, list(sweep.eval_args))))
     if args.executor == "local":
@@ -153,7 +153,8 @@ def submit(args: argparse.Namespace) -> None:
             job.result()
         report(folder)
         return
-    configure("eval", "afterany:" + ":".join(j.job_id for j in eval_jobs), f"{sweep.name}-report")
+    after = eval_jobs or train_jobs  # the report waits for every eval (or every run without evals)
+    configure("eval", "afterany:" + ":".join(j.job_id for j in after), f"{sweep.name}-report")
     report_job = executor.submit(ReportJob(folder))
     ids = {"train": [j.job_id for j in train_jobs], "eval": [j.job_id for j in eval_jobs],
            "report": [report_job.job_id]}

@@ -6,7 +6,7 @@
     profile: slurm/profiles/local.yaml # cluster resources (see slurm/profiles/)
     base: {train: {max_steps: 4}}      # a run config, as in configs/*.yaml
     axes: {optim.lr: [1e-4, 5e-4], method.forget_loss: [ga, npo]}
-    eval: {args: [--suite, utility]}   # extra arguments of launch/evaluate.py
+    eval: {args: [--suite, utility]}   # extra arguments of launch/evaluate.py; enabled: false = no evals
     report: {forget_metric: copyright/verbatim_rouge_l, utility_metric: utility/retain_ppl}
 
 Folder layout (`plan` writes it; launchers and `status` read it; nothing here talks to SLURM):
@@ -14,6 +14,7 @@ Folder layout (`plan` writes it; launchers and `status` read it; nothing here ta
     <output_dir>/<name>/sweep.yaml       the resolved sweep
                         tasks.txt        run name of array task i on line i+1
                         evals.tsv        task index, run name, step, checkpoint folder (one eval job each)
+                        jobs.txt         job ids (sbatch route; submitit_jobs.txt for launch/sweep.py)
                         configs/<run>.yaml   the full run config of each grid point
                         runs/<run>/      run folders (checkpoints/, tb/) = the TensorBoard logdir
                         logs/            scheduler output
@@ -68,6 +69,7 @@ class Sweep:
     base: dict[str, Any]
     axes: tuple[tuple[str, tuple[Any, ...]], ...]
     eval_args: tuple[str, ...] = ()
+    eval_enabled: bool = True
     report: ReportSpec = field(default_factory=ReportSpec)
 
     @property
@@ -115,8 +117,10 @@ def load_sweep(path: str | Path, overrides: list[str] | None = None) -> Sweep:
         if key.startswith("run."):
             raise UserError(f"sweep axis '{key}': run.* keys are set by the sweep; expected a training key")
     ev = raw.get("eval") or {}
-    if set(ev) - {"args"}:
-        raise UserError(f"sweep key 'eval' accepts only 'args', got {sorted(ev)}")
+    if set(ev) - {"args", "enabled"}:
+        raise UserError(f"sweep key 'eval' accepts 'args' and 'enabled', got {sorted(ev)}")
+    if not isinstance(ev.get("enabled", True), bool):
+        raise UserError(f"sweep key 'eval.enabled' must be true or false, got {ev['enabled']!r}")
     report = raw.get("report") or {}
     try:
         report_spec = ReportSpec(**report)
@@ -131,7 +135,8 @@ def load_sweep(path: str | Path, overrides: list[str] | None = None) -> Sweep:
                   ds_config=str(raw.get("ds_config") or "ds_configs/zero2.json"),
                   profile=str(raw.get("profile") or "slurm/profiles/local.yaml"),
                   base=base, axes=tuple((k, tuple(v)) for k, v in axes.items()),
-                  eval_args=tuple(str(a) for a in ev.get("args") or ()), report=report_spec)
+                  eval_args=tuple(str(a) for a in ev.get("args") or ()),
+                  eval_enabled=ev.get("enabled", True), report=report_spec)
     points(sweep)  # validate every grid point now, not in a job an hour later
     return sweep
 
@@ -219,7 +224,7 @@ def plan(sweep: Sweep) -> list[Point]:
     for p in pts:
         (folder / "configs" / f"{p.name}.yaml").write_text(dump_yaml(p.config))
     rows = [f"{p.index}\t{p.name}\t{s}\t{step_dir(folder / 'runs' / p.name, s).resolve()}\n"
-            for p in pts for s in checkpoint_steps(p.config)]
+            for p in pts for s in checkpoint_steps(p.config) if sweep.eval_enabled]
     (folder / "evals.tsv").write_text("".join(rows))
     tasks.write_text("".join(p.name + "\n" for p in pts))  # last: the folder is complete
     return pts
@@ -228,7 +233,7 @@ def plan(sweep: Sweep) -> list[Point]:
 def sweep_dict(sweep: Sweep) -> dict[str, Any]:
     return {"name": sweep.name, "output_dir": sweep.output_dir, "ds_config": sweep.ds_config,
             "profile": sweep.profile, "base": sweep.base, "axes": {k: list(v) for k, v in sweep.axes},
-            "eval": {"args": list(sweep.eval_args)}, "report": dict(sweep.report.__dict__)}
+            "eval": {"args": list(sweep.eval_args), "enabled": sweep.eval_enabled}, "report": dict(sweep.report.__dict__)}
 
 
 def open_sweep(folder: str | Path) -> tuple[Sweep, list[Point]]:

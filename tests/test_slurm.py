@@ -1,0 +1,175 @@
+"""Sweeps on a real SLURM cluster (slurm/local-cluster.sh start: 2 slurmd on this host, slurmdbd + sacct).
+
+Outside CI these skip when no cluster is up; in CI (CI=true) a missing cluster is a failure.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import subprocess
+import sys
+import time
+from datetime import datetime
+from pathlib import Path
+
+import pytest
+import yaml
+
+ROOT = Path(__file__).resolve().parents[1]
+CLUSTER_DIR = Path(os.environ.get("UNLEARN_SLURM_DIR", "/tmp/unlearn-slurm"))
+pytestmark = [pytest.mark.slurm, pytest.mark.slow]
+
+# Tiny runs: each process start costs ~10 s on 2 cores, so few processes and few steps.
+TINY = ["train.micro_batch_size=2", "train.global_batch_size=2", "train.log_every_n_steps=1"]
+EVAL = "sweep.eval.args=[--suite, 'copyright,utility', --limit, '4', --truthfulqa, none, --reference, none]"
+
+
+@pytest.fixture(scope="module")
+def slurm_env(tmp_path_factory) -> dict[str, str]:
+    conf = CLUSTER_DIR / "etc" / "slurm.conf"
+    env = {**os.environ, "SLURM_CONF": str(conf), "PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}",
+           "UNLEARN_PYTHON": sys.executable, "OMP_NUM_THREADS": "1"}
+    up = conf.is_file() and subprocess.run(["scontrol", "ping"], env=env, capture_output=True).returncode == 0
+    if not up:
+        message = f"no local SLURM cluster ({conf}); start it with: slurm/local-cluster.sh start"
+        if os.environ.get("CI") == "true":
+            pytest.fail(message)
+        pytest.skip(message)
+    return env
+
+
+def _demo_overrides(demo_dir: Path) -> list[str]:
+    return [f"model.name_or_path={demo_dir / 'init'}", f"data.forget={demo_dir / 'forget.txt'}",
+            f"data.retain={demo_dir / 'retain.txt'}"]
+
+
+def _run(cmd: list[str], env: dict[str, str], **kw) -> str:
+    out = subprocess.run(cmd, env=env, cwd=ROOT, capture_output=True, text=True, timeout=120, **kw)
+    assert out.returncode == 0, f"{cmd}: {out.stdout}\n{out.stderr}"
+    return out.stdout
+
+
+def _sacct(ids: list[str], env: dict[str, str]) -> dict[str, dict[str, str]]:
+    """JobID -> {State, Start, End, JobName, NodeList} for the jobs and array tasks of `ids`."""
+    out = _run(["sacct", "-X", "-n", "-P", "-j", ",".join(ids), "-o", "JobID,JobName%60,State,Start,End,NodeList"],
+               env)
+    rows = {}
+    for line in out.splitlines():
+        job, name, state, start, end, nodes = line.split("|")
+        rows[job] = {"JobName": name, "State": state.split()[0], "Start": start, "End": end, "NodeList": nodes}
+    return rows
+
+
+def _wait_done(ids: list[str], env: dict[str, str], timeout: float, expect: int) -> dict[str, dict[str, str]]:
+    """Poll until `expect` jobs/tasks of `ids` are in a final state in sacct (slurmdbd lags a little)."""
+    final = {"COMPLETED", "FAILED", "CANCELLED", "TIMEOUT", "NODE_FAIL", "OUT_OF_MEMORY"}
+    end = time.time() + timeout
+    while True:
+        rows = _sacct(ids, env)
+        if len(rows) >= expect and all(r["State"] in final and r["End"] != "Unknown" for r in rows.values()):
+            return rows
+        if time.time() > end:
+            raise AssertionError(f"jobs not finished after {timeout} s: {rows}")
+        time.sleep(1)
+
+
+def _t(stamp: str) -> datetime:
+    return datetime.fromisoformat(stamp)
+
+
+def _check_sweep(sweep_dir: Path, train_ids: dict[int, str], eval_ids: list[str], rows: dict, env) -> None:
+    """Every run finished; every checkpoint has an eval.json written by its own eval job, which started
+    only after its training task ended; the report and HParams sessions exist."""
+    names = (sweep_dir / "tasks.txt").read_text().split()
+    assert len(names) == 4
+    for task, job in train_ids.items():
+        assert rows[job]["State"] == "COMPLETED", (job, rows[job])
+    expected = [line.split("\t") for line in (sweep_dir / "evals.tsv").read_text().splitlines()]
+    assert len(eval_ids) == len(expected) > 0
+    for job, (task, name, step, ckpt) in zip(eval_ids, expected):
+        ev, tr = rows[job], rows[train_ids[int(task)]]
+        assert ev["State"] == "COMPLETED", (job, ev)
+        assert name in ev["JobName"] and ev["JobName"].endswith(step), (job, ev["JobName"], name, step)
+        assert _t(ev["Start"]) >= _t(tr["End"]), f"eval {job} started {ev['Start']} before its run ended {tr['End']}"
+        result = Path(ckpt) / "eval.json"
+        assert json.loads(result.read_text())["step"] == int(step)
+        written = datetime.fromtimestamp(result.stat().st_mtime)
+        assert _t(ev["Start"]) <= written.replace(microsecond=0) <= _t(ev["End"]), (job, written, ev)
+    for name in names:
+        ckpts = sorted(p.name for p in (sweep_dir / "runs" / name / "checkpoints").glob("step-*"))
+        assert ckpts == sorted({Path(r[3]).name for r in expected if r[1] == name})
+        assert (sweep_dir / "runs" / name / "tb" / "hparams").is_dir()
+    report = (sweep_dir / "report.csv").read_text().splitlines()
+    assert len(report) == 5 and "utility/retain_ppl" in report[0]
+    assert (sweep_dir / "report.png").stat().st_size > 1000
+    status = _run([sys.executable, "launch/sweep.py", "--status", str(sweep_dir)], env)
+    assert status.count(" done ") == 4 and "copyright/verbatim_rouge_l=" in status
+
+
+def test_sbatch_sweep_2x2(slurm_env, demo_dir, tmp_path):
+    overrides = [f"sweep.output_dir={tmp_path}", "sweep.name=sb", EVAL, "train.max_steps=4",
+                 "train.save_every_n_steps=2", *TINY, *_demo_overrides(demo_dir)]
+    _run(["sbatch", f"--output={tmp_path}/submit-%j.out", "slurm/sweep.sh", "configs/sweeps/demo_2x2.yaml",
+          *overrides], slurm_env)
+    sweep_dir = tmp_path / "sb"
+    end = time.time() + 60
+    while not (sweep_dir / "jobs.txt").is_file():  # written last by the submitting job
+        assert time.time() < end, list(tmp_path.glob("submit-*.out"))[0].read_text()
+        time.sleep(0.5)
+    jobs = dict(line.split(" ", 1) for line in (sweep_dir / "jobs.txt").read_text().splitlines())
+    array, eval_ids, report = jobs["train"], jobs["eval"].split(), jobs["report"]
+    rows = _wait_done([array, *eval_ids, report], slurm_env, timeout=300, expect=4 + len(eval_ids) + 1)
+    assert rows[report]["State"] == "COMPLETED"
+    _check_sweep(sweep_dir, {i: f"{array}_{i}" for i in range(4)}, eval_ids, rows, slurm_env)
+
+
+def test_submitit_sweep_2x2(slurm_env, demo_dir, tmp_path):
+    overrides = [f"sweep.output_dir={tmp_path}", "sweep.name=si", EVAL, "train.max_steps=3",
+                 "train.save_every_n_steps=0", *TINY, *_demo_overrides(demo_dir)]
+    _run([sys.executable, "launch/sweep.py", "configs/sweeps/demo_2x2.yaml", "--executor", "slurm", *overrides],
+         slurm_env)
+    sweep_dir = tmp_path / "si"
+    jobs = dict(line.split(" ", 1) for line in (sweep_dir / "submitit_jobs.txt").read_text().splitlines())
+    train, eval_ids, report = jobs["train"].split(), jobs["eval"].split(), jobs["report"]
+    assert len({t.split("_")[0] for t in train}) == 1  # one job array
+    rows = _wait_done([train[0].split("_")[0], *eval_ids, report], slurm_env, timeout=300,
+                      expect=4 + len(eval_ids) + 1)
+    assert rows[report]["State"] == "COMPLETED"
+    _check_sweep(sweep_dir, dict(enumerate(train)), eval_ids, rows, slurm_env)
+
+
+def test_two_node_run_requeued_resumes(slurm_env, demo_dir, tmp_path):
+    """One run over 2 nodes (2 ranks, one per slurmd); requeued mid-run, it resumes from its checkpoint."""
+    profile = yaml.safe_load((ROOT / "slurm/profiles/local.yaml").read_text())
+    profile["train"]["nodes"] = 2
+    (tmp_path / "two_nodes.yaml").write_text(yaml.safe_dump(profile))
+    grid = tmp_path / "one.yaml"
+    grid.write_text(yaml.safe_dump({"name": "rq", "output_dir": str(tmp_path), "eval": {"enabled": False},
+                                    "base": {"train": {"max_steps": 40, "save_every_n_steps": 4}},
+                                    "axes": {"optim.lr": [1e-4]}}))
+    _run(["bash", "slurm/sweep.sh", str(grid), "--profile", str(tmp_path / "two_nodes.yaml"), *TINY,
+          *_demo_overrides(demo_dir)], slurm_env)
+    sweep_dir = tmp_path / "rq"
+    jobs = dict(line.split(" ", 1) for line in (sweep_dir / "jobs.txt").read_text().splitlines())
+    task = f"{jobs['train']}_0"
+    run_dir = sweep_dir / "runs" / "lr=0.0001" / "checkpoints"
+    end = time.time() + 180
+    while not (run_dir / "step-000004" / "COMPLETE").exists():
+        assert time.time() < end, "first checkpoint never appeared"
+        time.sleep(0.2)
+    _run(["scontrol", "requeue", task], slurm_env)  # SIGTERM: the run saves at its next step and exits
+    rows = _wait_done([jobs["train"], jobs["report"]], slurm_env, timeout=240, expect=2)
+    assert rows[task]["State"] == "COMPLETED" and rows[task]["NodeList"] == "n[1-2]"
+    restarts = _run(["sacct", "-X", "-n", "-P", "-j", task, "-D", "-o", "State"], slurm_env).split()
+    assert restarts[0] == "REQUEUED", restarts  # -D: the first (requeued) incarnation is kept
+    log = (sweep_dir / "logs" / f"train-{jobs['train']}_0.out").read_text()
+    resumed = re.findall(r"resumed from \S+ at step (\d+)", log)
+    assert len(resumed) == 1 and 4 <= int(resumed[0]) < 40, log[-3000:]
+    assert "2 rank(s) on n[1-2]" in log and "restart 1" in log
+    meta = json.loads((run_dir / "step-000040" / "meta.json").read_text())
+    assert meta["world_size"] == 2 and meta["step"] == 40
+    first = log.index("restart 1")
+    assert f"step {int(resumed[0]) + 1:>6}/40" in log[first:]  # continued, not restarted from step 1
+    assert "step      1/40" not in log[first:]
