@@ -1,0 +1,124 @@
+"""Time and memory of one variant's unlearning step.
+
+Run as `python -m unlearn.bench.measure '<spec json>'` (what the runner does): each variant in a
+fresh process, so the peak RSS (CPU) or peak allocated GPU memory belongs to that variant alone.
+Prints one line `BENCH_RESULT {...}`.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import resource
+import socket
+import statistics
+import sys
+import time
+
+import torch
+
+from unlearn import distributed, model as models, train
+from unlearn.bench import workload
+from unlearn.bench.baseline import BaselineLoop
+from unlearn.bench.presets import variant
+from unlearn.bench.workload import Spec
+
+MARKER = "BENCH_RESULT "
+
+
+def _rss_peak_gib() -> float:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20  # Linux reports KiB
+
+
+def _sync() -> None:
+    if torch.cuda.is_available():
+        torch.cuda.synchronize()
+
+
+def _dist_env():
+    if "MASTER_PORT" not in os.environ:  # a private port: other jobs on this machine may hold 29500
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            os.environ["MASTER_PORT"] = str(s.getsockname()[1])
+    for key in ("RANK", "LOCAL_RANK"):
+        os.environ.setdefault(key, "0")
+    os.environ.setdefault("WORLD_SIZE", "1")
+    os.environ.setdefault("LOCAL_WORLD_SIZE", "1")
+    return distributed.init()
+
+
+def _setup(spec: Spec):
+    """(step function taking the step's samples, config, sets) of the variant."""
+    v = variant(spec.variant)
+    cfg = workload.run_config(spec, v)
+    if v.loop == "ours":
+        from unlearn.bench.ours import OurStep
+
+        ours = OurStep(spec, v, _dist_env())
+        return (lambda batches: ours.step()), cfg, ours.sets
+    tokenizer = models.load_tokenizer(cfg.model)
+    sets = train.load_sets(cfg, tokenizer, distributed.env_from_os())
+    device = torch.device("cuda") if torch.cuda.is_available() else torch.device("cpu")
+    base = BaselineLoop(spec.model_dir, device, spec.lr, tokenizer.pad_token_id,
+                        spec.max_length if v.padding == "max" else None)
+    return (lambda b: base.step(b["forget"], b["mismatch"], b["retain"])), cfg, sets
+
+
+def measure(spec: Spec) -> dict:
+    """Warm-up steps, then `spec.steps` timed optimizer steps; tokens are real (unpadded) tokens."""
+    torch.set_num_threads(spec.threads or os.cpu_count() or 1)
+    train.set_seed(spec.seed, 0)
+    cuda = torch.cuda.is_available()
+    t_setup = time.perf_counter()
+    step, cfg, sets = _setup(spec)
+    setup_s = time.perf_counter() - t_setup
+    rss_setup = _rss_peak_gib()
+    shadow = workload.streams(cfg, sets)  # the same order the step's own streams follow
+    if cuda:
+        torch.cuda.reset_peak_memory_stats()
+    times, train_tokens, ref_tokens, padded, losses = [], 0, 0, 0, []
+    for i in range(spec.warmup + spec.steps):
+        batches = workload.next_batches(cfg, sets, shadow, i)
+        _sync()
+        t0 = time.perf_counter()
+        out = step(batches)
+        _sync()
+        if i < spec.warmup:
+            continue
+        times.append(time.perf_counter() - t0)
+        n, n_ref = workload.tokens(batches)
+        train_tokens, ref_tokens = train_tokens + n, ref_tokens + n_ref
+        padded += int(out.get("padded_tokens", n))
+        losses.append(float(out.get("loss", out.get("forget/loss", float("nan")))))
+    total = sum(times)
+    result = {
+        "variant": spec.variant, "status": "ok", "setup_s": round(setup_s, 2),
+        "step_s": statistics.median(times), "step_s_all": [round(t, 4) for t in times],
+        "tokens_per_s": train_tokens / total, "tokens_per_step": train_tokens / len(times),
+        "ref_tokens_per_step": ref_tokens / len(times), "padded_tokens_per_step": padded / len(times),
+        "rss_peak_setup_gib": round(rss_setup, 3), "rss_peak_gib": round(_rss_peak_gib(), 3),
+        "threads": torch.get_num_threads(), "device": "cuda" if cuda else "cpu",
+    }
+    if cuda:
+        result["gpu_peak_gib"] = torch.cuda.max_memory_allocated() / 2**30
+        result["gpu_reserved_gib"] = torch.cuda.max_memory_reserved() / 2**30
+        result["gpu_name"] = torch.cuda.get_device_name()
+    return result
+
+
+def safe_measure(spec: Spec) -> dict:
+    """`measure`, with an out-of-memory GPU recorded as a result rather than a crash."""
+    try:
+        return measure(spec)
+    except torch.cuda.OutOfMemoryError as exc:
+        return {"variant": spec.variant, "status": "oom", "error": str(exc).splitlines()[0][:200]}
+
+
+def main(argv: list[str] | None = None) -> None:
+    argv = sys.argv[1:] if argv is None else argv
+    result = safe_measure(Spec(**json.loads(argv[0])))
+    print(MARKER + json.dumps(result), flush=True)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,158 @@
+"""All variants of one preset side by side: JSON with every measurement, and a short table.
+
+Each (repeat, variant) runs in a fresh worker process (`python -m unlearn.bench.measure`) so its
+peak memory is its own; repeats go round the variant list, so slow spells on a shared machine hit
+every variant alike, and the table shows each variant's median.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import statistics
+import subprocess
+import sys
+from dataclasses import dataclass, replace
+from pathlib import Path
+
+from unlearn.bench import presets
+from unlearn.bench.workload import Spec
+from unlearn.errors import UserError
+
+PAPER_OPT13B_STEP_S = 1.04
+"""The paper's reported OPT-1.3b unlearning step (batch 2), seconds."""
+BASELINE_BYTES_PER_PARAM = 20
+"""fp32 policy 4 + gradient 4 + AdamW moments 8 + fp32 reference copy 4 (activations extra)."""
+
+
+@dataclass(frozen=True)
+class Options:
+    preset: str = "tiny"
+    scale_down: int = 1
+    variants: tuple[str, ...] = ()
+    """Empty = presets.default_variants for the preset and device."""
+    repeats: int = 1
+    in_process: bool = False
+    """Measure every variant in this process (fast smoke runs; peak RSS is then cumulative)."""
+    work_dir: str = ".cache/bench"
+    forget: str = ""
+    """Harmful QA file; empty = the demo's harmful.jsonl (built under work_dir)."""
+    retain: str = ""
+    """Normal QA file; empty = the demo's normal.jsonl."""
+
+
+def prepare(opts: Options, spec: Spec, cuda: bool) -> Spec:
+    """Demo data and the preset's random-weight model folder under work_dir (reused when present)."""
+    from unlearn import demo
+
+    work = Path(opts.work_dir)
+    demo_dir = work / "demo"
+    if not (demo_dir / "init" / "config.json").is_file():
+        demo.build(demo_dir)
+    if opts.preset == "tiny":
+        if opts.scale_down != 1:
+            raise UserError("--scale-down applies to the OPT presets; expected it with --preset opt-*")
+        model_dir = demo_dir / "init"
+    else:
+        name = opts.preset if opts.scale_down == 1 else f"{opts.preset}-div{opts.scale_down}"
+        model_dir = presets.build_model_dir(opts.preset, work / "models" / name, demo_dir / "init",
+                                            opts.scale_down, on_gpu=cuda)
+    return replace(spec, model_dir=str(model_dir), forget=opts.forget or str(demo_dir / "harmful.jsonl"),
+                   retain=opts.retain or str(demo_dir / "normal.jsonl"))
+
+
+def _worker(spec: Spec) -> dict:
+    from unlearn.bench.measure import MARKER
+
+    proc = subprocess.run([sys.executable, "-m", "unlearn.bench.measure", json.dumps(spec.to_json())],
+                          capture_output=True, text=True, env={**os.environ, "PYTHONPATH": _root_path()})
+    for line in reversed(proc.stdout.splitlines()):
+        if line.startswith(MARKER):
+            return json.loads(line[len(MARKER):])
+    tail = (proc.stderr or proc.stdout).strip().splitlines()[-3:]
+    return {"variant": spec.variant, "status": "failed", "error": " | ".join(tail)[-400:]}
+
+
+def _root_path() -> str:
+    root = str(Path(__file__).resolve().parents[2])
+    return os.pathsep.join(p for p in (root, os.environ.get("PYTHONPATH", "")) if p)
+
+
+def _skip_reason(name: str, n_params: int, gpu_bytes: int | None) -> str:
+    if gpu_bytes and presets.variant(name).loop == "baseline" and BASELINE_BYTES_PER_PARAM * n_params > gpu_bytes:
+        need = BASELINE_BYTES_PER_PARAM * n_params / 2**30
+        return f"needs >= {need:.0f} GiB (fp32 policy, grads, AdamW, reference) > {gpu_bytes / 2**30:.0f} GiB GPU"
+    return ""
+
+
+def _summarise(name: str, runs: list[dict], n_params: int, peak: float | None) -> dict:
+    ok = [r for r in runs if r.get("status") == "ok"]
+    if not ok:
+        return {"variant": name, **runs[0], "repeats": runs}
+    row = {"variant": name, "status": "ok", "step_s": statistics.median(r["step_s"] for r in ok),
+           "tokens_per_s": statistics.median(r["tokens_per_s"] for r in ok),
+           "tokens_per_step": ok[0]["tokens_per_step"], "ref_tokens_per_step": ok[0]["ref_tokens_per_step"],
+           "padded_tokens_per_step": ok[0]["padded_tokens_per_step"],
+           "rss_peak_gib": max(r["rss_peak_gib"] for r in ok), "repeats": runs}
+    if "gpu_peak_gib" in ok[0]:
+        row["gpu_peak_gib"] = max(r["gpu_peak_gib"] for r in ok)
+    if peak:  # model FLOPs: 6N per trained token + 2N per reference-forward token (6N for LoRA too)
+        flops = 6 * n_params * row["tokens_per_step"] + 2 * n_params * row["ref_tokens_per_step"]
+        row["mfu"] = flops / row["step_s"] / peak
+    return row
+
+
+def run(opts: Options, spec: Spec) -> dict:
+    """Measure every variant `opts.repeats` times; returns the JSON report."""
+    import torch
+
+    cuda = torch.cuda.is_available()
+    names = opts.variants or presets.default_variants(opts.preset, cuda)
+    for name in names:
+        presets.variant(name)
+    spec = prepare(opts, spec, cuda)
+    n_params = presets.parameter_count(Path(spec.model_dir))
+    gpu_name = torch.cuda.get_device_name(0) if cuda else ""
+    gpu_bytes = torch.cuda.get_device_properties(0).total_memory if cuda else None
+    peak = presets.peak_flops(gpu_name) if cuda else None
+    runs: dict[str, list[dict]] = {n: [] for n in names}
+    for r in range(opts.repeats):
+        for name in (names if r % 2 == 0 else names[::-1]):
+            reason = _skip_reason(name, n_params, gpu_bytes)
+            if reason:
+                runs[name].append({"variant": name, "status": "skipped", "error": reason})
+                continue
+            s = replace(spec, variant=name)
+            if opts.in_process:
+                from unlearn.bench.measure import safe_measure
+
+                runs[name].append(safe_measure(s))
+            else:
+                runs[name].append(_worker(s))
+    rows = [_summarise(n, runs[n], n_params, peak) for n in names]
+    base = next((r for r in rows if r["variant"] == "baseline" and r["status"] == "ok"), None)
+    for row in rows:
+        if base and row["status"] == "ok":
+            row["speedup_vs_baseline"] = row["tokens_per_s"] / base["tokens_per_s"]
+        if opts.preset == "opt-1.3b" and opts.scale_down == 1 and row["status"] == "ok" and cuda:
+            row["speedup_vs_paper_step"] = PAPER_OPT13B_STEP_S / row["step_s"]
+    return {"preset": opts.preset, "scale_down": opts.scale_down, "parameters": n_params,
+            "device": gpu_name or "cpu", "peak_bf16_flops": peak, "spec": spec.to_json(),
+            "repeats": opts.repeats, "isolated": not opts.in_process, "results": rows}
+
+
+def table(report: dict) -> str:
+    """A fixed-width table of the report's median rows."""
+    mem = "gpu_peak_gib" if any("gpu_peak_gib" in r for r in report["results"]) else "rss_peak_gib"
+    head = f"{'variant':<20} {'status':<8} {'s/step':>8} {'tokens/s':>10} {'x base':>7} {mem:>13} {'MFU':>6}"
+    lines = [f"{report['preset']} (x1/{report['scale_down']}, {report['parameters'] / 1e6:.1f}M params) on "
+             f"{report['device']}, batch {report['spec']['batch']}", head]
+    for r in report["results"]:
+        if r["status"] != "ok":
+            lines.append(f"{r['variant']:<20} {r['status']:<8} {r.get('error', '')[:80]}")
+            continue
+        x = f"{r['speedup_vs_baseline']:.2f}" if "speedup_vs_baseline" in r else "-"
+        mfu = f"{100 * r['mfu']:.1f}%" if "mfu" in r else "-"
+        lines.append(f"{r['variant']:<20} {'ok':<8} {r['step_s']:>8.3f} {r['tokens_per_s']:>10.0f} {x:>7} "
+                     f"{r[mem]:>13.2f} {mfu:>6}")
+    return "\n".join(lines)

@@ -1,0 +1,76 @@
+"""The benchmark's unlearning workload, identical for every variant: the paper's method
+(ga on harmful answers + random mismatch + KL on normal data, one joint step), the same samples,
+batch and seed; batches come from the same `data.BatchStream`s that `unlearn.train` builds.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+from unlearn import data, train
+from unlearn.config import Config, DataConfig, MethodConfig, ModelConfig, OptimConfig, RunConfig, TrainConfig
+from unlearn.bench.presets import Variant
+
+STREAMS = ("forget", "retain")
+"""Order (and so seeds: train.seed + index) of the streams, as in unlearn.train.train; the
+mismatch batch is `num_random_answers` random normal answers per prompt of the forget batch."""
+
+
+@dataclass(frozen=True)
+class Spec:
+    """One variant's measurement, passed to a worker process as JSON."""
+
+    variant: str
+    model_dir: str
+    forget: str
+    """Harmful QA in PKU-SafeRLHF columns (the demo's harmful.jsonl by default)."""
+    retain: str
+    """Normal QA (question/answer or TruthfulQA columns)."""
+    batch: int = 2
+    """Samples per term per optimizer step (the paper's batch is 2)."""
+    max_length: int = 128
+    steps: int = 5
+    """Timed optimizer steps."""
+    warmup: int = 2
+    """Untimed optimizer steps first (allocator, kernels, DeepSpeed buckets)."""
+    seed: int = 0
+    lr: float = 2e-6
+    threads: int = 0
+    """CPU threads for torch (0 = all cores)."""
+
+    def to_json(self) -> dict:
+        return asdict(self)
+
+
+def run_config(spec: Spec, v: Variant) -> Config:
+    return Config(
+        model=ModelConfig(name_or_path=spec.model_dir, lora=v.lora, load_in_8bit=v.load_in_8bit,
+                          gradient_checkpointing=v.gradient_checkpointing),
+        data=DataConfig(forget=spec.forget, retain=spec.retain, forget_format="auto", retain_format="auto",
+                        max_length=spec.max_length),
+        method=MethodConfig(forget_loss="ga", retain_loss="kl", mismatch_weight=1.0, schedule="joint"),
+        optim=OptimConfig(lr=spec.lr, schedule="constant"),
+        train=TrainConfig(micro_batch_size=spec.batch, global_batch_size=spec.batch, seed=spec.seed,
+                          max_steps=spec.warmup + spec.steps),
+        run=RunConfig(name="bench", output_dir=str(Path(spec.model_dir).parent / "runs")))
+
+
+def streams(cfg: Config, sets: train.Sets) -> dict[str, data.BatchStream]:
+    return {name: data.BatchStream(len(getattr(sets, name)), cfg.train.global_batch_size, cfg.train.seed + i)
+            for i, name in enumerate(STREAMS) if getattr(sets, name)}
+
+
+def next_batches(cfg: Config, sets: train.Sets, streams_: dict[str, data.BatchStream],
+                 step: int) -> dict[str, list]:
+    """The samples of optimizer step `step` per term (advances the streams; one rank)."""
+    idx = {name: s.take(cfg.train.micro_batch_size, 0, 1)[0] for name, s in streams_.items()}
+    out = {name: [getattr(sets, name)[i] for i in ids] for name, ids in idx.items()}
+    out["mismatch"] = sets.mismatch.samples(out["forget"], idx["forget"], step)
+    return out
+
+
+def tokens(batches: dict[str, list]) -> tuple[int, int]:
+    """(real tokens through the policy, real tokens through the reference = the normal batch)."""
+    total = sum(len(s["input_ids"]) for samples in batches.values() for s in samples)
+    return total, sum(len(s["input_ids"]) for s in batches.get("retain", []))
