@@ -1,0 +1,123 @@
+"""Methods on real single-rank DeepSpeed engines: the reference model's wiring, KL at step 0, presets."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+
+from tests.conftest import ROOT
+from tests.unlearn_runs import run, scalars, weights
+from unlearn import methods, train as train_mod
+from unlearn.config import MethodConfig
+from unlearn.config_io import load_config
+from unlearn.errors import UserError
+
+PRESETS = ["harmful_opt1.3b.yaml", "harmful_opt2.7b.yaml", "copyright_opt1.3b_finetune.yaml",
+           "copyright_opt1.3b.yaml", "demo_harmful.yaml"]
+
+
+@pytest.fixture
+def references(monkeypatch) -> list:
+    """Every Reference that train() builds, kept for inspection after the run."""
+    made = []
+
+    class Recording(train_mod.Reference):
+        def __init__(self, *args, **kwargs):
+            super().__init__(*args, **kwargs)
+            made.append(self)
+
+    monkeypatch.setattr(train_mod, "Reference", Recording)
+    return made
+
+
+def _params(module) -> dict[str, torch.Tensor]:
+    return {k: v.detach().clone() for k, v in module.state_dict().items()}
+
+
+def test_full_reference_is_a_frozen_copy_that_never_changes(demo_dir, tmp_path, dist_env, references):
+    run_dir = run(demo_dir, tmp_path, "method.forget_loss=npo", "method.retain_loss=kl", "method.schedule=joint")
+    (ref,) = references
+    policy = ref.policy.module
+    assert ref.model is not None and ref.model is not policy
+    policy_ptrs = {p.data_ptr() for p in policy.parameters()}
+    assert not policy_ptrs & {p.data_ptr() for p in ref.model.parameters()}  # no shared storage
+    assert not any(p.requires_grad for p in ref.model.parameters())
+    init = weights(demo_dir / "init")
+    after_ref = _params(ref.model)
+    for name, value in init.items():
+        assert torch.equal(after_ref[name], value), f"reference weight {name} changed"
+    trained = weights(run_dir / "checkpoints" / "step-000003")
+    assert any(not torch.equal(trained[k], init[k]) for k in init), "the policy did not train"
+    assert scalars(run_dir, "retain/loss")[0] == 0.0  # KL to the reference is exactly 0 at step 0
+    assert scalars(run_dir, "retain/loss")[-1] > 0.0
+
+
+def test_zero3_reference_is_its_own_sharded_engine(demo_dir, tmp_path, dist_env, references):
+    import deepspeed
+
+    run_dir = run(demo_dir, tmp_path, "method.forget_loss=ga", "method.retain_loss=kl", "method.schedule=joint",
+                  ds="zero3.json")
+    (ref,) = references
+    assert isinstance(ref.model, deepspeed.DeepSpeedEngine) and ref.model is not ref.policy
+    assert ref.model.client_optimizer is None and ref.model.lr_scheduler is None  # inference only
+    init = weights(demo_dir / "init")
+    with deepspeed.zero.GatheredParameters(list(ref.model.module.parameters())):
+        after_ref = _params(ref.model.module)
+    assert all(torch.equal(after_ref[k], v) for k, v in init.items() if k in after_ref)
+    assert len([k for k in init if k in after_ref]) >= len(init) - 1  # (tied lm_head may be absent)
+    assert scalars(run_dir, "retain/loss")[0] == 0.0
+
+
+def test_forget_terms_move_the_forget_nll_up(demo_dir, tmp_path, dist_env):
+    """ga, npo and simnpo all push the forget answers' NLL up on the same data and steps."""
+    for name in ("ga", "npo", "simnpo"):
+        run_dir = run(demo_dir, tmp_path / name, f"method.forget_loss={name}", "method.retain_loss=none",
+                      "optim.lr=3e-3", "optim.schedule=constant")
+        nll = scalars(run_dir, "forget/nll")
+        assert len(nll) == 3 and nll[-1] > nll[0] + 0.01, (name, nll)
+
+
+def test_unknown_objectives_are_user_errors():
+    with pytest.raises(UserError, match="forget_loss 'dpo'"):
+        methods.forget_objective("dpo")
+    with pytest.raises(UserError, match="mismatch_weight"):
+        methods.retain_objective("random_mismatch")
+    assert methods.forget_objective("none") is None
+    assert methods.needs_reference(MethodConfig(forget_loss="npo", retain_loss="none"))
+
+
+@pytest.mark.parametrize("preset", PRESETS)
+def test_presets_parse(preset):
+    cfg, _ = load_config([str(ROOT / "configs" / preset)])
+    assert cfg.method.forget_loss in methods.FORGET or cfg.method.forget_loss == "none"
+
+
+def test_harmful_presets_carry_the_paper_values():
+    for preset in ("harmful_opt1.3b.yaml", "harmful_opt2.7b.yaml"):
+        cfg, _ = load_config([str(ROOT / "configs" / preset)])
+        m, o, t, d = cfg.method, cfg.optim, cfg.train, cfg.data
+        assert (m.forget_loss, m.forget_weight, m.retain_loss, m.retain_weight, m.mismatch_weight, m.schedule) == \
+            ("ga", 0.5, "kl", 1.0, 1.0, "joint")
+        assert (o.lr, o.schedule, o.warmup_steps, t.max_steps, t.global_batch_size, d.num_random_answers) == \
+            (2e-6, "linear", 0, 1000, 2, 5)
+        assert d.truthfulqa_fractions == (0.7, 0.1, 0.2) and d.truthfulqa_part == "train"
+        assert cfg.model.name_or_path in ("facebook/opt-1.3b", "facebook/opt-2.7b")
+        assert (d.forget, d.retain) == ("PKU-Alignment/PKU-SafeRLHF", "truthfulqa/truthful_qa")
+    stage1, _ = load_config([str(ROOT / "configs" / "copyright_opt1.3b_finetune.yaml")])
+    assert (stage1.model.lora, stage1.model.lora_r, stage1.model.lora_alpha, stage1.optim.lr, stage1.train.epochs) == \
+        (True, 16, 32, 2e-4, 3.0)
+
+
+def test_demo_harmful_preset_runs_on_the_demo_sets(demo_dir, tmp_path, dist_env):
+    """configs/demo_harmful.yaml with its .cache/demo paths pointed at the test's demo folder."""
+    from unlearn.train import train
+
+    cfg, patch = load_config([str(ROOT / "configs" / "demo_harmful.yaml")], [
+        f"model.name_or_path={demo_dir / 'init'}", f"data.forget={demo_dir / 'harmful.jsonl'}",
+        f"data.retain={demo_dir / 'normal.jsonl'}", "train.max_steps=2", "train.save_engine_state=false",
+        f"run.output_dir={tmp_path}", "train.log_every_n_steps=1"])
+    run_dir = train(cfg, str(ROOT / "ds_configs" / "zero2.json"), patch, overwrite=True)
+    assert len(scalars(run_dir, "mismatch/loss")) == 2 and scalars(run_dir, "retain/loss")[0] == 0.0
+    assert Path(run_dir, "checkpoints", "step-000002", "COMPLETE").is_file()
