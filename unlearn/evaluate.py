@@ -107,7 +107,9 @@ def evaluate_checkpoint(ckpt: str | Path, opts: EvalOptions) -> dict:
     for name in todo:
         t0 = time.time()
         print(f"{ckpt}: {name} suite ...", flush=True)
-        suites[name] = {**suite_fn(name)(ctx), "seconds": round(time.time() - t0, 1)}
+        # options per suite too: a merged eval.json may hold suites run with different flags
+        suites[name] = {**suite_fn(name)(ctx), "seconds": round(time.time() - t0, 1),
+                        "options": asdict(replace(opts, suites=(name,)))}
     result = {
         "checkpoint": str(ckpt), "step": step_of(ckpt), "time": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
         "reference": ctx.reference_name, "device": device_of(opts),
@@ -121,7 +123,7 @@ def evaluate_checkpoint(ckpt: str | Path, opts: EvalOptions) -> dict:
     write_json(ckpt / EVAL_FILE, result)
     if run_dir is not None:
         log_tensorboard(run_dir, result)
-    return result
+    return read_eval(ckpt)  # as stored: lists for tuples, null for undefined values
 
 
 def _finite(value):

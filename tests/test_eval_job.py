@@ -1,0 +1,126 @@
+"""The eval job end to end: eval.json, TensorBoard scalars at the checkpoint's step, idempotence,
+--force, merging suites, --run summary, and refusal of an incomplete checkpoint."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from unlearn import demo
+from unlearn.config_io import dump_yaml, load_config
+from unlearn.errors import UserError
+from unlearn.eval_context import EvalOptions
+from unlearn.evaluate import evaluate_checkpoint
+
+ROOT = Path(__file__).resolve().parents[1]
+FAST = dict(limit=4, max_new_tokens=8, prefix_tokens=8, continuation_tokens=8, truthfulqa="none", batch_size=4)
+
+
+def make_checkpoint(run_dir: Path, step: int, demo_dir: Path, complete: bool = True) -> Path:
+    """A checkpoint folder as unlearn.checkpoint writes it: HF weights, config.yaml, meta.json, COMPLETE."""
+    ckpt = run_dir / "checkpoints" / f"step-{step:06d}"
+    shutil.copytree(demo_dir / "init", ckpt)
+    cfg, _ = load_config([], [f"model.name_or_path={demo_dir / 'init'}", f"data.forget={demo_dir / 'forget.txt'}",
+                              f"data.retain={demo_dir / 'normal.jsonl'}", "data.max_length=48"])
+    (ckpt / "config.yaml").write_text(dump_yaml(cfg))
+    (ckpt / "meta.json").write_text(json.dumps({"step": step}))
+    if complete:
+        (ckpt / "COMPLETE").write_text(f"{step}\n")
+    return ckpt
+
+
+def tb_scalars(logdir: Path) -> dict[str, list[tuple[int, float]]]:
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    acc = EventAccumulator(str(logdir))
+    acc.Reload()
+    return {tag: [(e.step, e.value) for e in acc.Scalars(tag)] for tag in acc.Tags()["scalars"]}
+
+
+def test_all_suites_write_eval_json_and_tensorboard(tmp_path, demo_dir):
+    run = tmp_path / "run"
+    ckpt = make_checkpoint(run, 5, demo_dir)
+    holdout = tmp_path / "holdout.txt"
+    holdout.write_text(demo.retain_text(seed=3))
+    # the checkpoint as its own reference: similarity must be exactly 1 and PrivLeak exactly 0
+    opts = EvalOptions(suites=("harmful", "copyright", "utility", "privacy"), reference=str(ckpt),
+                       harmful_prompts=str(demo_dir / "harmful.jsonl"), holdout=str(holdout), **FAST)
+    result = evaluate_checkpoint(ckpt, opts)
+    saved = json.loads((ckpt / "eval.json").read_text())
+    assert saved["step"] == 5 and set(saved["suites"]) == {"harmful", "copyright", "utility", "privacy"}
+    assert saved["scalars"] == result["scalars"]
+    assert saved["decoding"]["strategy"] == "greedy" and saved["decoding"]["max_new_tokens"] == 8
+    assert saved["suites"]["harmful"]["info"]["judge"]["kind"] == "keyword"
+    metrics = {k: v for s in saved["suites"].values() for k, v in s["metrics"].items()}
+    assert metrics["similarity_to_reference_rouge_l"]["value"] == pytest.approx(1.0)
+    assert metrics["privleak"]["value"] == pytest.approx(0.0)
+    assert metrics["harmful_rate"]["n"] == 4 and 0 <= metrics["harmful_rate"]["ci_low"] <= metrics["harmful_rate"]["value"]
+    assert "forget_harmful_rate" not in metrics  # forget set is text: no trained-on harmful prompts
+    assert {"ci_low", "ci_high", "n"} <= set(metrics["verbatim_rouge_l"])
+    scalars = tb_scalars(run / "tb")
+    assert scalars["eval/copyright/verbatim_rouge_l"] == [(5, pytest.approx(saved["scalars"]["eval/copyright/verbatim_rouge_l"]))]
+    assert "eval/utility/retain_ppl" in scalars and "eval/privacy/min_k_auc" in scalars
+    assert list((run / "eval_cache").glob("reference-*.json"))  # reference results cached for the run
+
+
+def test_skip_force_and_merge(tmp_path, demo_dir):
+    ckpt = make_checkpoint(tmp_path / "run", 3, demo_dir)
+    evaluate_checkpoint(ckpt, EvalOptions(suites=("copyright",), reference="none", **FAST))
+    first = (ckpt / "eval.json").stat().st_mtime_ns
+    again = evaluate_checkpoint(ckpt, EvalOptions(suites=("copyright",), reference="none", **FAST))
+    assert (ckpt / "eval.json").stat().st_mtime_ns == first and set(again["suites"]) == {"copyright"}
+    merged = evaluate_checkpoint(ckpt, EvalOptions(suites=("copyright", "utility"), reference="none", **FAST))
+    assert set(merged["suites"]) == {"copyright", "utility"}
+    assert merged["options"]["suites"] == ["utility"]  # only the missing suite ran
+    forced = evaluate_checkpoint(ckpt, EvalOptions(suites=("copyright",), reference="none", force=True, **FAST))
+    assert forced["options"]["suites"] == ["copyright"] and set(forced["suites"]) == {"copyright", "utility"}
+    assert (ckpt / "eval.json").stat().st_mtime_ns != first
+
+
+def test_incomplete_checkpoint_and_bad_suite_are_user_errors(tmp_path, demo_dir):
+    ckpt = make_checkpoint(tmp_path / "run", 1, demo_dir, complete=False)
+    with pytest.raises(UserError, match="COMPLETE"):
+        evaluate_checkpoint(ckpt, EvalOptions(**FAST))
+    from unlearn.evaluate import parse_suites
+
+    with pytest.raises(UserError, match="unknown"):
+        parse_suites("copyright,memory")
+
+
+def _launcher():
+    spec = importlib.util.spec_from_file_location("launch_evaluate", ROOT / "launch" / "evaluate.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_run_evaluates_every_complete_checkpoint_then_summarises(tmp_path, demo_dir, capsys):
+    run = tmp_path / "run"
+    for step in (2, 4):
+        make_checkpoint(run, step, demo_dir)
+    make_checkpoint(run, 6, demo_dir, complete=False)  # a crashed save: not evaluated
+    args = ["--run", str(run), "--suite", "copyright", "--reference", "none",
+            *[f"--{k}={v}" for k, v in FAST.items()]]
+    _launcher().main(args)
+    assert (run / "checkpoints" / "step-000002" / "eval.json").is_file()
+    assert not (run / "checkpoints" / "step-000006" / "eval.json").exists()
+    lines = (run / "eval_summary.csv").read_text().splitlines()
+    assert lines[0].startswith("step,checkpoint,eval/copyright/verbatim_bleu")
+    assert [row.split(",")[0] for row in lines[1:]] == ["2", "4"]
+    assert (run / "eval_summary.png").stat().st_size > 1000
+    assert "verbatim R-L" in capsys.readouterr().out
+
+
+@pytest.mark.slow
+def test_cli_refuses_incomplete_checkpoint_with_one_line(tmp_path, demo_dir):
+    ckpt = make_checkpoint(tmp_path / "run", 1, demo_dir, complete=False)
+    proc = subprocess.run([sys.executable, str(ROOT / "launch" / "evaluate.py"), str(ckpt)],
+                          capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 2
+    assert proc.stderr.strip().count("\n") == 0 and proc.stderr.startswith("error:") and "COMPLETE" in proc.stderr
