@@ -59,6 +59,11 @@ def read_ds_config(path: str | Path, patch: dict[str, Any] | None = None) -> dic
     if auto:
         raise UserError(f"DeepSpeed config '{path}' has \"auto\" at '{auto}'; expected a concrete value "
                         "(only Hugging Face's Trainer resolves \"auto\")")
+    if zero_stage(ds) not in (1, 2, 3):
+        zero = ds.get("zero_optimization", {})
+        raw = zero.get("stage", 0) if isinstance(zero, dict) else zero
+        raise UserError(f"DeepSpeed config '{path}' has zero_optimization.stage={raw!r}; expected 1, 2 "
+                        "or 3 (skipping steps with non-finite gradients relies on ZeRO's overflow check)")
     if ds.get("bf16", {}).get("enabled") and ds["bf16"].get("check_grad_overflow") is False:
         raise UserError(f"DeepSpeed config '{path}' sets bf16.check_grad_overflow=false; expected true or "
                         "unset (skipping steps with non-finite gradients relies on it)")
@@ -68,7 +73,10 @@ def read_ds_config(path: str | Path, patch: dict[str, Any] | None = None) -> dic
 
 
 def zero_stage(ds: dict[str, Any]) -> int:
-    return int(ds.get("zero_optimization", {}).get("stage", 0))
+    try:
+        return int(ds.get("zero_optimization", {}).get("stage", 0))
+    except (TypeError, ValueError, AttributeError):
+        return -1  # not a number (or not a mapping): read_ds_config names it
 
 
 def dtype_of(ds: dict[str, Any]) -> torch.dtype:

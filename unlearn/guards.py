@@ -7,8 +7,7 @@ norm is inf/NaN, in fp32 and in bf16 (`bf16.check_grad_overflow`, on by default)
 counts it in `skipped_steps`, leaves the LR schedule where it was, and `was_step_applied()` is
 False. So a non-finite loss is not left out of the backward, which would put DeepSpeed's micro-step
 counter out of step with ours: it is turned into NaN gradients on purpose (`poison`) and DeepSpeed
-throws the step away. ZeRO stage 0 has no such check; there the gradients are dropped by hand
-(`drop_nonfinite_grads`) before the optimizer step, so AdamW leaves every parameter untouched.
+throws the step away. ZeRO stage 0 has no such check, so engine.read_ds_config requires stage 1-3.
 """
 
 from __future__ import annotations
@@ -66,16 +65,6 @@ def finite_everywhere(loss: torch.Tensor, env: DistEnv) -> bool:
 def poison(loss: torch.Tensor) -> torch.Tensor:
     """The loss times NaN: every gradient it reaches is NaN (0 * NaN is NaN), so ZeRO skips the step."""
     return loss * float("nan")
-
-
-def drop_nonfinite_grads(engine) -> bool:
-    """ZeRO stage 0: if any gradient is inf/NaN, drop them all (AdamW skips parameters without one)."""
-    params = [p for p in engine.module.parameters() if p.grad is not None]
-    if all(bool(torch.isfinite(p.grad).all()) for p in params):
-        return False
-    for p in params:
-        p.grad = None
-    return True
 
 
 def divergence(in_row: int, limit: int, step: int, run_dir) -> str:

@@ -102,7 +102,6 @@ class Loop:
         self.forget_obj = methods.forget_objective(cfg.method.forget_loss)
         self.retain_obj = methods.retain_objective(cfg.method.retain_loss)
         self.mismatch_obj = methods.RETAIN["random_mismatch"] if cfg.method.mismatch_weight else None
-        self.zero_stage = engine.zero_optimization_stage()
 
     def _micro_batches(self, state: State, names: set[str]) -> dict[str, list[dict[str, torch.Tensor]]]:
         """Collated micro-batches per set; mismatch = random answers to this step's forget prompts."""
@@ -155,9 +154,8 @@ class Loop:
             # DeepSpeed discard it while its micro-step counters stay in step (see unlearn.guards).
             bad_loss = bad_loss or not guards.finite_everywhere(total, self.env)
             self.engine.backward(guards.poison(total) if bad_loss else total)
-            dropped = k == n_micro - 1 and self.zero_stage == 0 and guards.drop_nonfinite_grads(self.engine)
             self.engine.step()
-        applied = self.engine.was_step_applied() and not dropped
+        applied = self.engine.was_step_applied()
         assert not (bad_loss and applied), "a step with a non-finite loss reached the weights"
         metrics = distributed.all_reduce_mean(sums, self.env)
         metrics["skipped"] = 0.0 if applied else 1.0  # non-finite loss or gradient: weights untouched
@@ -250,11 +248,11 @@ def _train(cfg: Config, ds_config: str, ds_patch: dict[str, Any] | None, resume:
         skipped = metrics["skipped"] > 0
         state.nonfinite_in_row = state.nonfinite_in_row + 1 if skipped else 0
         state.skipped_steps += int(skipped)
-        metrics["skipped_steps"] = float(state.skipped_steps)
         stop = guards.forget_ceiling(metrics, cfg.method.max_forget_loss)
         window.add(metrics)
         if state.step % t.log_every_n_steps == 0 or state.step == max_steps or stop or skipped:
-            logged = window.pop_means()
+            logged = window.pop_means()  # "skipped" becomes the fraction of skipped steps since the last log
+            logged.update(skipped_steps=float(state.skipped_steps), nonfinite_in_row=float(state.nonfinite_in_row))
             writer.log(logged, state.step)
             writer.console(state.step, max_steps, logged)
         if skipped:

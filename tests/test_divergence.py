@@ -1,0 +1,166 @@
+"""Non-finite losses and gradients never reach the weights (real single-rank DeepSpeed engines);
+too many in a row stop the run with the last good checkpoint intact; the forget-loss ceiling stops
+a run cleanly. NaNs are injected with forward hooks on the real model."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+from unlearn import checkpoint, data, engine as engines, guards, model as models, train as training
+from unlearn.cli import train_main
+from unlearn.config_io import load_config
+from unlearn.errors import EXIT_DIVERGED
+from unlearn.resume import State
+from tests.conftest import ROOT
+
+
+def _overrides(demo_dir, tmp_path, *extra) -> list[str]:
+    return [f"model.name_or_path={demo_dir / 'init'}", f"data.forget={demo_dir / 'forget.txt'}",
+            f"data.retain={demo_dir / 'retain.txt'}", "data.max_length=32", "train.micro_batch_size=2",
+            "train.global_batch_size=2", "optim.lr=1e-2", "optim.schedule=constant",
+            f"run.output_dir={tmp_path / 'runs'}", *extra]
+
+
+def _loop(demo_dir, tmp_path, env, stage: int, *extra, bf16: bool = False):
+    cfg, _ = load_config(overrides=_overrides(demo_dir, tmp_path, *extra))
+    patch = {"zero_optimization": {"stage": stage}, **({"bf16": {"enabled": True}} if bf16 else {})}
+    ds = engines.read_ds_config(ROOT / "ds_configs" / "zero2.json", patch)
+    tok = models.load_tokenizer(cfg.model)
+    sets = training.load_sets(cfg, tok, env)
+    engine = engines.initialize(models.load_policy(cfg.model, engines.dtype_of(ds)), ds, cfg, env, max_steps=10)
+    state = State(streams={n: data.BatchStream(len(getattr(sets, n)), 2, i) for i, n in enumerate(("forget", "retain"))})
+    return training.Loop(cfg, engine, sets, tok, env, None, None, tmp_path, 10), state
+
+
+def _weights(engine) -> list[torch.Tensor]:
+    import deepspeed
+
+    params = list(engine.module.parameters())
+    with deepspeed.zero.GatheredParameters(params) if engine.zero_optimization_stage() == 3 else _null():
+        return [p.detach().float().clone() for p in params]
+
+
+class _null:
+    def __enter__(self):
+        return None
+
+    def __exit__(self, *exc):
+        return False
+
+
+def _nan_logits_on(engine, calls: set[int]):
+    """Forward hook: the output logits are NaN on the chosen forward calls (0-based)."""
+    count = {"n": 0}
+
+    def hook(module, args, output):
+        n = count["n"]
+        count["n"] += 1
+        if n in calls:
+            output.logits = output.logits * float("nan")
+        return output
+    return engine.module.register_forward_hook(hook)
+
+
+@pytest.mark.parametrize("stage,bf16,accum", [(2, False, 1), (2, False, 2), (2, True, 1), (3, False, 1),
+                                              (1, False, 2)])
+def test_nonfinite_loss_skips_the_whole_step(demo_dir, dist_env, tmp_path, stage, bf16, accum):
+    # global batch 2 = micro 1 x accum 2 when accum=2: the NaN hits only the FIRST micro-batch
+    extra = ("train.micro_batch_size=1",) if accum == 2 else ()
+    loop, state = _loop(demo_dir, tmp_path, dist_env, stage, *extra, bf16=bf16)
+    loop.step(state)  # one good step first: AdamW momentum would move weights on a zero-gradient step
+    before = _weights(loop.engine)
+    handle = _nan_logits_on(loop.engine, {0})
+    metrics = loop.step(state)
+    handle.remove()
+    assert metrics["skipped"] == 1.0
+    assert all(torch.equal(a, b) for a, b in zip(_weights(loop.engine), before)), "NaN step changed weights"
+    assert state.streams["retain"].next_batch + state.streams["forget"].next_batch == 2  # data consumed
+    metrics = loop.step(state)  # the counters stay consistent: the next step is a normal one
+    assert metrics["skipped"] == 0.0 and torch.isfinite(torch.tensor(metrics["grad_norm"]))
+    after = _weights(loop.engine)
+    assert all(torch.isfinite(w).all() for w in after)
+    assert any(not torch.equal(a, b) for a, b in zip(after, before))
+
+
+@pytest.mark.parametrize("stage", [2, 3])
+def test_nonfinite_gradient_with_finite_loss_is_skipped(demo_dir, dist_env, tmp_path, stage):
+    loop, state = _loop(demo_dir, tmp_path, dist_env, stage)
+    loop.step(state)
+    before = _weights(loop.engine)
+    embed = loop.engine.module.get_input_embeddings().weight
+    handle = embed.register_hook(lambda g: g * float("inf"))  # the loss stays finite, one gradient is not
+    metrics = loop.step(state)
+    handle.remove()
+    assert metrics["skipped"] == 1.0 and torch.isfinite(torch.tensor(metrics[next(k for k in metrics if k.endswith("/loss"))]))
+    assert all(torch.equal(a, b) for a, b in zip(_weights(loop.engine), before))
+
+
+def test_poison_makes_every_reached_gradient_nan():
+    w = torch.nn.Parameter(torch.tensor([1.0, 0.0, -2.0]))
+    guards.poison((w * torch.tensor([0.0, 3.0, 1.0])).sum()).backward()
+    assert torch.isnan(w.grad).all()  # even where the local derivative is 0
+
+
+def _poison_model(monkeypatch, calls: set[int] | None):
+    """Policies loaded by train() get NaN logits on the chosen forward calls (None = every call)."""
+    real = models.load_policy
+
+    def load(cfg, dtype=torch.float32):
+        model = real(cfg, dtype)
+        count = {"n": 0}
+
+        def hook(module, args, output):
+            count["n"] += 1
+            if calls is None or count["n"] - 1 in calls:
+                output.logits = output.logits * float("nan")
+            return output
+        model.register_forward_hook(hook)
+        return model
+    monkeypatch.setattr(models, "load_policy", load)
+
+
+def test_run_stops_after_max_nonfinite_steps_and_keeps_last_good_checkpoint(
+        demo_dir, dist_env, tmp_path, monkeypatch, capsys):
+    _poison_model(monkeypatch, calls=set(range(3, 100)))  # steps 1-3 fine, every later step NaN
+    argv = ["--ds_config", str(ROOT / "ds_configs" / "zero2.json"), "--no_report",
+            *_overrides(demo_dir, tmp_path, "run.name=nan", "train.max_steps=20", "train.save_every_n_steps=2",
+                        "train.max_nonfinite_steps=3", "train.log_every_n_steps=100")]
+    with pytest.raises(SystemExit) as exit_info:
+        train_main("test", argv)
+    assert exit_info.value.code == EXIT_DIVERGED
+    err = capsys.readouterr().err
+    errors = [line for line in err.splitlines() if line.startswith("error:")]
+    assert len(errors) == 1 and "3 non-finite steps in a row up to step 6" in errors[0]
+    assert "Traceback" not in err and err.count("step skipped") == 3
+    run = tmp_path / "runs" / "nan"
+    done = checkpoint.complete_checkpoints(run)
+    # steps 4-6 were skipped (weights untouched); the save at step 4 holds the step-3 weights
+    assert [p.name for p in done] == ["step-000002", "step-000004"]
+    assert json.loads((done[-1] / "meta.json").read_text())["skipped_steps"] == 1
+    assert errors[0].endswith("(lower optim.lr or check the data)") and str(done[-1]) in errors[0]
+    # logged at every skipped step despite log_every=100; "skipped" is the fraction since the last log
+    assert _scalars(run / "tb", "skipped") == {4: 0.25, 5: 1.0, 6: 1.0}
+    assert _scalars(run / "tb", "skipped_steps") == {4: 1.0, 5: 2.0, 6: 3.0}
+
+
+def test_forget_loss_ceiling_stops_cleanly(demo_dir, dist_env, tmp_path, capsys):
+    cfg, ds_patch = load_config(overrides=_overrides(
+        demo_dir, tmp_path, "run.name=ceiling", "train.max_steps=20", "method.max_forget_loss=0.5",
+        "train.log_every_n_steps=100"))
+    run = training.train(cfg, str(ROOT / "ds_configs" / "zero2.json"), ds_patch)
+    err = capsys.readouterr().err
+    # a random model's forget NLL (about log V) is far above 0.5: the ceiling stops it at step 1
+    assert "stopped early at step 1: forget NLL" in err and "exceeded method.max_forget_loss=0.5" in err
+    assert [p.name for p in checkpoint.complete_checkpoints(run)] == ["step-000001"]
+    assert set(_scalars(run / "tb", "forget/nll")) == {1}
+
+
+def _scalars(logdir, tag: str) -> dict[int, float]:
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    acc = EventAccumulator(str(logdir))
+    acc.Reload()
+    return {e.step: e.value for e in acc.Scalars(tag)} if tag in acc.Tags()["scalars"] else {}
