@@ -4,6 +4,9 @@
 - TruthfulQA MC1/MC2 by log-likelihood, as lm-eval scores them: each answer's summed log-prob
   given the question (no length normalisation). MC1 = 1 when the best answer outscores every
   incorrect one; MC2 = probability mass of the true answers among true + false (normalised).
+  The question is posed in the run's own QA template (not lm-eval's few-shot primer), so the
+  numbers compare checkpoints of our runs, not published lm-eval tables. A run that trained on
+  TruthfulQA is scored on the held-out test part of its seeded partition only.
 - similarity to the original model: ROUGE-L F1 between this model's and the reference model's
   greedy answers to normal prompts (1 = answers unchanged by unlearning).
 - degeneration rate: share of normal-prompt answers that are empty, runs of one symbol ("!!!!")

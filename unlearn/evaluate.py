@@ -118,6 +118,7 @@ def evaluate_checkpoint(ckpt: str | Path, opts: EvalOptions) -> dict:
                      "batch_size": opts.batch_size, "dtype": opts.dtype, "prompt_template": cfg.data.prompt_template},
         "options": asdict(replace(opts, suites=tuple(todo))), "versions": versions(),
         "git_commit": checkpoint.git_commit(), "suites": suites,
+        "judge": suites.get("harmful", {}).get("info", {}).get("judge"),
     }
     result["scalars"] = scalars(result)
     write_json(ckpt / EVAL_FILE, result)

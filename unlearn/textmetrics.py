@@ -22,7 +22,7 @@ def bleu(predictions: list[str], references: list[str]) -> list[float]:
     from sacrebleu.metrics import BLEU  # sacrebleu: only when text is scored
 
     metric = BLEU(effective_order=True)
-    return [metric.sentence_score(pred, [ref]).score / 100.0 for pred, ref in zip(predictions, references)]
+    return [min(1.0, metric.sentence_score(pred, [ref]).score / 100.0) for pred, ref in zip(predictions, references)]
 
 
 _RUN_OF_SYMBOLS = re.compile(r"([^\w\s])\1{3,}")  # "!!!!", "????", "...." : 4+ of one symbol
