@@ -38,9 +38,10 @@ def shared_data() -> Path:
 
 def launch(script: str, args: list[str], *, nprocs: int = 1, cwd: Path | None = None,
            timeout: int = 300, env: dict | None = None) -> subprocess.CompletedProcess:
-    """Run launch/<script> under the real `deepspeed` launcher (nprocs ranks on gloo)."""
+    """Run launch/<script> (or a repo-relative path) under the real `deepspeed` launcher."""
+    path = ROOT / script if "/" in script else ROOT / "launch" / script
     cmd = [str(Path(sys.executable).parent / "deepspeed"), "--num_gpus", str(nprocs),
-           "--master_port", str(_free_port()), str(ROOT / "launch" / script), *args]
+           "--master_port", str(_free_port()), str(path), *args]
     full_env = {**os.environ, **(env or {})}
     return subprocess.run(cmd, cwd=cwd or ROOT, capture_output=True, text=True, timeout=timeout, env=full_env)
 

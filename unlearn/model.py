@@ -106,6 +106,9 @@ def load_policy(cfg: ModelConfig, dtype: torch.dtype = torch.float32):
         if cfg.lora:
             model.enable_input_require_grads()
     model.config.use_cache = False
+    # Dropout off by default (as the paper's code trained): the policy equals its reference at
+    # step 0, so KL = 0 and NPO = (2/beta) log 2 there exactly, and the loss terms are not noisy.
+    model.train(cfg.dropout)
     return model
 
 
@@ -119,10 +122,16 @@ def load_reference(cfg: ModelConfig, dtype: torch.dtype = torch.float32):
 
 @contextlib.contextmanager
 def adapters_disabled(model):
-    """Run the LoRA policy as its own base model (the reference) inside this block."""
+    """Run the LoRA policy as its own base model (the reference) inside this block, in eval mode
+    (no dropout: the reference is a fixed function), restoring the training mode afterwards."""
     peft_model = getattr(model, "module", model)
-    with peft_model.disable_adapter():
-        yield
+    was_training = peft_model.training
+    peft_model.eval()
+    try:
+        with peft_model.disable_adapter():
+            yield
+    finally:
+        peft_model.train(was_training)
 
 
 def count_parameters(model) -> tuple[int, int]:

@@ -1,0 +1,69 @@
+"""Trains several tiny methods in one DeepSpeed launch and writes their loss trajectories.
+
+    deepspeed --num_gpus N tests/parity_driver.py --ds_config F --demo DIR --out OUT.json
+
+Run by tests/test_parity.py under ZeRO-2/3 with 1 and 2 ranks: one process start (~15 s) covers
+every method, and the trajectories are read back from the runs' real TensorBoard files.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+# name -> overrides on top of COMMON; every method of the registry should appear here.
+METHODS: dict[str, list[str]] = {
+    "ga+nll": ["method.forget_loss=ga", "method.retain_loss=nll"],
+    "npo+kl/joint": ["method.forget_loss=npo", "method.retain_loss=kl", "method.schedule=joint"],
+    "simnpo+nll": ["method.forget_loss=simnpo", "method.retain_loss=nll"],
+}
+TAGS = ("forget/loss", "retain/loss", "mismatch/loss", "grad_norm")
+
+
+def common(demo: Path, out_dir: Path) -> list[str]:
+    return [f"model.name_or_path={demo / 'init'}", f"data.forget={demo / 'forget.txt'}",
+            f"data.retain={demo / 'retain.txt'}", "data.max_length=64", "train.max_steps=6",
+            "train.micro_batch_size=2", "train.global_batch_size=4", "train.log_every_n_steps=1",
+            "train.save_engine_state=false", "optim.lr=1e-3", "optim.grad_clip=1.0",
+            f"run.output_dir={out_dir}"]
+
+
+def scalars(tb_dir: Path) -> dict[str, list[float]]:
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    acc = EventAccumulator(str(tb_dir))
+    acc.Reload()
+    return {tag: [e.value for e in acc.Scalars(tag)] for tag in TAGS if tag in acc.Tags()["scalars"]}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--ds_config", required=True)
+    parser.add_argument("--demo", required=True, type=Path)
+    parser.add_argument("--out", required=True, type=Path)
+    parser.add_argument("--methods", default=",".join(METHODS))
+    parser.add_argument("--local_rank", type=int, default=-1)
+    args = parser.parse_args()
+
+    from unlearn.config_io import load_config
+    from unlearn.distributed import barrier, env_from_os
+    from unlearn.train import train
+
+    result = {}
+    for i, name in enumerate(args.methods.split(",")):
+        cfg, patch = load_config(overrides=[*common(args.demo, args.out.parent / "runs"),
+                                            f"run.name=m{i}", *METHODS[name]])
+        run_dir = train(cfg, args.ds_config, patch, overwrite=True)
+        barrier()
+        if env_from_os().is_main:
+            result[name] = scalars(run_dir / "tb")
+    if env_from_os().is_main:
+        args.out.write_text(json.dumps(result, indent=1))
+
+
+if __name__ == "__main__":
+    main()
