@@ -35,6 +35,9 @@ class ModelConfig:
     """Load the frozen base in 8-bit through bitsandbytes (requires lora; not with ZeRO-3)."""
     gradient_checkpointing: bool = False
     """Recompute activations in backward: less memory, ~30% more compute."""
+    dropout: bool = False
+    """Train with the model's (and LoRA's) dropout active; off = deterministic forward passes, so
+    the KL/NPO terms compare policy and reference without noise (the paper's code trained so)."""
 
 
 @dataclass(frozen=True)

@@ -1,0 +1,136 @@
+"""LoRA (peft) and an 8-bit base (bitsandbytes) on real single-rank engines, fine-tune and unlearn."""
+
+from __future__ import annotations
+
+import warnings
+
+import pytest
+import torch
+
+from tests.conftest import ROOT
+from tests.unlearn_runs import run, scalars, weights
+from unlearn import data, model as models, train as train_mod
+from unlearn.config import ModelConfig
+from unlearn.config_io import load_config
+from unlearn.errors import UserError
+
+
+@pytest.fixture
+def references(monkeypatch) -> list:
+    made = []
+
+    class Recording(train_mod.Reference):
+        def __init__(self, *args, **kwargs):
+            super().__init__(*args, **kwargs)
+            made.append(self)
+
+    monkeypatch.setattr(train_mod, "Reference", Recording)
+    return made
+
+
+@pytest.fixture(autouse=True)
+def _quiet_bitsandbytes():
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=".*MatMul8bitLt.*")
+        warnings.filterwarnings("ignore", message=".*Merge lora module to 8-bit.*")
+        yield
+
+
+def _batch(demo_dir, tok) -> dict[str, torch.Tensor]:
+    from unlearn.config import DataConfig
+
+    samples = data.build_samples(str(demo_dir / "harmful.jsonl"), "forget", tok, DataConfig(max_length=64))
+    return data.collate(samples[:4], tok.pad_token_id)
+
+
+def test_lora_trains_only_adapters_and_the_reference_is_the_base(demo_dir, tmp_path, dist_env, references):
+    run_dir = run(demo_dir, tmp_path, "model.lora=true", "model.lora_target_modules=q_proj,v_proj,fc1",
+                  "method.forget_loss=npo", "method.retain_loss=kl", "method.schedule=joint", "optim.lr=1e-2")
+    (ref,) = references
+    assert ref.model is None  # no copy: the policy with its adapters switched off
+    engine = ref.policy
+    peft_model = engine.module
+    init = weights(demo_dir / "init")
+    state = peft_model.state_dict()
+    lora = {k: v for k, v in state.items() if "lora_" in k}
+    assert lora and all(any(m in k for m in ("q_proj", "v_proj", "fc1")) for k in lora)
+    assert not any("k_proj.lora" in k for k in lora)
+    for key, value in state.items():  # every base weight is bit-identical to the initial model
+        if "lora_" in key:
+            continue
+        name = key.replace("base_model.model.", "").replace(".base_layer", "")
+        name = "model.decoder.embed_tokens.weight" if name == "lm_head.weight" else name  # tied
+        assert torch.equal(value, init[name]), f"base weight {key} changed under LoRA"
+    assert any(v.abs().max() > 0 for k, v in lora.items() if "lora_B" in k)  # B starts at 0: it trained
+
+    tok = models.load_tokenizer(ModelConfig(name_or_path=str(demo_dir / "init")))
+    batch = _batch(demo_dir, tok)
+    fresh, _ = models.load_for_eval(str(demo_dir / "init"))
+    with torch.no_grad():
+        base_logits = fresh(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
+        policy_logits = engine(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
+    assert torch.allclose(ref.logits(batch), base_logits, atol=1e-5)
+    assert not torch.allclose(policy_logits, base_logits, atol=1e-3)
+    assert scalars(run_dir, "retain/loss")[0] == 0.0 and scalars(run_dir, "forget/loss")[0] == pytest.approx(
+        20 * torch.log(torch.tensor(2.0)).item(), rel=1e-5)  # NPO at step 0 = (2/beta) log 2, beta 0.1
+
+    adapter = run_dir / "checkpoints" / "step-000003"
+    assert (adapter / "adapter_config.json").is_file() and not (adapter / "model.safetensors").exists()
+    reloaded, _ = models.load_for_eval(str(adapter))
+    with torch.no_grad():
+        again = reloaded(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
+    assert torch.allclose(again, policy_logits, atol=1e-5)
+
+
+def test_8bit_lora_finetune_saves_an_adapter_that_reloads_and_unlearning_starts_from_it(demo_dir, tmp_path,
+                                                                                      dist_env):
+    """Stage 1 (8-bit base + LoRA fine-tune, exported adapter) -> stage 2 (8-bit + LoRA unlearning
+    from the exported adapter, merged onto its base at load)."""
+    export = tmp_path / "stage1"
+    stage1 = run(demo_dir, tmp_path / "ft", "model.lora=true", "model.load_in_8bit=true",
+                 f"data.retain={demo_dir / 'forget.txt'}", f"run.export_dir={export}", "optim.lr=1e-2",
+                 finetune=True)
+    nll = scalars(stage1, "retain/nll")
+    assert len(nll) == 3 and all(torch.isfinite(torch.tensor(nll)))
+    assert (export / "adapter_config.json").is_file()
+    adapter = weights(export)
+    assert adapter and all("lora_" in k for k in adapter)
+    assert any(v.abs().max() > 0 for k, v in adapter.items() if "lora_B" in k)
+    reloaded, _ = models.load_for_eval(str(export))
+    assert models.is_peft(reloaded)
+
+    stage2 = run(demo_dir, tmp_path / "ul", f"model.name_or_path={export}", "model.lora=true",
+                 "model.load_in_8bit=true", "method.forget_loss=ga", "method.retain_loss=kl",
+                 "method.mismatch_weight=1", "method.schedule=joint")
+    assert scalars(stage2, "retain/loss")[0] == 0.0
+    assert (stage2 / "checkpoints" / "step-000003" / "adapter_config.json").is_file()
+
+
+def test_unsupported_combinations_are_refused_before_any_work(demo_dir, tmp_path):
+    from unlearn.train import train
+
+    def attempt(ds: str, *overrides: str):
+        cfg, patch = load_config(overrides=[f"model.name_or_path={demo_dir / 'init'}", f"run.output_dir={tmp_path}",
+                                            *overrides])
+        train(cfg, str(ROOT / "ds_configs" / ds), patch)
+
+    with pytest.raises(UserError, match="needs model.lora=true"):
+        attempt("zero2.json", "model.load_in_8bit=true")
+    with pytest.raises(UserError, match="ZeRO-3"):
+        attempt("zero3.json", "model.load_in_8bit=true", "model.lora=true")
+    assert not (tmp_path / "run").exists()
+
+
+def test_bad_target_modules_name_the_key(demo_dir):
+    with pytest.raises(UserError, match="lora_target_modules"):
+        models.load_policy(ModelConfig(name_or_path=str(demo_dir / "init"), lora=True,
+                                       lora_target_modules=("no_such_proj",)))
+
+
+def test_policy_trains_without_dropout_unless_asked(demo_dir):
+    for lora in (False, True):
+        cfg = ModelConfig(name_or_path=str(demo_dir / "init"), lora=lora)
+        assert not any(m.training for m in models.load_policy(cfg).modules())
+    from dataclasses import replace
+
+    assert models.load_policy(replace(cfg, dropout=True)).training
