@@ -124,3 +124,32 @@ def test_cli_refuses_incomplete_checkpoint_with_one_line(tmp_path, demo_dir):
                           capture_output=True, text=True, timeout=120)
     assert proc.returncode == 2
     assert proc.stderr.strip().count("\n") == 0 and proc.stderr.startswith("error:") and "COMPLETE" in proc.stderr
+
+
+def test_model_answering_bangs_is_caught_by_utility(tmp_path, demo_dir):
+    """The paper's failure: every normal prompt answered with "!!!!". Perplexity alone hides it;
+    the degeneration rate must read 1 and the similarity to the original model must collapse."""
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from unlearn import data
+
+    tok = AutoTokenizer.from_pretrained(demo_dir / "init")
+    model = AutoModelForCausalLM.from_pretrained(demo_dir / "init")
+    rows = [json.loads(line) for line in (demo_dir / "normal.jsonl").read_text().splitlines()][:16]
+    template = "### Question: {prompt}\n ### Answer: {response}"
+    batch = data.collate([data.qa_sample(r["question"], "!!!!!!!!!!!!", tok, template, 64) for r in rows],
+                         tok.pad_token_id)
+    opt = torch.optim.AdamW(model.parameters(), lr=3e-3)
+    for _ in range(40):
+        model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], labels=batch["labels"]).loss.backward()
+        opt.step()
+        opt.zero_grad()
+    ckpt = make_checkpoint(tmp_path / "run", 7, demo_dir)
+    model.save_pretrained(ckpt)
+    result = evaluate_checkpoint(ckpt, EvalOptions(suites=("utility",), reference=str(demo_dir / "init"), **FAST))
+    utility = result["suites"]["utility"]
+    assert utility["metrics"]["degeneration_rate"]["value"] == 1.0
+    assert utility["info"]["degeneration_reasons"] == {"symbol_run": 4}
+    assert utility["metrics"]["similarity_to_reference_rouge_l"]["value"] < 0.2
+    assert utility["examples"][0]["generation"].strip().startswith("!!!!")

@@ -11,7 +11,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Callable
 
-from unlearn import data, sources
+from unlearn import sources
 from unlearn.config import Config
 from unlearn.errors import UserError
 
@@ -115,16 +115,20 @@ class Context:
     def limited(self, items: list) -> list:
         return items[:self.opts.limit] if self.opts.limit else items
 
-    def samples(self, role: str, source_csv: str = "") -> list[data.Sample]:
+    def samples(self, role: str, source_csv: str = "") -> list[dict]:
         """Tokenised samples of the run's `role` data ("forget" | "retain"), as the run built them,
         or of `source_csv` read with that role's settings; capped by --limit."""
-        out: list[data.Sample] = []
+        from unlearn import data  # torch: kept out of `launch/evaluate.py --help`
+
+        out: list[dict] = []
         for source in data.split_sources(source_csv or getattr(self.cfg.data, role)):
             out += data.build_samples(source, role, self.tokenizer, self.cfg.data)
         return self.limited(out)
 
-    def file_samples(self, source: str) -> list[data.Sample]:
+    def file_samples(self, source: str) -> list[dict]:
         """Samples of a file given on the command line, its format detected from its columns."""
+        from unlearn import data
+
         d = self.cfg.data
         rows = sources.load_rows(source)
         fmt = sources.detect_format(rows, source)
@@ -147,6 +151,8 @@ class Context:
 
 def role_format(cfg: Config, role: str) -> str:
     """The format of the run's first `role` source (auto-detected as the run did)."""
+    from unlearn import data
+
     first = data.split_sources(getattr(cfg.data, role))[0]
     return data.read(first, role, cfg.data)[1]
 
