@@ -7,7 +7,7 @@ DEMO   := .cache/demo
 DS     ?= ds_configs/zero2.json
 export PATH := $(abspath $(BIN)):$(PATH)
 
-.PHONY: setup demo demo-base test test-fast clean-demo
+.PHONY: setup demo demo-base test test-fast clean-demo bench bench-gpu
 
 setup: $(VENV)/.installed
 
@@ -35,6 +35,14 @@ test: $(VENV)/.installed
 
 test-fast: $(VENV)/.installed
 	$(BIN)/python -m pytest -q -m "not slow and not slurm"
+
+# Our unlearning step vs the paper's reference loop on this machine (JSON + table; see launch/bench.py).
+bench: $(VENV)/.installed
+	$(BIN)/python launch/bench.py --json runs/bench/$(or $(PRESET),tiny).json $(if $(PRESET),--preset $(PRESET))
+
+# One GPU: OPT-1.3b/2.7b/6.7b shapes with random weights, every variant (under 8 minutes on an H100).
+bench-gpu: $(VENV)/.installed
+	bash slurm/bench_gpu.sh
 
 clean-demo:
 	rm -rf $(DEMO) runs/demo-base

@@ -67,6 +67,7 @@ def main(argv: list[str] | None = None) -> None:
     text = json.dumps(report, indent=1)
     print(text)
     if args.json:
+        Path(args.json).parent.mkdir(parents=True, exist_ok=True)
         Path(args.json).write_text(text + "\n")
     print(runner.table(report))
 

@@ -91,6 +91,8 @@ def _summarise(name: str, runs: list[dict], n_params: int, peak: float | None) -
         return {"variant": name, **runs[0], "repeats": runs}
     row = {"variant": name, "status": "ok", "step_s": statistics.median(r["step_s"] for r in ok),
            "tokens_per_s": statistics.median(r["tokens_per_s"] for r in ok),
+           "cpu_step_s": statistics.median(r["cpu_step_s"] for r in ok),
+           "tokens_per_cpu_s": statistics.median(r["tokens_per_cpu_s"] for r in ok),
            "tokens_per_step": ok[0]["tokens_per_step"], "ref_tokens_per_step": ok[0]["ref_tokens_per_step"],
            "padded_tokens_per_step": ok[0]["padded_tokens_per_step"],
            "rss_peak_gib": max(r["rss_peak_gib"] for r in ok), "repeats": runs}
@@ -134,6 +136,7 @@ def run(opts: Options, spec: Spec) -> dict:
     for row in rows:
         if base and row["status"] == "ok":
             row["speedup_vs_baseline"] = row["tokens_per_s"] / base["tokens_per_s"]
+            row["cpu_speedup_vs_baseline"] = row["tokens_per_cpu_s"] / base["tokens_per_cpu_s"]
         if opts.preset == "opt-1.3b" and opts.scale_down == 1 and row["status"] == "ok" and cuda:
             row["speedup_vs_paper_step"] = PAPER_OPT13B_STEP_S / row["step_s"]
     return {"preset": opts.preset, "scale_down": opts.scale_down, "parameters": n_params,
@@ -144,7 +147,8 @@ def run(opts: Options, spec: Spec) -> dict:
 def table(report: dict) -> str:
     """A fixed-width table of the report's median rows."""
     mem = "gpu_peak_gib" if any("gpu_peak_gib" in r for r in report["results"]) else "rss_peak_gib"
-    head = f"{'variant':<20} {'status':<8} {'s/step':>8} {'tokens/s':>10} {'x base':>7} {mem:>13} {'MFU':>6}"
+    head = (f"{'variant':<20} {'status':<8} {'s/step':>8} {'tokens/s':>10} {'x base':>7} {'cpu s/step':>10} "
+            f"{'x base':>7} {mem:>13} {'MFU':>6}")
     lines = [f"{report['preset']} (x1/{report['scale_down']}, {report['parameters'] / 1e6:.1f}M params) on "
              f"{report['device']}, batch {report['spec']['batch']}", head]
     for r in report["results"]:
@@ -152,7 +156,8 @@ def table(report: dict) -> str:
             lines.append(f"{r['variant']:<20} {r['status']:<8} {r.get('error', '')[:80]}")
             continue
         x = f"{r['speedup_vs_baseline']:.2f}" if "speedup_vs_baseline" in r else "-"
+        xc = f"{r['cpu_speedup_vs_baseline']:.2f}" if "cpu_speedup_vs_baseline" in r else "-"
         mfu = f"{100 * r['mfu']:.1f}%" if "mfu" in r else "-"
         lines.append(f"{r['variant']:<20} {'ok':<8} {r['step_s']:>8.3f} {r['tokens_per_s']:>10.0f} {x:>7} "
-                     f"{r[mem]:>13.2f} {mfu:>6}")
+                     f"{r['cpu_step_s']:>10.3f} {xc:>7} {r[mem]:>13.2f} {mfu:>6}")
     return "\n".join(lines)

@@ -1,0 +1,70 @@
+"""launch/bench.py in its smoke mode: every variant runs one step and the JSON is well formed.
+
+A benchmark is not a test: nothing here asserts a speed.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import pytest
+
+from conftest import ROOT
+
+NUMERIC = ("step_s", "tokens_per_s", "cpu_step_s", "tokens_per_cpu_s", "tokens_per_step", "rss_peak_gib")
+
+
+def _bench(args: list[str], tmp_path) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, str(ROOT / "launch" / "bench.py"), "--work-dir", str(tmp_path / "work"),
+                           *args], capture_output=True, text=True, timeout=600, cwd=tmp_path)
+
+
+@pytest.mark.slow
+def test_smoke_runs_every_variant_on_the_same_workload(tmp_path):
+    from unlearn.bench import presets
+
+    out = tmp_path / "bench.json"
+    proc = _bench(["--smoke", "--max-length", "64", "--threads", "1", "--json", str(out)], tmp_path)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    report = json.loads(out.read_text())
+    assert out.read_text().strip() in proc.stdout  # the same JSON is printed (DeepSpeed logs around it)
+    rows = {r["variant"]: r for r in report["results"]}
+    assert list(rows) == list(presets.VARIANTS)
+    for name, row in rows.items():
+        assert row["status"] == "ok", (name, row.get("error"))
+        assert all(isinstance(row[k], float | int) and row[k] > 0 for k in NUMERIC), row
+        assert len(row["repeats"]) == 1 and len(row["repeats"][0]["step_s_all"]) == 1
+    # same samples for every variant: forget 2 + mismatch 2x5 + normal 2 sequences, reference on normal
+    assert len({r["tokens_per_step"] for r in rows.values()}) == 1
+    assert len({r["ref_tokens_per_step"] for r in rows.values()}) == 1
+    assert rows["baseline"]["padded_tokens_per_step"] == 14 * 64         # padded to --max-length
+    assert rows["baseline-dynpad"]["padded_tokens_per_step"] < 14 * 64
+    assert rows["baseline"]["speedup_vs_baseline"] == pytest.approx(1.0)
+    assert report["isolated"] is False and report["parameters"] > 0
+    assert "baseline" in proc.stdout.splitlines()[-len(rows)]           # the table closes the output
+
+
+def test_preset_shapes_and_parameter_count(tmp_path):
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    from unlearn import demo
+    from unlearn.bench import presets
+
+    assert presets.shape("opt-125m") == {"hidden_size": 768, "num_hidden_layers": 12, "num_attention_heads": 12,
+                                         "ffn_dim": 3072, "vocab_size": 50272, "max_position_embeddings": 2048}
+    tok_dir = tmp_path / "tok"
+    demo.train_tokenizer(["a small text for a tokenizer"], tok_dir)
+    folder = presets.build_model_dir("opt-1.3b", tmp_path / "m", tok_dir, scale_down=64)
+    model = AutoModelForCausalLM.from_pretrained(folder, dtype=torch.float32)
+    assert model.config.hidden_size == 64 and model.config.num_hidden_layers == 2
+    assert presets.parameter_count(folder) == sum(p.numel() for p in model.parameters())
+    assert (folder / "tokenizer.json").is_file()
+
+
+def test_unknown_variant_is_a_user_error(tmp_path):
+    proc = _bench(["--variants", "baseline,ours-fp64"], tmp_path)
+    assert proc.returncode == 2
+    assert proc.stderr.strip().splitlines()[-1].startswith("error: benchmark variant 'ours-fp64' is unknown")
