@@ -121,3 +121,11 @@ def test_demo_harmful_preset_runs_on_the_demo_sets(demo_dir, tmp_path, dist_env)
     run_dir = train(cfg, str(ROOT / "ds_configs" / "zero2.json"), patch, overwrite=True)
     assert len(scalars(run_dir, "mismatch/loss")) == 2 and scalars(run_dir, "retain/loss")[0] == 0.0
     assert Path(run_dir, "checkpoints", "step-000002", "COMPLETE").is_file()
+
+
+def test_alternate_schedule_ratio_and_joint():
+    from unlearn.schedule import phase_at
+
+    m = MethodConfig(schedule="alternate", forget_steps_per_cycle=2, retain_steps_per_cycle=1)
+    assert [phase_at(s, m) for s in range(6)] == ["forget", "forget", "retain"] * 2
+    assert {phase_at(s, MethodConfig(schedule="joint")) for s in range(4)} == {"joint"}
