@@ -36,7 +36,10 @@ def test_loss_trajectory_matches_across_zero_stages_and_ranks(trajectories, meth
     for layout, runs in trajectories.items():
         for tag, series in runs[method].items():
             assert len(series) == len(base[tag]), (layout, tag)
-            worst = max(abs(a - b) for a, b in zip(series, base[tag]))
+            # losses: absolute; the gradient norm (a sum over ~1M squares whose reduction order
+            # depends on the sharding) relative to its size
+            scale = [max(1.0, abs(b)) if tag == "grad_norm" else 1.0 for b in base[tag]]
+            worst = max(abs(a - b) / s for a, b, s in zip(series, base[tag], scale))
             assert worst <= TOLERANCE, f"{method} {tag} under {layout} differs by {worst:.2e}"
 
 
