@@ -51,8 +51,9 @@ class EvalOptions:
     """Verbatim memorisation: tokens generated and compared with the true continuation."""
     min_k: float = 0.2
     """Min-k% prob: share of lowest-probability tokens averaged per sample."""
-    limit: int = 0
-    """Items per metric (prompts, passages, questions); 0 = all."""
+    limit: int = 1000
+    """Items per metric (prompts, passages, questions), in file order; 0 = all (a PKU forget set
+    holds tens of thousands: all of them would make one eval job take hours)."""
     batch_size: int = 16
     """Sequences per forward/generate call."""
     device: str = ""
@@ -153,6 +154,9 @@ def role_format(cfg: Config, role: str) -> str:
     """The format of the run's first `role` source (auto-detected as the run did)."""
     from unlearn import data
 
+    fmt = getattr(cfg.data, f"{role}_format")
+    if fmt != "auto":  # stated: no need to load (maybe from the hub) just to look at columns
+        return fmt
     first = data.split_sources(getattr(cfg.data, role))[0]
     return data.read(first, role, cfg.data)[1]
 

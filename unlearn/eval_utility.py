@@ -116,21 +116,28 @@ def normal_prompts(ctx) -> list[str]:
     return [ctx.tokenizer.decode(p.prompt_ids, skip_special_tokens=True) for p in probes]
 
 
-def truthfulqa_eval_items(ctx, path: str) -> tuple[list[dict], str]:
-    """Items to score and which: the partition's held-out test part if the run trained on TruthfulQA."""
-    d = ctx.cfg.data
-    rows = sources.load_rows(path)
-    trained = any(role_format(ctx.cfg, role) == "truthfulqa" for role in ("forget", "retain"))
+def truthfulqa_rows(ctx) -> tuple[list[dict], str, str]:
+    """(rows to score, source, which part). A run that trained on TruthfulQA is scored on the
+    held-out test part of its seeded partition, read from the run's own source (the partition is by
+    row index, so another copy of the data, with other rows, would not hold the same questions out)."""
+    d, o = ctx.cfg.data, ctx.opts
+    trained = next((r for r in ("retain", "forget") if role_format(ctx.cfg, r) == "truthfulqa"), None)
+    if o.truthfulqa.lower() == "none":
+        return [], "", ""
+    if o.truthfulqa:
+        source, rows = o.truthfulqa, sources.load_rows(o.truthfulqa)
+    elif trained:
+        source = data.split_sources(getattr(d, trained))[0]
+        rows = sources.load_rows(source, getattr(d, f"{trained}_split"), getattr(d, f"{trained}_revision"),
+                                 getattr(d, f"{trained}_subset"))
+    elif (SHARED_DATA / "truthfulqa" / "TruthfulQA.csv").is_file():
+        source = str(SHARED_DATA / "truthfulqa" / "TruthfulQA.csv")
+        rows = sources.load_rows(source)
+    else:
+        return [], "", ""
     if trained:
         rows = sources.truthfulqa_rows(rows, "test", d.truthfulqa_fractions, d.truthfulqa_seed)
-    return ctx.limited(truthfulqa_items(rows, path)), "test part (held out from training)" if trained else "all"
-
-
-def truthfulqa_path(ctx) -> str:
-    if ctx.opts.truthfulqa:
-        return "" if ctx.opts.truthfulqa.lower() == "none" else ctx.opts.truthfulqa
-    default = SHARED_DATA / "truthfulqa" / "TruthfulQA.csv"
-    return str(default) if default.is_file() else ""
+    return rows, source, "test part (held out from training)" if trained else "all"
 
 
 def run(ctx) -> dict:
@@ -139,13 +146,13 @@ def run(ctx) -> dict:
     d, o = ctx.cfg.data, ctx.opts
     info: dict = {"retain": d.retain}
     metrics: dict = {"retain_ppl": retain_perplexity(ctx.model, ctx.tokenizer, ctx.samples("retain"))}
-    tqa = truthfulqa_path(ctx)
-    if tqa:
-        items, which = truthfulqa_eval_items(ctx, tqa)
+    rows, tqa, which = truthfulqa_rows(ctx)
+    if rows:
+        items = ctx.limited(truthfulqa_items(rows, tqa))
         metrics.update(truthfulqa(ctx.model, ctx.tokenizer, items, d.prompt_template, o.batch_size))
         info["truthfulqa"], info["truthfulqa_items"] = tqa, which
     else:
-        info["truthfulqa"] = "skipped: no TruthfulQA CSV (--truthfulqa FILE)"
+        info["truthfulqa"] = "skipped: no TruthfulQA data (--truthfulqa FILE)"
     prompts = normal_prompts(ctx)
     answers = generate_text(ctx.model, ctx.tokenizer, prompts, o.max_new_tokens, o.batch_size, desc="normal")
     deg = degeneration(answers)
