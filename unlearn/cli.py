@@ -50,10 +50,11 @@ def train_main(doc: str, argv: list[str] | None, defaults: dict[str, Any] | None
 
     def job() -> None:
         from unlearn.config_io import load_config
-        from unlearn.report import final_report
+
+        cfg, ds_patch = load_config(args.config, args.overrides, defaults=defaults)  # config typos: < 1 s
+        from unlearn.report import final_report  # torch, transformers: seconds
         from unlearn.train import train
 
-        cfg, ds_patch = load_config(args.config, args.overrides, defaults=defaults)
         run_dir = train(cfg, args.ds_config, ds_patch, resume=args.resume, overwrite=args.overwrite)
         if not args.no_report:
             final_report(cfg, run_dir)

@@ -28,7 +28,7 @@ def _fields(cls: type) -> dict[str, dataclasses.Field]:
 
 def _unknown_key(key: str, known: typing.Iterable[str], where: str) -> UserError:
     close = difflib.get_close_matches(key, list(known), n=1)
-    hint = f"; did you mean '{close[0]}'?" if close else f"; expected one of: {', '.join(sorted(known))}"
+    hint = f"; did you mean '{where}{close[0]}'?" if close else f"; expected one of: {', '.join(sorted(known))}"
     return UserError(f"unknown config key '{where}{key}'{hint}")
 
 
@@ -44,12 +44,12 @@ def _coerce(value: Any, tp: Any, key: str) -> Any:
         if isinstance(value, str):
             value = [v.strip() for v in value.split(",") if v.strip()]
         if not isinstance(value, (list, tuple)):
-            raise UserError(f"config key '{key}' must be a list, got {value!r}")
+            raise UserError(f"config key '{key}' is {value!r}; expected a list")
         args = typing.get_args(tp)
         item_tp = args[0]
         if len(args) == 2 and args[1] is not Ellipsis:
             if len(value) != 2:
-                raise UserError(f"config key '{key}' must have 2 items, got {value!r}")
+                raise UserError(f"config key '{key}' is {value!r}; expected a list of 2 items")
             return tuple(_coerce(v, a, key) for v, a in zip(value, args))
         return tuple(_coerce(v, item_tp, key) for v in value)
     if tp is bool:
@@ -59,29 +59,29 @@ def _coerce(value: Any, tp: Any, key: str) -> Any:
             return value.lower() in ("true", "1", "yes", "on")
         if isinstance(value, int) and value in (0, 1):
             return bool(value)
-        raise UserError(f"config key '{key}' must be true or false, got {value!r}")
+        raise UserError(f"config key '{key}' is {value!r}; expected true or false")
     if tp is int:
         if isinstance(value, bool):
-            raise UserError(f"config key '{key}' must be an integer, got {value!r}")
+            raise UserError(f"config key '{key}' is {value!r}; expected an integer")
         try:
             as_float = float(value)
         except (TypeError, ValueError):
-            raise UserError(f"config key '{key}' must be an integer, got {value!r}") from None
+            raise UserError(f"config key '{key}' is {value!r}; expected an integer") from None
         if not as_float.is_integer():
-            raise UserError(f"config key '{key}' must be an integer, got {value!r}")
+            raise UserError(f"config key '{key}' is {value!r}; expected an integer")
         return int(as_float)
     if tp is float:
         if isinstance(value, bool):
-            raise UserError(f"config key '{key}' must be a number, got {value!r}")
+            raise UserError(f"config key '{key}' is {value!r}; expected a number")
         try:
             return float(value)
         except (TypeError, ValueError):
-            raise UserError(f"config key '{key}' must be a number, got {value!r}") from None
+            raise UserError(f"config key '{key}' is {value!r}; expected a number") from None
     if tp is str:
         if value is None:
             return ""
         if isinstance(value, (dict, list)):
-            raise UserError(f"config key '{key}' must be a string, got {value!r}")
+            raise UserError(f"config key '{key}' is {value!r}; expected a string")
         return str(value)
     raise AssertionError(f"unsupported field type {tp} for {key}")
 
@@ -96,7 +96,7 @@ def _build(cls: type, data: dict[str, Any], prefix: str = "") -> Any:
         tp = hints[key]
         if dataclasses.is_dataclass(tp):
             if not isinstance(value, dict):
-                raise UserError(f"config key '{prefix}{key}' must be a mapping of its fields, got {value!r}")
+                raise UserError(f"config key '{prefix}{key}' is {value!r}; expected a mapping of its fields")
             kwargs[key] = _build(tp, value, f"{prefix}{key}.")
         else:
             kwargs[key] = _coerce(value, tp, f"{prefix}{key}")
@@ -109,7 +109,7 @@ def _set_path(tree: dict[str, Any], dotted: str, value: Any) -> None:
     for part in parts[:-1]:
         child = node.setdefault(part, {})
         if not isinstance(child, dict):
-            raise UserError(f"override '{dotted}': '{part}' is not a section")
+            raise UserError(f"override '{dotted}': '{part}' is not a section; expected section.key=value")
         node = child
     node[parts[-1]] = value
 
@@ -120,7 +120,7 @@ def parse_overrides(items: list[str]) -> tuple[dict[str, Any], dict[str, Any]]:
     ds_tree: dict[str, Any] = {}
     for item in items:
         if "=" not in item:
-            raise UserError(f"override '{item}' is not of the form key.sub=value")
+            raise UserError(f"override '{item}' has no '='; expected the form section.key=value")
         key, raw = item.split("=", 1)
         key = key.strip()
         try:
@@ -131,7 +131,7 @@ def parse_overrides(items: list[str]) -> tuple[dict[str, Any], dict[str, Any]]:
             _set_path(ds_tree, key[len(DS_PREFIX):], value)
         else:
             if "." not in key:
-                raise UserError(f"override '{item}' must name a section, e.g. train.max_steps=10")
+                raise UserError(f"override '{item}' names no section; expected section.key=value, e.g. train.max_steps=10")
             _set_path(run_tree, key, value)
     return run_tree, ds_tree
 
@@ -155,11 +155,13 @@ def read_yaml(path: str | Path) -> dict[str, Any]:
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         where = f" at line {mark.line + 1}" if mark else ""
-        raise UserError(f"config file '{path}' is not valid YAML{where}") from None
+        raise UserError(f"config file '{path}' is not valid YAML{where}; expected a mapping of sections "
+                        "(model:, data:, method:, optim:, train:, run:)") from None
     if data is None:
         return {}
     if not isinstance(data, dict):
-        raise UserError(f"config file '{path}' must hold a mapping of sections (model:, data:, ...)")
+        raise UserError(f"config file '{path}' holds a {type(data).__name__}; expected a mapping of sections "
+                        "(model:, data:, method:, optim:, train:, run:)")
     return data
 
 

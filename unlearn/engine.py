@@ -47,14 +47,15 @@ def read_ds_config(path: str | Path, patch: dict[str, Any] | None = None) -> dic
     try:
         ds = json.loads(path.read_text())
     except json.JSONDecodeError as exc:
-        raise UserError(f"DeepSpeed config '{path}' is not valid JSON (line {exc.lineno}: {exc.msg})") from None
+        raise UserError(f"DeepSpeed config '{path}' is not valid JSON (line {exc.lineno}: {exc.msg}); "
+                        "expected a JSON object such as ds_configs/zero2.json") from None
     if not isinstance(ds, dict):
-        raise UserError(f"DeepSpeed config '{path}' must be a JSON object")
+        raise UserError(f"DeepSpeed config '{path}' holds a JSON {type(ds).__name__}; expected a JSON object")
     ds = deep_merge(ds, patch or {})
     for key, owner in OWNED_BY_RUN_CONFIG.items():
         if key in ds:
-            raise UserError(f"DeepSpeed config '{path}' sets '{key}'; remove it: it comes from the run "
-                            f"config ({owner})")
+            raise UserError(f"DeepSpeed config '{path}' sets '{key}'; expected it unset: it comes from the "
+                            f"run config ({owner})")
     auto = _find_auto(ds)
     if auto:
         raise UserError(f"DeepSpeed config '{path}' has \"auto\" at '{auto}'; expected a concrete value "
@@ -97,10 +98,11 @@ def check_run_config(cfg: Config, world_size: int) -> None:
 def grad_accum_steps(cfg: Config, world_size: int) -> int:
     per_step = cfg.train.micro_batch_size * world_size
     if per_step <= 0:
-        raise UserError(f"train.micro_batch_size={cfg.train.micro_batch_size} must be a positive integer")
+        raise UserError(f"train.micro_batch_size={cfg.train.micro_batch_size}; expected a positive integer")
     if cfg.train.global_batch_size % per_step:
         raise UserError(f"train.global_batch_size={cfg.train.global_batch_size} is not a multiple of "
-                        f"train.micro_batch_size x world size = {cfg.train.micro_batch_size} x {world_size}")
+                        f"train.micro_batch_size x world size = {cfg.train.micro_batch_size} x {world_size}; "
+                        "expected global = micro x ranks x gradient accumulation steps")
     return cfg.train.global_batch_size // per_step
 
 
