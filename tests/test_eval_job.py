@@ -8,6 +8,7 @@ import json
 import shutil
 import subprocess
 import sys
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -22,11 +23,12 @@ ROOT = Path(__file__).resolve().parents[1]
 FAST = dict(limit=4, max_new_tokens=8, prefix_tokens=8, continuation_tokens=8, truthfulqa="none", batch_size=4)
 
 
-def make_checkpoint(run_dir: Path, step: int, demo_dir: Path, complete: bool = True) -> Path:
+def make_checkpoint(run_dir: Path, step: int, demo_dir: Path, complete: bool = True,
+                    forget: str = "forget.txt") -> Path:
     """A checkpoint folder as unlearn.checkpoint writes it: HF weights, config.yaml, meta.json, COMPLETE."""
     ckpt = run_dir / "checkpoints" / f"step-{step:06d}"
     shutil.copytree(demo_dir / "init", ckpt)
-    cfg, _ = load_config([], [f"model.name_or_path={demo_dir / 'init'}", f"data.forget={demo_dir / 'forget.txt'}",
+    cfg, _ = load_config([], [f"model.name_or_path={demo_dir / 'init'}", f"data.forget={demo_dir / forget}",
                               f"data.retain={demo_dir / 'normal.jsonl'}", "data.max_length=48"])
     (ckpt / "config.yaml").write_text(dump_yaml(cfg))
     (ckpt / "meta.json").write_text(json.dumps({"step": step}))
@@ -153,3 +155,15 @@ def test_model_answering_bangs_is_caught_by_utility(tmp_path, demo_dir):
     assert utility["info"]["degeneration_reasons"] == {"symbol_run": 4}
     assert utility["metrics"]["similarity_to_reference_rouge_l"]["value"] < 0.2
     assert utility["examples"][0]["generation"].strip().startswith("!!!!")
+
+
+def test_pku_forget_run_gets_the_harmful_suite_by_default(tmp_path, demo_dir):
+    from unlearn.evaluate import default_suites, run_config
+
+    ckpt = make_checkpoint(tmp_path / "run", 9, demo_dir, forget="harmful.jsonl")
+    opts = EvalOptions(reference="none", harmful_prompts=str(demo_dir / "harmful.jsonl"), **FAST)
+    assert default_suites(run_config(ckpt), EvalOptions()) == ("harmful", "copyright", "utility")
+    harmful = evaluate_checkpoint(ckpt, replace(opts, suites=("harmful",)))["suites"]["harmful"]
+    assert harmful["metrics"]["forget_harmful_rate"]["n"] == 4 and harmful["metrics"]["harmful_rate"]["n"] == 4
+    assert "effectiveness" not in harmful["metrics"]  # no reference model: E is not made up
+    assert harmful["info"]["forget_prompts"].endswith("harmful.jsonl")

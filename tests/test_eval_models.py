@@ -127,3 +127,14 @@ def test_trained_multilabel_judge_on_known_rows(demo_dir, tmp_path):
     texts = [r[0] for r in JUDGE_ROWS]
     assert judge.harmful(texts) == [bool(v or i) for _, v, i in JUDGE_ROWS]
     assert judge.refused(texts) == [t.startswith("I cannot") for t in texts]
+
+
+def test_batched_left_padded_generation_equals_one_at_a_time(trained):
+    from unlearn.generation import generate_text
+
+    tok = trained["tok"]
+    prompts = ["Nobody in", "In Bribrilo, Dunlo met Ellbri and", "The", MC_ITEM["question"]]
+    batched = generate_text(trained["model"], tok, prompts, max_new_tokens=12, batch_size=4)
+    single = [generate_text(trained["model"], tok, [p], max_new_tokens=12, batch_size=1)[0] for p in prompts]
+    assert batched == single
+    assert not any(b.startswith(p) for b, p in zip(batched, prompts))  # new tokens only, prompt stripped

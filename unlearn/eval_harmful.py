@@ -64,6 +64,17 @@ def _unique(items: list[str]) -> list[str]:
     return list(dict.fromkeys(s.strip() for s in items if s.strip()))
 
 
+def forget_pku_prompts(cfg) -> list[str]:
+    """Prompts of the run's PKU forget set (rows with an unsafe response), without tokenising it all."""
+    from unlearn import data
+
+    prompts: list[str] = []
+    for source in data.split_sources(cfg.data.forget):
+        rows, _ = data.read(source, "forget", cfg.data)
+        prompts += [prompt for prompt, _ in sources.pku_pairs(rows, source)]
+    return _unique(prompts)
+
+
 def default_prompts_path() -> str:
     path = SHARED_DATA / "advbench" / "harmful_behaviors.csv"
     return str(path) if path.is_file() else ""
@@ -103,7 +114,7 @@ def run(ctx) -> dict:
     if path:
         sets.append(("", ctx.limited(load_prompts(path)), path))
     if forget_is_pku:
-        forget_prompts = _unique([s["prompt"] for s in ctx.samples("forget")])
+        forget_prompts = ctx.limited(forget_pku_prompts(ctx.cfg))
         sets.append(("forget_", forget_prompts, ctx.cfg.data.forget))
     for tag, prompts, source in sets:
         templated = [ctx.prompt(p) for p in prompts]
