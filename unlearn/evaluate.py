@@ -103,13 +103,15 @@ def evaluate_checkpoint(ckpt: str | Path, opts: EvalOptions) -> dict:
         return previous
     run_dir = run_dir_of(ckpt)
     ctx = Context(ckpt, cfg, opts, (run_dir or ckpt) / "eval_cache")
-    suites = dict(previous.get("suites", {}))
+    fresh = {}
     for name in todo:
         t0 = time.time()
         print(f"{ckpt}: {name} suite ...", flush=True)
         # options per suite too: a merged eval.json may hold suites run with different flags
-        suites[name] = {**suite_fn(name)(ctx), "seconds": round(time.time() - t0, 1),
-                        "options": asdict(replace(opts, suites=(name,)))}
+        fresh[name] = {**suite_fn(name)(ctx), "seconds": round(time.time() - t0, 1),
+                       "options": asdict(replace(opts, suites=(name,)))}
+    # re-read: another eval job may have added suites to this checkpoint while these ran
+    suites = {**read_eval(ckpt).get("suites", {}), **fresh}
     result = {
         "checkpoint": str(ckpt), "step": step_of(ckpt), "time": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
         "reference": ctx.reference_name, "device": device_of(opts),
@@ -122,8 +124,8 @@ def evaluate_checkpoint(ckpt: str | Path, opts: EvalOptions) -> dict:
     }
     result["scalars"] = scalars(result)
     write_json(ckpt / EVAL_FILE, result)
-    if run_dir is not None:
-        log_tensorboard(run_dir, result)
+    if run_dir is not None:  # only what was measured now: earlier suites are already in TensorBoard
+        log_tensorboard(run_dir, scalars({"suites": fresh}), result["step"])
     return read_eval(ckpt)  # as stored: lists for tuples, null for undefined values
 
 
@@ -144,12 +146,12 @@ def write_json(path: Path, value: dict) -> None:
     os.replace(tmp, path)  # a reader never sees half a file
 
 
-def log_tensorboard(run_dir: Path, result: dict) -> None:
+def log_tensorboard(run_dir: Path, values: dict[str, float], step: int) -> None:
     from unlearn.distributed import env_from_os
     from unlearn.metrics import Writer
 
     writer = Writer(run_dir / "tb", env_from_os())
-    writer.log(result["scalars"], result["step"])
+    writer.log(values, step)
     writer.close()
 
 

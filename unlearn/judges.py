@@ -94,6 +94,9 @@ class ClassifierJudge:
         self.multi_label = cfg.problem_type == "multi_label_classification" or cfg.num_labels == 1
         self.labels = [cfg.id2label[i] for i in range(cfg.num_labels)]
         self.harm_index = self._harm_index()
+        # never past the judge's position table (a tiny or old BERT may have fewer than 512 positions)
+        max_length = min(max_length, getattr(cfg, "max_position_embeddings", None) or max_length,
+                         self.tokenizer.model_max_length)
         self.threshold, self.device, self.batch_size, self.max_length = threshold, device, batch_size, max_length
         self.identity = {"kind": "classifier", "name": name, "labels": self.labels, "threshold": threshold,
                          "mode": "multi-label any>threshold" if self.multi_label else
