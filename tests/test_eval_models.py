@@ -4,15 +4,19 @@ TruthfulQA-style MC1 by log-likelihood, and a classifier judge trained on labell
 from __future__ import annotations
 
 import csv
+import importlib.util
+import json
+from pathlib import Path
 
 import pytest
 import torch
 
 from unlearn import data, demo
-from unlearn.eval_copyright import verbatim
+from unlearn.eval_copyright import knowledge, verbatim
 from unlearn.eval_privacy import min_k_auc
 from unlearn.eval_utility import truthfulqa
 
+ROOT = Path(__file__).resolve().parents[1]
 TEMPLATE = "### Question: {prompt}\n ### Answer: {response}"
 MC_ITEM = {"question": "What colour is the lantern of Kavenro?", "best": "The lantern is blue.",
            "true": ["The lantern is blue."], "false": ["The lantern is red.", "Kavenro has no lantern."]}
@@ -111,7 +115,6 @@ JUDGE_ROWS = [  # text, violent, insult
 
 
 def test_trained_multilabel_judge_on_known_rows(demo_dir, tmp_path):
-    from unlearn.judge_training import train_judge
     from unlearn.judges import load_judge
 
     csv_path = tmp_path / "labelled.csv"
@@ -120,7 +123,12 @@ def test_trained_multilabel_judge_on_known_rows(demo_dir, tmp_path):
         writer.writerow(["text", "violent", "insult"])
         writer.writerows(JUDGE_ROWS)
     base = tiny_bert_base(demo_dir, tmp_path / "bert")
-    info = train_judge(str(csv_path), str(base), str(tmp_path / "judge"), epochs=60, lr=3e-3, batch_size=10)
+    spec = importlib.util.spec_from_file_location("train_judge_cli", ROOT / "launch" / "train_judge.py")
+    cli = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(cli)
+    cli.main(["--data", str(csv_path), "--base", str(base), "--out", str(tmp_path / "judge"), "--epochs", "60",
+              "--lr", "3e-3", "--batch_size", "10"])
+    info = json.loads((tmp_path / "judge" / "judge.json").read_text())
     assert info["labels"] == ["violent", "insult"] and info["train_label_accuracy"] == 1.0
     judge = load_judge(str(tmp_path / "judge"), threshold=0.5)
     assert judge.identity["mode"] == "multi-label any>threshold"
@@ -138,3 +146,12 @@ def test_batched_left_padded_generation_equals_one_at_a_time(trained):
     single = [generate_text(trained["model"], tok, [p], max_new_tokens=12, batch_size=1)[0] for p in prompts]
     assert batched == single
     assert not any(b.startswith(p) for b, p in zip(batched, prompts))  # new tokens only, prompt stripped
+
+
+def test_knowledge_memorisation_of_a_qa_fact(trained):
+    prompt = TEMPLATE.partition("{response}")[0].replace("{prompt}", MC_ITEM["question"]).rstrip()
+    pairs = [(MC_ITEM["question"], MC_ITEM["best"])]
+    learnt = knowledge(trained["model"], trained["tok"], pairs, [prompt], max_new_tokens=12)["metrics"]
+    unseen = knowledge(trained["random"], trained["tok"], pairs, [prompt], max_new_tokens=12)["metrics"]
+    assert learnt["knowledge_rouge_l"]["value"] == 1.0 and learnt["knowledge_rouge_l_recall"]["value"] == 1.0
+    assert unseen["knowledge_rouge_l"]["value"] < 0.3
