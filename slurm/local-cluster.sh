@@ -66,7 +66,8 @@ SlurmUser=root
 SlurmdUser=root
 AuthType=auth/munge
 CredType=cred/munge
-AuthInfo=socket=$SOCK
+# cred_expire (s): also how long a requeued job waits before it may start again (default 120)
+AuthInfo=socket=$SOCK,cred_expire=5
 StateSaveLocation=$STATE/ctld
 SlurmdSpoolDir=$STATE/slurmd-%n
 SlurmctldPidFile=$RUN/slurmctld.pid
@@ -75,12 +76,14 @@ SlurmctldLogFile=$LOG/slurmctld.log
 SlurmdLogFile=$LOG/slurmd-%n.log
 PlugStackConfig=$ETC/plugstack.conf
 MailProg=/bin/true
+MpiDefault=none
 ProctrackType=proctrack/linuxproc
 TaskPlugin=task/none
 SelectType=select/cons_tres
 SelectTypeParameters=CR_Core_Memory
-# start the next job as soon as one ends (the default waits up to 3 s)
-SchedulerParameters=batch_sched_delay=0
+# start the next job as soon as one ends (the default waits up to 3 s); scheduling passes every 2 s,
+# so a requeued job starts soon after its cred_expire hold (default passes: 60 s, backfill 30 s)
+SchedulerParameters=batch_sched_delay=0,sched_interval=2,bf_interval=2
 # per-CPU memory default; without it a job takes a whole node's memory and jobs run one by one
 DefMemPerCPU=256
 # SIGTERM -> SIGKILL grace (s): enough for a tiny run to save at its next step boundary

@@ -150,21 +150,23 @@ def test_two_node_run_requeued_resumes(slurm_env, demo_dir, tmp_path):
                                     "base": {"train": {"max_steps": 40, "save_every_n_steps": 4}},
                                     "axes": {"optim.lr": [1e-4]}}))
     _run(["bash", "slurm/sweep.sh", str(grid), "--profile", str(tmp_path / "two_nodes.yaml"), *TINY,
-          *_demo_overrides(demo_dir)], slurm_env)
+          "train.global_batch_size=4", *_demo_overrides(demo_dir)], slurm_env)
     sweep_dir = tmp_path / "rq"
     jobs = dict(line.split(" ", 1) for line in (sweep_dir / "jobs.txt").read_text().splitlines())
     task = f"{jobs['train']}_0"
     run_dir = sweep_dir / "runs" / "lr=0.0001" / "checkpoints"
+    log = sweep_dir / "logs" / f"train-{jobs['train']}_0.out"
     end = time.time() + 180
     while not (run_dir / "step-000004" / "COMPLETE").exists():
-        assert time.time() < end, "first checkpoint never appeared"
+        assert time.time() < end and "srun: error" not in (log.read_text() if log.exists() else ""), \
+            f"first checkpoint never appeared: {log.read_text() if log.exists() else 'no log'}"
         time.sleep(0.2)
     _run(["scontrol", "requeue", task], slurm_env)  # SIGTERM: the run saves at its next step and exits
     rows = _wait_done([jobs["train"], jobs["report"]], slurm_env, timeout=240, expect=2)
     assert rows[task]["State"] == "COMPLETED" and rows[task]["NodeList"] == "n[1-2]"
     restarts = _run(["sacct", "-X", "-n", "-P", "-j", task, "-D", "-o", "State"], slurm_env).split()
     assert restarts[0] == "REQUEUED", restarts  # -D: the first (requeued) incarnation is kept
-    log = (sweep_dir / "logs" / f"train-{jobs['train']}_0.out").read_text()
+    log = log.read_text()
     resumed = re.findall(r"resumed from \S+ at step (\d+)", log)
     assert len(resumed) == 1 and 4 <= int(resumed[0]) < 40, log[-3000:]
     assert "2 rank(s) on n[1-2]" in log and "restart 1" in log

@@ -1,0 +1,31 @@
+#!/usr/bin/env bash
+# One grid point of a sweep (an array task submitted by slurm/sweep.sh): one distributed training
+# run over this job's allocation, one rank per SLURM task (srun), on any number of nodes.
+#   slurm/train-task.sh SWEEP_DIR DS_CONFIG
+# Always --resume: a requeued task continues from its run's newest complete checkpoint.
+# SIGUSR1 (sent before the time limit, --signal) or SIGTERM (preemption, scontrol requeue) makes the
+# run save at its next step and exit 3; then this task requeues itself (same job id: afterok holds).
+set -uo pipefail
+SWEEP_DIR=$1 DS_CONFIG=$2
+PY=${UNLEARN_PYTHON:-python}
+name=$(sed -n "$((SLURM_ARRAY_TASK_ID + 1))p" "$SWEEP_DIR/tasks.txt")
+[ -n "$name" ] || { echo "no grid point $SLURM_ARRAY_TASK_ID in $SWEEP_DIR/tasks.txt" >&2; exit 2; }
+
+# Rank 0's node is the rendezvous; its address as SLURM knows it (test nodes n1, n2 share localhost).
+first=$(scontrol show hostnames "$SLURM_JOB_NODELIST" | head -n 1)
+MASTER_ADDR=$(scontrol show node "$first" | grep -o 'NodeAddr=[^ ]*' | cut -d= -f2)
+export MASTER_ADDR=${MASTER_ADDR:-$first}
+export MASTER_PORT=$((20000 + SLURM_JOB_ID % 20000))   # one port per job: tasks may share a host
+echo "task $SLURM_ARRAY_TASK_ID ($name): job $SLURM_JOB_ID, $SLURM_NTASKS rank(s) on $SLURM_JOB_NODELIST," \
+     "rendezvous $MASTER_ADDR:$MASTER_PORT, restart ${SLURM_RESTART_COUNT:-0}"
+
+# RANK etc. per srun task; unlearn/distributed.py reads them.
+srun --kill-on-bad-exit=1 bash -c \
+  'export RANK=$SLURM_PROCID LOCAL_RANK=$SLURM_LOCALID WORLD_SIZE=$SLURM_NTASKS; exec "$@"' rank \
+  "$PY" launch/unlearn.py --ds_config "$DS_CONFIG" --config "$SWEEP_DIR/configs/$name.yaml" --resume --no_report
+rc=$?
+if [ "$rc" -eq 3 ]; then   # unlearn.errors.EXIT_REQUEUE: checkpoint saved, run me again
+  echo "task $SLURM_ARRAY_TASK_ID saved after a preemption signal; requeueing job $SLURM_JOB_ID"
+  scontrol requeue "$SLURM_JOB_ID"
+fi
+exit "$rc"
