@@ -73,7 +73,7 @@ def plot(path: Path, columns: list[str], table: list[dict]) -> None:
             ys = [r.get(key, math.nan) for r in table]
             ax.plot(steps, ys, marker="o", label=key.removeprefix("eval/"))
         ax.set_xlabel("step")
-        ax.set_title("forget (lower = forgotten)" if forget else "utility")
+        ax.set_title("forget metrics" if forget else "utility metrics")
         if ax.lines:
             ax.legend(fontsize=7)
     if "eval/utility/retain_ppl" in metrics:  # perplexity has its own scale: right axis
