@@ -45,7 +45,9 @@ def init(env: DistEnv | None = None) -> DistEnv:
     # The CPU accelerator would build an unused shared-memory all-reduce op (~55 s) at first start.
     deepspeed.ops.__compatible_ops__["deepspeed_shm_comm"] = False
     os.environ.setdefault("MASTER_ADDR", "127.0.0.1")
-    os.environ.setdefault("MASTER_PORT", "29500")
+    if "MASTER_PORT" not in os.environ:
+        # A world of one started without a launcher: any free port, so such runs never collide.
+        os.environ["MASTER_PORT"] = str(_free_port()) if env.world_size == 1 else "29500"
     os.environ.setdefault("RANK", str(env.rank))
     os.environ.setdefault("LOCAL_RANK", str(env.local_rank))
     os.environ.setdefault("WORLD_SIZE", str(env.world_size))
@@ -80,3 +82,11 @@ def broadcast_object(obj, env: DistEnv):
     box = [obj]
     torch.distributed.broadcast_object_list(box, src=0)
     return box[0]
+
+
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
