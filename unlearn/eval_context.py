@@ -101,7 +101,8 @@ class Context:
 
     def cached(self, key: dict[str, Any], compute: Callable[[], Any]) -> Any:
         """Result of `compute()` (JSON-able) stored under a hash of `key` in the run's eval cache."""
-        full = {**key, "reference": self.reference_name, "options": _cache_options(self.opts)}
+        full = {**key, "reference": self.reference_name, "reference_version": _folder_version(self.reference_name),
+                "options": _cache_options(self.opts)}
         digest = hashlib.sha1(json.dumps(full, sort_keys=True).encode()).hexdigest()[:16]
         path = self.cache_dir / f"reference-{digest}.json"
         if path.is_file():
@@ -159,6 +160,13 @@ def role_format(cfg: Config, role: str) -> str:
         return fmt
     first = data.split_sources(getattr(cfg.data, role))[0]
     return data.read(first, role, cfg.data)[1]
+
+
+def _folder_version(name: str) -> float:
+    """Newest modification time of a local model folder's files (0 for a hub id): a reference
+    rewritten in place (e.g. a re-exported base) must not reuse results cached for the old one."""
+    folder = Path(name)
+    return max((p.stat().st_mtime for p in folder.iterdir() if p.is_file()), default=0.0) if folder.is_dir() else 0.0
 
 
 def _cache_options(opts: EvalOptions) -> dict[str, Any]:
