@@ -65,9 +65,12 @@ class TrainJob:
         """On preemption/timeout: let the run save at its next step, then resubmit (it resumes)."""
         import submitit
 
-        if self._proc is not None and self._proc.poll() is None:
-            self._proc.send_signal(signal.SIGUSR1)
-            self._proc.wait()
+        proc = self._proc
+        if proc is not None and proc.returncode is None:
+            proc.send_signal(signal.SIGUSR1)  # a no-op if SIGTERM already asked it to save
+            # Wait for the exit without reaping: we run inside a signal handler that interrupted
+            # proc.wait() in __call__, which holds Popen's waitpid lock (proc.wait() here would deadlock).
+            os.waitid(os.P_PID, proc.pid, os.WEXITED | os.WNOWAIT)
         return submitit.helpers.DelayedSubmission(TrainJob(self.sweep_dir, self.name, self.ds_config))
 
 

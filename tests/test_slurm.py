@@ -175,3 +175,32 @@ def test_two_node_run_requeued_resumes(slurm_env, demo_dir, tmp_path):
     first = log.index("restart 1")
     assert f"step {int(resumed[0]) + 1:>6}/40" in log[first:]  # continued, not restarted from step 1
     assert "step      1/40" not in log[first:]
+
+
+def test_submitit_preempted_job_requeues_and_resumes(slurm_env, demo_dir, tmp_path):
+    """A preemption as SLURM delivers it (SIGTERM, then submitit's USR2): TrainJob.checkpoint lets the
+    run save, submitit requeues the job, and the run resumes from that checkpoint."""
+    grid = tmp_path / "one.yaml"
+    grid.write_text(yaml.safe_dump({"name": "pre", "output_dir": str(tmp_path), "eval": {"enabled": False},
+                                    "base": {"train": {"max_steps": 40, "save_every_n_steps": 4}},
+                                    "axes": {"optim.lr": [1e-4]}}))
+    _run([sys.executable, "launch/sweep.py", str(grid), *TINY, *_demo_overrides(demo_dir)], slurm_env)
+    sweep_dir = tmp_path / "pre"
+    jobs = dict(line.split(" ", 1) for line in (sweep_dir / "submitit_jobs.txt").read_text().splitlines())
+    task = jobs["train"]
+    ckpts = sweep_dir / "runs" / "lr=0.0001" / "checkpoints"
+    end = time.time() + 180
+    while not (ckpts / "step-000004" / "COMPLETE").exists():
+        assert time.time() < end, "first checkpoint never appeared"
+        time.sleep(0.2)
+    for sig in ("TERM", "USR2"):  # what submitit's own Job._interrupt() sends
+        _run(["scancel", f"--signal={sig}", task], slurm_env)
+    rows = _wait_done([task.split("_")[0], jobs["report"]], slurm_env, timeout=240, expect=2)
+    assert rows[task]["State"] == "COMPLETED", rows
+    states = _run(["sacct", "-X", "-n", "-P", "-j", task, "-D", "-o", "State"], slurm_env).split()
+    assert states == ["REQUEUED", "COMPLETED"], states
+    log = "".join(p.read_text() for p in sorted((sweep_dir / "submitit").rglob(f"{task}_0_log.*")))
+    resumed = re.findall(r"resumed from \S+ at step (\d+)", log)
+    assert len(resumed) == 1 and 4 <= int(resumed[0]) < 40, log[-3000:]
+    assert (ckpts / f"step-{int(resumed[0]):06d}" / "COMPLETE").exists()
+    assert (ckpts / "step-000040" / "COMPLETE").exists()
