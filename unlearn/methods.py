@@ -7,7 +7,7 @@ Losses are written to be *minimised*: gradient ascent is `ga = -nll`.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Callable
 
 import torch
@@ -24,8 +24,15 @@ class Forward:
     labels: torch.Tensor
     ref_logits: torch.Tensor | None = None
 
+    _nll: torch.Tensor | None = field(default=None, repr=False)
+
     def nll(self) -> torch.Tensor:
-        return losses.nll(self.logits, self.labels)
+        """Mean answer-token NLL, computed once (the loss and the logged metric share it)."""
+        stale = self._nll is None or (torch.is_grad_enabled() and self.logits.requires_grad
+                                      and not self._nll.requires_grad)  # first computed under no_grad
+        if stale:
+            self._nll = losses.nll(self.logits, self.labels)
+        return self._nll
 
 
 LossFn = Callable[[Forward, object], torch.Tensor]
@@ -67,6 +74,7 @@ def ga(fwd: Forward, cfg) -> torch.Tensor:
 
 @register_forget("npo", needs_reference=True)
 def npo(fwd: Forward, cfg) -> torch.Tensor:
+    """NPO: ascent that saturates once the policy's answer log-prob is below the reference's."""
     with torch.no_grad():
         ref = losses.sequence_logp(fwd.ref_logits, fwd.labels)
     return losses.npo(losses.sequence_logp(fwd.logits, fwd.labels), ref, cfg.beta)
@@ -74,6 +82,7 @@ def npo(fwd: Forward, cfg) -> torch.Tensor:
 
 @register_forget("simnpo")
 def simnpo(fwd: Forward, cfg) -> torch.Tensor:
+    """SimNPO: NPO without a reference, on the length-normalised answer log-prob."""
     return losses.simnpo(losses.sequence_mean_logp(fwd.logits, fwd.labels), cfg.beta, cfg.simnpo_gamma)
 
 
@@ -87,6 +96,7 @@ def nll(fwd: Forward, cfg) -> torch.Tensor:
 
 @register_retain("kl", needs_reference=True)
 def kl(fwd: Forward, cfg) -> torch.Tensor:
+    """KL(reference || policy) over the vocabulary at answer positions, in fp32 (0 at step 0)."""
     return losses.kl_to_reference(fwd.logits, fwd.ref_logits, fwd.labels)
 
 
