@@ -68,3 +68,33 @@ def test_unknown_variant_is_a_user_error(tmp_path):
     proc = _bench(["--variants", "baseline,ours-fp64"], tmp_path)
     assert proc.returncode == 2
     assert proc.stderr.strip().splitlines()[-1].startswith("error: benchmark variant 'ours-fp64' is unknown")
+
+
+def test_logits_of_the_answer_span_give_the_same_losses(demo_dir):
+    """The loop asks the LM head only for positions from the one before the first answer token."""
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from unlearn import data, methods, train
+    from unlearn.config import MethodConfig
+
+    tok = AutoTokenizer.from_pretrained(demo_dir / "init")
+    policy = AutoModelForCausalLM.from_pretrained(demo_dir / "init").eval()
+    ref = AutoModelForCausalLM.from_pretrained(demo_dir / "init").eval()
+    with torch.no_grad():
+        ref.lm_head.weight.mul_(1.1)  # a reference that differs from the policy
+    template = "### Question: {prompt}\n ### Answer: {response}"
+    batch = data.collate([data.qa_sample("How is bread made at home?", "Flour, water, time.", tok, template, 128),
+                          data.qa_sample("Why?", "Because it rained all night long.", tok, template, 128)],
+                         tok.pad_token_id)
+    keep = train.logits_span(batch["labels"])
+    first = int((batch["labels"] != data.IGNORE).any(0).int().argmax())
+    assert keep == batch["labels"].size(1) - (first - 1) < batch["labels"].size(1)
+    full = methods.Forward(train._forward(policy, batch), batch["labels"], train._forward(ref, batch))
+    span = methods.Forward(train._forward(policy, batch, keep), batch["labels"][:, -keep:],
+                           train._forward(ref, batch, keep))
+    assert span.logits.shape[1] == keep
+    for obj in (methods.FORGET["ga"], methods.FORGET["npo"], methods.FORGET["simnpo"], methods.RETAIN["kl"]):
+        assert obj.fn(span, MethodConfig()).item() == pytest.approx(obj.fn(full, MethodConfig()).item(), rel=1e-5)
+    text = torch.tensor([[5, 6, 7, 8]])
+    assert train.logits_span(text) == 4  # plain text: every position is read

@@ -68,8 +68,18 @@ def primary_size(cfg: Config, sets: Sets) -> int:
     return len(sets.forget) if cfg.method.forget_loss != methods.NONE else len(sets.retain)
 
 
-def _forward(engine, batch: dict[str, torch.Tensor]) -> torch.Tensor:
-    return engine(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
+def logits_span(labels: torch.Tensor) -> int:
+    """How many trailing positions of a (B, T) batch any loss reads logits at: from the position
+    before the batch's first labelled token (prompts need no (T, V) logits); T for plain text."""
+    labelled = (labels != data.IGNORE).any(0)                      # (T,)
+    first = int(labelled.int().argmax()) if bool(labelled.any()) else 0
+    return labels.size(1) - max(first - 1, 0)
+
+
+def _forward(engine, batch: dict[str, torch.Tensor], keep: int = 0) -> torch.Tensor:
+    """Logits (B, keep, V) of the last `keep` positions (0 or T: all; the LM head skips the rest)."""
+    kwargs = {"logits_to_keep": keep} if 0 < keep < batch["input_ids"].size(1) else {}
+    return engine(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], **kwargs).logits
 
 
 class Reference:
@@ -86,11 +96,11 @@ class Reference:
                 self.model = ref.to(env.device)
 
     @torch.no_grad()
-    def logits(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+    def logits(self, batch: dict[str, torch.Tensor], keep: int = 0) -> torch.Tensor:
         if self.model is None:
             with models.adapters_disabled(self.policy.module):
-                return _forward(self.policy, batch)
-        return self.model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
+                return _forward(self.policy, batch, keep)
+        return _forward(self.model, batch, keep)
 
 
 class Loop:
@@ -118,9 +128,10 @@ class Loop:
 
     def _term(self, obj: methods.Objective, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
         batch = {k: v.to(self.env.device) for k, v in batch.items()}
-        logits = _forward(self.engine, batch)
-        ref = self.reference.logits(batch) if obj.needs_reference else None
-        fwd = Forward(logits, batch["labels"], ref)
+        keep = logits_span(batch["labels"])
+        logits = _forward(self.engine, batch, keep)
+        ref = self.reference.logits(batch, keep) if obj.needs_reference else None
+        fwd = Forward(logits, batch["labels"][:, -keep:], ref)
         loss = obj.fn(fwd, self.cfg.method)
         return loss, fwd.nll().detach()
 
@@ -216,6 +227,7 @@ def _train(cfg: Config, ds_config: str, ds_patch: dict[str, Any] | None, resume:
     dtype = engines.dtype_of(ds)
     policy = models.load_policy(cfg.model, dtype)
     engine = engines.initialize(policy, ds, cfg, env, max_steps)
+    engine.train()  # from_pretrained returns eval mode; dropout is on while training, as in HF's Trainer
     reference = Reference(cfg, engine, ds, env, dtype) if methods.needs_reference(cfg.method) else None
 
     state = State(streams={
