@@ -129,3 +129,19 @@ def test_alternate_schedule_ratio_and_joint():
     m = MethodConfig(schedule="alternate", forget_steps_per_cycle=2, retain_steps_per_cycle=1)
     assert [phase_at(s, m) for s in range(6)] == ["forget", "forget", "retain"] * 2
     assert {phase_at(s, MethodConfig(schedule="joint")) for s in range(4)} == {"joint"}
+
+
+def test_harmful_preset_runs_on_real_local_data(demo_dir, shared_data, tmp_path, dist_env):
+    """The 1.3b preset with the hub swapped for local files in the same formats (XSTest pairs in
+    PKU-SafeRLHF columns, TruthfulQA's CSV) and the tiny model: every preset key works at run time."""
+    from unlearn.train import train
+
+    cfg, patch = load_config([str(ROOT / "configs" / "harmful_opt1.3b.yaml")], [
+        f"model.name_or_path={demo_dir / 'init'}",
+        f"data.forget={shared_data / 'xstest' / 'xstest_harmful_safe_pairs.jsonl'}", "data.forget_revision=",
+        f"data.retain={shared_data / 'truthfulqa' / 'TruthfulQA.csv'}", "data.retain_subset=", "data.max_length=256",
+        "train.max_steps=2", "train.save_engine_state=false", "train.log_every_n_steps=1",
+        f"run.output_dir={tmp_path}"])
+    run_dir = train(cfg, str(ROOT / "ds_configs" / "zero2.json"), patch, overwrite=True)
+    assert scalars(run_dir, "retain/loss")[0] == 0.0
+    assert len(scalars(run_dir, "mismatch/loss")) == 2 and 0 < max(scalars(run_dir, "lr")) <= 2e-6

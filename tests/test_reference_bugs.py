@@ -106,7 +106,7 @@ def test_4_and_5_exact_step_cap_and_forget_set_reshuffled_each_epoch(demo_dir, t
         ["step-000003", "step-000006", "step-000007"]
     assert json.loads((run_dir / "checkpoints" / "step-000007" / "meta.json").read_text())["step"] == 7
     lr = scalars(run_dir, "lr")
-    assert len(lr) == 7 and lr[-1] == 0.0 and all(x > 0 for x in lr[:-1])  # linear decay ends at the cap
+    assert len(lr) == 7 and lr == sorted(lr, reverse=True) and lr[-1] < lr[0] / 5  # decays to ~0 at the cap
     forget = taken[11]  # the forget stream is seeded with train.seed
     assert len(forget) == 14
     epochs = [forget[0:4], forget[4:8], forget[8:12]]
