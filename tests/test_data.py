@@ -235,3 +235,36 @@ def test_collated_batch_shapes(tok):
     batch = data.collate([data.qa_sample("Q", "A", tok, TEMPLATE, 32)] * 2, tok.pad_token_id)
     assert set(batch) == {"input_ids", "labels", "attention_mask"}
     assert all(v.dtype == torch.long and v.shape == batch["input_ids"].shape for v in batch.values())
+
+
+def test_hub_sources_pass_subset_split_and_revision(monkeypatch, tok):
+    """The presets' hub path (unreachable here): datasets.load_dataset gets the id, configuration
+    name, split and pinned revision, and hub-style rows flow through the same formats."""
+    import datasets
+
+    calls = []
+    tables = {"PKU-Alignment/PKU-SafeRLHF": [
+        {"prompt": "p0", "response_0": "bad0", "response_1": "ok", "is_response_0_safe": False,
+         "is_response_1_safe": True, "better_response_id": 1, "safer_response_id": 1}],
+        "truthfulqa/truthful_qa": [{"type": "t", "category": "c", "question": f"Q{i}?", "best_answer": f"B{i}",
+                                    "correct_answers": [f"C{i}"], "incorrect_answers": [f"I{i}"], "source": ""}
+                                   for i in range(10)]}
+
+    def fake_load_dataset(path, name=None, split=None, revision=None, **kwargs):
+        calls.append((path, name, split, revision))
+        return datasets.Dataset.from_list(tables[path])
+
+    monkeypatch.setattr(datasets, "load_dataset", fake_load_dataset)
+    from unlearn.config_io import load_config
+    from tests.conftest import ROOT
+
+    cfg, _ = load_config([str(ROOT / "configs" / "harmful_opt1.3b.yaml")])
+    forget = data.build_samples(cfg.data.forget, "forget", tok, cfg.data)
+    retain = data.build_samples(cfg.data.retain, "retain", tok, cfg.data)
+    assert calls == [("PKU-Alignment/PKU-SafeRLHF", None, "train", "v0"),
+                     ("truthfulqa/truthful_qa", "generation", "validation", None)]
+    assert [s["prompt"] for s in forget] == ["p0"] and _answer_text(tok, forget[0]) == " bad0"  # no EOS (preset)
+    assert len(retain) == 7  # the 70% train part of 10 questions
+    train_ids = [s["prompt"][1:-1] for s in retain]  # "Q3?" -> "3"
+    pool = data.random_answers(cfg, tok, forget).pool  # best + correct + incorrect of the train part
+    assert sorted(pool) == sorted(f"{kind}{i}" for i in train_ids for kind in "BCI")
