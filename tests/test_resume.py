@@ -25,10 +25,21 @@ SAVE_EVERY = 2
 ENV = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1", "OMP_NUM_THREADS": "1"}
 
 
+def _dropout_model(demo: Path, dest: Path) -> Path:
+    """The demo's random tiny OPT with dropout on, so the resumed run needs the restored RNG."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    model = AutoModelForCausalLM.from_pretrained(demo / "init")
+    model.config.dropout = model.config.attention_dropout = 0.1
+    model.save_pretrained(dest)
+    AutoTokenizer.from_pretrained(demo / "init").save_pretrained(dest)
+    return dest
+
+
 def _args(demo: Path, out: Path, name: str) -> list[str]:
-    # random tiny OPT, short samples; forget and retain steps alternate, dropout is on (RNG matters)
+    # random tiny OPT with dropout, short samples; NPO forget steps and KL retain steps alternate
     return ["--ds_config", str(ROOT / "ds_configs" / "zero2.json"), "--no_report",
-            f"model.name_or_path={demo / 'init'}", f"data.forget={demo / 'forget.txt'}",
+            f"model.name_or_path={out / 'dropout_init'}", f"data.forget={demo / 'forget.txt'}",
             f"data.retain={demo / 'retain.txt'}", "data.max_length=32", "train.micro_batch_size=4",
             "train.global_batch_size=4", f"train.max_steps={STEPS}", f"train.save_every_n_steps={SAVE_EVERY}",
             "train.log_every_n_steps=1", "optim.lr=1e-3", "optim.warmup_steps=3", "method.forget_loss=npo",
@@ -87,6 +98,7 @@ def _steps_logged(run: Path, tag: str) -> list[int]:
 def baseline(demo_dir, tmp_path_factory):
     """The uninterrupted run, started at once so it overlaps the first interrupted run."""
     out = tmp_path_factory.mktemp("resume")
+    _dropout_model(demo_dir, out / "dropout_init")
     proc = _plain(_args(demo_dir, out, "uninterrupted"))
     cache: dict[str, dict] = {}
 
