@@ -21,7 +21,6 @@ from unlearn.errors import UserError
 
 IGNORE = -100
 Sample = dict[str, Any]
-QA_FORMATS = ("qa", "pku", "truthfulqa", "sentences")
 
 
 # ----------------------------------------------------------------------------- tokenising
