@@ -1,0 +1,81 @@
+"""Preemption: SIGUSR1/SIGTERM is only recorded in the handler; the loop saves at the next step
+boundary on every rank (the flag is shared) and exits EXIT_REQUEUE, which the deepspeed launcher
+passes on. The end-to-end resume after a signal is in test_resume.py."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import psutil
+import pytest
+
+from unlearn import checkpoint, guards
+from unlearn.errors import EXIT_REQUEUE
+from tests.conftest import ROOT, _free_port
+
+
+@pytest.mark.parametrize("sig", [signal.SIGUSR1, signal.SIGTERM])
+def test_handler_records_the_signal_and_restores(sig):
+    previous = signal.getsignal(sig)
+    preempt = guards.Preemption()
+    assert not preempt.requested
+    os.kill(os.getpid(), sig)  # delivered to the main thread before kill() returns
+    assert preempt.requested and preempt.signum == sig
+    preempt.restore()
+    assert signal.getsignal(sig) is previous
+
+
+@pytest.mark.slow
+def test_signal_to_one_rank_saves_on_all_ranks_and_exits_3(demo_dir, tmp_path):
+    run = tmp_path / "runs" / "pre2"
+    cmd = [str(Path(sys.executable).parent / "deepspeed"), "--num_gpus", "2", "--master_port", str(_free_port()),
+           str(ROOT / "launch" / "unlearn.py"), "--ds_config", str(ROOT / "ds_configs" / "zero2.json"),
+           "--no_report", f"model.name_or_path={demo_dir / 'init'}", f"data.forget={demo_dir / 'forget.txt'}",
+           f"data.retain={demo_dir / 'retain.txt'}", "data.max_length=32", "train.micro_batch_size=2",
+           "train.global_batch_size=4", "train.max_steps=400", "train.save_every_n_steps=0",
+           f"run.output_dir={tmp_path / 'runs'}", "run.name=pre2", "train.log_every_n_steps=1"]
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1", "OMP_NUM_THREADS": "1"}
+    proc = subprocess.Popen(cmd, env=env, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                            start_new_session=True)
+    try:
+        rank1 = _rank_process(proc.pid, 1)
+        _wait_for_training(run, proc)
+        rank1.send_signal(signal.SIGUSR1)  # as if only this node got the warning
+        out, _ = proc.communicate(timeout=300)
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+    assert proc.returncode == EXIT_REQUEUE, out[-3000:]
+    stopped = int(out.split("preempted at step ")[1].split(":")[0])
+    assert 0 < stopped < 400
+    ckpt = checkpoint.step_dir(run, stopped)
+    checkpoint.require_complete(ckpt)
+    assert {p.name for p in (ckpt / "engine").glob("rng_rank*.pt")} == {"rng_rank0.pt", "rng_rank1.pt"}
+    assert checkpoint.complete_checkpoints(run) == [ckpt]
+
+
+def _rank_process(launcher_pid: int, rank: int, timeout: float = 120) -> psutil.Process:
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        for child in psutil.Process(launcher_pid).children(recursive=True):
+            try:
+                if f"--local_rank={rank}" in child.cmdline():
+                    return child
+            except psutil.NoSuchProcess:
+                pass
+        time.sleep(0.1)
+    raise AssertionError(f"rank {rank} did not start")
+
+
+def _wait_for_training(run: Path, proc: subprocess.Popen, timeout: float = 300) -> None:
+    """Until rank 0 opened TensorBoard: both ranks are past start-up, their handlers installed."""
+    deadline = time.time() + timeout
+    while not any(p.stat().st_size for p in (run / "tb").glob("events.*")):
+        assert proc.poll() is None, proc.communicate()[0][-3000:]
+        assert time.time() < deadline, "training did not start"
+        time.sleep(0.05)
