@@ -41,15 +41,17 @@ def _coerce(value: Any, tp: Any, key: str) -> Any:
             return None
         return _coerce(value, args[0], key)
     if origin is tuple:
+        args = typing.get_args(tp)
+        item_tp = args[0]
+        pair = len(args) == 2 and args[1] is not Ellipsis
+        expected = "a list of 2 items" if pair else "a list"
         if isinstance(value, str):
             value = [v.strip() for v in value.split(",") if v.strip()]
         if not isinstance(value, (list, tuple)):
-            raise UserError(f"config key '{key}' is {value!r}; expected a list")
-        args = typing.get_args(tp)
-        item_tp = args[0]
-        if len(args) == 2 and args[1] is not Ellipsis:
+            raise UserError(f"config key '{key}' is {value!r}; expected {expected}")
+        if pair:
             if len(value) != 2:
-                raise UserError(f"config key '{key}' is {value!r}; expected a list of 2 items")
+                raise UserError(f"config key '{key}' is {value!r}; expected {expected}")
             return tuple(_coerce(v, a, key) for v, a in zip(value, args))
         return tuple(_coerce(v, item_tp, key) for v in value)
     if tp is bool:
