@@ -44,9 +44,9 @@ class TrainJob:
         import submitit  # only inside a submitit job
 
         job = submitit.JobEnvironment()
-        first = job.hostnames[0]
+        addr = _node_addr(job.hostnames[0]) if job.num_nodes > 1 else "127.0.0.1"
         env = {**os.environ, "RANK": str(job.global_rank), "LOCAL_RANK": str(job.local_rank),
-               "WORLD_SIZE": str(job.num_tasks), "MASTER_ADDR": _node_addr(first),
+               "WORLD_SIZE": str(job.num_tasks), "MASTER_ADDR": addr,
                "MASTER_PORT": str(_port(job.job_id))}
         cmd = [sys.executable, str(ROOT / "launch" / "unlearn.py"), "--ds_config", self.ds_config,
                "--config", str(Path(self.sweep_dir) / "configs" / f"{self.name}.yaml"), "--resume", "--no_report"]
@@ -109,6 +109,20 @@ def _port(job_id: str) -> int:
     return 20000 + int(digits) % 20000
 
 
+def _load(args: argparse.Namespace):
+    """The sweep, its cluster profile, and its planned grid points (the sweep folder written)."""
+    from unlearn.errors import UserError
+    from unlearn.profile import load_profile
+    from unlearn.sweep import load_sweep, plan
+
+    sweep = load_sweep(args.grid, args.overrides)
+    if not (ROOT / sweep.ds_config).is_file():  # jobs run in the checkout; fail here, not in every job
+        raise UserError(f"ds_config '{sweep.ds_config}' not found in {ROOT}; expected a file such as "
+                        "ds_configs/zero2.json")
+    profile = load_profile(args.profile or sweep.profile)
+    return sweep, profile, plan(sweep)
+
+
 def report(sweep_dir: str) -> Path:
     from unlearn.sweep import open_sweep
     from unlearn.sweep_report import write_report
@@ -122,12 +136,10 @@ def report(sweep_dir: str) -> Path:
 def submit(args: argparse.Namespace) -> None:
     import submitit  # heavy-ish and only needed to submit
 
-    from unlearn.profile import load_profile, submitit_params
-    from unlearn.sweep import checkpoint_steps, load_sweep, plan
+    from unlearn.profile import submitit_params
+    from unlearn.sweep import checkpoint_steps
 
-    sweep = load_sweep(args.grid, args.overrides)
-    profile = load_profile(args.profile or sweep.profile)
-    pts = plan(sweep)
+    sweep, profile, pts = _load(args)
     folder = str(sweep.folder.resolve())
     executor = submitit.AutoExecutor(folder=sweep.folder / "submitit" / "%j", cluster=args.executor)
 
@@ -174,12 +186,9 @@ def plan_shell(args: argparse.Namespace) -> None:
     """Plan the sweep folder; print shell assignments that slurm/sweep.sh evaluates."""
     import shlex
 
-    from unlearn.profile import load_profile, sbatch_args
-    from unlearn.sweep import load_sweep, plan
+    from unlearn.profile import sbatch_args
 
-    sweep = load_sweep(args.grid, args.overrides)
-    profile = load_profile(args.profile or sweep.profile)
-    pts = plan(sweep)
+    sweep, profile, pts = _load(args)
     values = {"SWEEP_DIR": str(sweep.folder.resolve()), "N_TASKS": str(len(pts)),
               "PARALLEL": str(profile.array_parallelism or len(pts)), "DS_CONFIG": sweep.ds_config,
               "SWEEP_NAME": sweep.name, "TRAIN_SBATCH": " ".join(sbatch_args(profile, "train")),

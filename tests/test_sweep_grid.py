@@ -179,3 +179,30 @@ def test_plan_shell_and_status_cli(tmp_path):
     bad = subprocess.run([sys.executable, str(ROOT / "launch" / "sweep.py"), "--status", str(tmp_path)],
                          capture_output=True, text=True, cwd=ROOT)
     assert bad.returncode == 2 and bad.stderr.startswith("error: ") and "tasks.txt" in bad.stderr
+    no_ds = subprocess.run([sys.executable, str(ROOT / "launch" / "sweep.py"), "--plan-shell", str(grid),
+                            "sweep.ds_config=ds_configs/nope.json"], capture_output=True, text=True, cwd=ROOT)
+    assert no_ds.returncode == 2 and "ds_configs/nope.json" in no_ds.stderr
+
+
+@pytest.mark.slow
+def test_local_executor_runs_train_eval_report(tmp_path, demo_dir):
+    """`--executor local` (no SLURM): the run, then its checkpoint's eval, then the report."""
+    grid = tmp_path / "one.yaml"
+    grid.write_text(yaml.safe_dump({"name": "loc", "output_dir": str(tmp_path / "s"),
+                                    "base": {"train": {"max_steps": 2, "micro_batch_size": 2,
+                                                       "global_batch_size": 2}},
+                                    "axes": {"method.forget_loss": ["ga"]},
+                                    "eval": {"args": ["--suite", "copyright", "--limit", "2"]},
+                                    "report": {"forget_metric": "copyright/verbatim_rouge_l",
+                                               "utility_metric": "copyright/verbatim_bleu"}}))
+    out = subprocess.run([sys.executable, str(ROOT / "launch" / "sweep.py"), str(grid), "--executor", "local",
+                          f"model.name_or_path={demo_dir / 'init'}", f"data.forget={demo_dir / 'forget.txt'}",
+                          f"data.retain={demo_dir / 'retain.txt'}"], capture_output=True, text=True, cwd=ROOT,
+                         timeout=600)
+    assert out.returncode == 0, out.stdout + out.stderr
+    folder = tmp_path / "s" / "loc"
+    result = json.loads((folder / "runs" / "forget_loss=ga" / "checkpoints" / "step-000002" / "eval.json").read_text())
+    assert result["step"] == 2 and "copyright/verbatim_rouge_l" in {k.removeprefix("eval/") for k in result["scalars"]}
+    rows = list(csv.DictReader((folder / "report.csv").open()))
+    assert rows[0]["state"] == "done" and rows[0]["pareto"] == "1"
+    assert (folder / "report.png").is_file()
