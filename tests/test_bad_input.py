@@ -21,7 +21,7 @@ import pytest
 from unlearn import checkpoint
 from unlearn.cli import train_main
 from unlearn.errors import UserError
-from tests.conftest import ROOT
+from tests.conftest import ROOT, _free_port
 
 PYTHON = sys.executable
 ZERO2 = str(ROOT / "ds_configs" / "zero2.json")
@@ -187,3 +187,35 @@ def test_require_complete(tmp_path):
         checkpoint.require_complete(half)
     (half / "COMPLETE").write_text("1\n")
     checkpoint.require_complete(half)
+
+
+ONE_RANK_FAILS = """
+import sys
+sys.path.insert(0, {root!r})
+from unlearn import distributed, guards
+from unlearn.cli import guarded
+from unlearn.errors import UserError
+
+def job():
+    guards.Preemption()  # as in train(): SIGTERM from the launcher only sets a flag
+    env = distributed.init()
+    if env.rank == 1:  # e.g. a checkpoint that lacks this rank's file
+        raise UserError("rank 1 cannot go on; expected every rank to pass")
+    distributed.barrier()  # rank 0 waits here for a rank that is gone
+
+guarded(job)
+"""
+
+
+@pytest.mark.slow
+def test_an_error_on_one_rank_does_not_hang_the_other(tmp_path):
+    script = tmp_path / "one_rank_fails.py"
+    script.write_text(ONE_RANK_FAILS.format(root=str(ROOT)))
+    cmd = [str(Path(sys.executable).parent / "deepspeed"), "--num_gpus", "2", "--master_port", str(_free_port()),
+           str(script)]
+    t0 = time.time()
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=120, start_new_session=True,
+                          env={**os.environ, "OMP_NUM_THREADS": "1"})
+    assert proc.returncode != 0
+    assert "error: rank 1 cannot go on; expected every rank to pass" in proc.stderr
+    assert time.time() - t0 < 90, "the launcher should end rank 0 (SIGTERM, SIGKILL after 30 s)"
