@@ -140,8 +140,10 @@ def test_submitit_sweep_2x2(slurm_env, demo_dir, tmp_path):
     _check_sweep(sweep_dir, dict(enumerate(train)), eval_ids, rows, slurm_env)
 
 
-def test_two_node_run_requeued_resumes(slurm_env, demo_dir, tmp_path):
-    """One run over 2 nodes (2 ranks, one per slurmd); requeued mid-run, it resumes from its checkpoint."""
+def test_two_node_run_preempted_and_requeued_resumes(slurm_env, demo_dir, tmp_path):
+    """One run over 2 nodes (2 ranks, one per slurmd). First the time-limit warning (SIGUSR1): the run
+    saves, exits 3 and slurm/train-task.sh requeues it; then `scontrol requeue` (cancel + requeue,
+    SIGTERM). Each time it resumes from the checkpoint it saved."""
     profile = yaml.safe_load((ROOT / "slurm/profiles/local.yaml").read_text())
     profile["train"]["nodes"] = 2
     (tmp_path / "two_nodes.yaml").write_text(yaml.safe_dump(profile))
@@ -154,27 +156,40 @@ def test_two_node_run_requeued_resumes(slurm_env, demo_dir, tmp_path):
     sweep_dir = tmp_path / "rq"
     jobs = dict(line.split(" ", 1) for line in (sweep_dir / "jobs.txt").read_text().splitlines())
     task = f"{jobs['train']}_0"
-    run_dir = sweep_dir / "runs" / "lr=0.0001" / "checkpoints"
+    ckpts = sweep_dir / "runs" / "lr=0.0001" / "checkpoints"
     log = sweep_dir / "logs" / f"train-{jobs['train']}_0.out"
+
+    def wait_for_checkpoint(after: int) -> None:
+        end = time.time() + 180
+        while not any((p / "COMPLETE").exists() and int(p.name[5:]) > after for p in ckpts.glob("step-*")):
+            text = log.read_text() if log.exists() else "no log"
+            assert time.time() < end and "srun: error: n1: task 0: Exited with exit code 1" not in text, text
+            time.sleep(0.2)
+
+    wait_for_checkpoint(after=0)
+    _run(["scancel", "--signal=USR1", task], slurm_env)  # what --signal=USR1@N sends before the limit
     end = time.time() + 180
-    while not (run_dir / "step-000004" / "COMPLETE").exists():
-        assert time.time() < end and "srun: error" not in (log.read_text() if log.exists() else ""), \
-            f"first checkpoint never appeared: {log.read_text() if log.exists() else 'no log'}"
+    while len(re.findall(r"resumed from \S+ at step (\d+)", log.read_text())) < 1:
+        assert time.time() < end, log.read_text()[-3000:]
         time.sleep(0.2)
-    _run(["scontrol", "requeue", task], slurm_env)  # SIGTERM: the run saves at its next step and exits
+    first = int(re.findall(r"resumed from \S+ at step (\d+)", log.read_text())[0])
+    wait_for_checkpoint(after=first)
+    _run(["scontrol", "requeue", task], slurm_env)
     rows = _wait_done([jobs["train"], jobs["report"]], slurm_env, timeout=240, expect=2)
     assert rows[task]["State"] == "COMPLETED" and rows[task]["NodeList"] == "n[1-2]"
-    restarts = _run(["sacct", "-X", "-n", "-P", "-j", task, "-D", "-o", "State"], slurm_env).split()
-    assert restarts[0] == "REQUEUED", restarts  # -D: the first (requeued) incarnation is kept
-    log = log.read_text()
-    resumed = re.findall(r"resumed from \S+ at step (\d+)", log)
-    assert len(resumed) == 1 and 4 <= int(resumed[0]) < 40, log[-3000:]
-    assert "2 rank(s) on n[1-2]" in log and "restart 1" in log
-    meta = json.loads((run_dir / "step-000040" / "meta.json").read_text())
+    states = _run(["sacct", "-X", "-n", "-P", "-j", task, "-D", "-o", "State"], slurm_env).split()
+    assert states == ["REQUEUED", "REQUEUED", "COMPLETED"], states  # -D: every incarnation
+    text = log.read_text()
+    assert "saved after a preemption signal; requeueing" in text  # train-task.sh's own requeue
+    resumed = [int(s) for s in re.findall(r"resumed from \S+ at step (\d+)", text)]
+    assert len(resumed) == 2 and 1 <= resumed[0] < resumed[1] < 40, text[-3000:]
+    assert "2 rank(s) on n[1-2]" in text and "restart 2" in text
+    meta = json.loads((ckpts / "step-000040" / "meta.json").read_text())
     assert meta["world_size"] == 2 and meta["step"] == 40
-    first = log.index("restart 1")
-    assert f"step {int(resumed[0]) + 1:>6}/40" in log[first:]  # continued, not restarted from step 1
-    assert "step      1/40" not in log[first:]
+    for restart, step in zip(("restart 1", "restart 2"), resumed):
+        later = text[text.index(restart):]
+        assert f"step {step + 1:>6}/40" in later  # continued where it stopped, not from step 1
+        assert "step      1/40" not in later
 
 
 def test_submitit_preempted_job_requeues_and_resumes(slurm_env, demo_dir, tmp_path):
