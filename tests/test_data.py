@@ -93,7 +93,8 @@ def test_truthfulqa_answer_pool_is_best_correct_and_incorrect_split_on_semicolon
     expected = []
     for r in rows:
         expected.append(r["Best Answer"].strip())
-        expected += [a.strip() for a in r["Correct Answers"].split(";") + r["Incorrect Answers"].split(";") if a.strip()]
+        split = r["Correct Answers"].split(";") + r["Incorrect Answers"].split(";")
+        expected += [a.strip() for a in split if a.strip()]
     assert pool == expected and all(";" not in a for a in pool)
 
 

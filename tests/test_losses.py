@@ -84,7 +84,8 @@ def test_simnpo_closed_form_on_uniform_logits(batch):
     """Uniform logits: mean answer log-prob = -log V for every sequence."""
     _, labels = batch
     beta, gamma = 0.5, 0.3
-    got = methods.FORGET["simnpo"].fn(Forward(torch.zeros(B, T, V), labels), MethodConfig(beta=beta, simnpo_gamma=gamma))
+    cfg = MethodConfig(beta=beta, simnpo_gamma=gamma)
+    got = methods.FORGET["simnpo"].fn(Forward(torch.zeros(B, T, V), labels), cfg)
     expected = -(2 / beta) * math.log(1 / (1 + math.exp(-(beta * math.log(V) - gamma))))
     assert got.item() == pytest.approx(expected, rel=1e-6)
 

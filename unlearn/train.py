@@ -227,7 +227,9 @@ def _train(cfg: Config, ds_config: str, ds_patch: dict[str, Any] | None, resume:
     dtype = engines.dtype_of(ds)
     policy = models.load_policy(cfg.model, dtype)
     engine = engines.initialize(policy, ds, cfg, env, max_steps)
-    engine.train()  # from_pretrained returns eval mode; dropout is on while training, as in HF's Trainer
+    # Dropout only with model.dropout=true: off (the default, as the paper's code trained), the policy
+    # equals its reference at step 0 and the KL/NPO terms and cross-layout trajectories are exact.
+    engine.train(cfg.model.dropout)
     reference = Reference(cfg, engine, ds, env, dtype) if methods.needs_reference(cfg.method) else None
 
     state = State(streams={
