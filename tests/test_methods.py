@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 
 import pytest
@@ -36,8 +37,21 @@ def _params(module) -> dict[str, torch.Tensor]:
     return {k: v.detach().clone() for k, v in module.state_dict().items()}
 
 
+def _with_dropout(demo: Path, dest: Path) -> Path:
+    """The demo's tiny OPT with OPT's real dropout (0.1): identical weights, noisy if left on."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    model = AutoModelForCausalLM.from_pretrained(demo / "init")
+    model.config.dropout = model.config.attention_dropout = 0.1
+    model.save_pretrained(dest)
+    AutoTokenizer.from_pretrained(demo / "init").save_pretrained(dest)
+    return dest
+
+
 def test_full_reference_is_a_frozen_copy_that_never_changes(demo_dir, tmp_path, dist_env, references):
-    run_dir = run(demo_dir, tmp_path, "method.forget_loss=npo", "method.retain_loss=kl", "method.schedule=joint")
+    model_dir = _with_dropout(demo_dir, tmp_path / "model")
+    run_dir = run(demo_dir, tmp_path, f"model.name_or_path={model_dir}", "method.forget_loss=npo",
+                  "method.retain_loss=kl", "method.schedule=joint")
     (ref,) = references
     policy = ref.policy.module
     assert ref.model is not None and ref.model is not policy
@@ -50,7 +64,9 @@ def test_full_reference_is_a_frozen_copy_that_never_changes(demo_dir, tmp_path, 
         assert torch.equal(after_ref[name], value), f"reference weight {name} changed"
     trained = weights(run_dir / "checkpoints" / "step-000003")
     assert any(not torch.equal(trained[k], init[k]) for k in init), "the policy did not train"
+    assert not policy.training  # model.dropout=false: no dropout noise in the policy's passes
     assert scalars(run_dir, "retain/loss")[0] == 0.0  # KL to the reference is exactly 0 at step 0
+    assert scalars(run_dir, "forget/loss")[0] == pytest.approx(20 * math.log(2), rel=1e-6)  # NPO, beta 0.1
     assert scalars(run_dir, "retain/loss")[-1] > 0.0
 
 
