@@ -67,6 +67,18 @@ def _load_causal_lm(cfg: ModelConfig, dtype: torch.dtype, quantized: bool):
     return model
 
 
+def load_model_config(cfg: ModelConfig):
+    """The model's Hugging Face config only (no weights): checks the path and its positions early."""
+    from transformers import AutoConfig
+
+    adapter = Path(cfg.name_or_path)
+    name = _adapter_base(adapter) if (adapter / "adapter_config.json").is_file() else cfg.name_or_path
+    try:
+        return AutoConfig.from_pretrained(name, **_hub_kwargs(cfg))
+    except Exception as exc:  # OSError, ValueError, HFValidationError...: all mean "cannot load"
+        raise _explain_load_error("model", name, exc) from None
+
+
 def _adapter_base(folder: Path) -> str:
     config = json.loads((folder / "adapter_config.json").read_text())
     base = config.get("base_model_name_or_path") or ""
