@@ -37,12 +37,13 @@ def _dropout_model(demo: Path, dest: Path) -> Path:
 
 
 def _args(demo: Path, out: Path, name: str) -> list[str]:
-    # random tiny OPT with dropout, short samples; NPO forget steps and KL retain steps alternate
+    # random tiny OPT with dropout on (the resumed run needs the restored RNG), short samples; NPO
+    # forget steps and KL retain steps alternate
     return ["--ds_config", str(ROOT / "ds_configs" / "zero2.json"), "--no_report",
             f"model.name_or_path={out / 'dropout_init'}", "model.dropout=true", f"data.forget={demo / 'forget.txt'}",
             f"data.retain={demo / 'retain.txt'}", "data.max_length=32", "train.micro_batch_size=4",
             "train.global_batch_size=4", f"train.max_steps={STEPS}", f"train.save_every_n_steps={SAVE_EVERY}",
-            "train.log_every_n_steps=1", "optim.lr=1e-3", "optim.warmup_steps=3", "method.forget_loss=npo",
+            "train.log_every_n_steps=1", "model.dropout=true", "optim.lr=1e-3", "optim.warmup_steps=3", "method.forget_loss=npo",
             "method.retain_loss=kl", f"run.output_dir={out}", f"run.name={name}"]
 
 

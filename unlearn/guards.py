@@ -24,7 +24,13 @@ PREEMPTION_SIGNALS = (signal.SIGUSR1, signal.SIGTERM)
 
 
 class Preemption:
-    """Records a preemption signal; the loop saves at the next step boundary and exits EXIT_REQUEUE."""
+    """Records a preemption signal; the loop saves at the next step boundary and exits EXIT_REQUEUE.
+
+    The flag is shared over ranks, so a signal that reaches one rank stops all of them at the same
+    step, and the deepspeed launcher then exits 3 as well. A SIGTERM to the launcher itself
+    (scancel, or SLURM signalling the whole step) still gets the checkpoint saved, since it passes
+    SIGTERM on to the ranks and waits 30 s, but the launcher then exits 1 (its own rule), not 3.
+    """
 
     def __init__(self):
         self.signum = 0

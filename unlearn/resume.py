@@ -34,6 +34,11 @@ class State:
         return {"step": self.step, "skipped_steps": self.skipped_steps, "nonfinite_in_row": self.nonfinite_in_row,
                 "stop_reason": self.stop_reason, "streams": {k: s.next_batch for k, s in self.streams.items()}}
 
+    def record_step(self, skipped: bool) -> None:
+        self.step += 1
+        self.nonfinite_in_row = self.nonfinite_in_row + 1 if skipped else 0
+        self.skipped_steps += int(skipped)
+
     def restore(self, client: dict[str, Any]) -> None:
         self.step = client["step"]
         self.skipped_steps = client.get("skipped_steps", 0)
@@ -46,16 +51,17 @@ def resume_from_last(state: State, engine, cfg: Config, run_dir: Path, env: Dist
     """Restore engine, RNG and `state` from the newest complete checkpoint; returns its step (-1: none)."""
     last = checkpoint.complete_checkpoints(run_dir)
     if not last:
-        _say(env, f"--resume: no complete checkpoint in {run_dir}, starting at step 0")
+        say(env, f"--resume: no complete checkpoint in {run_dir}, starting at step 0")
         return -1
     changed = checkpoint.config_changes(last[-1], cfg)
     if changed:
-        _say(env, f"warning: resuming {last[-1].name} with changed settings: {', '.join(changed)}")
+        say(env, f"warning: resuming {last[-1].name} with changed settings: {', '.join(changed)}")
     state.restore(checkpoint.load_for_resume(engine, last[-1], env))
-    _say(env, f"resumed from {last[-1]} at step {state.step}")
+    say(env, f"resumed from {last[-1]} at step {state.step}")
     return state.step
 
 
-def _say(env: DistEnv, line: str) -> None:
+def say(env: DistEnv, line: str) -> None:
+    """A status line on rank 0's stderr."""
     if env.is_main:
         print(line, file=sys.stderr, flush=True)

@@ -8,7 +8,6 @@ each step runs `grad_accum` micro-batches of `micro_batch_size` samples on every
 from __future__ import annotations
 
 import random
-import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -22,7 +21,7 @@ from unlearn.distributed import DistEnv
 from unlearn.errors import EXIT_REQUEUE, Diverged, UserError
 from unlearn.methods import Forward
 from unlearn.metrics import Window, Writer
-from unlearn.resume import State, resume_from_last
+from unlearn.resume import State, resume_from_last, say
 from unlearn.rundir import check_run_dir, prepare_run_dir
 from unlearn.schedule import FORGET, JOINT, RETAIN, phase_at
 
@@ -258,10 +257,8 @@ def _train(cfg: Config, ds_config: str, ds_patch: dict[str, Any] | None, resume:
     window = Window()
     while state.step < max_steps:
         metrics = loop.step(state)
-        state.step += 1
         skipped = metrics["skipped"] > 0
-        state.nonfinite_in_row = state.nonfinite_in_row + 1 if skipped else 0
-        state.skipped_steps += int(skipped)
+        state.record_step(skipped)
         stop = guards.forget_ceiling(metrics, cfg.method.max_forget_loss)
         window.add(metrics)
         if state.step % t.log_every_n_steps == 0 or state.step == max_steps or stop or skipped:
@@ -270,7 +267,7 @@ def _train(cfg: Config, ds_config: str, ds_patch: dict[str, Any] | None, resume:
             writer.log(logged, state.step)
             writer.console(state.step, max_steps, logged)
         if skipped:
-            _say(env, f"step {state.step}: non-finite loss or gradient, step skipped (weights untouched; "
+            say(env, f"step {state.step}: non-finite loss or gradient, step skipped (weights untouched; "
                       f"{state.nonfinite_in_row} in a row, {state.skipped_steps} in total)")
         reason = guards.divergence(state.nonfinite_in_row, t.max_nonfinite_steps, state.step, run_dir)
         if reason:
@@ -286,18 +283,13 @@ def _train(cfg: Config, ds_config: str, ds_patch: dict[str, Any] | None, resume:
         if guards.on_any_rank(preempt.requested, env):
             save()
             writer.close()
-            _say(env, f"preempted at step {state.step}: checkpoint saved, exiting {EXIT_REQUEUE} for requeue")
+            say(env, f"preempted at step {state.step}: checkpoint saved, exiting {EXIT_REQUEUE} for requeue")
             raise SystemExit(EXIT_REQUEUE)
     save()
     if env.is_main and cfg.run.export_dir:
         checkpoint.export(checkpoint.step_dir(run_dir, state.step), Path(cfg.run.export_dir))
         print(f"exported step {state.step} -> {cfg.run.export_dir}", flush=True)
     if state.stop_reason:
-        _say(env, f"stopped early at step {state.step}: {state.stop_reason}")
+        say(env, f"stopped early at step {state.step}: {state.stop_reason}")
     writer.close()
     return run_dir
-
-
-def _say(env: DistEnv, line: str) -> None:
-    if env.is_main:
-        print(line, file=sys.stderr, flush=True)
