@@ -89,9 +89,9 @@ def measure(spec: Spec) -> dict:
             continue
         times.append(time.perf_counter() - t0)
         cpu_times.append(time.process_time() - c0)
-        n, n_ref = workload.tokens(batches)
+        n, n_ref, n_padded = workload.tokens(batches)
         train_tokens, ref_tokens = train_tokens + n, ref_tokens + n_ref
-        padded += int(out.get("padded_tokens", n))
+        padded += int(out.get("padded_tokens", n_padded))
     total = sum(times)
     result = {
         "variant": spec.variant, "status": "ok", "setup_s": round(setup_s, 2),

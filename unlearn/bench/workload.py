@@ -70,7 +70,9 @@ def next_batches(cfg: Config, sets: train.Sets, streams_: dict[str, data.BatchSt
     return out
 
 
-def tokens(batches: dict[str, list]) -> tuple[int, int]:
-    """(real tokens through the policy, real tokens through the reference = the normal batch)."""
+def tokens(batches: dict[str, list]) -> tuple[int, int, int]:
+    """(real tokens through the policy, real tokens through the reference = the normal batch,
+    tokens through the policy when each batch is padded to its longest sample)."""
     total = sum(len(s["input_ids"]) for samples in batches.values() for s in samples)
-    return total, sum(len(s["input_ids"]) for s in batches.get("retain", []))
+    padded = sum(len(samples) * max(len(s["input_ids"]) for s in samples) for samples in batches.values())
+    return total, sum(len(s["input_ids"]) for s in batches.get("retain", [])), padded
