@@ -19,12 +19,19 @@ export MASTER_PORT=$((20000 + SLURM_JOB_ID % 20000))   # one port per job: tasks
 echo "task $SLURM_ARRAY_TASK_ID ($name): job $SLURM_JOB_ID, $SLURM_NTASKS rank(s) on $SLURM_JOB_NODELIST," \
      "rendezvous $MASTER_ADDR:$MASTER_PORT, restart ${SLURM_RESTART_COUNT:-0}"
 
+# A rank that exits 3 (unlearn.errors.EXIT_REQUEUE: checkpoint saved) leaves this flag: srun's own
+# status is not enough, since --kill-on-bad-exit may kill the other ranks before they exit 3 too.
+export REQUEUE_FLAG=$SWEEP_DIR/logs/.requeue-$SLURM_JOB_ID
+rm -f "$REQUEUE_FLAG"
 # RANK etc. per srun task; unlearn/distributed.py reads them.
 srun --kill-on-bad-exit=1 bash -c \
-  'export RANK=$SLURM_PROCID LOCAL_RANK=$SLURM_LOCALID WORLD_SIZE=$SLURM_NTASKS; exec "$@"' rank \
+  'export RANK=$SLURM_PROCID LOCAL_RANK=$SLURM_LOCALID WORLD_SIZE=$SLURM_NTASKS
+   trap : USR1 TERM   # SLURM signals this shell too: outlive the run to report its status
+   "$@"; rc=$?; [ "$rc" -eq 3 ] && touch "$REQUEUE_FLAG"; exit "$rc"' rank \
   "$PY" launch/unlearn.py --ds_config "$DS_CONFIG" --config "$SWEEP_DIR/configs/$name.yaml" --resume --no_report
 rc=$?
-if [ "$rc" -eq 3 ]; then   # unlearn.errors.EXIT_REQUEUE: checkpoint saved, run me again
+if [ -e "$REQUEUE_FLAG" ]; then   # checkpoint saved: run me again
+  rm -f "$REQUEUE_FLAG"
   echo "task $SLURM_ARRAY_TASK_ID saved after a preemption signal; requeueing job $SLURM_JOB_ID"
   scontrol requeue "$SLURM_JOB_ID"
 fi

@@ -121,7 +121,8 @@ def test_status_report_pareto_and_hparams(tmp_path):
     _fake_checkpoint(f, pts[1].name, 2, {"copyright/verbatim_rouge_l": 0.5, "utility/retain_ppl": 12.0})
     (f / "runs" / pts[1].name / "checkpoints" / "step-000004").mkdir()  # no COMPLETE: does not count
     states = [run_status(sweep, p) for p in pts]
-    assert [(s.state, s.step, s.evaluated) for s in states] == [("done", 6, 2), ("running", 2, 1), ("pending", 0, 0)]
+    assert [(s.state, s.step, s.evaluated, s.eval_step) for s in states] == [
+        ("done", 6, 2, 6), ("running", 2, 1, 2), ("pending", 0, 0, 0)]
     assert states[0].latest_eval["copyright/verbatim_rouge_l"] == 0.2
     table = status_table(sweep, pts)
     assert "done" in table and "copyright/verbatim_rouge_l=0.2" in table and "pending" in table

@@ -257,6 +257,8 @@ class RunStatus:
     max_steps: int
     evaluated: int
     """Checkpoints with an eval.json."""
+    eval_step: int
+    """Step of the newest evaluated checkpoint (0 = none), the one `latest_eval` comes from."""
     checkpoints: int
     latest_eval: dict[str, float]
     """Flattened numeric metrics of the newest evaluated checkpoint."""
@@ -271,7 +273,7 @@ def run_status(sweep: Sweep, point: Point) -> RunStatus:
     max_steps = point.config.train.max_steps
     step = done[-1] if done else 0
     state = "done" if step == max_steps else ("running" if done else "pending")
-    return RunStatus(point.name, state, step, max_steps, len(evals), len(done), latest)
+    return RunStatus(point.name, state, step, max_steps, len(evals), evals[-1] if evals else 0, len(done), latest)
 
 
 def flat_metrics(path: Path) -> dict[str, float]:

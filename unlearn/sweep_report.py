@@ -42,7 +42,7 @@ def write_report(sweep: Sweep, pts: list[Point]) -> tuple[Path, Path | None]:
     for p in pts:
         st = run_status(sweep, p)
         rows.append({"run": p.name, **{k: v for k, v in p.values.items()}, "state": st.state,
-                     "step": st.step, **st.latest_eval})
+                     "step": st.step, "eval_step": st.eval_step, **st.latest_eval})
         _write_hparams(sweep, p, st.latest_eval)
     columns: list[str] = []
     for row in rows:
