@@ -102,8 +102,7 @@ def _cases(f: dict[str, str], demo: Path, out: str) -> dict[str, tuple[list[str]
 
 
 CASES = list(_cases(defaultdict(str), Path("demo"), "out"))
-SUBPROCESS = ("unknown_key", "missing_json", "zero3_8bit", "hub_id_offline", "columns", "too_long", "not_writable",
-              "existing_run")
+SUBPROCESS = ("unknown_key", "missing_json", "zero3_8bit", "columns", "existing_run")
 """Cases run as real processes (one per failure point); the rest run in-process."""
 
 
