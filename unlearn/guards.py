@@ -27,9 +27,10 @@ class Preemption:
     """Records a preemption signal; the loop saves at the next step boundary and exits EXIT_REQUEUE.
 
     The flag is shared over ranks, so a signal that reaches one rank stops all of them at the same
-    step, and the deepspeed launcher then exits 3 as well. A SIGTERM to the launcher itself
-    (scancel, or SLURM signalling the whole step) still gets the checkpoint saved, since it passes
-    SIGTERM on to the ranks and waits 30 s, but the launcher then exits 1 (its own rule), not 3.
+    step, and the deepspeed launcher then exits 3 as well. A SIGTERM to the launcher's whole process
+    group (scancel, SLURM signalling the step) still gets the checkpoint saved (its per-node agent
+    passes SIGTERM on to the ranks and waits 30 s), but the `deepspeed` command itself dies of the
+    signal (status 143), not 3: requeue-on-3 needs the signal sent to the ranks, or srun/torchrun.
     """
 
     def __init__(self):
