@@ -49,6 +49,10 @@ def test_finetune_then_unlearn_writes_a_self_describing_run(demo_dir, tmp_path):
     acc.Reload()
     assert SCALARS <= set(acc.Tags()["scalars"])
     assert [e.step for e in acc.Scalars("lr")] == [2, 4, 6]
+    # the logged rate is the one each step applied (linear decay from 2e-4 over 6 steps),
+    # averaged over the 2 steps of a log window
+    lr = [e.value for e in acc.Scalars("lr")]
+    assert lr == pytest.approx([2e-4 * (6 + 5) / 12, 2e-4 * (4 + 3) / 12, 2e-4 * (2 + 1) / 12], rel=1e-5)
 
     summary = json.loads((run / "summary.json").read_text())
     assert set(summary["before"]) == {"forget_rouge_l", "forget_nll", "retain_ppl"}

@@ -159,6 +159,8 @@ def role_format(cfg: Config, role: str) -> str:
     if fmt != "auto":  # stated: no need to load (maybe from the hub) just to look at columns
         return fmt
     first = data.split_sources(getattr(cfg.data, role))[0]
+    if Path(first).suffix.lower() == ".txt":  # a .txt file is always a text corpus
+        return "text"
     return data.read(first, role, cfg.data)[1]
 
 

@@ -151,6 +151,7 @@ class Loop:
         sums: dict[str, float] = {}
         tokens = 0
         bad_loss = False
+        lr = self.engine.get_lr()[0]  # the rate this step applies (the scheduler advances in step())
         t0 = time.time()
         for k in range(n_micro):
             total = 0.0
@@ -171,7 +172,7 @@ class Loop:
         metrics["skipped"] = 0.0 if applied else 1.0  # non-finite loss or gradient: weights untouched
         grad_norm = self.engine.get_global_grad_norm()
         metrics["grad_norm"] = float(grad_norm) if grad_norm is not None else float("nan")
-        metrics["lr"] = self.engine.get_lr()[0]
+        metrics["lr"] = lr
         seconds = max(time.time() - t0, 1e-9)
         metrics["tokens_per_s"] = tokens * self.env.world_size / seconds
         metrics["step_time_s"] = seconds
