@@ -63,3 +63,19 @@ def dist_env():
                        "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(_free_port())}.items():
         os.environ.setdefault(key, value)
     return distributed.init()
+
+
+@pytest.fixture
+def references(monkeypatch) -> list:
+    """Every train.Reference that train() builds, kept for inspection after the run."""
+    from unlearn import train as train_mod
+
+    made = []
+
+    class Recording(train_mod.Reference):
+        def __init__(self, *args, **kwargs):
+            super().__init__(*args, **kwargs)
+            made.append(self)
+
+    monkeypatch.setattr(train_mod, "Reference", Recording)
+    return made

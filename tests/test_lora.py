@@ -9,23 +9,10 @@ import torch
 
 from tests.conftest import ROOT
 from tests.unlearn_runs import run, scalars, weights
-from unlearn import data, model as models, train as train_mod
+from unlearn import data, model as models
 from unlearn.config import ModelConfig
 from unlearn.config_io import load_config
 from unlearn.errors import UserError
-
-
-@pytest.fixture
-def references(monkeypatch) -> list:
-    made = []
-
-    class Recording(train_mod.Reference):
-        def __init__(self, *args, **kwargs):
-            super().__init__(*args, **kwargs)
-            made.append(self)
-
-    monkeypatch.setattr(train_mod, "Reference", Recording)
-    return made
 
 
 @pytest.fixture(autouse=True)

@@ -10,27 +10,13 @@ import torch
 
 from tests.conftest import ROOT
 from tests.unlearn_runs import run, scalars, weights
-from unlearn import methods, train as train_mod
+from unlearn import methods
 from unlearn.config import MethodConfig
 from unlearn.config_io import load_config
 from unlearn.errors import UserError
 
 PRESETS = ["harmful_opt1.3b.yaml", "harmful_opt2.7b.yaml", "copyright_opt1.3b_finetune.yaml",
            "copyright_opt1.3b.yaml", "demo_harmful.yaml"]
-
-
-@pytest.fixture
-def references(monkeypatch) -> list:
-    """Every Reference that train() builds, kept for inspection after the run."""
-    made = []
-
-    class Recording(train_mod.Reference):
-        def __init__(self, *args, **kwargs):
-            super().__init__(*args, **kwargs)
-            made.append(self)
-
-    monkeypatch.setattr(train_mod, "Reference", Recording)
-    return made
 
 
 def _params(module) -> dict[str, torch.Tensor]:
