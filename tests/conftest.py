@@ -79,3 +79,14 @@ def references(monkeypatch) -> list:
 
     monkeypatch.setattr(train_mod, "Reference", Recording)
     return made
+
+
+def dropout_model(demo: Path, dest: Path) -> Path:
+    """The demo's random tiny OPT with OPT's real dropout (0.1): same weights, noisy when left on."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    model = AutoModelForCausalLM.from_pretrained(demo / "init")
+    model.config.dropout = model.config.attention_dropout = 0.1
+    model.save_pretrained(dest)
+    AutoTokenizer.from_pretrained(demo / "init").save_pretrained(dest)
+    return dest

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from tests.conftest import ROOT
+from tests.conftest import ROOT, dropout_model
 from tests.unlearn_runs import run, scalars, weights
 from unlearn import methods
 from unlearn.config import MethodConfig
@@ -23,19 +23,9 @@ def _params(module) -> dict[str, torch.Tensor]:
     return {k: v.detach().clone() for k, v in module.state_dict().items()}
 
 
-def _with_dropout(demo: Path, dest: Path) -> Path:
-    """The demo's tiny OPT with OPT's real dropout (0.1): identical weights, noisy if left on."""
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-
-    model = AutoModelForCausalLM.from_pretrained(demo / "init")
-    model.config.dropout = model.config.attention_dropout = 0.1
-    model.save_pretrained(dest)
-    AutoTokenizer.from_pretrained(demo / "init").save_pretrained(dest)
-    return dest
-
 
 def test_full_reference_is_a_frozen_copy_that_never_changes(demo_dir, tmp_path, dist_env, references):
-    model_dir = _with_dropout(demo_dir, tmp_path / "model")
+    model_dir = dropout_model(demo_dir, tmp_path / "model")
     run_dir = run(demo_dir, tmp_path, f"model.name_or_path={model_dir}", "method.forget_loss=npo",
                   "method.retain_loss=kl", "method.schedule=joint")
     (ref,) = references

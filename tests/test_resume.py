@@ -16,7 +16,7 @@ import torch
 
 from unlearn import checkpoint
 from unlearn.errors import EXIT_REQUEUE
-from tests.conftest import ROOT, _free_port
+from tests.conftest import ROOT, _free_port, dropout_model
 
 pytestmark = pytest.mark.slow
 
@@ -24,16 +24,6 @@ STEPS = 16
 SAVE_EVERY = 2
 ENV = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1", "OMP_NUM_THREADS": "1"}
 
-
-def _dropout_model(demo: Path, dest: Path) -> Path:
-    """The demo's random tiny OPT with dropout on, so the resumed run needs the restored RNG."""
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-
-    model = AutoModelForCausalLM.from_pretrained(demo / "init")
-    model.config.dropout = model.config.attention_dropout = 0.1
-    model.save_pretrained(dest)
-    AutoTokenizer.from_pretrained(demo / "init").save_pretrained(dest)
-    return dest
 
 
 def _args(demo: Path, out: Path, name: str) -> list[str]:
@@ -99,7 +89,7 @@ def _steps_logged(run: Path, tag: str) -> list[int]:
 def baseline(demo_dir, tmp_path_factory):
     """The uninterrupted run, started at once so it overlaps the first interrupted run."""
     out = tmp_path_factory.mktemp("resume")
-    _dropout_model(demo_dir, out / "dropout_init")
+    dropout_model(demo_dir, out / "dropout_init")
     proc = _plain(_args(demo_dir, out, "uninterrupted"))
     cache: dict[str, dict] = {}
 

@@ -148,8 +148,6 @@ class TrainConfig:
     """Optimizer steps between checkpoints (0 = only at the end)."""
     keep_last_n: int = 0
     """Checkpoints to keep (0 = all); the newest complete one is never deleted."""
-    eval_every_n_steps: int = 0
-    """Optimizer steps between quick in-loop evals (forget/retain NLL); 0 = off."""
     save_engine_state: bool = True
     """Store optimizer/LR/RNG/data position in checkpoints (needed for --resume; ~3x the weights)."""
     max_nonfinite_steps: int = 5
