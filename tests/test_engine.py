@@ -54,3 +54,30 @@ def test_ds_config_receives_batch_and_clipping_from_run_config(demo_dir, dist_en
     assert eng.train_micro_batch_size_per_gpu() == 2
     assert eng.gradient_accumulation_steps() == 3
     assert eng.gradient_clipping() == 0.5
+
+
+def test_fused_adamw_path_gives_the_same_step(demo_dir, dist_env, monkeypatch):
+    """GPUs take torch's fused AdamW (engine.optimizer_on_gpu); forced here on the CPU, whose torch
+    has the same fused kernel, it must reach the optimizer and step exactly like the plain loop."""
+    assert engines.optimizer_on_gpu({"zero_optimization": {"stage": 2}}) is torch.cuda.is_available()
+    assert not engines.optimizer_on_gpu({"zero_optimization": {"stage": 3, "offload_optimizer": {"device": "cpu"}}})
+    weights = {}
+    initial = None
+    for fused in (False, True):
+        monkeypatch.setattr(engines, "optimizer_on_gpu", lambda ds, fused=fused: fused)
+        cfg, eng = _engine(demo_dir, 2, dist_env)
+        assert eng.optimizer.optimizer.defaults["fused"] is fused
+        initial = torch.cat([p.detach().flatten() for p in eng.module.parameters()])
+        tok = models.load_tokenizer(cfg.model)
+        batch = data.collate(data.text_samples([(demo_dir / "forget.txt").read_text()], tok, 32)[:2],
+                             tok.pad_token_id)
+        for _ in range(2):
+            eng.backward(eng(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"],
+                             labels=batch["labels"]).loss)
+            eng.step()
+        weights[fused] = torch.cat([p.detach().flatten() for p in eng.module.parameters()])
+        eng.destroy()
+    # two steps of lr 1e-2 move weights by up to 2e-2; the kernels differ only in rounding order
+    moved = (weights[False] - initial).abs().max()
+    assert moved > 1e-2
+    assert (weights[True] - weights[False]).abs().max() < 1e-3 * moved

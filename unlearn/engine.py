@@ -117,9 +117,15 @@ def full_ds_config(ds: dict[str, Any], cfg: Config, env: DistEnv) -> dict[str, A
     full["optimizer"] = {"type": "AdamW", "params": {
         "lr": cfg.optim.lr, "betas": list(cfg.optim.betas), "eps": cfg.optim.eps,
         "weight_decay": cfg.optim.weight_decay,
-        # torch's AdamW: DeepSpeed's fused/CPU Adam need a ~100 s JIT build on first use
-        "torch_adam": True}}
+        # torch's AdamW: DeepSpeed's fused/CPU Adam need a ~100 s JIT build on first use; torch's
+        # own fused kernel (one pass over the optimizer state) where that state lives on a GPU
+        "torch_adam": True, "fused": optimizer_on_gpu(ds)}}
     return full
+
+
+def optimizer_on_gpu(ds: dict[str, Any]) -> bool:
+    offload = ds.get("zero_optimization", {}).get("offload_optimizer") or {}
+    return torch.cuda.is_available() and offload.get("device", "none") in ("none", None)
 
 
 def lr_lambda(cfg: Config, max_steps: int):

@@ -54,6 +54,8 @@ def _load_causal_lm(cfg: ModelConfig, dtype: torch.dtype, quantized: bool):
         from transformers import BitsAndBytesConfig  # bitsandbytes: only for 8-bit runs
 
         kwargs["quantization_config"] = BitsAndBytesConfig(load_in_8bit=True)
+        if torch.cuda.is_available():  # quantized as loaded onto this rank's GPU (8-bit models refuse .to)
+            kwargs["device_map"] = {"": torch.cuda.current_device()}
     adapter = Path(cfg.name_or_path)
     base = _adapter_base(adapter) if (adapter / "adapter_config.json").is_file() else ""
     try:

@@ -98,8 +98,10 @@ def _summarise(name: str, runs: list[dict], n_params: int, peak: float | None) -
            "rss_peak_gib": max(r["rss_peak_gib"] for r in ok), "repeats": runs}
     if "gpu_peak_gib" in ok[0]:
         row["gpu_peak_gib"] = max(r["gpu_peak_gib"] for r in ok)
-    if peak:  # model FLOPs: 6N per trained token + 2N per reference-forward token (6N for LoRA too)
-        flops = 6 * n_params * row["tokens_per_step"] + 2 * n_params * row["ref_tokens_per_step"]
+    if peak:  # model FLOPs per token: forward 2N, backward 4N (2N with LoRA: no weight gradients of
+        # the frozen base), reference forward 2N; adapters and attention scores left out
+        train_flops = (4 if presets.variant(name).lora else 6) * n_params
+        flops = train_flops * row["tokens_per_step"] + 2 * n_params * row["ref_tokens_per_step"]
         row["mfu"] = flops / row["step_s"] / peak
     return row
 
