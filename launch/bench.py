@@ -32,6 +32,8 @@ def parse(argv: list[str] | None):
     p.add_argument("--steps", type=int, default=5, help="timed optimizer steps per run")
     p.add_argument("--warmup", type=int, default=2, help="untimed optimizer steps first")
     p.add_argument("--repeats", type=int, default=1, help="rounds over all variants (median reported)")
+    p.add_argument("--no-group-by-length", action="store_true",
+                   help="plain shuffled batches instead of length-grouped ones (data.group_by_length=false)")
     p.add_argument("--threads", type=int, default=0, help="CPU threads per worker (0 = all cores)")
     p.add_argument("--forget", default="", help="harmful QA file (default: the demo's harmful.jsonl)")
     p.add_argument("--retain", default="", help="normal QA file (default: the demo's normal.jsonl)")
@@ -59,7 +61,8 @@ def main(argv: list[str] | None = None) -> None:
                               repeats=args.repeats, in_process=args.in_process, work_dir=args.work_dir,
                               forget=args.forget, retain=args.retain)
         spec = Spec(variant="", model_dir="", forget="", retain="", batch=args.batch, max_length=args.max_length,
-                    steps=args.steps, warmup=args.warmup, threads=args.threads)
+                    steps=args.steps, warmup=args.warmup, threads=args.threads,
+                    group_by_length=not args.no_group_by_length)
         report = runner.run(opts, spec)
     except UserError as exc:
         print(f"error: {exc}", file=sys.stderr)

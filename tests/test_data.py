@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import random
 from dataclasses import replace
 from pathlib import Path
 
@@ -212,6 +213,43 @@ def test_stream_gives_the_same_global_batch_whatever_the_world_size():
         whole = sum(one.take(1, 0, 1), [])
         per_rank = [s.take(1, r, 2) for r, s in enumerate(two)]
         assert sorted(whole) == sorted(sum(sum(per_rank, []), []))
+
+
+def test_length_grouped_stream_keeps_epochs_and_world_sizes_and_pads_little():
+    rng = random.Random(0)
+    lengths = tuple(rng.randint(5, 300) for _ in range(437))  # 437 = 4 x 50 x 2 + 37: a short last run
+    stream = data.BatchStream(size=437, global_batch=2, seed=1, lengths=lengths)
+    n = -(-437 // 2)
+    epoch0 = [i for b in range(n) for i in stream.global_indices(b)][:437]
+    assert sorted(epoch0) == list(range(437))                      # every sample once per epoch
+    other_seed = data.BatchStream(size=437, global_batch=2, seed=2, lengths=lengths)
+    assert epoch0 != [i for b in range(n) for i in other_seed.global_indices(b)][:437]
+    # inside a run of GROUP_BATCHES batches, batches hold disjoint slices of the sorted lengths ...
+    run = [stream.global_indices(b) for b in range(data.GROUP_BATCHES)]
+    spans = sorted((min(lengths[i] for i in b), max(lengths[i] for i in b)) for b in run)
+    assert all(hi <= lo_next for (_, hi), (lo_next, _) in zip(spans, spans[1:]))
+    # ... in a random order, not longest first
+    maxima = [max(lengths[i] for i in b) for b in run]
+    assert maxima != sorted(maxima) and maxima != sorted(maxima, reverse=True)
+    shuffled = data.BatchStream(size=437, global_batch=2, seed=1)
+    real, padded = data.padded_tokens([{"input_ids": [0] * k} for k in lengths], shuffled, 2)
+    g_real, g_padded = data.padded_tokens([{"input_ids": [0] * k} for k in lengths],
+                                          data.BatchStream(size=437, global_batch=2, seed=1, lengths=lengths), 2)
+    assert g_padded / g_real - 1 < 0.1 * (padded / real - 1)  # (the last batch reaches into epoch 1)
+    # the same global batches whatever the world size, as without grouping
+    one = data.BatchStream(size=437, global_batch=4, seed=0, lengths=lengths)
+    two = [data.BatchStream(size=437, global_batch=4, seed=0, lengths=lengths) for _ in range(2)]
+    for _ in range(60):
+        whole = sum(one.take(1, 0, 1), [])
+        assert sorted(whole) == sorted(sum(sum((s.take(1, r, 2) for r, s in enumerate(two)), []), []))
+
+
+def test_padded_tokens_of_an_epoch():
+    samples = [{"input_ids": [0] * k} for k in (3, 5, 4, 4)]
+    stream = data.BatchStream(size=4, global_batch=2, seed=0, shuffle=False)
+    assert data.padded_tokens(samples, stream, micro_batch=2) == (16, 18)  # (3,5)->10, (4,4)->8
+    with pytest.raises(ValueError, match="3 lengths for 4 samples"):
+        data.BatchStream(size=4, global_batch=2, seed=0, lengths=(1, 2, 3))
 
 
 def test_random_answers_drawn_per_step_for_the_batch_prompts(demo_dir, tok):

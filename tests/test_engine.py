@@ -81,3 +81,13 @@ def test_fused_adamw_path_gives_the_same_step(demo_dir, dist_env, monkeypatch):
     moved = (weights[False] - initial).abs().max()
     assert moved > 1e-2
     assert (weights[True] - weights[False]).abs().max() < 1e-3 * moved
+
+
+def test_precision_left_out_means_bf16_where_the_hardware_has_it(monkeypatch):
+    for name in ("zero2", "zero3", "zero3_offload"):
+        assert engines.read_ds_config(ROOT / "ds_configs" / f"{name}.json")["bf16"] == {"enabled": False}  # CPU
+    monkeypatch.setattr(engines, "bf16_supported", lambda: True)  # as on an H100
+    ds = engines.read_ds_config(ROOT / "ds_configs" / "zero2.json")
+    assert ds["bf16"] == {"enabled": True} and engines.dtype_of(ds) == torch.bfloat16
+    said = engines.read_ds_config(ROOT / "ds_configs" / "zero2.json", {"bf16": {"enabled": False}})
+    assert said["bf16"] == {"enabled": False}                      # a precision the user says is kept

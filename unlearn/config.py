@@ -75,6 +75,9 @@ class DataConfig:
     prompt_template: str = "### Question: {prompt}\n ### Answer: {response}"
     """Template for QA samples; labels cover the `{response}` tokens only (a book's continuation:
     "{prompt} {response}")."""
+    group_by_length: bool = True
+    """Length-grouped batches: samples of similar length share a batch, so dynamic padding pads
+    little (order stays random; see data.BatchStream). false = a plain shuffle."""
     append_eos: bool = True
     """End each QA answer with EOS (trained: the model learns to stop); the paper's code did not."""
     num_random_answers: int = 5

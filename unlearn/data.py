@@ -108,6 +108,10 @@ def collate(samples: list[Sample], pad_id: int) -> dict[str, torch.Tensor]:
     return {"input_ids": ids, "labels": labels, "attention_mask": mask}
 
 
+GROUP_BATCHES = 50
+"""Length grouping sorts runs of this many global batches at a time (Hugging Face's mega-batch)."""
+
+
 @dataclass
 class BatchStream:
     """Endless, resumable order over a sample list: epoch e is permutation(seed + e).
@@ -115,6 +119,11 @@ class BatchStream:
     Global batch b is items [b*G, (b+1)*G) of the concatenated epochs, so the position in the data
     is one integer (`next_batch`), and rank r's micro-batch k of it is the (k*world + r)-th slice:
     the same samples meet the same micro-batches whatever the world size.
+
+    With `lengths`, batches are length-grouped: each run of GROUP_BATCHES global batches of the
+    shuffled order is sorted by length and cut into global batches, whose order is shuffled again
+    (a short last batch stays last). Every batch then holds samples of similar length, so dynamic
+    padding pads little, while which samples meet, and when, stays random.
     """
 
     size: int
@@ -122,12 +131,29 @@ class BatchStream:
     seed: int
     shuffle: bool = True
     next_batch: int = 0
+    lengths: tuple[int, ...] = ()
+    """Sample lengths in tokens for length grouping; empty = plain shuffle."""
+
+    def __post_init__(self):
+        if self.lengths and len(self.lengths) != self.size:
+            raise ValueError(f"{len(self.lengths)} lengths for {self.size} samples")
 
     def _order(self, epoch: int) -> list[int]:
         order = list(range(self.size))
-        if self.shuffle:
-            random.Random(self.seed * 100_003 + epoch).shuffle(order)
-        return order
+        if not self.shuffle:
+            return order
+        rng = random.Random(self.seed * 100_003 + epoch)
+        rng.shuffle(order)
+        if not self.lengths:
+            return order
+        grouped: list[int] = []
+        span, g = GROUP_BATCHES * self.global_batch, self.global_batch
+        for start in range(0, self.size, span):
+            run = sorted(order[start:start + span], key=lambda i: -self.lengths[i])
+            full = [run[j:j + g] for j in range(0, len(run) - len(run) % g, g)]
+            rng.shuffle(full)
+            grouped += [i for batch in full for i in batch] + run[len(full) * g:]
+        return grouped
 
     def global_indices(self, batch: int) -> list[int]:
         start = batch * self.global_batch
@@ -149,6 +175,16 @@ class BatchStream:
     @property
     def epoch(self) -> float:
         return self.next_batch * self.global_batch / self.size
+
+
+def padded_tokens(samples: list[Sample], stream: BatchStream, micro_batch: int) -> tuple[int, int]:
+    """(real, padded) tokens of one epoch of `stream`'s micro-batches (padding to each one's longest)."""
+    real = padded = 0
+    for _ in range(math.ceil(stream.size / stream.global_batch)):
+        for ids in stream.take(micro_batch, 0, 1):
+            lens = [len(samples[i]["input_ids"]) for i in ids]
+            real, padded = real + sum(lens), padded + len(lens) * max(lens)
+    return real, padded
 
 
 def steps_for_epochs(epochs: float, n_samples: int, global_batch: int) -> int:

@@ -47,6 +47,17 @@ def load_sets(cfg: Config, tokenizer, env: DistEnv) -> Sets:
     return sets
 
 
+def make_streams(cfg: Config, sets: Sets) -> dict[str, data.BatchStream]:
+    """The forget and retain sample orders (seeds train.seed + 0 and + 1), length-grouped by default."""
+    streams = {}
+    for i, (name, samples) in enumerate((("forget", sets.forget), ("retain", sets.retain))):
+        if samples:
+            lengths = tuple(len(s["input_ids"]) for s in samples) if cfg.data.group_by_length else ()
+            streams[name] = data.BatchStream(len(samples), cfg.train.global_batch_size, cfg.train.seed + i,
+                                             lengths=lengths)
+    return streams
+
+
 def _samples(sources: str, role: str, tokenizer, d, limit: int) -> list[data.Sample]:
     out: list[data.Sample] = []
     for source in data.split_sources(sources):
@@ -232,9 +243,7 @@ def _train(cfg: Config, ds_config: str, ds_patch: dict[str, Any] | None, resume:
     engine.train(cfg.model.dropout)
     reference = Reference(cfg, engine, ds, env, dtype) if methods.needs_reference(cfg.method) else None
 
-    state = State(streams={
-        name: data.BatchStream(len(samples), cfg.train.global_batch_size, cfg.train.seed + i)
-        for i, (name, samples) in enumerate((("forget", sets.forget), ("retain", sets.retain))) if samples})
+    state = State(streams=make_streams(cfg, sets))
     last_saved = resume_from_last(state, engine, cfg, run_dir, env) if resume else -1
     # On resume, events past the restored step (logged before the crash) are dropped, so curves
     # do not double back; a resume without a checkpoint drops them all.

@@ -115,6 +115,7 @@ def run(opts: Options, spec: Spec) -> dict:
     for name in names:
         presets.variant(name)
     spec = prepare(opts, spec, cuda)
+    pads = _padding(spec)
     n_params = presets.parameter_count(Path(spec.model_dir))
     gpu_name = torch.cuda.get_device_name(0) if cuda else ""
     gpu_bytes = torch.cuda.get_device_properties(0).total_memory if cuda else None
@@ -143,7 +144,16 @@ def run(opts: Options, spec: Spec) -> dict:
             row["speedup_vs_paper_step"] = PAPER_OPT13B_STEP_S / row["step_s"]
     return {"preset": opts.preset, "scale_down": opts.scale_down, "parameters": n_params,
             "device": gpu_name or "cpu", "peak_bf16_flops": peak, "spec": spec.to_json(),
-            "repeats": opts.repeats, "isolated": not opts.in_process, "results": rows}
+            "repeats": opts.repeats, "isolated": not opts.in_process, "padding": pads, "results": rows}
+
+
+def _padding(spec: Spec) -> dict[str, dict[str, float]]:
+    from unlearn import distributed, model as models, train
+    from unlearn.bench import workload
+
+    cfg = workload.run_config(spec, presets.variant("ours-fp32"))
+    sets = train.load_sets(cfg, models.load_tokenizer(cfg.model), distributed.DistEnv(0, 0, 1))
+    return workload.padding(cfg, sets)
 
 
 def table(report: dict) -> str:
@@ -162,4 +172,8 @@ def table(report: dict) -> str:
         mfu = f"{100 * r['mfu']:.1f}%" if "mfu" in r else "-"
         lines.append(f"{r['variant']:<20} {'ok':<8} {r['step_s']:>8.3f} {r['tokens_per_s']:>10.0f} {x:>7} "
                      f"{r['cpu_step_s']:>10.3f} {xc:>7} {r[mem]:>13.2f} {mfu:>6}")
+    pads = "; ".join(f"{name} {100 * p['shuffled']:.1f}% shuffled, {100 * p['grouped']:.1f}% length-grouped"
+                     for name, p in report.get("padding", {}).items())
+    if pads:
+        lines.append(f"padding per epoch at batch {report['spec']['batch']} (padded / real tokens - 1): {pads}")
     return "\n".join(lines)

@@ -5,16 +5,12 @@ batch and seed; batches come from the same `data.BatchStream`s that `unlearn.tra
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
 from unlearn import data, train
 from unlearn.config import Config, DataConfig, MethodConfig, ModelConfig, OptimConfig, RunConfig, TrainConfig
 from unlearn.bench.presets import Variant
-
-STREAMS = ("forget", "retain")
-"""Order (and so seeds: train.seed + index) of the streams, as in unlearn.train.train; the
-mismatch batch is `num_random_answers` random normal answers per prompt of the forget batch."""
 
 
 @dataclass(frozen=True)
@@ -36,6 +32,8 @@ class Spec:
     """Untimed optimizer steps first (allocator, kernels, DeepSpeed buckets)."""
     seed: int = 0
     lr: float = 2e-6
+    group_by_length: bool = True
+    """data.group_by_length for every variant (the baseline takes the same samples)."""
     threads: int = 0
     """CPU threads for torch (0 = all cores)."""
 
@@ -48,7 +46,7 @@ def run_config(spec: Spec, v: Variant) -> Config:
         model=ModelConfig(name_or_path=spec.model_dir, lora=v.lora, load_in_8bit=v.load_in_8bit,
                           gradient_checkpointing=v.gradient_checkpointing),
         data=DataConfig(forget=spec.forget, retain=spec.retain, forget_format="auto", retain_format="auto",
-                        max_length=spec.max_length),
+                        max_length=spec.max_length, group_by_length=spec.group_by_length),
         method=MethodConfig(forget_loss="ga", retain_loss="kl", mismatch_weight=1.0, schedule="joint"),
         optim=OptimConfig(lr=spec.lr, schedule="constant"),
         train=TrainConfig(micro_batch_size=spec.batch, global_batch_size=spec.batch, seed=spec.seed,
@@ -57,8 +55,7 @@ def run_config(spec: Spec, v: Variant) -> Config:
 
 
 def streams(cfg: Config, sets: train.Sets) -> dict[str, data.BatchStream]:
-    return {name: data.BatchStream(len(getattr(sets, name)), cfg.train.global_batch_size, cfg.train.seed + i)
-            for i, name in enumerate(STREAMS) if getattr(sets, name)}
+    return train.make_streams(cfg, sets)
 
 
 def next_batches(cfg: Config, sets: train.Sets, streams_: dict[str, data.BatchStream],
@@ -67,6 +64,18 @@ def next_batches(cfg: Config, sets: train.Sets, streams_: dict[str, data.BatchSt
     idx = {name: s.take(cfg.train.micro_batch_size, 0, 1)[0] for name, s in streams_.items()}
     out = {name: [getattr(sets, name)[i] for i in ids] for name, ids in idx.items()}
     out["mismatch"] = sets.mismatch.samples(out["forget"], idx["forget"], step)
+    return out
+
+
+def padding(cfg: Config, sets: train.Sets) -> dict[str, dict[str, float]]:
+    """Per stream, the padding of one epoch's micro-batches (padded / real tokens - 1), with a plain
+    shuffle and with length grouping: what dynamic padding still wastes, and what grouping saves."""
+    out: dict[str, dict[str, float]] = {}
+    for grouped in (False, True):
+        c = replace(cfg, data=replace(cfg.data, group_by_length=grouped))
+        for name, stream in train.make_streams(c, sets).items():
+            real, padded = data.padded_tokens(getattr(sets, name), stream, cfg.train.micro_batch_size)
+            out.setdefault(name, {})["grouped" if grouped else "shuffled"] = padded / real - 1
     return out
 
 
