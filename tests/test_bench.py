@@ -43,6 +43,8 @@ def test_smoke_runs_every_variant_on_the_same_workload(tmp_path):
     assert rows["baseline-dynpad"]["padded_tokens_per_step"] < 14 * 64
     assert rows["baseline"]["speedup_vs_baseline"] == pytest.approx(1.0)
     assert report["isolated"] is False and report["parameters"] > 0
+    assert set(report["padding"]) == {"forget", "retain"}
+    assert all(0 <= p["grouped"] <= p["shuffled"] for p in report["padding"].values()), report["padding"]
     assert "baseline" in proc.stdout.splitlines()[-len(rows)]           # the table closes the output
 
 
