@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import math
 import random
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import torch
@@ -133,12 +133,19 @@ class BatchStream:
     next_batch: int = 0
     lengths: tuple[int, ...] = ()
     """Sample lengths in tokens for length grouping; empty = plain shuffle."""
+    _cached: tuple[int, list[int]] | None = field(default=None, init=False, repr=False, compare=False)
+    """(epoch, order) last computed: a step reads one epoch's order, built once (tens of ms at 30k)."""
 
     def __post_init__(self):
         if self.lengths and len(self.lengths) != self.size:
             raise ValueError(f"{len(self.lengths)} lengths for {self.size} samples")
 
     def _order(self, epoch: int) -> list[int]:
+        if self._cached is None or self._cached[0] != epoch:
+            self._cached = (epoch, self._build_order(epoch))
+        return self._cached[1]
+
+    def _build_order(self, epoch: int) -> list[int]:
         order = list(range(self.size))
         if not self.shuffle:
             return order
