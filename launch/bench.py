@@ -34,6 +34,9 @@ def parse(argv: list[str] | None):
     p.add_argument("--repeats", type=int, default=1, help="rounds over all variants (median reported)")
     p.add_argument("--no-group-by-length", action="store_true",
                    help="plain shuffled batches instead of length-grouped ones (data.group_by_length=false)")
+    p.add_argument("--mismatch-pass-cost", type=int, default=256,
+                   help="data.mismatch_pass_cost: tokens a forward pass is worth when the random-mismatch "
+                        "batch is cut into length-sorted chunks (a huge value = one pass, as the baseline)")
     p.add_argument("--threads", type=int, default=0, help="CPU threads per worker (0 = all cores)")
     p.add_argument("--forget", default="", help="harmful QA file (default: the demo's harmful.jsonl)")
     p.add_argument("--retain", default="", help="normal QA file (default: the demo's normal.jsonl)")
@@ -55,14 +58,16 @@ def main(argv: list[str] | None = None) -> None:
         if args.smoke:
             names = names or tuple(presets.VARIANTS)
             args.steps, args.warmup, args.repeats, args.in_process = 1, 0, 1, True
-        if min(args.batch, args.steps, args.repeats, args.max_length) < 1 or args.warmup < 0:
-            raise UserError("--batch, --steps, --repeats and --max-length must be >= 1 and --warmup >= 0")
+        if min(args.batch, args.steps, args.repeats, args.max_length) < 1 or \
+                min(args.warmup, args.mismatch_pass_cost) < 0:
+            raise UserError("--batch, --steps, --repeats and --max-length must be >= 1; "
+                            "--warmup and --mismatch-pass-cost >= 0")
         opts = runner.Options(preset=args.preset, scale_down=args.scale_down, variants=names,
                               repeats=args.repeats, in_process=args.in_process, work_dir=args.work_dir,
                               forget=args.forget, retain=args.retain)
         spec = Spec(variant="", model_dir="", forget="", retain="", batch=args.batch, max_length=args.max_length,
                     steps=args.steps, warmup=args.warmup, threads=args.threads,
-                    group_by_length=not args.no_group_by_length)
+                    group_by_length=not args.no_group_by_length, mismatch_pass_cost=args.mismatch_pass_cost)
         report = runner.run(opts, spec)
     except UserError as exc:
         print(f"error: {exc}", file=sys.stderr)

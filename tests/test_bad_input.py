@@ -96,6 +96,7 @@ def _cases(f: dict[str, str], demo: Path, out: str) -> dict[str, tuple[list[str]
                          ["'" + f["existing_run"] + "' already exists", "--resume", "--overwrite"]),
         "resume_and_overwrite": (z2 + ok + ["run.name=x", "--resume", "--overwrite"], ["contradict"]),
         "resume_unnamed": (z2 + ok + ["--resume"], ["--resume needs run.name"]),
+        "pass_cost": (z2 + ok + ["data.mismatch_pass_cost=-1"], ["data.mismatch_pass_cost=-1", "expected >= 0"]),
         "batch_split": (z2 + ok + ["train.global_batch_size=6", "train.micro_batch_size=4"],
                         ["global_batch_size=6 is not a multiple", "micro_batch_size x world size"]),
     }

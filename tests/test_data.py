@@ -307,3 +307,23 @@ def test_hub_sources_pass_subset_split_and_revision(monkeypatch, tok):
     train_ids = [s["prompt"][1:-1] for s in retain]  # "Q3?" -> "3"
     pool = data.random_answers(cfg, tok, forget).pool  # best + correct + incorrect of the train part
     assert sorted(pool) == sorted(f"{kind}{i}" for i in train_ids for kind in "BCI")
+
+
+def test_length_chunks_minimise_padding_plus_pass_cost():
+    import itertools
+    import random
+
+    def best(lengths, cost):  # every cut of the sorted order
+        s, n = sorted(lengths), len(lengths)
+        return min(sum(cost + (b - a) * s[b - 1] for a, b in zip((0, *cuts), (*cuts, n)))
+                   for k in range(n) for cuts in itertools.combinations(range(1, n), k))
+
+    rng = random.Random(0)
+    for _ in range(200):
+        lengths, cost = [rng.randint(1, 60) for _ in range(rng.randint(1, 8))], rng.randint(0, 80)
+        chunks = data.length_chunks(lengths, cost)
+        assert sorted(i for c in chunks for i in c) == list(range(len(lengths)))
+        assert sum(cost + len(c) * max(lengths[i] for i in c) for c in chunks) == best(lengths, cost)
+    assert data.length_chunks([5, 3, 9, 100, 101, 4], 10) == [[1, 5, 0], [2], [3, 4]]
+    assert data.length_chunks([5, 3, 9, 100, 101, 4], 10**9) == [[1, 5, 0, 2, 3, 4]]  # one pass
+    assert data.length_chunks([7, 7, 7], 0) == [[0, 1, 2]]  # equal lengths never split

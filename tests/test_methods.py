@@ -137,3 +137,35 @@ def test_harmful_preset_runs_on_real_local_data(demo_dir, shared_data, tmp_path,
     run_dir = train(cfg, str(ROOT / "ds_configs" / "zero2.json"), patch, overwrite=True)
     assert scalars(run_dir, "retain/loss")[0] == 0.0
     assert len(scalars(run_dir, "mismatch/loss")) == 2 and 0 < max(scalars(run_dir, "lr")) <= 2e-6
+
+
+def test_mismatch_batch_cut_into_length_chunks_gives_the_one_pass_loss(demo_dir, tmp_path, dist_env, monkeypatch):
+    """data.mismatch_pass_cost=0 runs every distinct length in its own pass; the chunks' losses
+    weighted by answer tokens give the one-pass loss, so losses and gradient norms of 3 steps agree."""
+    import json
+
+    from unlearn import train as train_mod
+
+    words = "the key opens a small door near the river where people meet at night".split()
+    retain = tmp_path / "ragged.jsonl"  # answers of 1..24 words: chunks of unequal token counts
+    retain.write_text("".join(json.dumps({"question": f"Question {n}?", "answer": " ".join(words * 2)[:6 * n]}) + "\n"
+                              for n in range(1, 25)))
+    passes: list[str] = []
+    chunk_term = train_mod.Loop._chunk_term
+
+    def counting(self, obj, batch):
+        passes.append(obj.name)
+        return chunk_term(self, obj, batch)
+
+    monkeypatch.setattr(train_mod.Loop, "_chunk_term", counting)
+    series = {}
+    for cost in (0, 10**9):
+        passes.clear()
+        run_dir = run(demo_dir, tmp_path / str(cost), "method.forget_loss=ga", "method.retain_loss=none",
+                      "method.mismatch_weight=1", "method.schedule=joint", "data.num_random_answers=5",
+                      f"data.retain={retain}", f"data.mismatch_pass_cost={cost}")
+        series[cost] = {tag: scalars(run_dir, tag) for tag in ("mismatch/loss", "grad_norm")}
+        per_step = passes.count("random_mismatch") / 3
+        assert passes.count("ga") == 3 and (per_step > 3 if cost == 0 else per_step == 1), (cost, passes)
+    for tag, values in series[0].items():
+        assert values == pytest.approx(series[10**9][tag], rel=1e-5), tag

@@ -83,6 +83,11 @@ class DataConfig:
     num_random_answers: int = 5
     """Random normal answers drawn per forget prompt and step for the random-mismatch term (the
     pool: retain answers; for TruthfulQA best + correct + incorrect answers of `truthfulqa_part`)."""
+    mismatch_pass_cost: int = 256
+    """Tokens one forward pass is worth: the random-mismatch batch (micro_batch_size x
+    num_random_answers samples, prompts and answers of mixed lengths) is sorted by length and cut
+    into the chunks that minimise padded tokens + this per pass (same loss, less padding). 0 = no
+    padding at all; a value above the batch's padded tokens = always one pass."""
     max_forget_samples: int = 0
     """Cap on forget samples (0 = all)."""
     max_retain_samples: int = 0

@@ -184,6 +184,28 @@ class BatchStream:
         return self.next_batch * self.global_batch / self.size
 
 
+def length_chunks(lengths: list[int], pass_cost: int) -> list[list[int]]:
+    """Cut samples (by index) into length-sorted chunks minimising padded tokens + `pass_cost` per chunk.
+
+    Exact dynamic programme over the sorted order (an optimal cut is contiguous there): cost[j] =
+    min over i < j of cost[i] + pass_cost + (j - i) * longest of sorted[i:j]. O(n^2), n <= a few 100.
+    """
+    order = sorted(range(len(lengths)), key=lambda i: lengths[i])
+    n = len(order)
+    cost, cut = [0] + [math.inf] * n, [0] * (n + 1)
+    for j in range(1, n + 1):
+        longest = lengths[order[j - 1]]  # sorted ascending: the chunk [i, j) pads to sample j - 1
+        for i in range(j):
+            c = cost[i] + pass_cost + (j - i) * longest
+            if c < cost[j]:
+                cost[j], cut[j] = c, i
+    chunks, j = [], n
+    while j > 0:
+        chunks.append(order[cut[j]:j])
+        j = cut[j]
+    return chunks[::-1]
+
+
 def padded_tokens(samples: list[Sample], stream: BatchStream, micro_batch: int) -> tuple[int, int]:
     """(real, padded) tokens of one epoch of `stream`'s micro-batches (padding to each one's longest)."""
     real = padded = 0

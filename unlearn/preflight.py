@@ -25,5 +25,7 @@ def check_config(cfg: Config, ds: dict[str, Any], world_size: int, *, resume: bo
     if cfg.train.max_steps <= 0 and cfg.train.epochs <= 0:
         raise UserError(f"train.max_steps={cfg.train.max_steps}; expected a positive number of optimizer steps "
                         "(or train.epochs > 0)")
+    if cfg.data.mismatch_pass_cost < 0:
+        raise UserError(f"data.mismatch_pass_cost={cfg.data.mismatch_pass_cost}; expected >= 0 tokens per forward pass")
     if resume and not cfg.run.name:
         raise UserError("--resume needs run.name (the run to continue); expected run.name=<name> as in the first launch")

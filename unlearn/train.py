@@ -129,14 +129,32 @@ class Loop:
         streams = {"forget" if n == "mismatch" else n for n in names}
         idx = {n: state.streams[n].take(t.micro_batch_size, self.env.rank, self.env.world_size) for n in streams}
         pad = self.tokenizer.pad_token_id
-        out = {n: [data.collate([getattr(self.sets, n)[i] for i in g], pad) for g in idx[n]]
+        out = {n: [[data.collate([getattr(self.sets, n)[i] for i in g], pad)] for g in idx[n]]
                for n in names if n != "mismatch"}
         if "mismatch" in names:
-            out["mismatch"] = [data.collate(self.sets.mismatch.samples([self.sets.forget[i] for i in g], g,
-                                                                       state.step), pad) for g in idx["forget"]]
+            out["mismatch"] = [self._mismatch_chunks(g, state.step) for g in idx["forget"]]
         return out
 
-    def _term(self, obj: methods.Objective, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+    def _mismatch_chunks(self, forget_ids: list[int], step: int) -> list[dict[str, torch.Tensor]]:
+        """The random-mismatch micro-batch of these forget samples, cut into length-sorted chunks."""
+        samples = self.sets.mismatch.samples([self.sets.forget[i] for i in forget_ids], forget_ids, step)
+        chunks = data.length_chunks([len(s["input_ids"]) for s in samples], self.cfg.data.mismatch_pass_cost)
+        return [data.collate([samples[i] for i in c], self.tokenizer.pad_token_id) for c in chunks]
+
+    def _term(self, obj: methods.Objective, chunks: list[dict[str, torch.Tensor]]) -> tuple[torch.Tensor, torch.Tensor]:
+        """(loss, detached answer-token NLL) of one micro-batch, given as chunks of its samples.
+        Several chunks (random mismatch: a token-mean NLL) are weighted by their answer tokens, so
+        the loss is the one-batch loss."""
+        if len(chunks) == 1:
+            return self._chunk_term(obj, chunks[0])
+        assert obj.name == "random_mismatch", f"{obj.name} is not a token mean: its batch cannot be cut"
+        counts = [int((c["labels"][:, 1:] != data.IGNORE).sum()) for c in chunks]
+        parts = [self._chunk_term(obj, c) for c in chunks]
+        total = max(sum(counts), 1)
+        return (sum(n / total * loss for n, (loss, _) in zip(counts, parts)),
+                sum(n / total * nll for n, (_, nll) in zip(counts, parts)))
+
+    def _chunk_term(self, obj: methods.Objective, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
         batch = {k: v.to(self.env.device) for k, v in batch.items()}
         keep = logits_span(batch["labels"])
         logits = _forward(self.engine, batch, keep)
@@ -171,7 +189,7 @@ class Loop:
                 total = total + weight * loss
                 sums[f"{metric}/loss"] = sums.get(f"{metric}/loss", 0.0) + loss.item() / n_micro
                 sums[f"{metric}/nll"] = sums.get(f"{metric}/nll", 0.0) + nll.item() / n_micro
-                tokens += int(batches[name][k]["attention_mask"].sum())
+                tokens += sum(int(c["attention_mask"].sum()) for c in batches[name][k])
             # A non-finite loss on any rank spoils the whole optimizer step: NaN gradients make
             # DeepSpeed discard it while its micro-step counters stay in step (see unlearn.guards).
             bad_loss = bad_loss or not guards.finite_everywhere(total, self.env)

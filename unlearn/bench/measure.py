@@ -89,7 +89,8 @@ def measure(spec: Spec) -> dict:
             continue
         times.append(time.perf_counter() - t0)
         cpu_times.append(time.process_time() - c0)
-        n, n_ref, n_padded = workload.tokens(batches)
+        n, n_ref, n_padded = workload.tokens(
+            batches, cfg.data.mismatch_pass_cost if variant(spec.variant).loop == "ours" else None)
         train_tokens, ref_tokens = train_tokens + n, ref_tokens + n_ref
         padded += int(out.get("padded_tokens", n_padded))
     total = sum(times)

@@ -34,6 +34,8 @@ class Spec:
     lr: float = 2e-6
     group_by_length: bool = True
     """data.group_by_length for every variant (the baseline takes the same samples)."""
+    mismatch_pass_cost: int = 256
+    """data.mismatch_pass_cost for our loop (the baseline runs the mismatch batch in one pass)."""
     threads: int = 0
     """CPU threads for torch (0 = all cores)."""
 
@@ -46,7 +48,8 @@ def run_config(spec: Spec, v: Variant) -> Config:
         model=ModelConfig(name_or_path=spec.model_dir, lora=v.lora, load_in_8bit=v.load_in_8bit,
                           gradient_checkpointing=v.gradient_checkpointing),
         data=DataConfig(forget=spec.forget, retain=spec.retain, forget_format="auto", retain_format="auto",
-                        max_length=spec.max_length, group_by_length=spec.group_by_length),
+                        max_length=spec.max_length, group_by_length=spec.group_by_length,
+                        mismatch_pass_cost=spec.mismatch_pass_cost),
         method=MethodConfig(forget_loss="ga", retain_loss="kl", mismatch_weight=1.0, schedule="joint"),
         optim=OptimConfig(lr=spec.lr, schedule="constant"),
         train=TrainConfig(micro_batch_size=spec.batch, global_batch_size=spec.batch, seed=spec.seed,
@@ -79,9 +82,15 @@ def padding(cfg: Config, sets: train.Sets) -> dict[str, dict[str, float]]:
     return out
 
 
-def tokens(batches: dict[str, list]) -> tuple[int, int, int]:
+def tokens(batches: dict[str, list], mismatch_pass_cost: int | None = None) -> tuple[int, int, int]:
     """(real tokens through the policy, real tokens through the reference = the normal batch,
-    tokens through the policy when each batch is padded to its longest sample)."""
+    tokens through the policy when each batch is padded to its longest sample; with
+    `mismatch_pass_cost`, the mismatch batch cut as train.Loop cuts it)."""
     total = sum(len(s["input_ids"]) for samples in batches.values() for s in samples)
-    padded = sum(len(samples) * max(len(s["input_ids"]) for s in samples) for samples in batches.values())
+    padded = 0
+    for name, samples in batches.items():
+        lengths = [len(s["input_ids"]) for s in samples]
+        cut = name == "mismatch" and mismatch_pass_cost is not None
+        for chunk in data.length_chunks(lengths, mismatch_pass_cost) if cut else [range(len(lengths))]:
+            padded += len(chunk) * max(lengths[i] for i in chunk)
     return total, sum(len(s["input_ids"]) for s in batches.get("retain", [])), padded
