@@ -9,7 +9,7 @@ from unlearn import checkpoint, summary
 from unlearn.config import Config
 from unlearn.distributed import env_from_os
 from unlearn.model import load_for_eval
-from unlearn.train import load_sets
+from unlearn.sets import load_sets
 
 
 def final_report(cfg: Config, run_dir: Path) -> dict | None:

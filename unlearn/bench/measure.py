@@ -17,7 +17,7 @@ import time
 
 import torch
 
-from unlearn import distributed, model as models, train
+from unlearn import distributed, model as models, sets as sample_sets, train
 from unlearn.bench import workload
 from unlearn.bench.baseline import BaselineLoop
 from unlearn.bench.presets import variant
@@ -57,7 +57,7 @@ def _setup(spec: Spec):
         ours = OurStep(spec, v, _dist_env())
         return (lambda batches: ours.step()), cfg, ours.sets
     tokenizer = models.load_tokenizer(cfg.model)
-    sets = train.load_sets(cfg, tokenizer, distributed.env_from_os())
+    sets = sample_sets.load_sets(cfg, tokenizer, distributed.env_from_os())
     device = torch.device("cuda") if torch.cuda.is_available() else torch.device("cpu")
     base = BaselineLoop(spec.model_dir, device, spec.lr, tokenizer.pad_token_id,
                         spec.max_length if v.padding == "max" else None)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from unlearn import engine as engines, model as models, train
+from unlearn import engine as engines, model as models, sets as sample_sets, train
 from unlearn.bench.presets import Variant
 from unlearn.bench.workload import Spec, run_config, streams
 
@@ -19,7 +19,7 @@ class OurStep:
         ds = engines.read_ds_config(ROOT / v.ds_config, {"bf16": {"enabled": v.bf16}})
         models.validate(cfg.model, engines.zero_stage(ds))
         tokenizer = models.load_tokenizer(cfg.model)
-        self.sets = train.load_sets(cfg, tokenizer, env)
+        self.sets = sample_sets.load_sets(cfg, tokenizer, env)
         dtype = engines.dtype_of(ds)
         policy = models.load_policy(cfg.model, dtype)
         self.engine = engines.initialize(policy, ds, cfg, env, cfg.train.max_steps)

@@ -148,11 +148,11 @@ def run(opts: Options, spec: Spec) -> dict:
 
 
 def _padding(spec: Spec) -> dict[str, dict[str, float]]:
-    from unlearn import distributed, model as models, train
+    from unlearn import distributed, model as models, sets as sample_sets
     from unlearn.bench import workload
 
     cfg = workload.run_config(spec, presets.variant("ours-fp32"))
-    sets = train.load_sets(cfg, models.load_tokenizer(cfg.model), distributed.DistEnv(0, 0, 1))
+    sets = sample_sets.load_sets(cfg, models.load_tokenizer(cfg.model), distributed.DistEnv(0, 0, 1))
     return workload.padding(cfg, sets)
 
 

@@ -8,7 +8,7 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
-from unlearn import data, train
+from unlearn import data, sets as sample_sets
 from unlearn.config import Config, DataConfig, MethodConfig, ModelConfig, OptimConfig, RunConfig, TrainConfig
 from unlearn.bench.presets import Variant
 
@@ -57,11 +57,11 @@ def run_config(spec: Spec, v: Variant) -> Config:
         run=RunConfig(name="bench", output_dir=str(Path(spec.model_dir).parent / "runs")))
 
 
-def streams(cfg: Config, sets: train.Sets) -> dict[str, data.BatchStream]:
-    return train.make_streams(cfg, sets)
+def streams(cfg: Config, sets: sample_sets.Sets) -> dict[str, data.BatchStream]:
+    return sample_sets.make_streams(cfg, sets)
 
 
-def next_batches(cfg: Config, sets: train.Sets, streams_: dict[str, data.BatchStream],
+def next_batches(cfg: Config, sets: sample_sets.Sets, streams_: dict[str, data.BatchStream],
                  step: int) -> dict[str, list]:
     """The samples of optimizer step `step` per term (advances the streams; one rank)."""
     idx = {name: s.take(cfg.train.micro_batch_size, 0, 1)[0] for name, s in streams_.items()}
@@ -70,13 +70,13 @@ def next_batches(cfg: Config, sets: train.Sets, streams_: dict[str, data.BatchSt
     return out
 
 
-def padding(cfg: Config, sets: train.Sets) -> dict[str, dict[str, float]]:
+def padding(cfg: Config, sets: sample_sets.Sets) -> dict[str, dict[str, float]]:
     """Per stream, the padding of one epoch's micro-batches (padded / real tokens - 1), with a plain
     shuffle and with length grouping: what dynamic padding still wastes, and what grouping saves."""
     out: dict[str, dict[str, float]] = {}
     for grouped in (False, True):
         c = replace(cfg, data=replace(cfg.data, group_by_length=grouped))
-        for name, stream in train.make_streams(c, sets).items():
+        for name, stream in sample_sets.make_streams(c, sets).items():
             real, padded = data.padded_tokens(getattr(sets, name), stream, cfg.train.micro_batch_size)
             out.setdefault(name, {})["grouped" if grouped else "shuffled"] = padded / real - 1
     return out
