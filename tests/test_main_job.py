@@ -9,7 +9,7 @@ import yaml
 
 from tests.conftest import ROOT, launch
 
-SCALARS = {"forget/loss", "retain/loss", "grad_norm", "lr", "tokens_per_s"}
+SCALARS = {"forget/loss", "retain/loss", "grad_norm", "lr", "tokens_per_s", "padding"}
 
 
 @pytest.mark.slow

@@ -164,8 +164,10 @@ def test_mismatch_batch_cut_into_length_chunks_gives_the_one_pass_loss(demo_dir,
         run_dir = run(demo_dir, tmp_path / str(cost), "method.forget_loss=ga", "method.retain_loss=none",
                       "method.mismatch_weight=1", "method.schedule=joint", "data.num_random_answers=5",
                       f"data.retain={retain}", f"data.mismatch_pass_cost={cost}")
-        series[cost] = {tag: scalars(run_dir, tag) for tag in ("mismatch/loss", "grad_norm")}
+        series[cost] = {tag: scalars(run_dir, tag) for tag in ("mismatch/loss", "grad_norm", "padding")}
         per_step = passes.count("random_mismatch") / 3
         assert passes.count("ga") == 3 and (per_step > 3 if cost == 0 else per_step == 1), (cost, passes)
+    padding = {cost: series[cost].pop("padding") for cost in series}
+    assert max(padding[0]) < min(padding[10**9]), padding  # the logged padding falls with the cut
     for tag, values in series[0].items():
         assert values == pytest.approx(series[10**9][tag], rel=1e-5), tag

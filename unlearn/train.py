@@ -126,7 +126,7 @@ class Loop:
         batches = self._micro_batches(state, {name for *_, name in parts})
         n_micro = len(next(iter(batches.values())))
         sums: dict[str, float] = {}
-        tokens = 0
+        tokens = padded = 0  # real and padded tokens through the policy (this rank)
         bad_loss = False
         lr = self.engine.get_lr()[0]  # the rate this step applies (the scheduler advances in step())
         t0 = time.time()
@@ -138,6 +138,7 @@ class Loop:
                 sums[f"{metric}/loss"] = sums.get(f"{metric}/loss", 0.0) + loss.item() / n_micro
                 sums[f"{metric}/nll"] = sums.get(f"{metric}/nll", 0.0) + nll.item() / n_micro
                 tokens += sum(int(c["attention_mask"].sum()) for c in batches[name][k])
+                padded += sum(c["attention_mask"].numel() for c in batches[name][k])
             # A non-finite loss on any rank spoils the whole optimizer step: NaN gradients make
             # DeepSpeed discard it while its micro-step counters stay in step (see unlearn.guards).
             bad_loss = bad_loss or not guards.finite_everywhere(total, self.env)
@@ -153,6 +154,7 @@ class Loop:
         seconds = max(time.time() - t0, 1e-9)
         metrics["tokens_per_s"] = tokens * self.env.world_size / seconds
         metrics["step_time_s"] = seconds
+        metrics["padding"] = padded / tokens - 1 if tokens else 0.0  # compute spent on pad tokens
         metrics["phase"] = {FORGET: 0.0, RETAIN: 1.0, JOINT: 2.0}[phase]
         return metrics
 
