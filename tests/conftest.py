@@ -36,14 +36,22 @@ def shared_data() -> Path:
     return SHARED_DATA
 
 
+RENDEZVOUS = ("RANK", "LOCAL_RANK", "WORLD_SIZE", "LOCAL_WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT")
+
+
+def child_env(extra: dict | None = None) -> dict[str, str]:
+    """This process's environment for a child process, without the rendezvous of `dist_env`: a child
+    that inherited MASTER_PORT would try to listen on the port this process already holds."""
+    return {**{k: v for k, v in os.environ.items() if k not in RENDEZVOUS}, **(extra or {})}
+
+
 def launch(script: str, args: list[str], *, nprocs: int = 1, cwd: Path | None = None,
            timeout: int = 300, env: dict | None = None) -> subprocess.CompletedProcess:
     """Run launch/<script> (or a repo-relative path) under the real `deepspeed` launcher."""
     path = ROOT / script if "/" in script else ROOT / "launch" / script
     cmd = [str(Path(sys.executable).parent / "deepspeed"), "--num_gpus", str(nprocs),
            "--master_port", str(_free_port()), str(path), *args]
-    full_env = {**os.environ, **(env or {})}
-    return subprocess.run(cmd, cwd=cwd or ROOT, capture_output=True, text=True, timeout=timeout, env=full_env)
+    return subprocess.run(cmd, cwd=cwd or ROOT, capture_output=True, text=True, timeout=timeout, env=child_env(env))
 
 
 def _free_port() -> int:

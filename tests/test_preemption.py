@@ -16,7 +16,7 @@ import pytest
 
 from unlearn import checkpoint, guards
 from unlearn.errors import EXIT_REQUEUE
-from tests.conftest import ROOT, _free_port
+from tests.conftest import ROOT, _free_port, child_env
 
 
 @pytest.mark.parametrize("sig", [signal.SIGUSR1, signal.SIGTERM])
@@ -39,7 +39,7 @@ def test_signal_to_one_rank_saves_on_all_ranks_and_exits_3(demo_dir, tmp_path):
            f"data.retain={demo_dir / 'retain.txt'}", "data.max_length=32", "train.micro_batch_size=2",
            "train.global_batch_size=4", "train.max_steps=400", "train.save_every_n_steps=0",
            f"run.output_dir={tmp_path / 'runs'}", "run.name=pre2", "train.log_every_n_steps=1"]
-    env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1", "OMP_NUM_THREADS": "1"}
+    env = child_env({"HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1", "OMP_NUM_THREADS": "1"})
     proc = subprocess.Popen(cmd, env=env, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
                             start_new_session=True)
     try:

@@ -16,13 +16,13 @@ import torch
 
 from unlearn import checkpoint
 from unlearn.errors import EXIT_REQUEUE
-from tests.conftest import ROOT, _free_port, dropout_model
+from tests.conftest import ROOT, _free_port, child_env, dropout_model
 
 pytestmark = pytest.mark.slow
 
 STEPS = 16
 SAVE_EVERY = 2
-ENV = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1", "OMP_NUM_THREADS": "1"}
+ENV = child_env({"HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1", "OMP_NUM_THREADS": "1"})
 
 
 
