@@ -3,7 +3,8 @@
 #   opt-1.3b  batch 2 (the paper's): reference loop vs ours bf16 ZeRO-2 / ZeRO-3 / LoRA / LoRA on 8-bit
 #   opt-1.3b  batch 16: ours bf16 ZeRO-2 / ZeRO-3 (model FLOPs utilisation at a useful batch)
 #   opt-6.7b  ours LoRA and LoRA on an 8-bit base (< 24 GB goal)
-#   opt-2.7b  ours bf16 ZeRO-2 (all weights + reference) and ZeRO-3 with CPU offload (< 40 GB goal)
+#   opt-2.7b  ours bf16 ZeRO-2 (all weights + reference), with 8-bit AdamW under ZeRO-2 and ZeRO-3,
+#             and ZeRO-3 with CPU offload (< 40 GB goal)
 # Usage: bash slurm/bench_gpu.sh | make bench-gpu | sbatch slurm/bench_gpu.sh  (about 7 minutes)
 # Environment: FORGET / RETAIN (data files; default the demo's), MAX_LENGTH (default 256),
 #   STEPS / WARMUP (timed / untimed steps, default 5 / 2), BENCH_OUT (default runs/bench),
@@ -40,5 +41,5 @@ bench() {  # name, then launch/bench.py arguments
 bench opt-1.3b --preset opt-1.3b --variants baseline,ours-bf16,ours-zero3,ours-lora,ours-lora-8bit
 bench opt-1.3b-batch16 --preset opt-1.3b --batch 16 --variants ours-bf16,ours-zero3
 bench opt-6.7b --preset opt-6.7b --variants ours-lora,ours-lora-8bit
-bench opt-2.7b --preset opt-2.7b --variants ours-bf16,ours-zero3-offload
+bench opt-2.7b --preset opt-2.7b --variants ours-bf16,ours-bf16-adam8bit,ours-zero3-adam8bit,ours-zero3-offload
 exit $failed

@@ -9,7 +9,6 @@ CPU budget: each process spends seconds importing torch)."""
 from __future__ import annotations
 
 import json
-import os
 import subprocess
 import sys
 import time
@@ -21,7 +20,7 @@ import pytest
 from unlearn import checkpoint
 from unlearn.cli import train_main
 from unlearn.errors import UserError
-from tests.conftest import ROOT, _free_port
+from tests.conftest import ROOT, _free_port, child_env
 
 PYTHON = sys.executable
 ZERO2 = str(ROOT / "ds_configs" / "zero2.json")
@@ -97,6 +96,11 @@ def _cases(f: dict[str, str], demo: Path, out: str) -> dict[str, tuple[list[str]
         "resume_and_overwrite": (z2 + ok + ["run.name=x", "--resume", "--overwrite"], ["contradict"]),
         "resume_unnamed": (z2 + ok + ["--resume"], ["--resume needs run.name"]),
         "pass_cost": (z2 + ok + ["data.mismatch_pass_cost=-1"], ["data.mismatch_pass_cost=-1", "expected >= 0"]),
+        "optimizer": (z2 + ok + ["optim.name=adam8bit"], ["optim.name 'adam8bit' is unknown",
+                                                          "expected one of: adamw, adamw8bit"]),
+        "offload_8bit_adam": (["--ds_config", str(ROOT / "ds_configs" / "zero3_offload.json")] + ok
+                              + ["optim.name=adamw8bit"], ["adamw8bit with zero_optimization.offload_optimizer",
+                                                           "expected optim.name=adamw"]),
         "batch_split": (z2 + ok + ["train.global_batch_size=6", "train.micro_batch_size=4"],
                         ["global_batch_size=6 is not a multiple", "micro_batch_size x world size"]),
     }
@@ -119,7 +123,7 @@ def processes(setup):
     argvs = _cases(setup["files"], setup["demo"], str(setup["out"]))
     cases = {name: [PYTHON, str(ROOT / "launch" / "unlearn.py"), *argvs[name][0]] for name in SUBPROCESS}
     cases["eval_incomplete"] = [PYTHON, str(ROOT / "launch" / "evaluate.py"), setup["files"]["half_checkpoint"]]
-    env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1", "OMP_NUM_THREADS": "1"}
+    env = child_env({"HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1", "OMP_NUM_THREADS": "1"})
     pending, running, done = list(cases.items()), {}, {}
     while pending or running:
         while pending and len(running) < 3:
@@ -215,7 +219,7 @@ def test_an_error_on_one_rank_does_not_hang_the_other(tmp_path):
            str(script)]
     t0 = time.time()
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=120, start_new_session=True,
-                          env={**os.environ, "OMP_NUM_THREADS": "1"})
+                          env=child_env({"OMP_NUM_THREADS": "1"}))
     assert proc.returncode != 0
     assert "error: rank 1 cannot go on; expected every rank to pass" in proc.stderr
     assert time.time() - t0 < 90, "the launcher should end rank 0 (SIGTERM, SIGKILL after 30 s)"

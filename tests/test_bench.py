@@ -11,14 +11,15 @@ import sys
 
 import pytest
 
-from conftest import ROOT
+from conftest import ROOT, child_env
 
-NUMERIC = ("step_s", "tokens_per_s", "cpu_step_s", "tokens_per_cpu_s", "tokens_per_step", "rss_peak_gib")
+NUMERIC = ("step_s", "tokens_per_s", "cpu_step_s", "tokens_per_cpu_s", "tokens_per_step", "rss_peak_gib",
+           "optimizer_state_gib")
 
 
 def _bench(args: list[str], tmp_path) -> subprocess.CompletedProcess:
     return subprocess.run([sys.executable, str(ROOT / "launch" / "bench.py"), "--work-dir", str(tmp_path / "work"),
-                           *args], capture_output=True, text=True, timeout=600, cwd=tmp_path)
+                           *args], capture_output=True, text=True, timeout=600, cwd=tmp_path, env=child_env())
 
 
 @pytest.mark.slow
@@ -42,6 +43,12 @@ def test_smoke_runs_every_variant_on_the_same_workload(tmp_path):
     assert rows["baseline"]["padded_tokens_per_step"] == 14 * 64         # padded to --max-length
     assert rows["baseline-dynpad"]["padded_tokens_per_step"] < 14 * 64
     assert rows["baseline"]["speedup_vs_baseline"] == pytest.approx(1.0)
+    # AdamW holds two fp32 moments per parameter (8 bytes), the 8-bit one two uint8 moments + block scales
+    state = {name: row["optimizer_state_gib"] * 2**30 / report["parameters"] for name, row in rows.items()}
+    assert state["baseline"] == pytest.approx(8, rel=0.01) and state["ours-bf16"] == pytest.approx(8, rel=0.01)
+    for name in ("ours-fp32-adam8bit", "ours-bf16-adam8bit", "ours-zero3-adam8bit"):
+        assert 2 <= state[name] < 2.1, (name, state[name])
+    assert state["ours-lora"] < 1                                         # adapters only
     assert report["isolated"] is False and report["parameters"] > 0
     assert set(report["padding"]) == {"forget", "retain"}
     assert all(0 <= p["grouped"] <= p["shuffled"] for p in report["padding"].values()), report["padding"]

@@ -64,11 +64,12 @@ def _nan_logits_on(engine, calls: set[int]):
     return engine.module.register_forward_hook(hook)
 
 
-@pytest.mark.parametrize("stage,bf16,accum", [(2, False, 1), (2, False, 2), (2, True, 1), (3, False, 1),
-                                              (1, False, 2)])
-def test_nonfinite_loss_skips_the_whole_step(demo_dir, dist_env, tmp_path, stage, bf16, accum):
+@pytest.mark.parametrize("stage,bf16,accum,optim", [(2, False, 1, "adamw"), (2, False, 2, "adamw"),
+                                                    (2, True, 1, "adamw"), (3, False, 1, "adamw"),
+                                                    (1, False, 2, "adamw"), (2, True, 1, "adamw8bit")])
+def test_nonfinite_loss_skips_the_whole_step(demo_dir, dist_env, tmp_path, stage, bf16, accum, optim):
     # global batch 2 = micro 1 x accum 2 when accum=2: the NaN hits only the FIRST micro-batch
-    extra = ("train.micro_batch_size=1",) if accum == 2 else ()
+    extra = (f"optim.name={optim}",) + (("train.micro_batch_size=1",) if accum == 2 else ())
     loop, state = _loop(demo_dir, tmp_path, dist_env, stage, *extra, bf16=bf16)
     loop.step(state)  # one good step first: AdamW momentum would move weights on a zero-gradient step
     before = _weights(loop.engine)

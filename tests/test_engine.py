@@ -91,3 +91,57 @@ def test_precision_left_out_means_bf16_where_the_hardware_has_it(monkeypatch):
     assert ds["bf16"] == {"enabled": True} and engines.dtype_of(ds) == torch.bfloat16
     said = engines.read_ds_config(ROOT / "ds_configs" / "zero2.json", {"bf16": {"enabled": False}})
     assert said["bf16"] == {"enabled": False}                      # a precision the user says is kept
+
+
+def _flat_weights(eng) -> torch.Tensor:
+    with checkpoint._gathered(eng):
+        return torch.cat([p.detach().flatten().clone() for p in eng.module.parameters()])
+
+
+def _train(eng, batch, steps: int) -> list[float]:
+    losses = []
+    for _ in range(steps):
+        loss = eng(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], labels=batch["labels"]).loss
+        eng.backward(loss)
+        eng.step()
+        losses.append(loss.item())
+    return losses
+
+
+@pytest.mark.parametrize("stage", [2, 3])
+def test_adamw8bit_keeps_8bit_moments_steps_like_adamw_and_resumes_exactly(demo_dir, dist_env, tmp_path, stage):
+    """optim.name=adamw8bit: bitsandbytes' AdamW8bit under ZeRO holds one uint8 byte per moment per
+    parameter, moves the weights as fp32 AdamW does, and resumes bit-exactly from a checkpoint; a
+    resume with the other optimizer is a one-line error, not a crash inside DeepSpeed."""
+    from unlearn.errors import UserError
+
+    cfg, eng = _engine(demo_dir, stage, dist_env, ["optim.name=adamw8bit", "optim.lr=1e-3"])
+    tok = models.load_tokenizer(cfg.model)
+    batch = data.collate(data.text_samples([(demo_dir / "forget.txt").read_text()], tok, 32)[:2], tok.pad_token_id)
+    initial = _flat_weights(eng)
+    _train(eng, batch, 3)
+    n_params = initial.numel()
+    (state,) = eng.optimizer.optimizer.state.values()     # ZeRO's one flat fp32 partition (one rank)
+    assert state["state1"].dtype == state["state2"].dtype == torch.uint8
+    assert state["state1"].numel() >= n_params and state["state2"].numel() >= n_params
+    moved8 = _flat_weights(eng) - initial
+
+    _, ref = _engine(demo_dir, stage, dist_env, ["optim.lr=1e-3"])
+    _train(ref, batch, 3)
+    moved32 = _flat_weights(ref) - initial
+    ref.destroy()
+    cos = torch.nn.functional.cosine_similarity(moved8, moved32, dim=0)
+    assert moved32.abs().max() > 1e-3 and cos > 0.999, cos
+    assert (moved8 - moved32).norm() < 0.05 * moved32.norm()
+
+    ckpt = checkpoint.save(eng, tok, cfg, tmp_path, 3, dist_env, {"step": 3, "streams": {}})
+    assert json.loads((ckpt / "meta.json").read_text())["optimizer"] == "AdamW8bit"
+    straight = _train(eng, batch, 2)
+    checkpoint.load_for_resume(eng, ckpt, dist_env)
+    assert _train(eng, batch, 2) == straight
+    eng.destroy()
+
+    _, plain = _engine(demo_dir, stage, dist_env)
+    with pytest.raises(UserError, match="optimizer=AdamW8bit, this run has optimizer=AdamW"):
+        checkpoint.load_for_resume(plain, ckpt, dist_env)
+    plain.destroy()

@@ -92,6 +92,7 @@ def _meta(cfg: Config, engine, env: DistEnv, step: int, extra: dict[str, Any]) -
         "step": step,
         "world_size": env.world_size,
         "zero_stage": engine.zero_optimization_stage(),
+        "optimizer": optimizer_name(engine),
         "dtype": str(next(engine.module.parameters()).dtype).replace("torch.", ""),
         "lora": is_peft(engine.module),
         "base_model": cfg.model.name_or_path,
@@ -160,6 +161,12 @@ def prune(run_dir: Path, keep_last_n: int, env: DistEnv) -> None:
         shutil.rmtree(old)
 
 
+def optimizer_name(engine) -> str:
+    """The class of the optimizer under DeepSpeed's ZeRO wrapper (whose state a resume must match)."""
+    opt = engine.optimizer
+    return type(getattr(opt, "optimizer", opt)).__name__
+
+
 def load_for_resume(engine, ckpt: Path, env: DistEnv) -> dict[str, Any]:
     """Restore engine, optimizer, LR schedule and RNG; returns the saved client state."""
     require_complete(ckpt)
@@ -168,11 +175,13 @@ def load_for_resume(engine, ckpt: Path, env: DistEnv) -> dict[str, Any]:
         raise UserError(f"checkpoint '{ckpt}' has no engine state; expected one saved with "
                         "train.save_engine_state=true to resume")
     meta = json.loads((ckpt / "meta.json").read_text())
-    now = {"world_size": env.world_size, "zero_stage": engine.zero_optimization_stage()}
+    now = {"world_size": env.world_size, "zero_stage": engine.zero_optimization_stage(),
+           "optimizer": optimizer_name(engine)}
     for key, value in now.items():
         if meta.get(key, value) != value:
             raise UserError(f"checkpoint '{ckpt}' was saved with {key}={meta[key]}, this run has {key}={value}; "
-                            "expected the same number of ranks and ZeRO stage as the original run to resume")
+                            "expected the same number of ranks, ZeRO stage and optimizer (optim.name) as the "
+                            "original run to resume")
     rng = engine_dir / f"rng_rank{env.rank}.pt"
     if not rng.is_file():
         raise UserError(f"checkpoint '{ckpt}' lacks {ENGINE_DIR}/{rng.name}; expected the RNG state of "

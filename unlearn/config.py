@@ -122,6 +122,9 @@ class MethodConfig:
 
 @dataclass(frozen=True)
 class OptimConfig:
+    name: str = "adamw"
+    """adamw (torch, fp32 moments: 8 bytes per trainable parameter) | adamw8bit (bitsandbytes,
+    block-wise 8-bit moments: 2 bytes; the update still lands on fp32 master weights)."""
     lr: float = 2e-4
     """Peak learning rate."""
     weight_decay: float = 0.0

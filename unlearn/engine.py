@@ -97,10 +97,18 @@ def dtype_of(ds: dict[str, Any]) -> torch.dtype:
     return torch.float32
 
 
-def check_run_config(cfg: Config, world_size: int) -> None:
+OPTIMIZERS = ("adamw", "adamw8bit")
+
+
+def check_run_config(cfg: Config, ds: dict[str, Any], world_size: int) -> None:
     """The run-config side of the engine (before any weights are loaded)."""
     if cfg.optim.schedule not in ("linear", "constant"):
         raise UserError(f"optim.schedule '{cfg.optim.schedule}' is unknown; expected linear or constant")
+    if cfg.optim.name not in OPTIMIZERS:
+        raise UserError(f"optim.name '{cfg.optim.name}' is unknown; expected one of: {', '.join(OPTIMIZERS)}")
+    if cfg.optim.name == "adamw8bit" and not optimizer_on_device(ds):
+        raise UserError("optim.name=adamw8bit with zero_optimization.offload_optimizer; expected optim.name=adamw "
+                        "when the optimizer state lives in CPU memory (8-bit moments save GPU memory)")
     grad_accum_steps(cfg, world_size)
 
 
@@ -123,18 +131,41 @@ def full_ds_config(ds: dict[str, Any], cfg: Config, env: DistEnv) -> dict[str, A
     full["train_batch_size"] = cfg.train.global_batch_size
     full["gradient_clipping"] = cfg.optim.grad_clip
     full.setdefault("steps_per_print", 10**9)  # we log ourselves
+    if cfg.optim.name == "adamw8bit":  # passed to deepspeed.initialize as an instance (client_optimizer)
+        full["zero_allow_untested_optimizer"] = True
+        return full
     full["optimizer"] = {"type": "AdamW", "params": {
-        "lr": cfg.optim.lr, "betas": list(cfg.optim.betas), "eps": cfg.optim.eps,
-        "weight_decay": cfg.optim.weight_decay,
+        **_adamw_args(cfg),
         # torch's AdamW: DeepSpeed's fused/CPU Adam need a ~100 s JIT build on first use; torch's
         # own fused kernel (one pass over the optimizer state) where that state lives on a GPU
         "torch_adam": True, "fused": optimizer_on_gpu(ds)}}
     return full
 
 
-def optimizer_on_gpu(ds: dict[str, Any]) -> bool:
+def _adamw_args(cfg: Config) -> dict[str, Any]:
+    o = cfg.optim
+    return {"lr": o.lr, "betas": list(o.betas), "eps": o.eps, "weight_decay": o.weight_decay}
+
+
+def client_optimizer(cfg: Config):
+    """None (DeepSpeed builds AdamW from the JSON) or a factory of bitsandbytes' 8-bit AdamW, which
+    ZeRO hands its flat fp32 master partitions: one set of block-wise quantised moments per rank."""
+    if cfg.optim.name != "adamw8bit":
+        return None
+    import bitsandbytes as bnb  # only for 8-bit runs
+
+    args = _adamw_args(cfg)
+    return lambda params: bnb.optim.AdamW8bit(params, **{**args, "betas": tuple(args["betas"])})
+
+
+def optimizer_on_device(ds: dict[str, Any]) -> bool:
+    """Whether the optimizer state stays with the weights (no ZeRO offload_optimizer)."""
     offload = ds.get("zero_optimization", {}).get("offload_optimizer") or {}
-    return torch.cuda.is_available() and offload.get("device", "none") in ("none", None)
+    return offload.get("device", "none") in ("none", None)
+
+
+def optimizer_on_gpu(ds: dict[str, Any]) -> bool:
+    return torch.cuda.is_available() and optimizer_on_device(ds)
 
 
 def lr_lambda(cfg: Config, max_steps: int):
@@ -154,11 +185,11 @@ def initialize(model, ds: dict[str, Any], cfg: Config, env: DistEnv, max_steps: 
     """A DeepSpeed engine training the model's trainable parameters."""
     import deepspeed  # heavy: only when an engine is built
 
-    check_run_config(cfg, env.world_size)
+    check_run_config(cfg, ds, env.world_size)
     full = full_ds_config(ds, cfg, env)
     params = [p for p in model.parameters() if p.requires_grad]
     engine, optimizer, _, scheduler = deepspeed.initialize(
-        model=model, model_parameters=params, config=full,
+        model=model, model_parameters=params, config=full, optimizer=client_optimizer(cfg),
         lr_scheduler=lambda opt: torch.optim.lr_scheduler.LambdaLR(opt, lr_lambda(cfg, max_steps)))
     return engine
 

@@ -21,7 +21,7 @@ def check_config(cfg: Config, ds: dict[str, Any], world_size: int, *, resume: bo
         raise UserError("method.forget_loss and method.retain_loss are both 'none'; expected at least one objective")
     if cfg.method.schedule not in SCHEDULES:
         raise UserError(f"method.schedule '{cfg.method.schedule}' is unknown; expected one of: {', '.join(SCHEDULES)}")
-    engines.check_run_config(cfg, world_size)
+    engines.check_run_config(cfg, ds, world_size)
     if cfg.train.max_steps <= 0 and cfg.train.epochs <= 0:
         raise UserError(f"train.max_steps={cfg.train.max_steps}; expected a positive number of optimizer steps "
                         "(or train.epochs > 0)")

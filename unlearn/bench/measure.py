@@ -47,21 +47,29 @@ def _dist_env():
     return distributed.init()
 
 
+def optimizer_state_bytes(optimizer) -> int:
+    """Bytes of the optimizer state this rank holds (moments, quantisation scales, step counters),
+    looking through DeepSpeed's ZeRO/bf16 wrapper to the optimizer it drives."""
+    inner = getattr(optimizer, "optimizer", optimizer)
+    return sum(t.numel() * t.element_size() for state in inner.state.values() for t in state.values()
+               if torch.is_tensor(t))
+
+
 def _setup(spec: Spec):
-    """(step function taking the step's samples, config, sets) of the variant."""
+    """(step function taking the step's samples, config, sets, optimizer) of the variant."""
     v = variant(spec.variant)
     cfg = workload.run_config(spec, v)
     if v.loop == "ours":
         from unlearn.bench.ours import OurStep
 
         ours = OurStep(spec, v, _dist_env())
-        return (lambda batches: ours.step()), cfg, ours.sets
+        return (lambda batches: ours.step()), cfg, ours.sets, ours.engine.optimizer
     tokenizer = models.load_tokenizer(cfg.model)
     sets = sample_sets.load_sets(cfg, tokenizer, distributed.env_from_os())
     device = torch.device("cuda") if torch.cuda.is_available() else torch.device("cpu")
     base = BaselineLoop(spec.model_dir, device, spec.lr, tokenizer.pad_token_id,
                         spec.max_length if v.padding == "max" else None)
-    return (lambda b: base.step(b["forget"], b["mismatch"], b["retain"])), cfg, sets
+    return (lambda b: base.step(b["forget"], b["mismatch"], b["retain"])), cfg, sets, base.optimizer
 
 
 def measure(spec: Spec) -> dict:
@@ -70,7 +78,7 @@ def measure(spec: Spec) -> dict:
     train.set_seed(spec.seed, 0)
     cuda = torch.cuda.is_available()
     t_setup = time.perf_counter()
-    step, cfg, sets = _setup(spec)
+    step, cfg, sets, optimizer = _setup(spec)
     setup_s = time.perf_counter() - t_setup
     rss_setup = _rss_peak_gib()
     shadow = workload.streams(cfg, sets)  # the same order the step's own streams follow
@@ -101,6 +109,7 @@ def measure(spec: Spec) -> dict:
         "tokens_per_s": train_tokens / total, "tokens_per_step": train_tokens / len(times),
         "ref_tokens_per_step": ref_tokens / len(times), "padded_tokens_per_step": padded / len(times),
         "rss_peak_setup_gib": round(rss_setup, 3), "rss_peak_gib": round(_rss_peak_gib(), 3),
+        "optimizer_state_gib": optimizer_state_bytes(optimizer) / 2**30,
         "threads": torch.get_num_threads(), "device": "cuda" if cuda else "cpu",
     }
     if cuda:

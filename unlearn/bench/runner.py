@@ -95,7 +95,8 @@ def _summarise(name: str, runs: list[dict], n_params: int, peak: float | None) -
            "tokens_per_cpu_s": statistics.median(r["tokens_per_cpu_s"] for r in ok),
            "tokens_per_step": ok[0]["tokens_per_step"], "ref_tokens_per_step": ok[0]["ref_tokens_per_step"],
            "padded_tokens_per_step": ok[0]["padded_tokens_per_step"],
-           "rss_peak_gib": max(r["rss_peak_gib"] for r in ok), "repeats": runs}
+           "rss_peak_gib": max(r["rss_peak_gib"] for r in ok),
+           "optimizer_state_gib": max(r["optimizer_state_gib"] for r in ok), "repeats": runs}
     if "gpu_peak_gib" in ok[0]:
         row["gpu_peak_gib"] = max(r["gpu_peak_gib"] for r in ok)
     if peak:  # model FLOPs per token: forward 2N, backward 4N (2N with LoRA: no weight gradients of
@@ -160,7 +161,7 @@ def table(report: dict) -> str:
     """A fixed-width table of the report's median rows."""
     mem = "gpu_peak_gib" if any("gpu_peak_gib" in r for r in report["results"]) else "rss_peak_gib"
     head = (f"{'variant':<20} {'status':<8} {'s/step':>8} {'tokens/s':>10} {'x base':>7} {'cpu s/step':>10} "
-            f"{'x base':>7} {mem:>13} {'MFU':>6}")
+            f"{'x base':>7} {mem:>13} {'optimizer_gib':>13} {'MFU':>6}")
     lines = [f"{report['preset']} (x1/{report['scale_down']}, {report['parameters'] / 1e6:.1f}M params) on "
              f"{report['device']}, batch {report['spec']['batch']}", head]
     for r in report["results"]:
@@ -171,7 +172,7 @@ def table(report: dict) -> str:
         xc = f"{r['cpu_speedup_vs_baseline']:.2f}" if "cpu_speedup_vs_baseline" in r else "-"
         mfu = f"{100 * r['mfu']:.1f}%" if "mfu" in r else "-"
         lines.append(f"{r['variant']:<20} {'ok':<8} {r['step_s']:>8.3f} {r['tokens_per_s']:>10.0f} {x:>7} "
-                     f"{r['cpu_step_s']:>10.3f} {xc:>7} {r[mem]:>13.2f} {mfu:>6}")
+                     f"{r['cpu_step_s']:>10.3f} {xc:>7} {r[mem]:>13.2f} {r['optimizer_state_gib']:>13.3f} {mfu:>6}")
     pads = "; ".join(f"{name} {100 * p['shuffled']:.1f}% shuffled, {100 * p['grouped']:.1f}% length-grouped"
                      for name, p in report.get("padding", {}).items())
     if pads:

@@ -51,7 +51,7 @@ def run_config(spec: Spec, v: Variant) -> Config:
                         max_length=spec.max_length, group_by_length=spec.group_by_length,
                         mismatch_pass_cost=spec.mismatch_pass_cost),
         method=MethodConfig(forget_loss="ga", retain_loss="kl", mismatch_weight=1.0, schedule="joint"),
-        optim=OptimConfig(lr=spec.lr, schedule="constant"),
+        optim=OptimConfig(name=v.optimizer, lr=spec.lr, schedule="constant"),
         train=TrainConfig(micro_batch_size=spec.batch, global_batch_size=spec.batch, seed=spec.seed,
                           max_steps=spec.warmup + spec.steps),
         run=RunConfig(name="bench", output_dir=str(Path(spec.model_dir).parent / "runs")))
