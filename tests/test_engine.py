@@ -12,10 +12,10 @@ from unlearn.config_io import load_config
 from tests.conftest import ROOT
 
 
-def _engine(demo_dir, stage: int, env, extra=()):
+def _engine(demo_dir, stage: int, env, extra=(), ds_patch=None):
     cfg, _ = load_config(overrides=[f"model.name_or_path={demo_dir / 'init'}", "train.micro_batch_size=2",
                                     "train.global_batch_size=2", "optim.lr=1e-2", *extra])
-    ds = engines.read_ds_config(ROOT / "ds_configs" / f"zero{stage}.json")
+    ds = engines.read_ds_config(ROOT / "ds_configs" / f"zero{stage}.json", ds_patch)
     policy = models.load_policy(cfg.model)
     return cfg, engines.initialize(policy, ds, cfg, env, max_steps=10)
 
@@ -145,3 +145,29 @@ def test_adamw8bit_keeps_8bit_moments_steps_like_adamw_and_resumes_exactly(demo_
     with pytest.raises(UserError, match="optimizer=AdamW8bit, this run has optimizer=AdamW"):
         checkpoint.load_for_resume(plain, ckpt, dist_env)
     plain.destroy()
+
+
+def test_zero3_sub_groups_smaller_than_the_model_train_the_same(demo_dir, dist_env, tmp_path):
+    """ds_configs/zero3.json's sub_group_size bounds the fp32 gradient copy made at the optimizer step
+    (1e8 elements: 0.4 GB instead of a whole 2.7b model's 10.6 GB); AdamW is elementwise, so cutting
+    the partition into sub-groups leaves the weights unchanged. The optimizer state is saved per
+    sub-group, so a resume with another cut is a one-line error."""
+    from unlearn.errors import UserError
+
+    assert engines.read_ds_config(ROOT / "ds_configs" / "zero3.json")["zero_optimization"]["sub_group_size"] == 10**8
+    cfg, whole = _engine(demo_dir, 3, dist_env)
+    tok = models.load_tokenizer(cfg.model)
+    batch = data.collate(data.text_samples([(demo_dir / "forget.txt").read_text()], tok, 32)[:2], tok.pad_token_id)
+    expected = _train(whole, batch, 3)
+    weights = _flat_weights(whole)
+    whole.destroy()
+    _, cut = _engine(demo_dir, 3, dist_env, ds_patch={"zero_optimization": {"sub_group_size": 50_000}})
+    assert len(cut.optimizer.fp32_partitioned_groups_flat) > 10     # the tiny model in many sub-groups
+    assert _train(cut, batch, 3) == expected
+    assert torch.equal(_flat_weights(cut), weights)
+    ckpt = checkpoint.save(cut, tok, cfg, tmp_path, 3, dist_env, {"step": 3, "streams": {}})
+    cut.destroy()
+    _, other = _engine(demo_dir, 3, dist_env)
+    with pytest.raises(UserError, match=r"zero3_sub_groups=\d+, this run has zero3_sub_groups=1;"):
+        checkpoint.load_for_resume(other, ckpt, dist_env)
+    other.destroy()

@@ -90,9 +90,7 @@ def save_weights(engine, tokenizer, out: Path, env: DistEnv) -> None:
 def _meta(cfg: Config, engine, env: DistEnv, step: int, extra: dict[str, Any]) -> dict[str, Any]:
     return {
         "step": step,
-        "world_size": env.world_size,
-        "zero_stage": engine.zero_optimization_stage(),
-        "optimizer": optimizer_name(engine),
+        **state_layout(engine, env),
         "dtype": str(next(engine.module.parameters()).dtype).replace("torch.", ""),
         "lora": is_peft(engine.module),
         "base_model": cfg.model.name_or_path,
@@ -167,6 +165,15 @@ def optimizer_name(engine) -> str:
     return type(getattr(opt, "optimizer", opt)).__name__
 
 
+def state_layout(engine, env: DistEnv) -> dict[str, Any]:
+    """What the saved optimizer state's shape depends on: a resume must match every value."""
+    layout = {"world_size": env.world_size, "zero_stage": engine.zero_optimization_stage(),
+              "optimizer": optimizer_name(engine)}
+    if layout["zero_stage"] == 3:  # one flat fp32 partition per sub-group (zero_optimization.sub_group_size)
+        layout["zero3_sub_groups"] = len(engine.optimizer.fp32_partitioned_groups_flat)
+    return layout
+
+
 def load_for_resume(engine, ckpt: Path, env: DistEnv) -> dict[str, Any]:
     """Restore engine, optimizer, LR schedule and RNG; returns the saved client state."""
     require_complete(ckpt)
@@ -175,13 +182,11 @@ def load_for_resume(engine, ckpt: Path, env: DistEnv) -> dict[str, Any]:
         raise UserError(f"checkpoint '{ckpt}' has no engine state; expected one saved with "
                         "train.save_engine_state=true to resume")
     meta = json.loads((ckpt / "meta.json").read_text())
-    now = {"world_size": env.world_size, "zero_stage": engine.zero_optimization_stage(),
-           "optimizer": optimizer_name(engine)}
-    for key, value in now.items():
+    for key, value in state_layout(engine, env).items():
         if meta.get(key, value) != value:
             raise UserError(f"checkpoint '{ckpt}' was saved with {key}={meta[key]}, this run has {key}={value}; "
-                            "expected the same number of ranks, ZeRO stage and optimizer (optim.name) as the "
-                            "original run to resume")
+                            "expected the same number of ranks, ZeRO stage, optimizer (optim.name) and ZeRO-3 "
+                            "sub_group_size as the original run to resume")
     rng = engine_dir / f"rng_rank{env.rank}.pt"
     if not rng.is_file():
         raise UserError(f"checkpoint '{ckpt}' lacks {ENGINE_DIR}/{rng.name}; expected the RNG state of "
