@@ -11,13 +11,12 @@ Prints the JSON report, then a table (tokens/s, s/step, peak memory, x baseline,
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout without install
 
-from unlearn.errors import UserError  # noqa: E402
+from unlearn.errors import guarded  # noqa: E402
 
 
 def parse(argv: list[str] | None):
@@ -49,35 +48,13 @@ def parse(argv: list[str] | None):
 
 def main(argv: list[str] | None = None) -> None:
     args = parse(argv)
-    from unlearn.bench import presets, runner
-    from unlearn.bench.workload import Spec
 
-    try:
-        names = tuple(presets.VARIANTS) if args.variants == "all" else \
-            tuple(v.strip() for v in args.variants.split(",") if v.strip())
-        if args.smoke:
-            names = names or tuple(presets.VARIANTS)
-            args.steps, args.warmup, args.repeats, args.in_process = 1, 0, 1, True
-        if min(args.batch, args.steps, args.repeats, args.max_length) < 1 or \
-                min(args.warmup, args.mismatch_pass_cost) < 0:
-            raise UserError("--batch, --steps, --repeats and --max-length must be >= 1; "
-                            "--warmup and --mismatch-pass-cost >= 0")
-        opts = runner.Options(preset=args.preset, scale_down=args.scale_down, variants=names,
-                              repeats=args.repeats, in_process=args.in_process, work_dir=args.work_dir,
-                              forget=args.forget, retain=args.retain)
-        spec = Spec(variant="", model_dir="", forget="", retain="", batch=args.batch, max_length=args.max_length,
-                    steps=args.steps, warmup=args.warmup, threads=args.threads,
-                    group_by_length=not args.no_group_by_length, mismatch_pass_cost=args.mismatch_pass_cost)
-        report = runner.run(opts, spec)
-    except UserError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        raise SystemExit(2) from None
-    text = json.dumps(report, indent=1)
-    print(text)
-    if args.json:
-        Path(args.json).parent.mkdir(parents=True, exist_ok=True)
-        Path(args.json).write_text(text + "\n")
-    print(runner.table(report))
+    def job() -> None:
+        from unlearn.bench import runner
+
+        runner.main(args)
+
+    guarded(job)
 
 
 if __name__ == "__main__":

@@ -14,7 +14,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout without install
 
-from unlearn.cli import guarded  # noqa: E402
+from unlearn.errors import guarded  # noqa: E402
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -32,7 +32,7 @@ def main(argv: list[str] | None = None) -> None:
     args = p.parse_args(argv)
 
     def job() -> None:
-        from unlearn.judge_training import train_judge
+        from unlearn.eval.judge_training import train_judge
 
         labels = [c.strip() for c in args.labels.split(",") if c.strip()]
         info = train_judge(args.data, args.base, args.out, args.text_column, labels, args.epochs, args.lr,

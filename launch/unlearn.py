@@ -11,7 +11,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout without install
 
-from unlearn.cli import train_main  # noqa: E402
+from unlearn.train.main import train_main  # noqa: E402
 
 if __name__ == "__main__":
     train_main(__doc__, sys.argv[1:])

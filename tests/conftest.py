@@ -76,7 +76,7 @@ def dist_env():
 @pytest.fixture
 def references(monkeypatch) -> list:
     """Every train.Reference that train() builds, kept for inspection after the run."""
-    from unlearn import train as train_mod
+    from unlearn.train import loop as train_mod
 
     made = []
 

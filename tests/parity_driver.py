@@ -61,7 +61,7 @@ def main() -> None:
 
     from unlearn.config_io import load_config
     from unlearn.distributed import barrier, env_from_os
-    from unlearn.train import train
+    from unlearn.train.loop import train
 
     result = {}
     for i, name in enumerate(args.methods.split(",")):

@@ -17,10 +17,10 @@ from pathlib import Path
 
 import pytest
 
-from unlearn import checkpoint
-from unlearn.cli import train_main
-from unlearn.errors import UserError
 from tests.conftest import ROOT, _free_port, child_env
+from unlearn import runs
+from unlearn.errors import UserError
+from unlearn.train.main import train_main
 
 PYTHON = sys.executable
 ZERO2 = str(ROOT / "ds_configs" / "zero2.json")
@@ -184,20 +184,21 @@ def test_nothing_was_created_or_overwritten(setup, processes):
 def test_require_complete(tmp_path):
     half = tmp_path / "step-000001"
     with pytest.raises(UserError, match="not found"):
-        checkpoint.require_complete(half)
+        runs.require_complete(half)
     half.mkdir()
     (half / "model.safetensors").write_bytes(b"partial")
     with pytest.raises(UserError, match="no COMPLETE marker"):
-        checkpoint.require_complete(half)
+        runs.require_complete(half)
     (half / "COMPLETE").write_text("1\n")
-    checkpoint.require_complete(half)
+    runs.require_complete(half)
 
 
 ONE_RANK_FAILS = """
 import sys
 sys.path.insert(0, {root!r})
-from unlearn import distributed, guards
-from unlearn.cli import guarded
+from unlearn import distributed
+from unlearn.train import guards
+from unlearn.errors import guarded
 from unlearn.errors import UserError
 
 def job():

@@ -8,10 +8,13 @@ import json
 
 import pytest
 
-from unlearn import checkpoint, engine as engines, model as models
+from tests.conftest import ROOT
+from unlearn import model as models
+from unlearn import runs
 from unlearn.config_io import load_config
 from unlearn.errors import UserError
-from tests.conftest import ROOT
+from unlearn.train import checkpoint
+from unlearn.train import engine as engines
 
 
 @pytest.fixture(scope="module")
@@ -45,13 +48,13 @@ def test_a_save_that_fails_halfway_never_damages_the_previous_one(saved, tmp_pat
     with pytest.raises(OSError):
         _save(saved, tmp_path, 4)
     monkeypatch.undo()
-    assert checkpoint.complete_checkpoints(tmp_path) == [good]
+    assert runs.complete_checkpoints(tmp_path) == [good]
     assert _snapshot(good) == before
-    assert not checkpoint.step_dir(tmp_path, 4).exists()
+    assert not runs.step_dir(tmp_path, 4).exists()
     leftover = tmp_path / "checkpoints" / ".step-000004.tmp"
     assert (leftover / "model.safetensors").is_file() and not (leftover / "COMPLETE").exists()
     with pytest.raises(UserError, match="no COMPLETE marker"):
-        checkpoint.require_complete(leftover)  # what evaluation calls before reading a folder
+        runs.require_complete(leftover)  # what evaluation calls before reading a folder
 
     checkpoint.remove_partial(tmp_path, saved[3])  # what a resumed run does first
     assert sorted(p.name for p in (tmp_path / "checkpoints").iterdir()) == ["step-000002"]
@@ -70,13 +73,13 @@ def test_keep_last_n_keeps_the_newest_complete(saved, tmp_path):
     for step in (1, 2, 3, 4):
         _save(saved, tmp_path, step)
     checkpoint.prune(tmp_path, 2, saved[3])
-    assert [p.name for p in checkpoint.complete_checkpoints(tmp_path)] == ["step-000003", "step-000004"]
-    half = checkpoint.step_dir(tmp_path, 5)  # a newer folder without COMPLETE does not count
+    assert [p.name for p in runs.complete_checkpoints(tmp_path)] == ["step-000003", "step-000004"]
+    half = runs.step_dir(tmp_path, 5)  # a newer folder without COMPLETE does not count
     half.mkdir()
     checkpoint.prune(tmp_path, 1, saved[3])
-    assert [p.name for p in checkpoint.complete_checkpoints(tmp_path)] == ["step-000004"]
+    assert [p.name for p in runs.complete_checkpoints(tmp_path)] == ["step-000004"]
     checkpoint.prune(tmp_path, 0, saved[3])  # 0 = keep all
-    assert [p.name for p in checkpoint.complete_checkpoints(tmp_path)] == ["step-000004"]
+    assert [p.name for p in runs.complete_checkpoints(tmp_path)] == ["step-000004"]
 
 
 def test_resume_refuses_another_world_size(saved, tmp_path):

@@ -294,8 +294,8 @@ def test_hub_sources_pass_subset_split_and_revision(monkeypatch, tok):
         return datasets.Dataset.from_list(tables[path])
 
     monkeypatch.setattr(datasets, "load_dataset", fake_load_dataset)
-    from unlearn.config_io import load_config
     from tests.conftest import ROOT
+    from unlearn.config_io import load_config
 
     cfg, _ = load_config([str(ROOT / "configs" / "harmful_opt1.3b.yaml")])
     forget = data.build_samples(cfg.data.forget, "forget", tok, cfg.data)

@@ -9,12 +9,16 @@ import json
 import pytest
 import torch
 
-from unlearn import checkpoint, data, engine as engines, guards, model as models, train as training
-from unlearn.cli import train_main
+from tests.conftest import ROOT
+from unlearn import data, runs
+from unlearn import model as models
 from unlearn.config_io import load_config
 from unlearn.errors import EXIT_DIVERGED
-from unlearn.resume import State
-from tests.conftest import ROOT
+from unlearn.train import engine as engines
+from unlearn.train import guards
+from unlearn.train import loop as training
+from unlearn.train.main import train_main
+from unlearn.train.resume import State
 
 
 def _overrides(demo_dir, tmp_path, *extra) -> list[str]:
@@ -137,7 +141,7 @@ def test_run_stops_after_max_nonfinite_steps_and_keeps_last_good_checkpoint(
     assert len(errors) == 1 and "3 non-finite steps in a row up to step 6" in errors[0]
     assert "Traceback" not in err and err.count("step skipped") == 3
     run = tmp_path / "runs" / "nan"
-    done = checkpoint.complete_checkpoints(run)
+    done = runs.complete_checkpoints(run)
     # steps 4-6 were skipped (weights untouched); the save at step 4 holds the step-3 weights
     assert [p.name for p in done] == ["step-000002", "step-000004"]
     assert json.loads((done[-1] / "meta.json").read_text())["skipped_steps"] == 1
@@ -155,7 +159,7 @@ def test_forget_loss_ceiling_stops_cleanly(demo_dir, dist_env, tmp_path, capsys)
     err = capsys.readouterr().err
     # a random model's forget NLL (about log V) is far above 0.5: the ceiling stops it at step 1
     assert "stopped early at step 1: forget NLL" in err and "exceeded method.max_forget_loss=0.5" in err
-    assert [p.name for p in checkpoint.complete_checkpoints(run)] == ["step-000001"]
+    assert [p.name for p in runs.complete_checkpoints(run)] == ["step-000001"]
     assert set(_scalars(run / "tb", "forget/nll")) == {1}
 
 

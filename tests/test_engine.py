@@ -7,9 +7,12 @@ import json
 import pytest
 import torch
 
-from unlearn import checkpoint, data, engine as engines, model as models
-from unlearn.config_io import load_config
 from tests.conftest import ROOT
+from unlearn import data
+from unlearn import model as models
+from unlearn.config_io import load_config
+from unlearn.train import checkpoint
+from unlearn.train import engine as engines
 
 
 def _engine(demo_dir, stage: int, env, extra=(), ds_patch=None):

@@ -16,8 +16,8 @@ import pytest
 from unlearn import demo
 from unlearn.config_io import dump_yaml, load_config
 from unlearn.errors import UserError
-from unlearn.eval_context import EvalOptions
-from unlearn.evaluate import evaluate_checkpoint
+from unlearn.eval.context import EvalOptions
+from unlearn.eval.job import evaluate_checkpoint
 
 ROOT = Path(__file__).resolve().parents[1]
 FAST = dict(limit=4, max_new_tokens=8, prefix_tokens=8, continuation_tokens=8, truthfulqa="none", batch_size=4)
@@ -25,7 +25,7 @@ FAST = dict(limit=4, max_new_tokens=8, prefix_tokens=8, continuation_tokens=8, t
 
 def make_checkpoint(run_dir: Path, step: int, demo_dir: Path, complete: bool = True,
                     forget: str = "forget.txt") -> Path:
-    """A checkpoint folder as unlearn.checkpoint writes it: HF weights, config.yaml, meta.json, COMPLETE."""
+    """A checkpoint folder as unlearn.train.checkpoint writes it: HF weights, config.yaml, meta.json, COMPLETE."""
     ckpt = run_dir / "checkpoints" / f"step-{step:06d}"
     shutil.copytree(demo_dir / "init", ckpt)
     cfg, _ = load_config([], [f"model.name_or_path={demo_dir / 'init'}", f"data.forget={demo_dir / forget}",
@@ -89,7 +89,7 @@ def test_incomplete_checkpoint_and_bad_suite_are_user_errors(tmp_path, demo_dir)
     ckpt = make_checkpoint(tmp_path / "run", 1, demo_dir, complete=False)
     with pytest.raises(UserError, match="COMPLETE"):
         evaluate_checkpoint(ckpt, EvalOptions(**FAST))
-    from unlearn.evaluate import parse_suites
+    from unlearn.eval.job import parse_suites
 
     with pytest.raises(UserError, match="unknown"):
         parse_suites("copyright,memory")
@@ -158,7 +158,7 @@ def test_model_answering_bangs_is_caught_by_utility(tmp_path, demo_dir):
 
 
 def test_pku_forget_run_gets_the_harmful_suite_by_default(tmp_path, demo_dir):
-    from unlearn.evaluate import default_suites, run_config
+    from unlearn.eval.job import default_suites, run_config
 
     ckpt = make_checkpoint(tmp_path / "run", 9, demo_dir, forget="harmful.jsonl")
     opts = EvalOptions(reference="none", harmful_prompts=str(demo_dir / "harmful.jsonl"), **FAST)

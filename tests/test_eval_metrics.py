@@ -8,11 +8,11 @@ import math
 
 import pytest
 
-from unlearn.eval_harmful import effectiveness, load_prompts
-from unlearn.eval_stats import auc, mean_ci
-from unlearn.eval_utility import mc_scores
-from unlearn.judges import KeywordJudge
-from unlearn.textmetrics import bleu, degeneration_reason, rouge_l
+from unlearn.eval.harmful import effectiveness, load_prompts
+from unlearn.eval.judges import KeywordJudge
+from unlearn.eval.stats import auc, mean_ci
+from unlearn.eval.textmetrics import bleu, degeneration_reason, rouge_l
+from unlearn.eval.utility import mc_scores
 
 
 def test_rouge_and_bleu_extremes():
@@ -82,8 +82,8 @@ def test_truthfulqa_scored_on_held_out_part_when_the_run_trained_on_it(shared_da
 
     from unlearn import data
     from unlearn.config_io import load_config
-    from unlearn.eval_context import EvalOptions
-    from unlearn.eval_utility import truthfulqa_rows
+    from unlearn.eval.context import EvalOptions
+    from unlearn.eval.utility import truthfulqa_rows
 
     csv_path = str(shared_data / "truthfulqa" / "TruthfulQA.csv")
     trained, _ = load_config([], [f"data.retain={csv_path}", "data.retain_format=truthfulqa"])

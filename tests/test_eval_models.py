@@ -12,9 +12,9 @@ import pytest
 import torch
 
 from unlearn import data, demo
-from unlearn.eval_copyright import knowledge, verbatim
-from unlearn.eval_privacy import min_k_auc
-from unlearn.eval_utility import truthfulqa
+from unlearn.eval.copyright import knowledge, verbatim
+from unlearn.eval.privacy import min_k_auc
+from unlearn.eval.utility import truthfulqa
 
 ROOT = Path(__file__).resolve().parents[1]
 TEMPLATE = "### Question: {prompt}\n ### Answer: {response}"
@@ -115,7 +115,7 @@ JUDGE_ROWS = [  # text, violent, insult
 
 
 def test_trained_multilabel_judge_on_known_rows(demo_dir, tmp_path):
-    from unlearn.judges import load_judge
+    from unlearn.eval.judges import load_judge
 
     csv_path = tmp_path / "labelled.csv"
     with open(csv_path, "w", newline="") as fh:
@@ -138,7 +138,7 @@ def test_trained_multilabel_judge_on_known_rows(demo_dir, tmp_path):
 
 
 def test_batched_left_padded_generation_equals_one_at_a_time(trained):
-    from unlearn.generation import generate_text
+    from unlearn.eval.generation import generate_text
 
     tok = trained["tok"]
     prompts = ["Nobody in", "In Bribrilo, Dunlo met Ellbri and", "The", MC_ITEM["question"]]

@@ -9,7 +9,8 @@ import torch
 
 from tests.conftest import ROOT
 from tests.unlearn_runs import run, scalars, weights
-from unlearn import data, model as models
+from unlearn import data
+from unlearn import model as models
 from unlearn.config import ModelConfig
 from unlearn.config_io import load_config
 from unlearn.errors import UserError
@@ -94,7 +95,7 @@ def test_8bit_lora_finetune_saves_an_adapter_that_reloads_and_unlearning_starts_
 
 
 def test_unsupported_combinations_are_refused_before_any_work(demo_dir, tmp_path):
-    from unlearn.train import train
+    from unlearn.train.loop import train
 
     def attempt(ds: str, *overrides: str):
         cfg, patch = load_config(overrides=[f"model.name_or_path={demo_dir / 'init'}", f"run.output_dir={tmp_path}",

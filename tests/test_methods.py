@@ -104,7 +104,7 @@ def test_harmful_presets_carry_the_paper_values():
 
 def test_demo_harmful_preset_runs_on_the_demo_sets(demo_dir, tmp_path, dist_env):
     """configs/demo_harmful.yaml with its .cache/demo paths pointed at the test's demo folder."""
-    from unlearn.train import train
+    from unlearn.train.loop import train
 
     cfg, patch = load_config([str(ROOT / "configs" / "demo_harmful.yaml")], [
         f"model.name_or_path={demo_dir / 'init'}", f"data.forget={demo_dir / 'harmful.jsonl'}",
@@ -116,7 +116,7 @@ def test_demo_harmful_preset_runs_on_the_demo_sets(demo_dir, tmp_path, dist_env)
 
 
 def test_alternate_schedule_ratio_and_joint():
-    from unlearn.schedule import phase_at
+    from unlearn.train.schedule import phase_at
 
     m = MethodConfig(schedule="alternate", forget_steps_per_cycle=2, retain_steps_per_cycle=1)
     assert [phase_at(s, m) for s in range(6)] == ["forget", "forget", "retain"] * 2
@@ -126,7 +126,7 @@ def test_alternate_schedule_ratio_and_joint():
 def test_harmful_preset_runs_on_real_local_data(demo_dir, shared_data, tmp_path, dist_env):
     """The 1.3b preset with the hub swapped for local files in the same formats (XSTest pairs in
     PKU-SafeRLHF columns, TruthfulQA's CSV) and the tiny model: every preset key works at run time."""
-    from unlearn.train import train
+    from unlearn.train.loop import train
 
     cfg, patch = load_config([str(ROOT / "configs" / "harmful_opt1.3b.yaml")], [
         f"model.name_or_path={demo_dir / 'init'}",
@@ -144,7 +144,7 @@ def test_mismatch_batch_cut_into_length_chunks_gives_the_one_pass_loss(demo_dir,
     weighted by answer tokens give the one-pass loss, so losses and gradient norms of 3 steps agree."""
     import json
 
-    from unlearn import train as train_mod
+    from unlearn.train import loop as train_mod
 
     words = "the key opens a small door near the river where people meet at night".split()
     retain = tmp_path / "ragged.jsonl"  # answers of 1..24 words: chunks of unequal token counts

@@ -14,9 +14,10 @@ from pathlib import Path
 import psutil
 import pytest
 
-from unlearn import checkpoint, guards
-from unlearn.errors import EXIT_REQUEUE
 from tests.conftest import ROOT, _free_port, child_env
+from unlearn import runs
+from unlearn.errors import EXIT_REQUEUE
+from unlearn.train import guards
 
 
 @pytest.mark.parametrize("sig", [signal.SIGUSR1, signal.SIGTERM])
@@ -53,10 +54,10 @@ def test_signal_to_one_rank_saves_on_all_ranks_and_exits_3(demo_dir, tmp_path):
     assert proc.returncode == EXIT_REQUEUE, out[-3000:]
     stopped = int(out.split("preempted at step ")[1].split(":")[0])
     assert 0 < stopped < 400
-    ckpt = checkpoint.step_dir(run, stopped)
-    checkpoint.require_complete(ckpt)
+    ckpt = runs.step_dir(run, stopped)
+    runs.require_complete(ckpt)
     assert {p.name for p in (ckpt / "engine").glob("rng_rank*.pt")} == {"rng_rank0.pt", "rng_rank1.pt"}
-    assert checkpoint.complete_checkpoints(run) == [ckpt]
+    assert runs.complete_checkpoints(run) == [ckpt]
 
 
 def _rank_process(launcher_pid: int, rank: int, timeout: float = 120) -> psutil.Process:

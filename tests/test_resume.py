@@ -14,9 +14,9 @@ from pathlib import Path
 import pytest
 import torch
 
-from unlearn import checkpoint
-from unlearn.errors import EXIT_REQUEUE
 from tests.conftest import ROOT, _free_port, child_env, dropout_model
+from unlearn import runs
+from unlearn.errors import EXIT_REQUEUE
 
 pytestmark = pytest.mark.slow
 
@@ -59,8 +59,8 @@ def _finish(proc: subprocess.Popen, timeout: int = 600) -> tuple[int, str]:
 def _weights(run: Path, step: int = STEPS) -> dict[str, torch.Tensor]:
     from safetensors.torch import load_file
 
-    ckpt = checkpoint.step_dir(run, step)
-    checkpoint.require_complete(ckpt)
+    ckpt = runs.step_dir(run, step)
+    runs.require_complete(ckpt)
     return load_file(str(ckpt / "model.safetensors"))
 
 
@@ -116,7 +116,7 @@ def test_kill_9_mid_training_then_resume_matches_uninterrupted(demo_dir, baselin
     _wait_for(lambda: any(ckpts.glob(".step-*.tmp")) or time.time() - t0 > 0.3, proc)
     os.killpg(proc.pid, signal.SIGKILL)
     proc.communicate()
-    done = checkpoint.complete_checkpoints(run)
+    done = runs.complete_checkpoints(run)
     assert done and done[-1].name < f"step-{STEPS:06d}", "the run finished before the kill"
     last_before = done[-1]
 
@@ -141,7 +141,7 @@ def test_preemption_signal_saves_exits_3_and_resume_matches(demo_dir, baseline):
     assert code == EXIT_REQUEUE, log[-3000:]
     stopped = int(log.split("preempted at step ")[1].split(":")[0])
     assert 6 <= stopped < STEPS
-    assert checkpoint.complete_checkpoints(run)[-1].name == f"step-{stopped:06d}"  # saved at the boundary
+    assert runs.complete_checkpoints(run)[-1].name == f"step-{stopped:06d}"  # saved at the boundary
 
     code, log = _finish(_plain([*args, "--resume"]))
     assert code == 0, log[-3000:]

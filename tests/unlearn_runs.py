@@ -1,4 +1,4 @@
-"""In-process single-rank runs of unlearn.train.train() on the demo assets (shared by method tests)."""
+"""In-process single-rank runs of unlearn.train.loop.train() on the demo assets (shared by method tests)."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ def run(demo: Path, out: Path, *overrides: str, ds: str = "zero2.json", finetune
     """Train on the random tiny OPT (harmful.jsonl forget, normal.jsonl retain); returns the run dir."""
     from unlearn.config import FINETUNE_DEFAULTS
     from unlearn.config_io import load_config
-    from unlearn.train import train
+    from unlearn.train.loop import train
 
     base = [f"model.name_or_path={demo / 'init'}", f"data.forget={demo / 'harmful.jsonl'}",
             f"data.retain={demo / 'normal.jsonl'}", "data.max_length=64", "train.max_steps=3",

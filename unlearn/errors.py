@@ -6,6 +6,11 @@ as a single `error: ...` line, without a traceback. Everything else is a bug in 
 keeps its traceback.
 """
 
+from __future__ import annotations
+
+import sys
+from typing import Callable
+
 
 class UserError(Exception):
     """A problem with the user's input; the message names what is wrong and what was expected."""
@@ -20,3 +25,21 @@ EXIT_REQUEUE = 3
 """Exit status after a preemption signal was handled and a checkpoint saved: requeue me."""
 EXIT_DIVERGED = 4
 """Exit status after a divergence stop: do not requeue (the same settings would diverge again)."""
+
+
+def guarded(fn: Callable[[], object]) -> None:
+    """Run `fn`; a UserError becomes one `error:` line on stderr and exit status 2, a divergence
+    stop one line and status 4 (no traceback). In a multi-rank run the launcher (deepspeed,
+    torchrun, srun --kill-on-bad-exit) then ends the other ranks, so none waits in a collective."""
+    try:
+        fn()
+    except UserError as exc:
+        print(f"error: {_one_line(exc)}", file=sys.stderr, flush=True)
+        raise SystemExit(EXIT_USER_ERROR) from None
+    except Diverged as exc:
+        print(f"error: {_one_line(exc)}", file=sys.stderr, flush=True)
+        raise SystemExit(EXIT_DIVERGED) from None
+
+
+def _one_line(exc: Exception) -> str:
+    return " ".join(str(exc).split())

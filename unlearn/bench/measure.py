@@ -17,11 +17,14 @@ import time
 
 import torch
 
-from unlearn import distributed, model as models, sets as sample_sets, train
+from unlearn import distributed
+from unlearn import model as models
+from unlearn import sets as sample_sets
 from unlearn.bench import workload
 from unlearn.bench.baseline import BaselineLoop
 from unlearn.bench.presets import variant
 from unlearn.bench.workload import Spec
+from unlearn.train import loop as train
 
 MARKER = "BENCH_RESULT "
 

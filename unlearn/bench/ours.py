@@ -1,12 +1,15 @@
-"""Our unlearning step, built exactly as `unlearn.train.train` builds it (engine, reference, loop)."""
+"""Our unlearning step, built exactly as `unlearn.train.loop.train` builds it (engine, reference, loop)."""
 
 from __future__ import annotations
 
 from pathlib import Path
 
-from unlearn import engine as engines, model as models, sets as sample_sets, train
+from unlearn import model as models
+from unlearn import sets as sample_sets
 from unlearn.bench.presets import Variant
 from unlearn.bench.workload import Spec, run_config, streams
+from unlearn.train import engine as engines
+from unlearn.train import loop as train
 
 ROOT = Path(__file__).resolve().parents[2]
 

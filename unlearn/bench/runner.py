@@ -149,7 +149,9 @@ def run(opts: Options, spec: Spec) -> dict:
 
 
 def _padding(spec: Spec) -> dict[str, dict[str, float]]:
-    from unlearn import distributed, model as models, sets as sample_sets
+    from unlearn import distributed
+    from unlearn import model as models
+    from unlearn import sets as sample_sets
     from unlearn.bench import workload
 
     cfg = workload.run_config(spec, presets.variant("ours-fp32"))
@@ -178,3 +180,28 @@ def table(report: dict) -> str:
     if pads:
         lines.append(f"padding per epoch at batch {report['spec']['batch']} (padded / real tokens - 1): {pads}")
     return "\n".join(lines)
+
+
+def main(args) -> None:
+    """What `launch/bench.py` asked for (its parsed arguments): run, print the JSON and the table."""
+    names = tuple(presets.VARIANTS) if args.variants == "all" else \
+        tuple(v.strip() for v in args.variants.split(",") if v.strip())
+    steps, warmup, repeats, in_process = args.steps, args.warmup, args.repeats, args.in_process
+    if args.smoke:
+        names = names or tuple(presets.VARIANTS)
+        steps, warmup, repeats, in_process = 1, 0, 1, True
+    if min(args.batch, steps, repeats, args.max_length) < 1 or min(warmup, args.mismatch_pass_cost) < 0:
+        raise UserError("--batch, --steps, --repeats and --max-length must be >= 1; "
+                        "--warmup and --mismatch-pass-cost >= 0")
+    opts = Options(preset=args.preset, scale_down=args.scale_down, variants=names, repeats=repeats,
+                   in_process=in_process, work_dir=args.work_dir, forget=args.forget, retain=args.retain)
+    spec = Spec(variant="", model_dir="", forget="", retain="", batch=args.batch, max_length=args.max_length,
+                steps=steps, warmup=warmup, threads=args.threads, group_by_length=not args.no_group_by_length,
+                mismatch_pass_cost=args.mismatch_pass_cost)
+    report = run(opts, spec)
+    text = json.dumps(report, indent=1)
+    print(text)
+    if args.json:
+        Path(args.json).parent.mkdir(parents=True, exist_ok=True)
+        Path(args.json).write_text(text + "\n")
+    print(table(report))

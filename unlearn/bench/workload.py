@@ -8,9 +8,10 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
-from unlearn import data, sets as sample_sets
-from unlearn.config import Config, DataConfig, MethodConfig, ModelConfig, OptimConfig, RunConfig, TrainConfig
+from unlearn import data
+from unlearn import sets as sample_sets
 from unlearn.bench.presets import Variant
+from unlearn.config import Config, DataConfig, MethodConfig, ModelConfig, OptimConfig, RunConfig, TrainConfig
 
 
 @dataclass(frozen=True)

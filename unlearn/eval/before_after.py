@@ -1,4 +1,4 @@
-"""The before/after table printed at the end of a run: memorisation and utility in a few numbers.
+"""The before/after table printed at the end of a training run (rank 0), on the run's own data.
 
 - forget ROUGE-L: greedy continuation of forget probes vs the true text (verbatim memorisation;
   text samples are split into a prefix and the next tokens, QA samples into prompt and answer).
@@ -8,14 +8,20 @@
 
 from __future__ import annotations
 
+import json
 import math
 from dataclasses import dataclass
+from pathlib import Path
 
 import torch
 
-from unlearn import data, losses
-from unlearn.generation import greedy
-from unlearn.textmetrics import rouge_l
+from unlearn import data, losses, runs
+from unlearn.config import Config
+from unlearn.distributed import env_from_os
+from unlearn.eval.generation import greedy
+from unlearn.eval.textmetrics import rouge_l
+from unlearn.model import load_for_eval
+from unlearn.sets import load_sets
 
 PREFIX_TOKENS = 32
 CONTINUATION_TOKENS = 32
@@ -83,3 +89,23 @@ def table(before: dict[str, float], after: dict[str, float]) -> str:
             change = f"{(a - b) / b:+.0%}" if b else ""
             lines.append(f"{label:<28}{b:>10.3f}{a:>10.3f}  {change:>6}  ({note})")
     return "\n".join(lines)
+
+
+def final_report(cfg: Config, run_dir: Path) -> dict | None:
+    env = env_from_os()
+    if not env.is_main:
+        return None
+    done = runs.complete_checkpoints(run_dir)
+    if not done:
+        return None
+    final = done[-1]
+    before_model, tok = load_for_eval(cfg.model.name_or_path)
+    sets = load_sets(cfg, tok, env)
+    forget = sets.forget or sets.retain  # fine-tuning: how well the model has learnt the text
+    before = measure(before_model, tok, forget, sets.retain)
+    after_model, _ = load_for_eval(str(final))
+    after = measure(after_model, tok, forget, sets.retain)
+    print("\n" + table(before, after) + "\n", flush=True)
+    result = {"checkpoint": str(final), "before": before, "after": after}
+    (run_dir / "summary.json").write_text(json.dumps(result, indent=2) + "\n")
+    return result

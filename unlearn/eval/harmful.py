@@ -18,10 +18,10 @@ import numpy as np
 
 from unlearn import sources
 from unlearn.errors import UserError
-from unlearn.eval_context import SHARED_DATA, role_format
-from unlearn.eval_stats import bootstrap, mean_ci
-from unlearn.generation import generate_text
-from unlearn.judges import load_judge
+from unlearn.eval.context import SHARED_DATA, role_format
+from unlearn.eval.generation import generate_text
+from unlearn.eval.judges import load_judge
+from unlearn.eval.stats import bootstrap, mean_ci
 
 PROMPT_COLUMNS = ("goal", "Behavior", "prompt", "question", "text")  # AdvBench, HarmBench, XSTest/PKU, QA
 EXAMPLES = 3

@@ -1,12 +1,12 @@
-"""Shared command-line plumbing for the thin training scripts in launch/."""
+"""The training job behind launch/unlearn.py and launch/finetune.py: arguments -> config -> train
+-> the before/after table (`unlearn.eval.before_after`)."""
 
 from __future__ import annotations
 
 import argparse
-import sys
-from typing import Any, Callable
+from typing import Any
 
-from unlearn.errors import EXIT_DIVERGED, EXIT_USER_ERROR, Diverged, UserError
+from unlearn.errors import guarded
 
 
 def run_args(description: str) -> argparse.ArgumentParser:
@@ -26,24 +26,6 @@ def run_args(description: str) -> argparse.ArgumentParser:
     return parser
 
 
-def guarded(fn: Callable[[], object]) -> None:
-    """Run `fn`; a UserError becomes one `error:` line on stderr and exit status 2, a divergence
-    stop one line and status 4 (no traceback). In a multi-rank run the launcher (deepspeed,
-    torchrun, srun --kill-on-bad-exit) then ends the other ranks, so none waits in a collective."""
-    try:
-        fn()
-    except UserError as exc:
-        print(f"error: {_one_line(exc)}", file=sys.stderr, flush=True)
-        raise SystemExit(EXIT_USER_ERROR) from None
-    except Diverged as exc:
-        print(f"error: {_one_line(exc)}", file=sys.stderr, flush=True)
-        raise SystemExit(EXIT_DIVERGED) from None
-
-
-def _one_line(exc: Exception) -> str:
-    return " ".join(str(exc).split())
-
-
 def train_main(doc: str, argv: list[str] | None, defaults: dict[str, Any] | None = None) -> None:
     """Entry point shared by launch/unlearn.py and launch/finetune.py."""
     args = run_args(doc).parse_intermixed_args(argv)
@@ -52,8 +34,8 @@ def train_main(doc: str, argv: list[str] | None, defaults: dict[str, Any] | None
         from unlearn.config_io import load_config
 
         cfg, ds_patch = load_config(args.config, args.overrides, defaults=defaults)  # config typos: < 1 s
-        from unlearn.report import final_report  # torch, transformers: seconds
-        from unlearn.train import train
+        from unlearn.eval.before_after import final_report  # torch, transformers: seconds
+        from unlearn.train.loop import train
 
         run_dir = train(cfg, args.ds_config, ds_patch, resume=args.resume, overwrite=args.overwrite)
         if not args.no_report:

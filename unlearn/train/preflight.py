@@ -5,10 +5,12 @@ from __future__ import annotations
 
 from typing import Any
 
-from unlearn import engine as engines, methods, model as models
+from unlearn import methods
+from unlearn import model as models
 from unlearn.config import Config
 from unlearn.errors import UserError
-from unlearn.schedule import JOINT
+from unlearn.train import engine as engines
+from unlearn.train.schedule import JOINT
 
 SCHEDULES = (JOINT, "alternate")
 

@@ -21,19 +21,20 @@ from collections import Counter
 
 import numpy as np
 
-from unlearn import data, sources, summary
+from unlearn import data, sources
 from unlearn.errors import UserError
-from unlearn.eval_context import SHARED_DATA, role_format
-from unlearn.eval_stats import mean_ci
-from unlearn.generation import token_logprobs
-from unlearn.textmetrics import degeneration_reason, rouge_l
+from unlearn.eval import before_after
+from unlearn.eval.context import SHARED_DATA, role_format
+from unlearn.eval.generation import token_logprobs
+from unlearn.eval.stats import mean_ci
+from unlearn.eval.textmetrics import degeneration_reason, rouge_l
 
 EXAMPLES = 3
 NORMAL_PROMPTS = 200  # cap on normal prompts answered (retain corpora can hold thousands of chunks)
 
 
 def retain_perplexity(model, tokenizer, samples) -> dict:
-    nll = summary.mean_nll(model, tokenizer, samples)
+    nll = before_after.mean_nll(model, tokenizer, samples)
     return {"value": math.exp(min(nll, 50.0)), "nll": nll, "n": len(samples)}
 
 
@@ -112,7 +113,7 @@ def normal_prompts(ctx) -> list[str]:
     """Prompts of ordinary use: --normal_prompts, else the run's retain data (question or text prefix)."""
     o = ctx.opts
     samples = (ctx.file_samples(o.normal_prompts) if o.normal_prompts else ctx.samples("retain"))[:NORMAL_PROMPTS]
-    probes = summary.probes(samples, prefix=ctx.opts.prefix_tokens, length=1)
+    probes = before_after.probes(samples, prefix=ctx.opts.prefix_tokens, length=1)
     return [ctx.tokenizer.decode(p.prompt_ids, skip_special_tokens=True) for p in probes]
 
 
@@ -141,7 +142,7 @@ def truthfulqa_rows(ctx) -> tuple[list[dict], str, str]:
 
 
 def run(ctx) -> dict:
-    from unlearn.generation import generate_text
+    from unlearn.eval.generation import generate_text
 
     d, o = ctx.cfg.data, ctx.opts
     info: dict = {"retain": d.retain}

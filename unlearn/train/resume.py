@@ -13,9 +13,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from unlearn import checkpoint, data
+from unlearn import data, runs
 from unlearn.config import Config
 from unlearn.distributed import DistEnv
+from unlearn.train import checkpoint
 
 
 @dataclass
@@ -49,7 +50,7 @@ class State:
 
 def resume_from_last(state: State, engine, cfg: Config, run_dir: Path, env: DistEnv) -> int:
     """Restore engine, RNG and `state` from the newest complete checkpoint; returns its step (-1: none)."""
-    last = checkpoint.complete_checkpoints(run_dir)
+    last = runs.complete_checkpoints(run_dir)
     if not last:
         say(env, f"--resume: no complete checkpoint in {run_dir}, starting at step 0")
         return -1

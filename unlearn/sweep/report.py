@@ -8,7 +8,7 @@ import csv
 import shutil
 from pathlib import Path
 
-from unlearn.sweep import Point, ReportSpec, Sweep, run_status
+from unlearn.sweep.grid import Point, ReportSpec, Sweep, open_sweep, run_status
 
 HPARAMS_DIR = "hparams"
 """Under each run's tb/: the HParams session (axis values + final eval metrics), rewritten per report."""
@@ -108,7 +108,7 @@ def _plot(sweep: Sweep, rows: list[dict], pareto: list[bool | None]) -> Path:
 def _write_hparams(sweep: Sweep, point: Point, metrics: dict[str, float]) -> None:
     """A fresh HParams session in runs/<run>/tb/hparams (axis values -> eval metrics)."""
     from unlearn.distributed import DistEnv
-    from unlearn.metrics import Writer
+    from unlearn.logger import Writer
 
     logdir = sweep.folder / "runs" / point.name / "tb" / HPARAMS_DIR
     if logdir.exists():
@@ -116,3 +116,11 @@ def _write_hparams(sweep: Sweep, point: Point, metrics: dict[str, float]) -> Non
     writer = Writer(logdir, DistEnv(rank=0, local_rank=0, world_size=1))
     writer.hparams(dict(point.values), {f"eval/{k}": v for k, v in metrics.items()})
     writer.close()
+
+
+def report_folder(sweep_dir: str) -> Path:
+    """Write a sweep folder's report.csv/png and HParams sessions; say what was written."""
+    sweep, pts = open_sweep(sweep_dir)
+    csv_path, png = write_report(sweep, pts)
+    print(f"wrote {csv_path}" + (f" and {png}" if png else " (no plot: report metrics not evaluated yet)"))
+    return csv_path

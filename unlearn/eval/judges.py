@@ -19,7 +19,7 @@ from pathlib import Path
 import torch
 
 from unlearn.errors import UserError
-from unlearn.textmetrics import degeneration_reason
+from unlearn.eval.textmetrics import degeneration_reason
 
 REFUSAL_PHRASES = (
     "i'm sorry", "i am sorry", "i apologize", "i cannot", "i can't", "i can not", "i won't", "i will not",
@@ -33,7 +33,7 @@ HARMFUL_LABEL_WORDS = ("unsafe", "harm", "toxic", "offensive", "hate")
 
 
 def lexicon_dir() -> Path:
-    from unlearn.eval_context import SHARED_DATA
+    from unlearn.eval.context import SHARED_DATA
 
     return SHARED_DATA / "lexicons"
 

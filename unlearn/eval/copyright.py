@@ -10,11 +10,12 @@
 
 from __future__ import annotations
 
-from unlearn import data, summary
-from unlearn.eval_context import role_format
-from unlearn.eval_stats import mean_ci
-from unlearn.generation import generate_text, greedy
-from unlearn.textmetrics import bleu, rouge_l
+from unlearn import data
+from unlearn.eval import before_after
+from unlearn.eval.context import role_format
+from unlearn.eval.generation import generate_text, greedy
+from unlearn.eval.stats import mean_ci
+from unlearn.eval.textmetrics import bleu, rouge_l
 
 EXAMPLES = 3  # generations stored in eval.json for a reader to look at
 
@@ -22,7 +23,7 @@ EXAMPLES = 3  # generations stored in eval.json for a reader to look at
 def verbatim(model, tokenizer, samples, prefix_tokens: int, continuation_tokens: int,
              batch_size: int = 16) -> dict:
     """ROUGE-L F1 and BLEU of greedy continuations of forget prefixes against the true text."""
-    probes = summary.probes(samples, prefix=prefix_tokens, length=continuation_tokens)
+    probes = before_after.probes(samples, prefix=prefix_tokens, length=continuation_tokens)
     gens = greedy(model, [p.prompt_ids for p in probes], continuation_tokens, tokenizer.pad_token_id,
                   batch_size, desc="verbatim")
     preds = [tokenizer.decode(g[:len(p.target_ids)], skip_special_tokens=True) for g, p in zip(gens, probes)]

@@ -14,8 +14,8 @@ import math
 import torch
 
 from unlearn.errors import UserError
-from unlearn.eval_stats import auc
-from unlearn.generation import token_logprobs
+from unlearn.eval.generation import token_logprobs
+from unlearn.eval.stats import auc
 
 
 def min_k_scores(token_logps: list[torch.Tensor], k: float) -> list[float]:

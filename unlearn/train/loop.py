@@ -14,16 +14,19 @@ from typing import Any
 
 import torch
 
-from unlearn import checkpoint, data, distributed, engine as engines, guards, methods, model as models, preflight
+from unlearn import data, distributed, methods, runs
+from unlearn import model as models
 from unlearn.config import Config
 from unlearn.distributed import DistEnv
 from unlearn.errors import EXIT_REQUEUE, Diverged
+from unlearn.logger import Window, Writer
 from unlearn.methods import Forward
-from unlearn.metrics import Window, Writer
-from unlearn.resume import State, resume_from_last, say
-from unlearn.rundir import check_run_dir, prepare_run_dir
-from unlearn.schedule import FORGET, JOINT, RETAIN, phase_at
 from unlearn.sets import Sets, check_lengths, load_sets, make_streams, max_steps_for
+from unlearn.train import checkpoint, guards, preflight
+from unlearn.train import engine as engines
+from unlearn.train.resume import State, resume_from_last, say
+from unlearn.train.rundir import check_run_dir, prepare_run_dir
+from unlearn.train.schedule import FORGET, JOINT, RETAIN, phase_at
 
 
 def logits_span(labels: torch.Tensor) -> int:
@@ -259,7 +262,7 @@ def _train(cfg: Config, ds_config: str, ds_patch: dict[str, Any] | None, resume:
             raise SystemExit(EXIT_REQUEUE)
     save()
     if env.is_main and cfg.run.export_dir:
-        checkpoint.export(checkpoint.step_dir(run_dir, state.step), Path(cfg.run.export_dir))
+        checkpoint.export(runs.step_dir(run_dir, state.step), Path(cfg.run.export_dir))
         print(f"exported step {state.step} -> {cfg.run.export_dir}", flush=True)
     if state.stop_reason:
         say(env, f"stopped early at step {state.step}: {state.stop_reason}")

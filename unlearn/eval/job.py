@@ -16,10 +16,10 @@ from dataclasses import asdict, replace
 from pathlib import Path
 from typing import Callable
 
-from unlearn import checkpoint
+from unlearn import runs
 from unlearn.config import Config
 from unlearn.errors import UserError
-from unlearn.eval_context import Context, EvalOptions, device_of, role_format
+from unlearn.eval.context import Context, EvalOptions, device_of, role_format
 
 EVAL_FILE = "eval.json"
 
@@ -31,7 +31,7 @@ SUITES = ("harmful", "copyright", "utility", "privacy")
 def suite_fn(name: str) -> Callable[[Context], dict]:
     import importlib
 
-    return importlib.import_module(f"unlearn.eval_{name}").run
+    return importlib.import_module(f"unlearn.eval.{name}").run
 
 
 def parse_suites(text: str) -> tuple[str, ...]:
@@ -93,7 +93,7 @@ def scalars(result: dict) -> dict[str, float]:
 def evaluate_checkpoint(ckpt: str | Path, opts: EvalOptions) -> dict:
     """Run the requested suites on one complete checkpoint; returns the (merged) eval.json content."""
     ckpt = Path(ckpt)
-    checkpoint.require_complete(ckpt)
+    runs.require_complete(ckpt)
     cfg = run_config(ckpt)
     previous = read_eval(ckpt)
     wanted = opts.suites or default_suites(cfg, opts)
@@ -119,7 +119,7 @@ def evaluate_checkpoint(ckpt: str | Path, opts: EvalOptions) -> dict:
                      "prefix_tokens": opts.prefix_tokens, "continuation_tokens": opts.continuation_tokens,
                      "batch_size": opts.batch_size, "dtype": opts.dtype, "prompt_template": cfg.data.prompt_template},
         "options": asdict(replace(opts, suites=tuple(todo))), "versions": versions(),
-        "git_commit": checkpoint.git_commit(), "suites": suites,
+        "git_commit": runs.git_commit(), "suites": suites,
         "judge": suites.get("harmful", {}).get("info", {}).get("judge"),
     }
     result["scalars"] = scalars(result)
@@ -148,7 +148,7 @@ def write_json(path: Path, value: dict) -> None:
 
 def log_tensorboard(run_dir: Path, values: dict[str, float], step: int) -> None:
     from unlearn.distributed import env_from_os
-    from unlearn.metrics import Writer
+    from unlearn.logger import Writer
 
     writer = Writer(run_dir / "tb", env_from_os())
     writer.log(values, step)
@@ -171,12 +171,12 @@ def versions() -> dict[str, str]:
 
 def evaluate_run(run_dir: str | Path, opts: EvalOptions) -> list[dict]:
     """Evaluate every complete checkpoint of a run (skipping evaluated ones), then summarise."""
-    from unlearn import eval_summary
+    from unlearn.eval import summary as eval_summary
 
     run_dir = Path(run_dir)
     if not (run_dir / "checkpoints").is_dir():
         raise UserError(f"run '{run_dir}' has no checkpoints/ folder; expected runs/<name> of a training run")
-    ckpts = checkpoint.complete_checkpoints(run_dir)
+    ckpts = runs.complete_checkpoints(run_dir)
     if not ckpts:
         raise UserError(f"run '{run_dir}' has no complete checkpoint; expected checkpoints/step-*/COMPLETE")
     results = [evaluate_checkpoint(c, opts) for c in ckpts]

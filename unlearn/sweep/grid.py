@@ -33,15 +33,7 @@ import yaml
 from unlearn.config import Config
 from unlearn.config_io import deep_merge, dump_yaml, from_dict, parse_overrides, read_yaml
 from unlearn.errors import UserError
-
-# unlearn.checkpoint's names, repeated so that planning a sweep (a small SLURM job) needs no torch import;
-# tests/test_sweep_grid.py checks they agree.
-COMPLETE = "COMPLETE"
-
-
-def step_dir(run_dir: Path, step: int) -> Path:
-    return Path(run_dir) / "checkpoints" / f"step-{step:06d}"
-
+from unlearn.runs import COMPLETE, step_dir
 
 SWEEP_KEYS = {"name", "output_dir", "ds_config", "profile", "base", "base_configs", "axes", "eval", "report"}
 SWEEP_PREFIX = "sweep."

@@ -2,7 +2,7 @@
 
 Input: a CSV with a text column and one 0/1 column per label (e.g. toxic, threat, insult, ...).
 Output: a Hugging Face folder (problem_type multi_label_classification, id2label = the label
-columns) that `unlearn.judges.ClassifierJudge` loads, plus judge.json (data, labels, accuracy).
+columns) that `unlearn.eval.judges.ClassifierJudge` loads, plus judge.json (data, labels, accuracy).
 """
 
 from __future__ import annotations

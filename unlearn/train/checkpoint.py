@@ -13,7 +13,6 @@ import json
 import os
 import random
 import shutil
-import subprocess
 import time
 from pathlib import Path
 from typing import Any
@@ -26,40 +25,10 @@ from unlearn.config_io import dump_yaml
 from unlearn.distributed import DistEnv
 from unlearn.errors import UserError
 from unlearn.model import is_peft, library_versions
+from unlearn.runs import COMPLETE, complete_checkpoints, git_commit, require_complete, step_dir
 
-COMPLETE = "COMPLETE"
 ENGINE_DIR = "engine"
 ENGINE_TAG = "state"
-
-
-def step_dir(run_dir: Path, step: int) -> Path:
-    return Path(run_dir) / "checkpoints" / f"step-{step:06d}"
-
-
-def git_commit() -> str:
-    try:
-        out = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True, timeout=5,
-                             cwd=Path(__file__).resolve().parent)
-        return out.stdout.strip() if out.returncode == 0 else ""
-    except (OSError, subprocess.TimeoutExpired):
-        return ""
-
-
-def complete_checkpoints(run_dir: Path) -> list[Path]:
-    """Finished checkpoint folders of a run, oldest first."""
-    root = Path(run_dir) / "checkpoints"
-    if not root.is_dir():
-        return []
-    return sorted(p for p in root.glob("step-*") if (p / COMPLETE).is_file())
-
-
-def require_complete(path: Path) -> None:
-    path = Path(path)
-    if not path.is_dir():
-        raise UserError(f"checkpoint '{path}' not found; expected a folder runs/<name>/checkpoints/step-XXXXXX")
-    if not (path / COMPLETE).is_file():
-        raise UserError(f"checkpoint '{path}' has no {COMPLETE} marker (unfinished or crashed save); "
-                        "expected a completely written checkpoint")
 
 
 def _gathered(engine):

@@ -78,7 +78,7 @@ def divergence(in_row: int, limit: int, step: int, run_dir) -> str:
     """Why the run must stop after `in_row` skipped steps in a row ("" = go on; limit 0 = never)."""
     if not limit or in_row < limit:
         return ""
-    from unlearn.checkpoint import complete_checkpoints
+    from unlearn.runs import complete_checkpoints
 
     done = complete_checkpoints(run_dir)
     return (f"training diverged: {in_row} non-finite steps in a row up to step {step} "

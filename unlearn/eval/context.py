@@ -7,7 +7,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 from typing import Any, Callable
 
@@ -60,6 +60,35 @@ class EvalOptions:
     """cpu | cuda | cuda:N; empty = cuda when available."""
     dtype: str = "float32"
     """Weights dtype for evaluation: float32 | bfloat16 | float16."""
+
+
+def add_option_flags(parser) -> None:
+    """One `--name` flag per EvalOptions field except `suites`; its help is the field's docstring."""
+    for f in fields(EvalOptions):
+        if f.name == "suites":
+            continue
+        doc = _field_doc(f.name)
+        if f.type in ("bool", bool):
+            parser.add_argument(f"--{f.name}", action="store_true", help=doc)
+        else:
+            kind = {"int": int, "float": float}.get(str(f.type), str)
+            parser.add_argument(f"--{f.name}", type=kind, default=f.default, help=f"{doc} (default: {f.default!r})")
+
+
+def options_from_flags(args, suites: tuple[str, ...]) -> EvalOptions:
+    """EvalOptions from the flags `add_option_flags` made (parsed into `args`)."""
+    return EvalOptions(suites=suites, **{f.name: getattr(args, f.name) for f in fields(EvalOptions) if f.name != "suites"})
+
+
+def _field_doc(name: str) -> str:
+    import ast
+    import inspect
+
+    body = ast.parse(inspect.getsource(EvalOptions)).body[0].body
+    for node, nxt in zip(body, body[1:]):
+        if isinstance(node, ast.AnnAssign) and node.target.id == name and isinstance(nxt, ast.Expr):
+            return nxt.value.value.replace("%", "%%")  # argparse formats help with %
+    return ""
 
 
 def _dtype(name: str):

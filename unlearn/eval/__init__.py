@@ -1,0 +1,14 @@
+"""Evaluation: suites that score a checkpoint, and the tables a person reads.
+
+job.py           evaluate a checkpoint or a run: eval.json + TensorBoard scalars (entry)
+context.py       what every suite needs: model, run config, options (the CLI flags), reference cache
+harmful.py       harmful rate, refusal rate, effectiveness E (judged on the response only)
+copyright.py     verbatim and knowledge memorisation
+utility.py       retain perplexity, TruthfulQA MC1/MC2, similarity to the original, degeneration
+privacy.py       Min-k% membership AUC, PrivLeak
+judges.py        keyword and classifier judges; judge_training.py trains a classifier judge
+generation.py    batched greedy decoding, per-token log-probs; textmetrics.py ROUGE-L, BLEU
+stats.py         bootstrap intervals, AUC
+summary.py       a run's evals across checkpoints: CSV, PNG
+before_after.py  the table at the end of a training run (entry for unlearn.train.main)
+"""

@@ -1,0 +1,103 @@
+"""The submitit job classes of a sweep: one per grid point (train), per checkpoint (eval), one report.
+
+Each runs a launch/ script as a child process in the checkout, so a job sees exactly what a user's
+command line would. `TrainJob.checkpoint` is submitit's requeue hook: on preemption or near the time
+limit it lets the run save at its next step boundary, then resubmits it (the run resumes).
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+from unlearn.errors import EXIT_REQUEUE
+
+ROOT = Path(__file__).resolve().parents[2]
+"""The checkout: jobs run its launch/ scripts with it as the working directory."""
+
+
+class TrainJob:
+    """One grid point. Runs training as a child process so a preemption can stop it at a step boundary."""
+
+    def __init__(self, sweep_dir: str, name: str, ds_config: str):
+        self.sweep_dir, self.name, self.ds_config = sweep_dir, name, ds_config
+        self._proc: subprocess.Popen | None = None
+
+    def __getstate__(self) -> dict:
+        return {k: v for k, v in self.__dict__.items() if k != "_proc"}  # a process does not pickle
+
+    def __setstate__(self, state: dict) -> None:
+        self.__dict__.update(state, _proc=None)
+
+    def __call__(self) -> str:
+        import submitit  # only inside a submitit job
+
+        job = submitit.JobEnvironment()
+        addr = _node_addr(job.hostnames[0]) if job.num_nodes > 1 else "127.0.0.1"
+        env = {**os.environ, "RANK": str(job.global_rank), "LOCAL_RANK": str(job.local_rank),
+               "WORLD_SIZE": str(job.num_tasks), "MASTER_ADDR": addr,
+               "MASTER_PORT": str(_port(job.job_id))}
+        cmd = [sys.executable, str(ROOT / "launch" / "unlearn.py"), "--ds_config", self.ds_config,
+               "--config", str(Path(self.sweep_dir) / "configs" / f"{self.name}.yaml"), "--resume", "--no_report"]
+        # SIG_IGN survives exec: submitit's preemption signal (USR2) is for this process, which then
+        # asks the child to save with USR1 (see checkpoint); SIGTERM reaches the child directly.
+        self._proc = subprocess.Popen(cmd, cwd=ROOT, env=env,
+                                      preexec_fn=lambda: signal.signal(signal.SIGUSR2, signal.SIG_IGN))
+        rc = self._proc.wait()
+        if rc == EXIT_REQUEUE:
+            raise RuntimeError(f"run {self.name} was preempted (saved, exit {rc}) without submitit's signal")
+        if rc:
+            raise RuntimeError(f"run {self.name} failed with exit status {rc}")
+        return self.name
+
+    def checkpoint(self):
+        """On preemption/timeout: let the run save at its next step, then resubmit (it resumes)."""
+        import submitit
+
+        proc = self._proc
+        if proc is not None and proc.returncode is None:
+            proc.send_signal(signal.SIGUSR1)  # a no-op if SIGTERM already asked it to save
+            # Wait for the exit without reaping: we run inside a signal handler that interrupted
+            # proc.wait() in __call__, which holds Popen's waitpid lock (proc.wait() here would deadlock).
+            os.waitid(os.P_PID, proc.pid, os.WEXITED | os.WNOWAIT)
+        return submitit.helpers.DelayedSubmission(TrainJob(self.sweep_dir, self.name, self.ds_config))
+
+
+class EvalJob:
+    """`python launch/evaluate.py CHECKPOINT [args]` for one checkpoint."""
+
+    def __init__(self, checkpoint: str, args: list[str]):
+        self.checkpoint, self.args = checkpoint, list(args)
+
+    def __call__(self) -> str:
+        cmd = [sys.executable, str(ROOT / "launch" / "evaluate.py"), self.checkpoint, *self.args]
+        subprocess.run(cmd, cwd=ROOT, check=True)
+        return self.checkpoint
+
+
+class ReportJob:
+    def __init__(self, sweep_dir: str):
+        self.sweep_dir = sweep_dir
+
+    def __call__(self) -> str:
+        from unlearn.sweep.report import report_folder
+
+        return str(report_folder(self.sweep_dir))
+
+
+def _node_addr(node: str) -> str:
+    """A node name's address as SLURM knows it (names like n1 on a test cluster do not resolve)."""
+    out = subprocess.run(["scontrol", "show", "node", node], capture_output=True, text=True)
+    for word in out.stdout.split():
+        if word.startswith("NodeAddr="):
+            return word.split("=", 1)[1]
+    return node
+
+
+def _port(job_id: str) -> int:
+    """A rendezvous port per job, so tasks sharing a host do not collide (array ids look like 12_3)."""
+    digits = "".join(c for c in job_id if c.isdigit()) or "0"
+    return 20000 + int(digits) % 20000

@@ -1,0 +1,80 @@
+"""Submitting a sweep: plan the folder, then submitit jobs (`launch/sweep.py`) or the shell values that
+`slurm/sweep.sh` turns into sbatch calls. Nothing here runs training or evaluation itself."""
+
+from __future__ import annotations
+
+import shlex
+
+from unlearn.errors import UserError
+from unlearn.sweep.grid import checkpoint_steps, load_sweep, plan
+from unlearn.sweep.jobs import ROOT, EvalJob, ReportJob, TrainJob
+from unlearn.sweep.profile import load_profile, sbatch_args, submitit_params
+from unlearn.sweep.report import report_folder
+
+
+def load(grid: str, overrides: list[str], profile: str = ""):
+    """The sweep, its cluster profile, and its planned grid points (the sweep folder written)."""
+    sweep = load_sweep(grid, overrides)
+    if not (ROOT / sweep.ds_config).is_file():  # jobs run in the checkout; fail here, not in every job
+        raise UserError(f"ds_config '{sweep.ds_config}' not found in {ROOT}; expected a file such as "
+                        "ds_configs/zero2.json")
+    return sweep, load_profile(profile or sweep.profile), plan(sweep)
+
+
+def submit(grid: str, overrides: list[str], *, executor_kind: str = "slurm", profile: str = "",
+           wait: bool = False) -> None:
+    """Submit the grid: one job array of runs, an eval job per checkpoint, a report job after them."""
+    import submitit  # heavy-ish and only needed to submit
+
+    sweep, prof, pts = load(grid, overrides, profile)
+    folder = str(sweep.folder.resolve())
+    executor = submitit.AutoExecutor(folder=sweep.folder / "submitit" / "%j", cluster=executor_kind)
+
+    def configure(kind: str, dependency: str = "", name: str = "") -> None:
+        params = submitit_params(prof, kind)
+        if executor_kind != "slurm":  # the local executor knows no SLURM options
+            params = {k: v for k, v in params.items() if not k.startswith("slurm_")}
+        elif dependency:
+            params["slurm_additional_parameters"] = {"dependency": dependency}
+        executor.update_parameters(name=name or f"{sweep.name}-{kind}", **params)
+
+    configure("train")
+    with executor.batch():  # one job array
+        train_jobs = [executor.submit(TrainJob(folder, p.name, sweep.ds_config)) for p in pts]
+    if executor_kind == "local":  # no dependencies locally: wait for each run before its evals
+        for job in train_jobs:
+            job.result()
+    eval_jobs = []
+    for p, tj in zip(pts, train_jobs):
+        for step in checkpoint_steps(p.config) if sweep.eval_enabled else []:
+            configure("eval", f"afterok:{tj.job_id}", f"eval-{p.name}-{step}")
+            ckpt = str(sweep.folder.resolve() / "runs" / p.name / "checkpoints" / f"step-{step:06d}")
+            eval_jobs.append(executor.submit(EvalJob(ckpt, list(sweep.eval_args))))
+    if executor_kind == "local":
+        for job in eval_jobs:
+            job.result()
+        report_folder(folder)
+        return
+    after = eval_jobs or train_jobs  # the report waits for every eval (or every run without evals)
+    configure("eval", "afterany:" + ":".join(j.job_id for j in after), f"{sweep.name}-report")
+    report_job = executor.submit(ReportJob(folder))
+    ids = {"train": [j.job_id for j in train_jobs], "eval": [j.job_id for j in eval_jobs],
+           "report": [report_job.job_id]}
+    (sweep.folder / "submitit_jobs.txt").write_text("".join(f"{k} {' '.join(v)}\n" for k, v in ids.items()))
+    print(f"sweep {sweep.folder}: {len(train_jobs)} runs, {len(eval_jobs)} eval jobs, report job "
+          f"{report_job.job_id}", flush=True)
+    if wait:
+        for job in [*train_jobs, *eval_jobs, report_job]:
+            job.result()  # raises if a job failed
+        print(f"sweep {sweep.folder} finished", flush=True)
+
+
+def plan_shell(grid: str, overrides: list[str], profile: str = "") -> None:
+    """Plan the sweep folder; print shell assignments that slurm/sweep.sh evaluates."""
+    sweep, prof, pts = load(grid, overrides, profile)
+    values = {"SWEEP_DIR": str(sweep.folder.resolve()), "N_TASKS": str(len(pts)),
+              "PARALLEL": str(prof.array_parallelism or len(pts)), "DS_CONFIG": sweep.ds_config,
+              "SWEEP_NAME": sweep.name, "TRAIN_SBATCH": " ".join(sbatch_args(prof, "train")),
+              "EVAL_SBATCH": " ".join(sbatch_args(prof, "eval")), "EVAL_ARGS": " ".join(sweep.eval_args)}
+    for key, value in values.items():
+        print(f"{key}={shlex.quote(value)}")

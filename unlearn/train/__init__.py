@@ -1,0 +1,12 @@
+"""Training: unlearning (and stage-1 fine-tuning) on a DeepSpeed engine.
+
+main.py        the job behind launch/unlearn.py and launch/finetune.py (entry)
+loop.py        the forget/retain loop: `train(cfg, ds_config, ...)`, one optimizer step per phase
+schedule.py    which phase each step runs (alternate | joint)
+engine.py      the DeepSpeed engine from a declarative JSON plus the run config
+preflight.py   config checks that run before anything is loaded
+rundir.py      runs/<name>/: created once, never clobbered
+checkpoint.py  atomic, self-describing checkpoints; export
+resume.py      exact resume: step, guard counters, data positions
+guards.py      non-finite steps skipped, preemption -> checkpoint -> exit 3
+"""
