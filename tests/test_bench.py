@@ -107,3 +107,14 @@ def test_logits_of_the_answer_span_give_the_same_losses(demo_dir):
         assert obj.fn(span, MethodConfig()).item() == pytest.approx(obj.fn(full, MethodConfig()).item(), rel=1e-5)
     text = torch.tensor([[5, 6, 7, 8]])
     assert train.logits_span(text) == 4  # plain text: every position is read
+
+
+def test_speedups_are_same_round_ratios_and_spread_is_range_over_median():
+    """Round 2 ran on a loaded machine (every variant slower): the paired ratio divides the load out."""
+    from unlearn.bench import runner
+
+    base = [{"status": "ok", "tokens_per_s": 100.0}, {"status": "ok", "tokens_per_s": 40.0}]
+    ours = [{"status": "ok", "tokens_per_s": 210.0}, {"status": "ok", "tokens_per_s": 100.0}]
+    assert runner._paired(ours, base, "tokens_per_s") == pytest.approx((2.1 + 2.5) / 2)  # not 155 / 70
+    assert runner._paired(ours, [{"status": "failed"}] * 2, "tokens_per_s") is None
+    assert runner._spread([1.0, 1.2, 0.9]) == pytest.approx(0.3)

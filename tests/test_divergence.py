@@ -10,33 +10,15 @@ import pytest
 import torch
 
 from tests.conftest import ROOT
-from unlearn import data, runs
+from tests.unlearn_runs import loop_overrides as _overrides
+from tests.unlearn_runs import make_loop as _loop
 from unlearn import model as models
+from unlearn import runs
 from unlearn.config_io import load_config
 from unlearn.errors import EXIT_DIVERGED
-from unlearn.train import engine as engines
 from unlearn.train import guards
 from unlearn.train import loop as training
 from unlearn.train.main import train_main
-from unlearn.train.resume import State
-
-
-def _overrides(demo_dir, tmp_path, *extra) -> list[str]:
-    return [f"model.name_or_path={demo_dir / 'init'}", f"data.forget={demo_dir / 'forget.txt'}",
-            f"data.retain={demo_dir / 'retain.txt'}", "data.max_length=32", "train.micro_batch_size=2",
-            "train.global_batch_size=2", "optim.lr=1e-2", "optim.schedule=constant",
-            f"run.output_dir={tmp_path / 'runs'}", *extra]
-
-
-def _loop(demo_dir, tmp_path, env, stage: int, *extra, bf16: bool = False):
-    cfg, _ = load_config(overrides=_overrides(demo_dir, tmp_path, *extra))
-    patch = {"zero_optimization": {"stage": stage}, **({"bf16": {"enabled": True}} if bf16 else {})}
-    ds = engines.read_ds_config(ROOT / "ds_configs" / "zero2.json", patch)
-    tok = models.load_tokenizer(cfg.model)
-    sets = training.load_sets(cfg, tok, env)
-    engine = engines.initialize(models.load_policy(cfg.model, engines.dtype_of(ds)), ds, cfg, env, max_steps=10)
-    state = State(streams={n: data.BatchStream(len(getattr(sets, n)), 2, i) for i, n in enumerate(("forget", "retain"))})
-    return training.Loop(cfg, engine, sets, tok, env, None, None, tmp_path, 10), state
 
 
 def _weights(engine) -> list[torch.Tensor]:
@@ -101,6 +83,27 @@ def test_nonfinite_gradient_with_finite_loss_is_skipped(demo_dir, dist_env, tmp_
     handle.remove()
     assert metrics["skipped"] == 1.0 and torch.isfinite(torch.tensor(metrics[next(k for k in metrics if k.endswith("/loss"))]))
     assert all(torch.equal(a, b) for a, b in zip(_weights(loop.engine), before))
+
+
+@pytest.mark.parametrize("stage", [2, 3])
+def test_lr_schedule_ends_at_max_steps_whatever_was_skipped(demo_dir, dist_env, tmp_path, stage):
+    """DeepSpeed holds its scheduler on a skipped step; the loop advances it, so a run with skips
+    applies the same LR at every step as a clean run and ends the linear decay at max_steps (10)."""
+    applied = {}
+    for label, bad in (("clean", set()), ("skips", {2, 5, 6})):
+        loop, state = _loop(demo_dir, tmp_path, dist_env, stage, "optim.schedule=linear", "optim.lr=1e-3")
+        lrs = []
+        for step in range(10):
+            handle = _nan_logits_on(loop.engine, {0}) if step in bad else None
+            metrics = loop.step(state)
+            if handle:
+                handle.remove()
+            assert metrics["skipped"] == (1.0 if step in bad else 0.0)
+            state.record_step(metrics["skipped"] > 0)
+            lrs.append(metrics["lr"])
+        applied[label] = lrs + [loop.engine.get_lr()[0]]
+    assert applied["skips"] == applied["clean"]
+    assert applied["clean"][0] == pytest.approx(1e-3) and applied["clean"][-1] == pytest.approx(0.0, abs=1e-12)
 
 
 def test_poison_makes_every_reached_gradient_nan():

@@ -115,10 +115,21 @@ def test_bad_target_modules_name_the_key(demo_dir):
                                        lora_target_modules=("no_such_proj",)))
 
 
-def test_policy_trains_without_dropout_unless_asked(demo_dir):
-    for lora in (False, True):
-        cfg = ModelConfig(name_or_path=str(demo_dir / "init"), lora=lora)
-        assert not any(m.training for m in models.load_policy(cfg).modules())
+def test_policy_trains_without_dropout_unless_asked(demo_dir, tmp_path):
+    """Training mode always (gradient checkpointing needs it); dropout 0.1 in the weights' config
+    acts only with model.dropout=true (LoRA's own dropout likewise)."""
     from dataclasses import replace
 
-    assert models.load_policy(replace(cfg, dropout=True)).training
+    from tests.conftest import dropout_model
+
+    folder = dropout_model(demo_dir, tmp_path / "model")
+    ids = torch.tensor([[5, 9, 14, 3, 22, 7, 11, 4]])
+    for lora in (False, True):
+        cfg = ModelConfig(name_or_path=str(folder), lora=lora, lora_dropout=0.5)
+        policy = models.load_policy(cfg)
+        assert policy.training
+        assert torch.equal(policy(input_ids=ids).logits, policy(input_ids=ids).logits)
+        noisy = models.load_policy(replace(cfg, dropout=True))
+        assert noisy.training
+        assert not torch.equal(noisy(input_ids=ids).logits, noisy(input_ids=ids).logits)
+    assert policy.config.dropout == 0.1  # the saved config keeps its own values

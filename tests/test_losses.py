@@ -84,10 +84,32 @@ def test_simnpo_closed_form_on_uniform_logits(batch):
     """Uniform logits: mean answer log-prob = -log V for every sequence."""
     _, labels = batch
     beta, gamma = 0.5, 0.3
-    cfg = MethodConfig(beta=beta, simnpo_gamma=gamma)
+    cfg = MethodConfig(beta=7.0, simnpo_beta=beta, simnpo_gamma=gamma)  # SimNPO reads its own beta
     got = methods.FORGET["simnpo"].fn(Forward(torch.zeros(B, T, V), labels), cfg)
     expected = -(2 / beta) * math.log(1 / (1 + math.exp(-(beta * math.log(V) - gamma))))
     assert got.item() == pytest.approx(expected, rel=1e-6)
+    # open-unlearning's form, -(2/b) logsigmoid(b (NLL/|y| - delta)) with delta = gamma / b: same number
+    delta = gamma / beta
+    assert got.item() == pytest.approx(-(2 / beta) * math.log(1 / (1 + math.exp(-beta * (math.log(V) - delta)))),
+                                       rel=1e-6)
+    assert MethodConfig().simnpo_beta == 4.5 and MethodConfig().beta == 0.1
+
+
+def test_npo_at_policy_unlike_reference_matches_the_closed_form():
+    """Policy uniform (log p = -log V per token), reference puts logit a on each label:
+    log p_ref = log(e^a / (e^a + V - 1)) per token. NPO = -(2/b) mean_i log sigmoid(-b n_i (lp - lr))."""
+    a, beta = 2.0, 0.7
+    labels = torch.full((2, 5), losses.IGNORE)
+    labels[0, 2:5] = torch.tensor([3, 1, 4])      # 3 answer tokens
+    labels[1, 1:5] = torch.tensor([2, 7, 1, 8])   # 4 answer tokens
+    ref = torch.zeros(2, 5, V)
+    ref[:, :-1].scatter_(2, labels[:, 1:].clamp(min=0).unsqueeze(-1), a)
+    got = methods.FORGET["npo"].fn(Forward(torch.zeros(2, 5, V), labels, ref_logits=ref), MethodConfig(beta=beta))
+    per_token = -math.log(V) - math.log(math.exp(a) / (math.exp(a) + V - 1))  # log pi - log pi_ref < 0 here
+    expected = sum(-(2 / beta) * math.log(1 / (1 + math.exp(beta * n * per_token))) for n in (3, 4)) / 2
+    assert got.item() == pytest.approx(expected, rel=1e-6)
+    flipped = sum(-(2 / beta) * math.log(1 / (1 + math.exp(-beta * n * per_token))) for n in (3, 4)) / 2
+    assert abs(expected - flipped) > 0.5  # a flipped ratio sign would not pass
 
 
 def test_sequence_logps_sum_and_mean_over_answer_tokens_only(batch):

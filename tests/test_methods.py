@@ -11,6 +11,7 @@ import torch
 from tests.conftest import ROOT, dropout_model
 from tests.unlearn_runs import run, scalars, weights
 from unlearn import methods
+from unlearn import model as models
 from unlearn.config import MethodConfig
 from unlearn.config_io import load_config
 from unlearn.errors import UserError
@@ -40,7 +41,7 @@ def test_full_reference_is_a_frozen_copy_that_never_changes(demo_dir, tmp_path, 
         assert torch.equal(after_ref[name], value), f"reference weight {name} changed"
     trained = weights(run_dir / "checkpoints" / "step-000003")
     assert any(not torch.equal(trained[k], init[k]) for k in init), "the policy did not train"
-    assert not policy.training  # model.dropout=false: no dropout noise in the policy's passes
+    assert policy.training and models.zero_dropout(policy) == 0  # model.dropout=false: every p is 0
     assert scalars(run_dir, "retain/loss")[0] == 0.0  # KL to the reference is exactly 0 at step 0
     assert scalars(run_dir, "forget/loss")[0] == pytest.approx(20 * math.log(2), rel=1e-6)  # NPO, beta 0.1
     assert scalars(run_dir, "retain/loss")[-1] > 0.0

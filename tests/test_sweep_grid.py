@@ -11,6 +11,7 @@ from pathlib import Path
 import pytest
 import yaml
 
+from unlearn.config_io import load_config
 from unlearn.errors import UserError
 from unlearn.runs import COMPLETE
 from unlearn.sweep.grid import checkpoint_steps, load_sweep, open_sweep, plan, points, run_name, run_status
@@ -162,11 +163,27 @@ def test_profiles_give_sbatch_and_submitit_options(tmp_path):
         load_profile(bad)
 
 
-def test_shipped_sweep_files_load():
+def test_shipped_sweep_files_load(monkeypatch):
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("launch_evaluate", ROOT / "launch" / "evaluate.py")
+    evaluate = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(evaluate)
+    monkeypatch.chdir(ROOT)  # base_configs are paths from the checkout, where sweeps are launched
     for path in sorted((ROOT / "configs" / "sweeps").glob("*.yaml")):
         sweep = load_sweep(path)
         assert len(points(sweep)) >= 4, path
         load_profile(ROOT / sweep.profile)
+        args = evaluate.parser().parse_args(["runs/x/checkpoints/step-000001", *sweep.eval_args])  # exits 2 if bad
+        assert args.suite.count(",") == len(sweep.eval_args[1].split(",")) - 1, path
+    paper, _ = load_config([str(ROOT / "configs" / "harmful_opt1.3b.yaml")])
+    grid = load_sweep(ROOT / "configs" / "sweeps" / "harmful_opt1.3b_grid.yaml")
+    for point in points(grid):  # "the paper's setting": every value the grid does not vary is the preset's
+        for section in ("model", "data", "method", "optim", "train"):
+            mine, theirs = getattr(point.config, section), getattr(paper, section)
+            for key in mine.__dataclass_fields__:
+                if f"{section}.{key}" not in dict(grid.axes) and key != "save_every_n_steps":
+                    assert getattr(mine, key) == getattr(theirs, key), (point.name, section, key)
 
 
 def test_plan_shell_and_status_cli(tmp_path):

@@ -40,3 +40,30 @@ def weights(folder: Path) -> dict:
     for f in files:
         out.update(load_file(f))
     return out
+
+
+def loop_overrides(demo_dir, tmp_path, *extra) -> list[str]:
+    """Text forget/retain sets, 32 tokens, batch 2, lr 1e-2 constant (override with `extra`)."""
+    return [f"model.name_or_path={demo_dir / 'init'}", f"data.forget={demo_dir / 'forget.txt'}",
+            f"data.retain={demo_dir / 'retain.txt'}", "data.max_length=32", "train.micro_batch_size=2",
+            "train.global_batch_size=2", "optim.lr=1e-2", "optim.schedule=constant",
+            f"run.output_dir={tmp_path / 'runs'}", *extra]
+
+
+def make_loop(demo_dir, tmp_path, env, stage: int, *extra, bf16: bool = False):
+    """A Loop on a real single-rank engine (ZeRO `stage`), text forget/retain sets, max_steps 10."""
+    from unlearn import data
+    from unlearn import model as models
+    from unlearn.config_io import load_config
+    from unlearn.train import engine as engines
+    from unlearn.train import loop as training
+    from unlearn.train.resume import State
+
+    cfg, _ = load_config(overrides=loop_overrides(demo_dir, tmp_path, *extra))
+    patch = {"zero_optimization": {"stage": stage}, **({"bf16": {"enabled": True}} if bf16 else {})}
+    ds = engines.read_ds_config(ROOT / "ds_configs" / "zero2.json", patch)
+    tok = models.load_tokenizer(cfg.model)
+    sets = training.load_sets(cfg, tok, env)
+    engine = engines.initialize(models.load_policy(cfg.model, engines.dtype_of(ds)), ds, cfg, env, max_steps=10)
+    state = State(streams={n: data.BatchStream(len(getattr(sets, n)), 2, i) for i, n in enumerate(("forget", "retain"))})
+    return training.Loop(cfg, engine, sets, tok, env, None, None, tmp_path, 10), state

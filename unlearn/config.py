@@ -34,10 +34,13 @@ class ModelConfig:
     load_in_8bit: bool = False
     """Load the frozen base in 8-bit through bitsandbytes (requires lora; not with ZeRO-3)."""
     gradient_checkpointing: bool = False
-    """Recompute activations in backward: less memory, ~30% more compute."""
+    """Recompute each decoder layer's activations in backward: less activation memory, one more
+    forward pass of compute (works with dropout on or off, full or LoRA, every ZeRO stage)."""
     dropout: bool = False
-    """Train with the model's (and LoRA's) dropout active; off = deterministic forward passes, so
-    the KL/NPO terms compare policy and reference without noise (the paper's code trained so)."""
+    """Train with the model's (and LoRA's) dropout probabilities, as the paper's reference code did
+    (model.train() on OPT: dropout 0.1; the harmful presets turn it on). Off = every dropout
+    probability 0: deterministic passes, so the KL/NPO terms compare policy and reference without
+    noise and runs on different layouts agree exactly."""
 
 
 @dataclass(frozen=True)
@@ -107,9 +110,14 @@ class MethodConfig:
     mismatch_weight: float = 0.0
     """Weight of the random-mismatch term (forget prompts -> random normal answers); 0 = off."""
     beta: float = 0.1
-    """Inverse temperature of NPO / SimNPO."""
+    """NPO's inverse temperature (Zhang et al. 2024 and open-unlearning's NPO: 0.1)."""
+    simnpo_beta: float = 4.5
+    """SimNPO's inverse temperature on the length-normalised log-prob (open-unlearning's SimNPO: 4.5;
+    at NPO's 0.1 SimNPO's loss is nearly linear in the log-prob, i.e. almost plain gradient ascent)."""
     simnpo_gamma: float = 0.0
-    """SimNPO reward margin."""
+    """SimNPO's reward margin gamma as in the SimNPO paper, loss -(2/beta) log sigmoid(-beta/|y| log
+    pi(y|x) - gamma). open-unlearning's `delta` is gamma / beta (it subtracts delta from NLL/|y|
+    inside the sigmoid's beta); both default to 0."""
     schedule: str = "alternate"
     """alternate: separate forget and retain optimizer steps; joint: one step on the weighted sum."""
     forget_steps_per_cycle: int = 1

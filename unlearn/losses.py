@@ -61,11 +61,15 @@ def kl_to_reference(logits: torch.Tensor, ref_logits: torch.Tensor, labels: torc
 
 
 def npo(logp: torch.Tensor, ref_logp: torch.Tensor, beta: float) -> torch.Tensor:
-    """Negative preference optimisation on sequence log-probs (B,): -(2/beta) E log sigmoid(-beta * ratio)."""
+    """Negative preference optimisation on sequence log-probs (B,): -(2/beta) E log sigmoid(-beta * ratio),
+    ratio = log pi(y|x) - log pi_ref(y|x) (Zhang et al. 2024, eq. 3; open-unlearning's compute_dpo_loss
+    with no preferred answer gives the same). 2/beta log 2 at pi = pi_ref; -> 0 as pi(y|x) -> 0."""
     log_ratio = logp - ref_logp
     return -(2.0 / beta) * F.logsigmoid(-beta * log_ratio).mean()
 
 
 def simnpo(mean_logp: torch.Tensor, beta: float, gamma: float) -> torch.Tensor:
-    """SimNPO: reference-free NPO on length-normalised log-probs with margin gamma."""
+    """SimNPO: -(2/beta) E log sigmoid(-beta * mean_logp - gamma), mean_logp = log pi(y|x) / |y|
+    (Fan et al. 2024, eq. 6). open-unlearning writes it -(2/beta) log sigmoid(beta (NLL/|y| - delta)),
+    the same loss with delta = gamma / beta."""
     return -(2.0 / beta) * F.logsigmoid(-beta * mean_logp - gamma).mean()

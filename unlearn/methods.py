@@ -74,7 +74,8 @@ def ga(fwd: Forward, cfg) -> torch.Tensor:
 
 @register_forget("npo", needs_reference=True)
 def npo(fwd: Forward, cfg) -> torch.Tensor:
-    """NPO: ascent that saturates once the policy's answer log-prob is below the reference's."""
+    """NPO (Zhang et al. 2024, "Negative Preference Optimization"; open-unlearning's NPO trainer):
+    ascent that saturates once the policy's answer log-prob is below the reference's. Beta: method.beta."""
     with torch.no_grad():
         ref = losses.sequence_logp(fwd.ref_logits, fwd.labels)
     return losses.npo(losses.sequence_logp(fwd.logits, fwd.labels), ref, cfg.beta)
@@ -82,8 +83,10 @@ def npo(fwd: Forward, cfg) -> torch.Tensor:
 
 @register_forget("simnpo")
 def simnpo(fwd: Forward, cfg) -> torch.Tensor:
-    """SimNPO: NPO without a reference, on the length-normalised answer log-prob."""
-    return losses.simnpo(losses.sequence_mean_logp(fwd.logits, fwd.labels), cfg.beta, cfg.simnpo_gamma)
+    """SimNPO (Fan et al. 2024, "Simplicity Prevails"; open-unlearning's SimNPO trainer): NPO without a
+    reference, on the length-normalised answer log-prob. Its own beta (method.simnpo_beta, 4.5) and the
+    paper's margin gamma (method.simnpo_gamma = open-unlearning's delta x beta)."""
+    return losses.simnpo(losses.sequence_mean_logp(fwd.logits, fwd.labels), cfg.simnpo_beta, cfg.simnpo_gamma)
 
 
 # ----------------------------------------------------------------------------- retain

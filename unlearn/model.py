@@ -120,10 +120,36 @@ def load_policy(cfg: ModelConfig, dtype: torch.dtype = torch.float32):
         if cfg.lora:
             model.enable_input_require_grads()
     model.config.use_cache = False
-    # Dropout off by default (as the paper's code trained): the policy equals its reference at
-    # step 0, so KL = 0 and NPO = (2/beta) log 2 there exactly, and the loss terms are not noisy.
-    model.train(cfg.dropout)
+    if not cfg.dropout:
+        zero_dropout(model)
+    # Always in training mode: transformers recomputes activations (gradient checkpointing) only
+    # there. With model.dropout=false every dropout probability is 0, so the passes are as in eval
+    # mode: the policy equals its reference at step 0 (KL = 0, NPO = (2/beta) log 2 exactly).
+    model.train()
     return model
+
+
+DROPOUT_ATTRIBUTES = ("dropout", "attention_dropout", "activation_dropout", "layerdrop", "attn_dropout",
+                      "hidden_dropout", "resid_dropout", "attn_pdrop", "resid_pdrop", "embd_pdrop")
+"""Float attributes through which Hugging Face modules apply functional dropout (OPT: `dropout`,
+`layerdrop`; its attention: `dropout` = config.attention_dropout)."""
+
+
+def zero_dropout(model) -> int:
+    """Set every dropout probability in `model` to 0 (nn.Dropout modules, LoRA's included, and the
+    float attributes above), leaving model.config alone so a saved checkpoint keeps its own values.
+    Returns how many were non-zero."""
+    changed = 0
+    for module in model.modules():
+        if isinstance(module, torch.nn.Dropout):
+            changed += module.p > 0
+            module.p = 0.0
+        for name in DROPOUT_ATTRIBUTES:
+            value = module.__dict__.get(name)
+            if isinstance(value, float):
+                changed += value > 0
+                setattr(module, name, 0.0)
+    return changed
 
 
 def load_reference(cfg: ModelConfig, dtype: torch.dtype = torch.float32):

@@ -51,6 +51,7 @@ VARIANTS = {
     "ours-fp32": Variant("ours"),
     "ours-bf16": Variant("ours", bf16=True),
     "ours-bf16-ckpt": Variant("ours", bf16=True, gradient_checkpointing=True),
+    "ours-fp32-ckpt": Variant("ours", gradient_checkpointing=True),
     "ours-zero3": Variant("ours", ds_config="ds_configs/zero3.json", bf16=True),
     "ours-zero3-offload": Variant("ours", ds_config="ds_configs/zero3_offload.json", bf16=True),
     "ours-fp32-adam8bit": Variant("ours", optimizer="adamw8bit"),

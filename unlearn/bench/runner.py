@@ -95,6 +95,8 @@ def _summarise(name: str, runs: list[dict], n_params: int, peak: float | None) -
            "tokens_per_cpu_s": statistics.median(r["tokens_per_cpu_s"] for r in ok),
            "tokens_per_step": ok[0]["tokens_per_step"], "ref_tokens_per_step": ok[0]["ref_tokens_per_step"],
            "padded_tokens_per_step": ok[0]["padded_tokens_per_step"],
+           "step_s_spread": _spread([r["step_s"] for r in ok]),
+           "cpu_step_s_spread": _spread([r["cpu_step_s"] for r in ok]),
            "rss_peak_gib": max(r["rss_peak_gib"] for r in ok),
            "optimizer_state_gib": max(r["optimizer_state_gib"] for r in ok), "repeats": runs}
     if "gpu_peak_gib" in ok[0]:
@@ -105,6 +107,18 @@ def _summarise(name: str, runs: list[dict], n_params: int, peak: float | None) -
         flops = train_flops * row["tokens_per_step"] + 2 * n_params * row["ref_tokens_per_step"]
         row["mfu"] = flops / row["step_s"] / peak
     return row
+
+
+def _spread(values: list[float]) -> float:
+    """(max - min) / median of a variant's repeats: how much the machine moved the number."""
+    return (max(values) - min(values)) / statistics.median(values) if values else 0.0
+
+
+def _paired(runs: list[dict], base: list[dict], key: str) -> float | None:
+    """Median over rounds of this variant's `key` / the baseline's in the same round: the two ran
+    back to back, so a slow spell of the machine divides out."""
+    ratios = [r[key] / b[key] for r, b in zip(runs, base) if r.get("status") == "ok" and b.get("status") == "ok"]
+    return statistics.median(ratios) if ratios else None
 
 
 def run(opts: Options, spec: Spec) -> dict:
@@ -122,7 +136,7 @@ def run(opts: Options, spec: Spec) -> dict:
     gpu_bytes = torch.cuda.get_device_properties(0).total_memory if cuda else None
     peak = presets.peak_flops(gpu_name) if cuda else None
     runs: dict[str, list[dict]] = {n: [] for n in names}
-    for r in range(opts.repeats):
+    for r in range(opts.repeats):  # rounds A B C, C B A, ...: load drift hits every variant alike
         for name in (names if r % 2 == 0 else names[::-1]):
             reason = _skip_reason(name, n_params, gpu_bytes)
             if reason:
@@ -136,11 +150,13 @@ def run(opts: Options, spec: Spec) -> dict:
             else:
                 runs[name].append(_worker(s))
     rows = [_summarise(n, runs[n], n_params, peak) for n in names]
-    base = next((r for r in rows if r["variant"] == "baseline" and r["status"] == "ok"), None)
+    base = runs.get("baseline")
     for row in rows:
         if base and row["status"] == "ok":
-            row["speedup_vs_baseline"] = row["tokens_per_s"] / base["tokens_per_s"]
-            row["cpu_speedup_vs_baseline"] = row["tokens_per_cpu_s"] / base["tokens_per_cpu_s"]
+            for key, out in (("tokens_per_s", "speedup_vs_baseline"), ("tokens_per_cpu_s", "cpu_speedup_vs_baseline")):
+                ratio = _paired(runs[row["variant"]], base, key)
+                if ratio is not None:
+                    row[out] = ratio
         if opts.preset == "opt-1.3b" and opts.scale_down == 1 and row["status"] == "ok" and cuda:
             row["speedup_vs_paper_step"] = PAPER_OPT13B_STEP_S / row["step_s"]
     return {"preset": opts.preset, "scale_down": opts.scale_down, "parameters": n_params,
@@ -163,9 +179,10 @@ def table(report: dict) -> str:
     """A fixed-width table of the report's median rows."""
     mem = "gpu_peak_gib" if any("gpu_peak_gib" in r for r in report["results"]) else "rss_peak_gib"
     head = (f"{'variant':<20} {'status':<8} {'s/step':>8} {'tokens/s':>10} {'x base':>7} {'cpu s/step':>10} "
-            f"{'x base':>7} {mem:>13} {'optimizer_gib':>13} {'MFU':>6}")
+            f"{'spread':>7} {'x base':>7} {mem:>13} {'optimizer_gib':>13} {'MFU':>6}")
     lines = [f"{report['preset']} (x1/{report['scale_down']}, {report['parameters'] / 1e6:.1f}M params) on "
-             f"{report['device']}, batch {report['spec']['batch']}", head]
+             f"{report['device']}, batch {report['spec']['batch']}; medians of {report['repeats']} interleaved "
+             "rounds, spread = (max - min) / median, x base = median of same-round ratios", head]
     for r in report["results"]:
         if r["status"] != "ok":
             lines.append(f"{r['variant']:<20} {r['status']:<8} {r.get('error', '')[:80]}")
@@ -174,7 +191,8 @@ def table(report: dict) -> str:
         xc = f"{r['cpu_speedup_vs_baseline']:.2f}" if "cpu_speedup_vs_baseline" in r else "-"
         mfu = f"{100 * r['mfu']:.1f}%" if "mfu" in r else "-"
         lines.append(f"{r['variant']:<20} {'ok':<8} {r['step_s']:>8.3f} {r['tokens_per_s']:>10.0f} {x:>7} "
-                     f"{r['cpu_step_s']:>10.3f} {xc:>7} {r[mem]:>13.2f} {r['optimizer_state_gib']:>13.3f} {mfu:>6}")
+                     f"{r['cpu_step_s']:>10.3f} {100 * r['cpu_step_s_spread']:>6.1f}% {xc:>7} {r[mem]:>13.2f} "
+                     f"{r['optimizer_state_gib']:>13.3f} {mfu:>6}")
     pads = "; ".join(f"{name} {100 * p['shuffled']:.1f}% shuffled, {100 * p['grouped']:.1f}% length-grouped"
                      for name, p in report.get("padding", {}).items())
     if pads:

@@ -149,6 +149,10 @@ class Loop:
             self.engine.step()
         applied = self.engine.was_step_applied()
         assert not (bad_loss and applied), "a step with a non-finite loss reached the weights"
+        if not applied and self.engine.lr_scheduler is not None:
+            # DeepSpeed holds its scheduler on a skipped step while our step counter moves on: advance
+            # it here, so the LR at step s is the schedule's value at s and reaches its end at max_steps.
+            self.engine.lr_scheduler.step()
         metrics = distributed.all_reduce_mean(sums, self.env)
         metrics["skipped"] = 0.0 if applied else 1.0  # non-finite loss or gradient: weights untouched
         grad_norm = self.engine.get_global_grad_norm()
@@ -203,9 +207,9 @@ def _train(cfg: Config, ds_config: str, ds_patch: dict[str, Any] | None, resume:
     dtype = engines.dtype_of(ds)
     policy = models.load_policy(cfg.model, dtype)
     engine = engines.initialize(policy, ds, cfg, env, max_steps)
-    # Dropout only with model.dropout=true: off (the default, as the paper's code trained), the policy
-    # equals its reference at step 0 and the KL/NPO terms and cross-layout trajectories are exact.
-    engine.train(cfg.model.dropout)
+    # Training mode always (gradient checkpointing needs it); with model.dropout=false the policy's
+    # dropout probabilities are 0 (unlearn.model.zero_dropout), so its passes are deterministic.
+    engine.train()
     reference = Reference(cfg, engine, ds, env, dtype) if methods.needs_reference(cfg.method) else None
 
     state = State(streams=make_streams(cfg, sets))

@@ -1,0 +1,99 @@
+"""The loop does what its settings say, on real single-rank DeepSpeed engines: gradient checkpointing
+recomputes, the alternate schedule runs one optimizer step per phase in the right direction, and
+gradient clipping bounds the gradient the optimizer applies in both phases."""
+
+from __future__ import annotations
+
+import copy
+
+import pytest
+import torch
+
+from tests.unlearn_runs import make_loop, run
+from unlearn import data, losses
+
+
+def _count_layer_forwards(monkeypatch) -> dict[str, int]:
+    """Count the attention forwards of every decoder layer of the policies train() loads; a
+    recomputation in backward runs them again. (A hook inside the layer: transformers checkpoints
+    the layer's own `forward`, so patching that would switch checkpointing off.)"""
+    from unlearn import model as models
+
+    calls = {"n": 0}
+    real = models.load_policy
+
+    def load(cfg, dtype=torch.float32):
+        policy = real(cfg, dtype)
+        for name, module in policy.named_modules():
+            if name.endswith("self_attn"):
+                module.register_forward_hook(lambda *_: calls.__setitem__("n", calls["n"] + 1))
+        return policy
+    monkeypatch.setattr(models, "load_policy", load)
+    return calls
+
+
+# (ZeRO stage, LoRA, dropout): every stage, full and LoRA, dropout on and off
+@pytest.mark.parametrize("stage,lora,dropout", [(2, False, False), (2, True, True), (3, False, True),
+                                                (3, True, False)])
+def test_gradient_checkpointing_recomputes_every_layer(demo_dir, dist_env, tmp_path, monkeypatch, stage, lora,
+                                                       dropout):
+    # one joint GA + NLL step: two policy passes (forget, retain) through the demo's 4 layers
+    args = ["train.max_steps=1", "method.forget_loss=ga", "method.retain_loss=nll", "method.schedule=joint",
+            f"model.lora={str(lora).lower()}", f"model.dropout={str(dropout).lower()}"]
+    layers, passes = 4, 2
+    calls = _count_layer_forwards(monkeypatch)
+    run(demo_dir, tmp_path / "plain", *args, ds=f"zero{stage}.json")
+    assert calls["n"] == passes * layers
+    calls["n"] = 0
+    run(demo_dir, tmp_path / "ckpt", *args, "model.gradient_checkpointing=true", ds=f"zero{stage}.json")
+    assert calls["n"] == 2 * passes * layers  # each layer's forward runs again in backward
+
+
+def _nll(engine, samples: list[data.Sample], pad: int) -> float:
+    batch = data.collate(samples, pad)
+    with torch.no_grad():
+        logits = engine.module(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
+    return losses.nll(logits, batch["labels"]).item()
+
+
+@pytest.mark.parametrize("stage", [2, 3])
+def test_alternate_schedule_is_one_optimizer_step_per_phase(demo_dir, dist_env, tmp_path, stage):
+    loop, state = make_loop(demo_dir, tmp_path, dist_env, stage, "method.forget_loss=ga", "method.retain_loss=nll",
+                            "method.schedule=alternate", "optim.lr=1e-3")
+    pad = loop.tokenizer.pad_token_id
+    for step in range(4):
+        name = "forget" if step % 2 == 0 else "retain"
+        stream = copy.deepcopy(state.streams[name])
+        samples = [getattr(loop.sets, name)[i] for i in stream.global_indices(stream.next_batch)]
+        before, steps_before = _nll(loop.engine, samples, pad), loop.engine.global_steps
+        metrics = loop.step(state)
+        state.record_step(False)
+        after = _nll(loop.engine, samples, pad)
+        assert metrics["phase"] == (0.0 if name == "forget" else 1.0)
+        assert f"{name}/loss" in metrics and not {"forget/loss", "retain/loss"} <= set(metrics)
+        assert loop.engine.global_steps == steps_before + 1
+        assert metrics[f"{name}/nll"] == pytest.approx(before, rel=1e-5)  # the loss saw this batch
+        assert (after > before) if name == "forget" else (after < before), (step, name, before, after)
+
+
+@pytest.mark.parametrize("stage", [2, 3])
+def test_clipping_bounds_the_applied_gradient_in_both_phases(demo_dir, dist_env, tmp_path, stage):
+    clip = 1e-3  # far below the tiny model's gradient norm (> 1 at lr 0)
+    loop, state = make_loop(demo_dir, tmp_path, dist_env, stage, "method.forget_loss=ga",
+                            "method.retain_loss=nll", "method.schedule=alternate", f"optim.grad_clip={clip}")
+    inner = loop.engine.optimizer.optimizer  # the torch AdamW over ZeRO's fp32 partitions
+    norms: list[float] = []
+    real_step = inner.step
+
+    def recording_step(*args, **kwargs):
+        squares = sum(float(p.grad.float().pow(2).sum()) for g in inner.param_groups for p in g["params"]
+                      if p.grad is not None)
+        norms[-1] += squares
+        return real_step(*args, **kwargs)
+    inner.step = recording_step
+    for _ in range(2):  # a forget step, then a retain step
+        norms.append(0.0)
+        metrics = loop.step(state)
+        state.record_step(False)
+        assert metrics["grad_norm"] > 100 * clip  # the gradient before clipping
+    assert [n ** 0.5 for n in norms] == pytest.approx([clip, clip], rel=1e-3)
