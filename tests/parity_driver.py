@@ -28,8 +28,9 @@ METHODS: dict[str, list[str]] = {
     "ga+kl+mismatch/joint": ["method.forget_loss=ga", "method.forget_weight=0.5", "method.retain_loss=kl",
                              "method.mismatch_weight=1", "method.schedule=joint", "data.num_random_answers=3",
                              "data.forget={demo}/harmful.jsonl", "data.retain={demo}/normal.jsonl"],
+    # lr 3e-3: at 1e-2 Adam amplifies the layouts' float noise to 1e-4 within 6 steps on some CPUs
     "lora/npo+kl/joint": ["model.lora=true", "method.forget_loss=npo", "method.retain_loss=kl",
-                          "method.schedule=joint", "optim.lr=1e-2"],
+                          "method.schedule=joint", "optim.lr=3e-3"],
 }
 TAGS = ("forget/loss", "retain/loss", "mismatch/loss", "grad_norm")
 

@@ -36,9 +36,10 @@ def test_loss_trajectory_matches_across_zero_stages_and_ranks(trajectories, meth
     for layout, runs in trajectories.items():
         for tag, series in runs[method].items():
             assert len(series) == len(base[tag]), (layout, tag)
-            # losses: absolute; the gradient norm (a sum over ~1M squares whose reduction order
-            # depends on the sharding) relative to its size
-            scale = [max(1.0, abs(b)) if tag == "grad_norm" else 1.0 for b in base[tag]]
+            # absolute below 1, relative above: the gradient norm (a sum over ~1M squares whose
+            # reduction order depends on the sharding) and NPO's sequence-level losses (~10 nats,
+            # where an fp32 ulp is 1e-6) carry float noise in proportion to their size
+            scale = [max(1.0, abs(b)) for b in base[tag]]
             worst = max(abs(a - b) / s for a, b, s in zip(series, base[tag], scale))
             assert worst <= TOLERANCE, f"{method} {tag} under {layout} differs by {worst:.2e}"
 

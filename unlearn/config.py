@@ -147,6 +147,9 @@ class OptimConfig:
     """LR after warm-up: linear (decay to 0 at max_steps) | constant."""
     grad_clip: float = 1.0
     """Max global gradient L2 norm (DeepSpeed gradient_clipping); 0 = off."""
+    phase_state: str = "shared"
+    """alternate schedule: shared (one AdamW state for forget and retain steps) | separate (one each,
+    swapped in before each step; a second optimizer state in memory). See unlearn.train.phase_state."""
 
 
 @dataclass(frozen=True)

@@ -71,8 +71,9 @@ def _meta(cfg: Config, engine, env: DistEnv, step: int, extra: dict[str, Any]) -
 
 
 def save(engine, tokenizer, cfg: Config, run_dir: Path, step: int, env: DistEnv,
-         client_state: dict[str, Any], engine_state: bool = True) -> Path:
-    """Atomically write checkpoint `step` (all ranks must call this)."""
+         client_state: dict[str, Any], engine_state: bool = True, rank_state: dict[str, Any] | None = None) -> Path:
+    """Atomically write checkpoint `step` (all ranks must call this). `rank_state`: this rank's own
+    tensors for resume beside DeepSpeed's (e.g. the inactive phase's optimizer moments)."""
     final = step_dir(run_dir, step)
     tmp = final.parent / f".{final.name}.tmp"
     if env.is_main:
@@ -85,6 +86,8 @@ def save(engine, tokenizer, cfg: Config, run_dir: Path, step: int, env: DistEnv,
         engine.save_checkpoint(str(tmp / ENGINE_DIR), tag=ENGINE_TAG, client_state=client_state,
                                save_latest=False)
         torch.save(_rng_state(), tmp / ENGINE_DIR / f"rng_rank{env.rank}.pt")
+        if rank_state:
+            torch.save(rank_state, tmp / ENGINE_DIR / f"state_rank{env.rank}.pt")
     distributed.barrier()
     if env.is_main:
         (tmp / "config.yaml").write_text(dump_yaml(cfg))
@@ -167,6 +170,12 @@ def load_for_resume(engine, ckpt: Path, env: DistEnv) -> dict[str, Any]:
                         "world size or ZeRO stage?); expected the same launch settings as the original run")
     _set_rng_state(torch.load(rng, weights_only=False))
     return client
+
+
+def load_rank_state(ckpt: Path, env: DistEnv) -> dict[str, Any]:
+    """This rank's `rank_state` saved with checkpoint `ckpt` ({} when none was saved)."""
+    path = Path(ckpt) / ENGINE_DIR / f"state_rank{env.rank}.pt"
+    return torch.load(path, weights_only=False) if path.is_file() else {}
 
 
 def config_changes(ckpt: Path, cfg: Config) -> list[str]:

@@ -24,6 +24,7 @@ from unlearn.methods import Forward
 from unlearn.sets import Sets, check_lengths, load_sets, make_streams, max_steps_for
 from unlearn.train import checkpoint, guards, preflight
 from unlearn.train import engine as engines
+from unlearn.train.phase_state import SEPARATE, PhaseStates
 from unlearn.train.resume import State, resume_from_last, say
 from unlearn.train.rundir import check_run_dir, prepare_run_dir
 from unlearn.train.schedule import FORGET, JOINT, RETAIN, phase_at
@@ -66,8 +67,10 @@ class Reference:
 
 class Loop:
     def __init__(self, cfg: Config, engine, sets: Sets, tokenizer, env: DistEnv,
-                 reference: Reference | None, writer: Writer, run_dir: Path, max_steps: int):
+                 reference: Reference | None, writer: Writer, run_dir: Path, max_steps: int,
+                 phases: PhaseStates | None = None):
         self.cfg, self.engine, self.sets, self.env = cfg, engine, sets, env
+        self.phases = phases or PhaseStates(engine, cfg.optim.phase_state == SEPARATE)
         self.tokenizer, self.reference, self.writer = tokenizer, reference, writer
         self.run_dir, self.max_steps = run_dir, max_steps
         self.forget_obj = methods.forget_objective(cfg.method.forget_loss)
@@ -118,6 +121,7 @@ class Loop:
         """One optimizer step of the phase that `state.step` falls on; returns its metrics."""
         m = self.cfg.method
         phase = phase_at(state.step, m)
+        self.phases.enter(phase)  # optim.phase_state=separate: this phase's own AdamW moments
         parts: list[tuple[str, float, methods.Objective, str]] = []  # (metric, weight, objective, set)
         if phase in (FORGET, JOINT):
             if self.forget_obj:
@@ -213,7 +217,8 @@ def _train(cfg: Config, ds_config: str, ds_patch: dict[str, Any] | None, resume:
     reference = Reference(cfg, engine, ds, env, dtype) if methods.needs_reference(cfg.method) else None
 
     state = State(streams=make_streams(cfg, sets))
-    last_saved = resume_from_last(state, engine, cfg, run_dir, env) if resume else -1
+    phases = PhaseStates(engine, cfg.optim.phase_state == SEPARATE)
+    last_saved = resume_from_last(state, engine, cfg, run_dir, env, phases) if resume else -1
     # On resume, events past the restored step (logged before the crash) are dropped, so curves
     # do not double back; a resume without a checkpoint drops them all.
     writer = Writer(run_dir / "tb", env, purge_step=state.step + 1 if resume else None)
@@ -221,7 +226,7 @@ def _train(cfg: Config, ds_config: str, ds_patch: dict[str, Any] | None, resume:
         trainable, total = models.count_parameters(engine.module)
         print(f"run {run_dir} | {engines.describe(engine)} | {trainable:,}/{total:,} trainable params | "
               f"forget {len(sets.forget)} retain {len(sets.retain)} samples | {max_steps} steps", flush=True)
-    loop = Loop(cfg, engine, sets, tokenizer, env, reference, writer, run_dir, max_steps)
+    loop = Loop(cfg, engine, sets, tokenizer, env, reference, writer, run_dir, max_steps, phases)
     t = cfg.train
 
     def save() -> None:
@@ -229,7 +234,8 @@ def _train(cfg: Config, ds_config: str, ds_patch: dict[str, Any] | None, resume:
         if state.step == last_saved:  # e.g. a preemption right after a periodic save
             return
         checkpoint.save(engine, tokenizer, cfg, run_dir, state.step, env, state.client_state(),
-                        engine_state=t.save_engine_state)
+                        engine_state=t.save_engine_state,
+                        rank_state={"phase_state": phases.state_dict()} if phases.separate else None)
         checkpoint.prune(run_dir, t.keep_last_n, env)
         last_saved = state.step
 

@@ -17,6 +17,7 @@ from unlearn import data, runs
 from unlearn.config import Config
 from unlearn.distributed import DistEnv
 from unlearn.train import checkpoint
+from unlearn.train.phase_state import PhaseStates
 
 
 @dataclass
@@ -48,8 +49,10 @@ class State:
             self.streams[name].next_batch = pos
 
 
-def resume_from_last(state: State, engine, cfg: Config, run_dir: Path, env: DistEnv) -> int:
-    """Restore engine, RNG and `state` from the newest complete checkpoint; returns its step (-1: none)."""
+def resume_from_last(state: State, engine, cfg: Config, run_dir: Path, env: DistEnv,
+                     phases: PhaseStates | None = None) -> int:
+    """Restore engine, RNG, `state` and the per-phase optimizer moments from the newest complete
+    checkpoint; returns its step (-1: none)."""
     last = runs.complete_checkpoints(run_dir)
     if not last:
         say(env, f"--resume: no complete checkpoint in {run_dir}, starting at step 0")
@@ -58,6 +61,8 @@ def resume_from_last(state: State, engine, cfg: Config, run_dir: Path, env: Dist
     if changed:
         say(env, f"warning: resuming {last[-1].name} with changed settings: {', '.join(changed)}")
     state.restore(checkpoint.load_for_resume(engine, last[-1], env))
+    if phases is not None:
+        phases.load_state_dict(checkpoint.load_rank_state(last[-1], env).get("phase_state", {}))
     say(env, f"resumed from {last[-1]} at step {state.step}")
     return state.step
 
