@@ -66,8 +66,10 @@ def test_zero3_reference_is_its_own_sharded_engine(demo_dir, tmp_path, dist_env,
 def test_forget_terms_move_the_forget_nll_up(demo_dir, tmp_path, dist_env):
     """ga, npo and simnpo all push the forget answers' NLL up on the same data and steps."""
     for name in ("ga", "npo", "simnpo"):
+        # SimNPO at its default beta 4.5 saturates on a random model (NLL 6.6 nats/token: its weight
+        # on the log-prob gradient is 2 sigmoid(-4.5 x 6.6) ~ 1e-13); beta 0.1 shows the direction
         run_dir = run(demo_dir, tmp_path / name, f"method.forget_loss={name}", "method.retain_loss=none",
-                      "optim.lr=3e-3", "optim.schedule=constant")
+                      "optim.lr=3e-3", "optim.schedule=constant", "method.simnpo_beta=0.1")
         nll = scalars(run_dir, "forget/nll")
         assert len(nll) == 3 and nll[-1] > nll[0] + 0.01, (name, nll)
 

@@ -161,12 +161,15 @@ def load_reference(cfg: ModelConfig, dtype: torch.dtype = torch.float32):
 
 
 @contextlib.contextmanager
-def adapters_disabled(model):
-    """Run the LoRA policy as its own base model (the reference) inside this block, in eval mode
-    (no dropout: the reference is a fixed function), restoring the training mode afterwards."""
+def adapters_disabled(model, eval_mode: bool = True):
+    """Run the LoRA policy as its own base model (the reference) inside this block. `eval_mode`: in eval
+    mode (needed when the policy's dropout is active: the reference is a fixed function); False keeps
+    the policy's mode, so a dropout-free policy and its reference compute the same function (an
+    8-bit base computes slightly differently in training and eval mode)."""
     peft_model = getattr(model, "module", model)
     was_training = peft_model.training
-    peft_model.eval()
+    if eval_mode:
+        peft_model.eval()
     try:
         with peft_model.disable_adapter():
             yield

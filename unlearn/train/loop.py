@@ -49,6 +49,7 @@ class Reference:
 
     def __init__(self, cfg: Config, policy_engine, ds: dict[str, Any], env: DistEnv, dtype: torch.dtype):
         self.policy = policy_engine
+        self.dropout = cfg.model.dropout
         self.model = None
         if not cfg.model.lora:
             ref = models.load_reference(cfg.model, dtype)
@@ -60,7 +61,7 @@ class Reference:
     @torch.no_grad()
     def logits(self, batch: dict[str, torch.Tensor], keep: int = 0) -> torch.Tensor:
         if self.model is None:
-            with models.adapters_disabled(self.policy.module):
+            with models.adapters_disabled(self.policy.module, eval_mode=self.dropout):
                 return _forward(self.policy, batch, keep)
         return _forward(self.model, batch, keep)
 
