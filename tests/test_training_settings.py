@@ -161,3 +161,21 @@ def test_separate_phase_state_resumes_exactly(demo_dir, dist_env, tmp_path, stag
     a, b = weights(whole / "checkpoints" / "step-000006"), weights(parts / "checkpoints" / "step-000006")
     assert all(torch.equal(a[k], b[k]) for k in a)
     assert (parts / "checkpoints" / "step-000003" / "engine" / "state_rank0.pt").is_file()
+
+
+def test_unknown_phase_state_is_a_user_error_and_joint_keeps_one_state(demo_dir, dist_env, tmp_path):
+    from tests.conftest import ROOT
+    from unlearn.config_io import load_config
+    from unlearn.errors import UserError
+    from unlearn.train import engine as engines
+    from unlearn.train import preflight
+
+    cfg, _ = load_config(overrides=["optim.phase_state=both"])
+    with pytest.raises(UserError, match="optim.phase_state 'both' is unknown; expected one of: shared, separate"):
+        preflight.check_config(cfg, engines.read_ds_config(ROOT / "ds_configs" / "zero2.json"), 1)
+    loop, state = make_loop(demo_dir, tmp_path, dist_env, 2, "method.schedule=joint", "method.retain_loss=nll")
+    assert loop.cfg.optim.phase_state == "separate"  # the default
+    for _ in range(2):
+        loop.step(state)
+        state.record_step(False)
+    assert loop.phases.active == "joint" and not loop.phases.stash

@@ -10,7 +10,7 @@ from unlearn import model as models
 from unlearn.config import Config
 from unlearn.errors import UserError
 from unlearn.train import engine as engines
-from unlearn.train.phase_state import PHASE_STATES, SEPARATE
+from unlearn.train.phase_state import PHASE_STATES
 from unlearn.train.schedule import JOINT
 
 SCHEDULES = (JOINT, "alternate")
@@ -27,9 +27,6 @@ def check_config(cfg: Config, ds: dict[str, Any], world_size: int, *, resume: bo
     if cfg.optim.phase_state not in PHASE_STATES:
         raise UserError(f"optim.phase_state '{cfg.optim.phase_state}' is unknown; expected one of: "
                         f"{', '.join(PHASE_STATES)}")
-    if cfg.optim.phase_state == SEPARATE and cfg.method.schedule == JOINT:
-        raise UserError("optim.phase_state=separate needs method.schedule=alternate (a joint step has one "
-                        "phase); expected optim.phase_state=shared with the joint schedule")
     engines.check_run_config(cfg, ds, world_size)
     if cfg.train.max_steps <= 0 and cfg.train.epochs <= 0:
         raise UserError(f"train.max_steps={cfg.train.max_steps}; expected a positive number of optimizer steps "
