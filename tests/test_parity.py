@@ -46,6 +46,12 @@ def test_loss_trajectory_matches_across_zero_stages_and_ranks(trajectories, meth
 
 @pytest.mark.slow
 def test_training_moves_the_losses(trajectories):
-    """Guard against a vacuous match: ascent raises the forget NLL, descent lowers retain loss."""
-    ga = trajectories[("zero2", 1)]["ga+nll"]
-    assert ga["forget/loss"][-1] < ga["forget/loss"][0]  # ga loss = -NLL goes down as NLL goes up
+    """Guard against a vacuous match: ascent raises the forget NLL, descent lowers retain loss.
+    (Each logged value is a different batch's; the same-batch direction of every alternate step is
+    tested in test_training_settings. With separate AdamW states, 3 GA steps of ga+nll do not outrun
+    3 NLL steps on the demo's same-style texts, so the ascent is read off the joint NPO run.)"""
+    runs = trajectories[("zero2", 1)]
+    npo = runs["npo+kl/joint"]["forget/loss"]
+    assert npo[-1] < npo[0] - 1.0  # NPO's loss falls as the forget answers' log-prob falls
+    retain = runs["ga+nll"]["retain/loss"]
+    assert retain[-1] < retain[0]
