@@ -37,7 +37,10 @@ def main(argv: list[str] | None = None) -> None:
         from unlearn.sweep import grid, report, submit
 
         if args.status:
-            print(report.status_table(*grid.open_sweep(args.status)))
+            sweep, pts = grid.open_sweep(args.status)
+            print(report.status_table(sweep, pts))
+            if report.failed_evals(sweep, pts):
+                raise SystemExit(1)
         elif args.report:
             report.report_folder(args.report)
         elif args.grid and args.plan_shell:

@@ -1,7 +1,15 @@
 #!/usr/bin/env bash
-# The eval job of one checkpoint (submitted by slurm/sweep.sh with afterok on its training task):
+# One checkpoint's evaluation, as an sbatch job of slurm/sweep.sh:
 #   slurm/eval-task.sh CHECKPOINT_DIR [launch/evaluate.py options]
-# Writes CHECKPOINT_DIR/eval.json; refuses a checkpoint without its COMPLETE marker.
-set -euo pipefail
-echo "eval job $SLURM_JOB_ID on $(hostname): $1"
-exec "${UNLEARN_PYTHON:-python}" launch/evaluate.py "$@"
+# A failure leaves its reason in CHECKPOINT_DIR/eval.error (evaluate.py writes it for errors it
+# catches; this script for a signal or any other exit), which `launch/sweep.py --status` shows.
+set -uo pipefail
+echo "eval job ${SLURM_JOB_ID:-local} on $(hostname): $1"
+trap 'echo "stopped by a signal (time limit or scancel) in job ${SLURM_JOB_ID:-?}" > "$1/eval.error"; exit 143' TERM
+"${UNLEARN_PYTHON:-python}" launch/evaluate.py "$@" &
+wait $!
+rc=$?
+if [ "$rc" -ne 0 ] && [ ! -f "$1/eval.error" ]; then
+  echo "evaluate.py exited with status $rc (see the job's log)" > "$1/eval.error"
+fi
+exit "$rc"

@@ -133,3 +133,32 @@ def test_policy_trains_without_dropout_unless_asked(demo_dir, tmp_path):
         assert noisy.training
         assert not torch.equal(noisy(input_ids=ids).logits, noisy(input_ids=ids).logits)
     assert policy.config.dropout == 0.1  # the saved config keeps its own values
+
+
+def test_stage2_adapter_on_a_stage1_adapter_evaluates_as_the_model_that_was_trained(demo_dir, tmp_path, dist_env,
+                                                                                   monkeypatch):
+    """Stage 1 (LoRA fine-tune, exported adapter) -> stage 2 (new LoRA on the merged stage-1 model): the
+    stage-2 checkpoint names the stage-1 adapter as its base, and what evaluation loads from it gives
+    the training engine's NLL on the same batch (not the raw base's)."""
+    import json
+
+    from unlearn.eval import before_after
+    from unlearn.train import engine as engines
+
+    export = tmp_path / "stage1"
+    run(demo_dir, tmp_path / "ft", "model.lora=true", f"data.retain={demo_dir / 'forget.txt'}",
+        f"run.export_dir={export}", "optim.lr=3e-2", "train.max_steps=6", finetune=True)
+    made = []
+    real = engines.initialize
+    monkeypatch.setattr(engines, "initialize", lambda *a, **k: made.append(real(*a, **k)) or made[-1])
+    stage2 = run(demo_dir, tmp_path / "ul", f"model.name_or_path={export}", "model.lora=true",
+                 "method.forget_loss=ga", "method.retain_loss=nll", "optim.lr=1e-2")
+    ckpt = stage2 / "checkpoints" / "step-000003"
+    assert json.loads((ckpt / "adapter_config.json").read_text())["base_model_name_or_path"] == str(export.resolve())
+    tok = models.load_tokenizer(ModelConfig(name_or_path=str(export)))
+    samples = data.text_samples([(demo_dir / "retain.txt").read_text()], tok, 32)[:6]
+    trained = before_after.mean_nll(made[0].module, tok, samples)
+    evaluated, _ = models.load_for_eval(str(ckpt))
+    assert before_after.mean_nll(evaluated, tok, samples) == pytest.approx(trained, abs=1e-5)
+    raw_base, _ = models.load_for_eval(str(demo_dir / "init"))
+    assert abs(before_after.mean_nll(raw_base, tok, samples) - trained) > 0.1  # stage 1 moved the model

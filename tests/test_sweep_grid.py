@@ -74,6 +74,9 @@ def test_overrides_patch_base_and_sweep_keys(tmp_path):
     ({"base": {"train": {"epochs": 1.0}}}, "epochs"),
     ({"report": {"forget_goal": "lower"}}, "goal"),
     ({"axes": {"train.seed": [1, "1"]}}, "duplicate run names"),
+    # YAML's [--suite, copyright,utility] is three items: refused when planned, not in every eval job
+    ({"eval": {"args": ["--suite", "copyright", "utility"]}}, "unrecognized arguments: utility"),
+    ({"eval": {"args": ["--suite", "copyright,memory"]}}, "--suite memory unknown"),
 ])
 def test_bad_grids_raise_user_errors(tmp_path, extra, match):
     with pytest.raises(UserError, match=match):
@@ -164,17 +167,14 @@ def test_profiles_give_sbatch_and_submitit_options(tmp_path):
 
 
 def test_shipped_sweep_files_load(monkeypatch):
-    import importlib.util
+    from unlearn.eval.job import parser
 
-    spec = importlib.util.spec_from_file_location("launch_evaluate", ROOT / "launch" / "evaluate.py")
-    evaluate = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(evaluate)
     monkeypatch.chdir(ROOT)  # base_configs are paths from the checkout, where sweeps are launched
     for path in sorted((ROOT / "configs" / "sweeps").glob("*.yaml")):
         sweep = load_sweep(path)
         assert len(points(sweep)) >= 4, path
         load_profile(ROOT / sweep.profile)
-        args = evaluate.parser().parse_args(["runs/x/checkpoints/step-000001", *sweep.eval_args])  # exits 2 if bad
+        args = parser().parse_args(["runs/x/checkpoints/step-000001", *sweep.eval_args])
         assert args.suite.count(",") == len(sweep.eval_args[1].split(",")) - 1, path
     paper, _ = load_config([str(ROOT / "configs" / "harmful_opt1.3b.yaml")])
     grid = load_sweep(ROOT / "configs" / "sweeps" / "harmful_opt1.3b_grid.yaml")
@@ -224,3 +224,34 @@ def test_local_executor_runs_train_eval_report(tmp_path, demo_dir):
     rows = list(csv.DictReader((folder / "report.csv").open()))
     assert rows[0]["state"] == "done" and rows[0]["pareto"] == "1"
     assert (folder / "report.png").is_file()
+
+
+def test_a_failed_eval_shows_in_status_report_and_exit_codes(tmp_path, demo_dir):
+    """A real evaluate.py failure (the checkpoint's retain data is gone) leaves eval.error; --status
+    names it and exits 1, --report exits 2; a later successful eval clears it."""
+    from tests.test_eval_job import make_checkpoint
+
+    sweep = load_sweep(_grid(tmp_path, axes={"optim.lr": [1e-4, 5e-4]}))
+    pts = plan(sweep)
+    run_dir = sweep.folder / "runs" / pts[0].name
+    ckpt = make_checkpoint(run_dir, 2, demo_dir)
+    retain = tmp_path / "retain.txt"
+    retain.write_text((demo_dir / "retain.txt").read_text())
+    cli = [sys.executable, str(ROOT / "launch" / "evaluate.py"), str(ckpt), "--suite", "utility",
+           "--truthfulqa", "none", "--normal_prompts", str(retain), "--max_new_tokens", "4", "--limit", "4"]
+    retain.unlink()
+    failed = subprocess.run(cli, capture_output=True, text=True, cwd=ROOT)
+    assert failed.returncode == 2 and (ckpt / "eval.error").is_file()
+    reason = (ckpt / "eval.error").read_text().strip()
+    assert reason.startswith("UserError: ") and str(retain) in reason
+    status = subprocess.run([sys.executable, str(ROOT / "launch" / "sweep.py"), "--status", str(sweep.folder)],
+                            capture_output=True, text=True, cwd=ROOT)
+    assert status.returncode == 1 and "FAILED 1" in status.stdout
+    assert f"{pts[0].name} step 2: {reason}" in status.stdout
+    report = subprocess.run([sys.executable, str(ROOT / "launch" / "sweep.py"), "--report", str(sweep.folder)],
+                            capture_output=True, text=True, cwd=ROOT)
+    assert report.returncode == 2 and "1 eval(s) failed" in report.stderr and (sweep.folder / "report.csv").is_file()
+    retain.write_text((demo_dir / "retain.txt").read_text())
+    assert subprocess.run(cli, capture_output=True, text=True, cwd=ROOT).returncode == 0
+    assert not (ckpt / "eval.error").exists()
+    assert "FAILED" not in status_table(sweep, pts)

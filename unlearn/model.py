@@ -45,10 +45,9 @@ def load_tokenizer(cfg: ModelConfig):
 
 
 def _load_causal_lm(cfg: ModelConfig, dtype: torch.dtype, quantized: bool):
-    """The model at cfg.name_or_path; a LoRA adapter folder (a LoRA fine-tune's export) is loaded
-    onto its base and merged, so stage 2 starts from the stage-1 weights as one plain model."""
-    from transformers import AutoModelForCausalLM
-
+    """The model at cfg.name_or_path; a LoRA adapter folder (a LoRA fine-tune's export, or a stage-2
+    checkpoint on one) is loaded onto its base chain and merged, so training starts from those
+    weights as one plain model."""
     kwargs = dict(_hub_kwargs(cfg), dtype=dtype)
     if quantized:
         from transformers import BitsAndBytesConfig  # bitsandbytes: only for 8-bit runs
@@ -56,25 +55,41 @@ def _load_causal_lm(cfg: ModelConfig, dtype: torch.dtype, quantized: bool):
         kwargs["quantization_config"] = BitsAndBytesConfig(load_in_8bit=True)
         if torch.cuda.is_available():  # quantized as loaded onto this rank's GPU (8-bit models refuse .to)
             kwargs["device_map"] = {"": torch.cuda.current_device()}
-    adapter = Path(cfg.name_or_path)
-    base = _adapter_base(adapter) if (adapter / "adapter_config.json").is_file() else ""
-    try:
-        model = AutoModelForCausalLM.from_pretrained(base or cfg.name_or_path, **kwargs)
-    except Exception as exc:
-        raise _explain_load_error("model", base or cfg.name_or_path, exc) from None
-    if base:
-        from peft import PeftModel  # peft: merging a LoRA stage-1 adapter
+    return _merged(cfg.name_or_path, kwargs)
 
-        model = PeftModel.from_pretrained(model, str(adapter)).merge_and_unload()
-    return model
+
+def is_adapter(name: str) -> bool:
+    return (Path(name) / "adapter_config.json").is_file()
+
+
+def _merged(name: str, kwargs: dict):
+    """A plain model: `name` itself, or an adapter merged onto its base (recursively: the base of a
+    stage-2 adapter is the stage-1 adapter it was trained on)."""
+    from transformers import AutoModelForCausalLM
+
+    if not is_adapter(name):
+        try:
+            return AutoModelForCausalLM.from_pretrained(name, **kwargs)
+        except Exception as exc:
+            raise _explain_load_error("model", name, exc) from None
+    from peft import PeftModel  # peft: merging a LoRA adapter
+
+    base = _merged(_adapter_base(Path(name)), kwargs)
+    return PeftModel.from_pretrained(base, name).merge_and_unload()
+
+
+def _root_base(name: str) -> str:
+    """The plain model at the bottom of an adapter chain (for its config)."""
+    while is_adapter(name):
+        name = _adapter_base(Path(name))
+    return name
 
 
 def load_model_config(cfg: ModelConfig):
     """The model's Hugging Face config only (no weights): checks the path and its positions early."""
     from transformers import AutoConfig
 
-    adapter = Path(cfg.name_or_path)
-    name = _adapter_base(adapter) if (adapter / "adapter_config.json").is_file() else cfg.name_or_path
+    name = _root_base(cfg.name_or_path)
     try:
         return AutoConfig.from_pretrained(name, **_hub_kwargs(cfg))
     except Exception as exc:  # OSError, ValueError, HFValidationError...: all mean "cannot load"
@@ -115,6 +130,10 @@ def load_policy(cfg: ModelConfig, dtype: torch.dtype = torch.float32):
         except ValueError as exc:
             raise UserError(f"model.lora_target_modules {list(cfg.lora_target_modules)} do not match "
                             f"the model's modules ({str(exc).splitlines()[0][:120]})") from None
+        if is_adapter(cfg.name_or_path):
+            # The weights under these adapters are the merged stage-1 model: the saved adapters name
+            # that adapter folder as their base (peft would write the raw model at the chain's bottom).
+            model.peft_config["default"].base_model_name_or_path = str(Path(cfg.name_or_path).resolve())
     if cfg.gradient_checkpointing:
         model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
         if cfg.lora:
@@ -214,10 +233,11 @@ def load_for_eval(path: str, dtype: torch.dtype = torch.float32, device: str | t
 
     folder = Path(path)
     try:
-        if (folder / "adapter_config.json").is_file():
-            from peft import AutoPeftModelForCausalLM  # peft: LoRA checkpoints only
+        if is_adapter(path):
+            from peft import PeftModel  # peft: LoRA checkpoints only
 
-            model = AutoPeftModelForCausalLM.from_pretrained(folder, dtype=dtype)
+            # the base chain merged (stage 1 under a stage-2 adapter), then this adapter on top
+            model = PeftModel.from_pretrained(_merged(_adapter_base(folder), {"dtype": dtype}), str(folder))
         else:
             model = AutoModelForCausalLM.from_pretrained(path, dtype=dtype)
         tok = AutoTokenizer.from_pretrained(path)

@@ -8,6 +8,7 @@ run's TensorBoard at the checkpoint's step. Suites already in eval.json are skip
 
 from __future__ import annotations
 
+import argparse
 import json
 import math
 import os
@@ -19,7 +20,7 @@ from typing import Callable
 from unlearn import runs
 from unlearn.config import Config
 from unlearn.errors import UserError
-from unlearn.eval.context import Context, EvalOptions, device_of, role_format
+from unlearn.eval.context import Context, EvalOptions, add_option_flags, device_of, role_format
 
 EVAL_FILE = "eval.json"
 
@@ -90,10 +91,55 @@ def scalars(result: dict) -> dict[str, float]:
     return out
 
 
+ERROR_FILE = "eval.error"
+"""Beside a checkpoint: the one-line reason its last evaluation failed (removed by a success), so a
+sweep's --status and report show the failure, not only the job's log."""
+
+
+def parser(description: str = "", parser_class=argparse.ArgumentParser) -> argparse.ArgumentParser:
+    """`launch/evaluate.py`'s arguments (sweeps check their eval args with the same parser)."""
+    p = parser_class(description=description, formatter_class=argparse.RawDescriptionHelpFormatter)
+    where = p.add_mutually_exclusive_group(required=True)
+    where.add_argument("checkpoint", nargs="?", help="a checkpoint folder (runs/<name>/checkpoints/step-XXXXXX)")
+    where.add_argument("--run", help="a run folder: evaluate all its complete checkpoints, then summarise")
+    p.add_argument("--suite", default="", help=f"comma list of {','.join(SUITES)} (default: "
+                   "those the run's data supports)")
+    add_option_flags(p)  # one flag per EvalOptions field, help = its docstring
+    return p
+
+
+class _Refusing(argparse.ArgumentParser):
+    def error(self, message: str):
+        raise UserError(message)
+
+
+def check_args(args: list[str]) -> None:
+    """Raise UserError if `launch/evaluate.py CHECKPOINT *args` would be refused (bad flag or suite)."""
+    try:
+        parsed = parser(parser_class=_Refusing).parse_args(["runs/x/checkpoints/step-000001", *args])
+    except UserError as exc:
+        raise UserError(f"eval args {' '.join(args)!r}: {exc}; expected launch/evaluate.py options, one list "
+                        "item per word (quote a comma list in YAML: [--suite, \"harmful,utility\"])") from None
+    parse_suites(parsed.suite)
+
+
 def evaluate_checkpoint(ckpt: str | Path, opts: EvalOptions) -> dict:
-    """Run the requested suites on one complete checkpoint; returns the (merged) eval.json content."""
+    """Run the requested suites on one complete checkpoint; returns the (merged) eval.json content.
+    A failure leaves its one-line reason in eval.error beside the weights (then re-raises)."""
     ckpt = Path(ckpt)
     runs.require_complete(ckpt)
+    try:
+        result = _evaluate(ckpt, opts)
+    except BaseException as exc:
+        if not isinstance(exc, KeyboardInterrupt):
+            reason = " ".join(str(exc).split()) or type(exc).__name__
+            (ckpt / ERROR_FILE).write_text(f"{type(exc).__name__}: {reason}"[:500] + "\n")
+        raise
+    (ckpt / ERROR_FILE).unlink(missing_ok=True)
+    return result
+
+
+def _evaluate(ckpt: Path, opts: EvalOptions) -> dict:
     cfg = run_config(ckpt)
     previous = read_eval(ckpt)
     wanted = opts.suites or default_suites(cfg, opts)

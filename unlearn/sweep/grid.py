@@ -35,6 +35,9 @@ from unlearn.config_io import deep_merge, dump_yaml, from_dict, parse_overrides,
 from unlearn.errors import UserError
 from unlearn.runs import COMPLETE, step_dir
 
+EVAL_ERROR = "eval.error"
+"""unlearn.eval.job.ERROR_FILE, named here so that reading a sweep's status imports no evaluation code."""
+
 SWEEP_KEYS = {"name", "output_dir", "ds_config", "profile", "base", "base_configs", "axes", "eval", "report"}
 SWEEP_PREFIX = "sweep."
 """Command-line overrides under this prefix set sweep keys (sweep.output_dir=/tmp/s); others patch `base`."""
@@ -113,6 +116,10 @@ def load_sweep(path: str | Path, overrides: list[str] | None = None) -> Sweep:
         raise UserError(f"sweep key 'eval' accepts 'args' and 'enabled', got {sorted(ev)}")
     if not isinstance(ev.get("enabled", True), bool):
         raise UserError(f"sweep key 'eval.enabled' must be true or false, got {ev['enabled']!r}")
+    if ev.get("enabled", True):  # refused here, before any job is submitted, not in every eval job
+        from unlearn.eval.job import check_args
+
+        check_args([str(a) for a in ev.get("args") or ()])
     report = raw.get("report") or {}
     try:
         report_spec = ReportSpec(**report)
@@ -254,6 +261,8 @@ class RunStatus:
     checkpoints: int
     latest_eval: dict[str, float]
     """Flattened numeric metrics of the newest evaluated checkpoint."""
+    failed_evals: tuple[tuple[int, str], ...] = ()
+    """(step, one-line reason) of each checkpoint whose last evaluation failed (its eval.error)."""
 
 
 def run_status(sweep: Sweep, point: Point) -> RunStatus:
@@ -265,7 +274,10 @@ def run_status(sweep: Sweep, point: Point) -> RunStatus:
     max_steps = point.config.train.max_steps
     step = done[-1] if done else 0
     state = "done" if step == max_steps else ("running" if done else "pending")
-    return RunStatus(point.name, state, step, max_steps, len(evals), evals[-1] if evals else 0, len(done), latest)
+    failed = tuple((s, (step_dir(run_dir, s) / EVAL_ERROR).read_text().strip()) for s in done
+                   if (step_dir(run_dir, s) / EVAL_ERROR).is_file())
+    return RunStatus(point.name, state, step, max_steps, len(evals), evals[-1] if evals else 0, len(done), latest,
+                     failed)
 
 
 def flat_metrics(path: Path) -> dict[str, float]:

@@ -67,15 +67,26 @@ class TrainJob:
 
 
 class EvalJob:
-    """`python launch/evaluate.py CHECKPOINT [args]` for one checkpoint."""
+    """`python launch/evaluate.py CHECKPOINT [args]` for one checkpoint. Requeued when preempted or out
+    of time (`checkpoint`): a rerun skips the suites already in eval.json."""
 
-    def __init__(self, checkpoint: str, args: list[str]):
-        self.checkpoint, self.args = checkpoint, list(args)
+    def __init__(self, ckpt: str, args: list[str]):
+        self.ckpt, self.args = ckpt, list(args)  # not `checkpoint`: that name is submitit's requeue hook
 
     def __call__(self) -> str:
-        cmd = [sys.executable, str(ROOT / "launch" / "evaluate.py"), self.checkpoint, *self.args]
-        subprocess.run(cmd, cwd=ROOT, check=True)
-        return self.checkpoint
+        cmd = [sys.executable, str(ROOT / "launch" / "evaluate.py"), self.ckpt, *self.args]
+        rc = subprocess.run(cmd, cwd=ROOT).returncode
+        if rc:
+            error = Path(self.ckpt) / "eval.error"  # written by the evaluation itself when it could
+            if not error.is_file():
+                error.write_text(f"evaluate.py exited with status {rc} (see the job's log)\n")
+            raise RuntimeError(f"eval of {self.ckpt} failed: {error.read_text().strip()}")
+        return self.ckpt
+
+    def checkpoint(self):
+        import submitit
+
+        return submitit.helpers.DelayedSubmission(EvalJob(self.ckpt, self.args))
 
 
 class ReportJob:

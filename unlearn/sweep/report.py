@@ -8,6 +8,7 @@ import csv
 import shutil
 from pathlib import Path
 
+from unlearn.errors import UserError
 from unlearn.sweep.grid import Point, ReportSpec, Sweep, open_sweep, run_status
 
 HPARAMS_DIR = "hparams"
@@ -23,9 +24,20 @@ def status_table(sweep: Sweep, pts: list[Point]) -> str:
         shown = {k: v for k, v in st.latest_eval.items() if k in (spec.forget_metric, spec.utility_metric)}
         shown = shown or dict(list(st.latest_eval.items())[:4])
         metrics = " ".join(f"{k}={v:.4g}" for k, v in shown.items()) or "-"
+        failed = f" FAILED {len(st.failed_evals)}" if st.failed_evals else ""
         lines.append(f"{p.name:<40} {st.state:<8} step {st.step:>5}/{st.max_steps:<5} "
-                     f"evals {st.evaluated}/{st.checkpoints}  {metrics}")
+                     f"evals {st.evaluated}/{st.checkpoints}{failed}  {metrics}")
+    failures = failed_evals(sweep, pts)
+    if failures:
+        lines.append(f"{len(failures)} failed eval(s) (eval.error beside the checkpoint; rerun: "
+                     "python launch/evaluate.py CHECKPOINT ...):")
+        lines += [f"  {run} step {step}: {reason}" for run, step, reason in failures]
     return "\n".join(lines)
+
+
+def failed_evals(sweep: Sweep, pts: list[Point]) -> list[tuple[str, int, str]]:
+    """(run, step, reason) of every checkpoint whose last evaluation failed."""
+    return [(p.name, step, reason) for p in pts for step, reason in run_status(sweep, p).failed_evals]
 
 
 def pareto_front(xs: list[float], ys: list[float], x_goal: str, y_goal: str) -> list[bool]:
@@ -123,4 +135,9 @@ def report_folder(sweep_dir: str) -> Path:
     sweep, pts = open_sweep(sweep_dir)
     csv_path, png = write_report(sweep, pts)
     print(f"wrote {csv_path}" + (f" and {png}" if png else " (no plot: report metrics not evaluated yet)"))
+    failures = failed_evals(sweep, pts)
+    if failures:
+        run, step, reason = failures[0]
+        raise UserError(f"{len(failures)} eval(s) failed, e.g. {run} step {step}: {reason}; "
+                        f"see python launch/sweep.py --status {sweep_dir}")
     return csv_path

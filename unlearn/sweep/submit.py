@@ -44,17 +44,29 @@ def submit(grid: str, overrides: list[str], *, executor_kind: str = "slurm", pro
     if executor_kind == "local":  # no dependencies locally: wait for each run before its evals
         for job in train_jobs:
             job.result()
-    eval_jobs = []
-    for p, tj in zip(pts, train_jobs):
-        for step in checkpoint_steps(p.config) if sweep.eval_enabled else []:
-            configure("eval", f"afterok:{tj.job_id}", f"eval-{p.name}-{step}")
-            ckpt = str(sweep.folder.resolve() / "runs" / p.name / "checkpoints" / f"step-{step:06d}")
-            eval_jobs.append(executor.submit(EvalJob(ckpt, list(sweep.eval_args))))
-    if executor_kind == "local":
-        for job in eval_jobs:
-            job.result()
+    wanted = [(p, tj, step) for p, tj in zip(pts, train_jobs)
+              for step in (checkpoint_steps(p.config) if sweep.eval_enabled else [])]
+
+    def submit_eval(p, tj, step):
+        configure("eval", f"afterok:{tj.job_id}", f"eval-{p.name}-{step}")
+        ckpt = str(sweep.folder.resolve() / "runs" / p.name / "checkpoints" / f"step-{step:06d}")
+        return executor.submit(EvalJob(ckpt, list(sweep.eval_args)))
+
+    if executor_kind == "local":  # waves of array_parallelism evals, as SLURM would run them
+        width = prof.array_parallelism or len(wanted) or 1
+        failed = []
+        for start in range(0, len(wanted), width):
+            for job in [submit_eval(*w) for w in wanted[start:start + width]]:
+                try:
+                    job.result()
+                except Exception as exc:  # submitit's FailedJobState: one line of it is the error
+                    failed.append(str(exc).strip().splitlines()[-1][:300])
         report_folder(folder)
+        if failed:
+            raise UserError(f"{len(failed)} of {len(wanted)} eval jobs failed (first: {failed[0]}); "
+                            f"see python launch/sweep.py --status {folder}")
         return
+    eval_jobs = [submit_eval(*w) for w in wanted]
     after = eval_jobs or train_jobs  # the report waits for every eval (or every run without evals)
     configure("eval", "afterany:" + ":".join(j.job_id for j in after), f"{sweep.name}-report")
     report_job = executor.submit(ReportJob(folder))
