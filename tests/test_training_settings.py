@@ -140,9 +140,9 @@ def test_separate_phase_state_gives_each_phase_its_own_adam_moments(demo_dir, di
 
 @pytest.mark.parametrize("stage", [2, 3])
 def test_separate_phase_state_resumes_exactly(demo_dir, dist_env, tmp_path, stage):
+    from tests.conftest import ROOT
     from unlearn.config_io import load_config
     from unlearn.train.loop import train
-    from tests.conftest import ROOT
 
     args = ["method.forget_loss=ga", "method.retain_loss=nll", "method.schedule=alternate", "optim.schedule=constant",
             "optim.phase_state=separate", "train.save_engine_state=true", "train.save_every_n_steps=3",
