@@ -24,10 +24,10 @@ def main(argv: list[str] | None = None) -> None:
         from unlearn.eval import job as evaluation
 
         opts = options_from_flags(args, evaluation.parse_suites(args.suite))
-        if args.run:
-            evaluation.evaluate_run(args.run, opts)
-        else:
-            evaluation.evaluate_checkpoint(args.checkpoint, opts)
+        results = evaluation.evaluate_run(args.run, opts) if args.run else \
+            [evaluation.evaluate_checkpoint(args.checkpoint, opts)]
+        for result in results:
+            print("\n" + evaluation.metrics_table(result), flush=True)
 
     guarded(job)
 

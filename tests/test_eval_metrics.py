@@ -96,3 +96,15 @@ def test_truthfulqa_scored_on_held_out_part_when_the_run_trained_on_it(shared_da
     untouched, _ = load_config([], [])  # the demo run never saw TruthfulQA: every question counts
     rows, _, which = truthfulqa_rows(SimpleNamespace(cfg=untouched, opts=EvalOptions(truthfulqa=csv_path)))
     assert which == "all" and len(rows) == 790
+
+
+def test_before_after_table_columns_never_merge_and_fine_tunes_say_learned():
+    from unlearn.eval.before_after import table
+
+    before = {"forget_rouge_l": 0.1, "forget_nll": 4.0, "retain_ppl": 479.376463}
+    after = {"forget_rouge_l": 0.9, "forget_nll": 0.5, "retain_ppl": 153.554e6}
+    rows = table(before, after, learning=True).splitlines()
+    assert rows[2].split() == ["trained", "text", "ROUGE-L", "(verbatim)", "0.100", "0.900", "+800%", "(higher",
+                               "=", "learned)"]
+    assert rows[4].split()[2:5] == ["479.376", "1.536e+08", "+32031927%"]
+    assert "lower = forgotten" in table(before, after)

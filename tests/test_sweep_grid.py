@@ -252,6 +252,9 @@ def test_a_failed_eval_shows_in_status_report_and_exit_codes(tmp_path, demo_dir)
                             capture_output=True, text=True, cwd=ROOT)
     assert report.returncode == 2 and "1 eval(s) failed" in report.stderr and (sweep.folder / "report.csv").is_file()
     retain.write_text((demo_dir / "retain.txt").read_text())
-    assert subprocess.run(cli, capture_output=True, text=True, cwd=ROOT).returncode == 0
-    assert not (ckpt / "eval.error").exists()
+    ok = subprocess.run(cli, capture_output=True, text=True, cwd=ROOT)
+    assert ok.returncode == 0 and not (ckpt / "eval.error").exists()
+    saved = json.loads((ckpt / "eval.json").read_text())["suites"]["utility"]["metrics"]["retain_ppl"]
+    line = next(x for x in ok.stdout.splitlines() if x.startswith("utility/retain_ppl "))  # the printed table
+    assert line.split()[1] == f"{saved['value']:.4g}" and line.split()[-1] == str(saved["n"])
     assert "FAILED" not in status_table(sweep, pts)

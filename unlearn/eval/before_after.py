@@ -78,17 +78,26 @@ def measure(model, tokenizer, forget: list[data.Sample], retain: list[data.Sampl
     return out
 
 
-def table(before: dict[str, float], after: dict[str, float]) -> str:
-    rows = [("forget ROUGE-L (verbatim)", "forget_rouge_l", "lower = forgotten"),
-            ("forget NLL (nats/token)", "forget_nll", "higher = forgotten"),
+def table(before: dict[str, float], after: dict[str, float], learning: bool = False) -> str:
+    """The before/after table; `learning` (a fine-tune: the text is being learned, not forgotten)
+    labels the trained text's rows by what a fine-tune wants."""
+    text, good_rouge, good_nll = ("trained text", "higher = learned", "lower = learned") if learning else \
+        ("forget", "lower = forgotten", "higher = forgotten")
+    rows = [(f"{text} ROUGE-L (verbatim)", "forget_rouge_l", good_rouge),
+            (f"{text} NLL (nats/token)", "forget_nll", good_nll),
             ("retain perplexity", "retain_ppl", "lower = ability kept")]
-    lines = [f"{'metric':<28}{'before':>10}{'after':>10}  change", "-" * 64]
+    lines = [f"{'metric':<30}{'before':>11} {'after':>11}  change", "-" * 66]
     for label, key, note in rows:
         if key in before and key in after:
             b, a = before[key], after[key]
             change = f"{(a - b) / b:+.0%}" if b else ""
-            lines.append(f"{label:<28}{b:>10.3f}{a:>10.3f}  {change:>6}  ({note})")
+            lines.append(f"{label:<30}{_num(b):>11} {_num(a):>11}  {change:>6}  ({note})")
     return "\n".join(lines)
+
+
+def _num(x: float) -> str:
+    """3 decimals, or 4 significant digits once that would be wider than a column (never merges)."""
+    return f"{x:.3f}" if abs(x) < 1e5 else f"{x:.4g}"
 
 
 def final_report(cfg: Config, run_dir: Path) -> dict | None:
@@ -105,7 +114,7 @@ def final_report(cfg: Config, run_dir: Path) -> dict | None:
     before = measure(before_model, tok, forget, sets.retain)
     after_model, _ = load_for_eval(str(final))
     after = measure(after_model, tok, forget, sets.retain)
-    print("\n" + table(before, after) + "\n", flush=True)
+    print("\n" + table(before, after, learning=not sets.forget) + "\n", flush=True)
     result = {"checkpoint": str(final), "before": before, "after": after}
     (run_dir / "summary.json").write_text(json.dumps(result, indent=2) + "\n")
     return result

@@ -91,6 +91,22 @@ def scalars(result: dict) -> dict[str, float]:
     return out
 
 
+def metrics_table(result: dict) -> str:
+    """What a person reads after an evaluation: one line per metric, with its 95% interval and n."""
+    lines = [f"{result.get('checkpoint', '')} (step {result.get('step', '?')})",
+             f"{'suite/metric':<44}{'value':>11} {'95% interval':>23} {'n':>6}"]
+    for suite, res in sorted(result.get("suites", {}).items()):
+        for name, metric in sorted(res.get("metrics", {}).items()):
+            m = metric if isinstance(metric, dict) else {"value": metric}
+            value = m.get("value")
+            if not isinstance(value, (int, float)) or isinstance(value, bool):
+                continue
+            low, high = m.get("ci_low"), m.get("ci_high")
+            interval = f"[{low:.4g}, {high:.4g}]" if isinstance(low, float) and isinstance(high, float) else ""
+            lines.append(f"{suite + '/' + name:<44}{value:>11.4g} {interval:>23} {m.get('n', ''):>6}")
+    return "\n".join(lines)
+
+
 ERROR_FILE = "eval.error"
 """Beside a checkpoint: the one-line reason its last evaluation failed (removed by a success), so a
 sweep's --status and report show the failure, not only the job's log."""
