@@ -2,7 +2,7 @@
 # One grid point of a sweep (an array task submitted by slurm/sweep.sh): one distributed training
 # run over this job's allocation, one rank per SLURM task (srun), on any number of nodes.
 #   slurm/train-task.sh SWEEP_DIR DS_CONFIG
-# Always --resume: a requeued task continues from its run's newest complete checkpoint.
+# Always --resume auto: a requeued task continues from its run's newest complete checkpoint.
 # SIGUSR1 (sent before the time limit, --signal) or SIGTERM (preemption, scontrol requeue) makes the
 # run save at its next step and exit 3; then this task requeues itself (same job id: afterok holds).
 set -uo pipefail
@@ -28,7 +28,7 @@ srun --kill-on-bad-exit=1 bash -c \
   'export RANK=$SLURM_PROCID LOCAL_RANK=$SLURM_LOCALID WORLD_SIZE=$SLURM_NTASKS
    trap : USR1 TERM   # SLURM signals this shell too: outlive the run to report its status
    "$@"; rc=$?; [ "$rc" -eq 3 ] && touch "$REQUEUE_FLAG"; exit "$rc"' rank \
-  "$PY" launch/unlearn.py --ds_config "$DS_CONFIG" --config "$SWEEP_DIR/configs/$name.yaml" --resume --no_report
+  "$PY" launch/unlearn.py --ds_config "$DS_CONFIG" --config "$SWEEP_DIR/configs/$name.yaml" --resume auto --no_report
 rc=$?
 if [ -e "$REQUEUE_FLAG" ]; then   # checkpoint saved: run me again
   rm -f "$REQUEUE_FLAG"

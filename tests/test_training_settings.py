@@ -179,3 +179,25 @@ def test_unknown_phase_state_is_a_user_error_and_joint_keeps_one_state(demo_dir,
         loop.step(state)
         state.record_step(False)
     assert loop.phases.active == "joint" and not loop.phases.stash
+
+
+def test_resume_of_a_missing_run_is_an_error_unless_auto(demo_dir, dist_env, tmp_path, capsys):
+    """A mistyped run name with --resume used to train from scratch silently."""
+    from tests.conftest import ROOT
+    from unlearn.train.main import _resume_words, train_main
+
+    base = ["--ds_config", str(ROOT / "ds_configs" / "zero2.json"), "--no_report",
+            f"model.name_or_path={demo_dir / 'init'}", f"data.forget={demo_dir / 'harmful.jsonl'}",
+            f"data.retain={demo_dir / 'normal.jsonl'}", "data.max_length=48", "train.max_steps=1",
+            "train.micro_batch_size=2", "train.global_batch_size=2", f"run.output_dir={tmp_path}", "run.name=typo"]
+    with pytest.raises(SystemExit) as exit_info:
+        train_main("test", [*base, "--resume"])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert exit_info.value.code == 2 and len(err) == 1
+    assert err[0] == (f"error: --resume: run folder '{tmp_path / 'typo'}' does not exist; expected the run.name "
+                      "of an earlier run (or --resume auto to start it when missing, as sweeps and requeues do)")
+    assert not (tmp_path / "typo").exists()
+    train_main("test", [*base, "--resume", "auto"])  # what sweeps and requeues pass: starts the run
+    assert (tmp_path / "typo" / "checkpoints" / "step-000001" / "COMPLETE").is_file()
+    train_main("test", [*base, "--resume"])  # now it exists: continues (nothing left to do at max_steps)
+    assert _resume_words(["--resume", "run.name=x", "--resume=auto"]) == ["--resume", "run.name=x", "--resume-auto"]

@@ -41,7 +41,8 @@ class TrainJob:
                "WORLD_SIZE": str(job.num_tasks), "MASTER_ADDR": addr,
                "MASTER_PORT": str(_port(job.job_id))}
         cmd = [sys.executable, str(ROOT / "launch" / "unlearn.py"), "--ds_config", self.ds_config,
-               "--config", str(Path(self.sweep_dir) / "configs" / f"{self.name}.yaml"), "--resume", "--no_report"]
+               "--config", str(Path(self.sweep_dir) / "configs" / f"{self.name}.yaml"), "--resume", "auto",
+               "--no_report"]
         # SIG_IGN survives exec: submitit's preemption signal (USR2) is for this process, which then
         # asks the child to save with USR1 (see checkpoint); SIGTERM reaches the child directly.
         self._proc = subprocess.Popen(cmd, cwd=ROOT, env=env,

@@ -4,9 +4,23 @@
 from __future__ import annotations
 
 import argparse
+import sys
 from typing import Any
 
 from unlearn.errors import guarded
+from unlearn.train.rundir import RESUME_AUTO, RESUME_LAST
+
+
+def _resume_words(argv: list[str]) -> list[str]:
+    """`--resume auto` and `--resume=auto` -> --resume-auto (a bare --resume takes no value, so an
+    override after it is never read as one)."""
+    out: list[str] = []
+    for word in argv:
+        if word == "auto" and out and out[-1] == "--resume":
+            out[-1] = "--resume-auto"
+        else:
+            out.append("--resume-auto" if word == "--resume=auto" else word)
+    return out
 
 
 def run_args(description: str) -> argparse.ArgumentParser:
@@ -16,8 +30,11 @@ def run_args(description: str) -> argparse.ArgumentParser:
     parser.add_argument("--ds_config", required=True, help="DeepSpeed JSON (ZeRO, precision, offload)")
     parser.add_argument("--config", action="append", default=[],
                         help="run YAML (repeatable; later files win); defaults = the embedded demo")
-    parser.add_argument("--resume", action="store_true",
-                        help="continue runs/<run.name> from its last complete checkpoint")
+    parser.add_argument("--resume", action="store_const", const=RESUME_LAST, default="",
+                        help="continue runs/<run.name> from its last complete checkpoint (the run must exist); "
+                             "`--resume auto` starts it when it does not (what sweeps and requeues use)")
+    parser.add_argument("--resume-auto", dest="resume", action="store_const", const=RESUME_AUTO,
+                        help=argparse.SUPPRESS)  # `--resume auto` / `--resume=auto`, see _resume_words
     parser.add_argument("--overwrite", action="store_true", help="delete an existing runs/<run.name> first")
     parser.add_argument("--no_report", action="store_true", help="skip the before/after table at the end")
     parser.add_argument("--local_rank", type=int, default=-1, help=argparse.SUPPRESS)  # set by deepspeed
@@ -28,7 +45,7 @@ def run_args(description: str) -> argparse.ArgumentParser:
 
 def train_main(doc: str, argv: list[str] | None, defaults: dict[str, Any] | None = None) -> None:
     """Entry point shared by launch/unlearn.py and launch/finetune.py."""
-    args = run_args(doc).parse_intermixed_args(argv)
+    args = run_args(doc).parse_intermixed_args(_resume_words(sys.argv[1:] if argv is None else argv))
 
     def job() -> None:
         from unlearn.config_io import load_config

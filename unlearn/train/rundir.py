@@ -14,8 +14,11 @@ from unlearn.config_io import dump_yaml
 from unlearn.distributed import DistEnv
 from unlearn.errors import UserError
 
+RESUME_LAST, RESUME_AUTO = "last", "auto"
+"""--resume: the run must exist | --resume auto: start it when it does not (sweeps, requeues)."""
 
-def prepare_run_dir(cfg: Config, env: DistEnv, *, resume: bool, overwrite: bool) -> Path:
+
+def prepare_run_dir(cfg: Config, env: DistEnv, *, resume: bool | str, overwrite: bool) -> Path:
     """Create (rank 0) and return the run folder; every rank gets the same path."""
     error = ""
     path = None
@@ -30,7 +33,7 @@ def prepare_run_dir(cfg: Config, env: DistEnv, *, resume: bool, overwrite: bool)
     return Path(path)
 
 
-def check_run_dir(cfg: Config, *, resume: bool, overwrite: bool) -> None:
+def check_run_dir(cfg: Config, *, resume: bool | str, overwrite: bool) -> None:
     """The run-folder errors, found without creating the run folder (every rank may call it: no
     rank creates anything before all have passed it and met in distributed start-up)."""
     if resume and overwrite:
@@ -41,12 +44,15 @@ def check_run_dir(cfg: Config, *, resume: bool, overwrite: bool) -> None:
     path = Path(cfg.run.output_dir) / cfg.run.name
     if path.exists() and not path.is_dir():
         raise UserError(f"run folder '{path}' is a file; expected a folder (or a free run.name)")
+    if resume and resume != RESUME_AUTO and not path.is_dir():
+        raise UserError(f"--resume: run folder '{path}' does not exist; expected the run.name of an earlier "
+                        "run (or --resume auto to start it when missing, as sweeps and requeues do)")
     if path.is_dir() and any(path.iterdir()) and not (resume or overwrite):
         raise UserError(f"run folder '{path}' already exists; pass --resume to continue it, "
                         "--overwrite to replace it, or choose another run.name")
 
 
-def _prepare(cfg: Config, resume: bool, overwrite: bool) -> Path:
+def _prepare(cfg: Config, resume: bool | str, overwrite: bool) -> Path:
     check_run_dir(cfg, resume=resume, overwrite=overwrite)
     # Unnamed runs get a fresh name each time (second + pid), so repeating a command never collides.
     name = cfg.run.name or time.strftime("run-%Y%m%d-%H%M%S") + f"-{os.getpid()}"
@@ -54,7 +60,7 @@ def _prepare(cfg: Config, resume: bool, overwrite: bool) -> Path:
     if overwrite and path.is_dir():
         shutil.rmtree(path)
     elif resume and not path.is_dir():
-        print(f"--resume: '{path}' does not exist yet, starting a new run", flush=True)
+        print(f"--resume auto: '{path}' does not exist yet, starting a new run", flush=True)
     path.mkdir(parents=True, exist_ok=True)
     (path / "config.yaml").write_text(dump_yaml(cfg))
     return path
