@@ -167,3 +167,19 @@ def test_pku_forget_run_gets_the_harmful_suite_by_default(tmp_path, demo_dir):
     assert harmful["metrics"]["forget_harmful_rate"]["n"] == 4 and harmful["metrics"]["harmful_rate"]["n"] == 4
     assert "effectiveness" not in harmful["metrics"]  # no reference model: E is not made up
     assert harmful["info"]["forget_prompts"].endswith("harmful.jsonl")
+
+
+def test_forget_and_retain_flags_choose_the_texts(tmp_path, demo_dir):
+    """evaluate.py --forget/--retain replace the run's data for every suite (a stage-1 model's baseline)."""
+    ckpt = make_checkpoint(tmp_path / "run", 1, demo_dir)  # its config: forget.txt, normal.jsonl
+    other = tmp_path / "other.txt"
+    other.write_text((demo_dir / "retain.txt").read_text())
+    opts = EvalOptions(suites=("copyright", "utility"), forget=str(other), retain=str(demo_dir / "forget.txt"),
+                       **FAST)
+    result = evaluate_checkpoint(ckpt, opts)
+    assert result["suites"]["copyright"]["info"]["forget"] == str(other)
+    own = evaluate_checkpoint(make_checkpoint(tmp_path / "own", 1, demo_dir),
+                              EvalOptions(suites=("copyright", "utility"), **FAST))
+    assert own["suites"]["copyright"]["info"]["forget"] == str(demo_dir / "forget.txt")
+    ppl = [r["suites"]["utility"]["metrics"]["retain_ppl"]["value"] for r in (result, own)]
+    assert ppl[0] != ppl[1]  # forget.txt as retain text vs normal.jsonl answers

@@ -201,3 +201,45 @@ def test_resume_of_a_missing_run_is_an_error_unless_auto(demo_dir, dist_env, tmp
     assert (tmp_path / "typo" / "checkpoints" / "step-000001" / "COMPLETE").is_file()
     train_main("test", [*base, "--resume"])  # now it exists: continues (nothing left to do at max_steps)
     assert _resume_words(["--resume", "run.name=x", "--resume=auto"]) == ["--resume", "run.name=x", "--resume-auto"]
+
+
+@pytest.mark.parametrize("override, message", [
+    ("optim.lr=-1e-4", "optim.lr=-0.0001; expected a positive learning rate (e.g. 2e-6)"),
+    ("optim.betas=[0.9,1.5]", "optim.betas=[0.9, 1.5]; expected two numbers in [0, 1), e.g. [0.9, 0.999]"),
+    ("model.lora_target_modules=[q_proj,nope]", "model.lora_target_modules ['nope'] match no module of"),
+])
+def test_bad_values_fail_before_the_run_folder_exists(demo_dir, dist_env, tmp_path, override, message):
+    from tests.conftest import ROOT
+    from unlearn.config_io import load_config
+    from unlearn.errors import UserError
+    from unlearn.train.loop import train
+
+    cfg, patch = load_config(overrides=[f"model.name_or_path={demo_dir / 'init'}", "model.lora=true",
+                                        f"data.forget={demo_dir / 'harmful.jsonl'}",
+                                        f"data.retain={demo_dir / 'normal.jsonl'}", f"run.output_dir={tmp_path}",
+                                        "run.name=bad", override])
+    with pytest.raises(UserError) as info:
+        train(cfg, str(ROOT / "ds_configs" / "zero2.json"), patch)
+    assert message in str(info.value)
+    if "lora_target" in override:  # names what would have matched
+        assert "fc1, fc2, k_proj, lm_head, out_proj, q_proj, v_proj" in str(info.value)
+    assert not (tmp_path / "bad").exists()
+
+
+def test_a_start_that_fails_after_the_run_folder_leaves_nothing(demo_dir, dist_env, tmp_path, monkeypatch):
+    from tests.conftest import ROOT
+    from unlearn.config_io import load_config
+    from unlearn.train import engine as engines
+    from unlearn.train.loop import train
+
+    def broken(*args, **kwargs):
+        raise RuntimeError("no device memory")  # what a too-large model does at engine start-up
+    monkeypatch.setattr(engines, "initialize", broken)
+    args = [f"model.name_or_path={demo_dir / 'init'}", f"data.forget={demo_dir / 'harmful.jsonl'}",
+            f"data.retain={demo_dir / 'normal.jsonl'}", f"run.output_dir={tmp_path}", "run.name=r", "train.max_steps=1"]
+    cfg, patch = load_config(overrides=args)
+    with pytest.raises(RuntimeError, match="no device memory"):
+        train(cfg, str(ROOT / "ds_configs" / "zero2.json"), patch)
+    assert not (tmp_path / "r").exists()
+    monkeypatch.undo()
+    assert train(cfg, str(ROOT / "ds_configs" / "zero2.json"), patch) == tmp_path / "r"  # the retry is not refused

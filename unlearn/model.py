@@ -41,6 +41,7 @@ def load_tokenizer(cfg: ModelConfig):
         raise _explain_load_error("tokenizer", name, exc) from None
     if tok.pad_token_id is None:
         tok.pad_token = tok.eos_token  # padding is masked by position (data.collate), so this is safe
+    tok.model_max_length = 10**9  # whole documents are tokenised, then cut to data.max_length (no warning)
     return tok
 
 
@@ -103,6 +104,22 @@ def _adapter_base(folder: Path) -> str:
         raise UserError(f"LoRA adapter '{folder}' names no base_model_name_or_path; expected the "
                         "adapter of a LoRA fine-tune (or a full Hugging Face model folder)")
     return base
+
+
+def check_lora_targets(cfg: ModelConfig, model_config) -> None:
+    """LoRA target names against the model's module names, from its config alone (the model built on
+    the meta device: no weights), before anything is written."""
+    if not cfg.lora:
+        return
+    from transformers import AutoModelForCausalLM
+
+    with torch.device("meta"):
+        modules = dict(AutoModelForCausalLM.from_config(model_config).named_modules())
+    missing = [t for t in cfg.lora_target_modules if not any(n == t or n.endswith("." + t) for n in modules)]
+    if missing:
+        linear = sorted({n.rsplit(".", 1)[-1] for n, m in modules.items() if isinstance(m, torch.nn.Linear)})
+        raise UserError(f"model.lora_target_modules {missing} match no module of {cfg.name_or_path}; expected "
+                        f"names of its linear layers: {', '.join(linear)}")
 
 
 def validate(cfg: ModelConfig, zero_stage: int) -> None:

@@ -43,6 +43,11 @@ class EvalOptions:
     """Normal prompts for similarity/degeneration (QA or text file); empty = the run's retain data."""
     holdout: str = ""
     """Held-out text never trained on (non-members) for the privacy suite."""
+    forget: str = ""
+    """Forget data for every suite (file or hub id, format detected); empty = the run's data.forget. A
+    stage-1 model, say, is measured on the text a later stage will unlearn."""
+    retain: str = ""
+    """Retain data for every suite (file or hub id, format detected); empty = the run's data.retain."""
     max_new_tokens: int = 64
     """Greedy tokens generated per response (harmful, knowledge, normal prompts)."""
     prefix_tokens: int = 32

@@ -52,6 +52,16 @@ def run_config(ckpt: Path) -> Config:
     return load_config([str(path)])[0]
 
 
+def with_data(cfg: Config, opts: EvalOptions) -> Config:
+    """The run config with --forget/--retain in place of its own data (formats detected anew)."""
+    d = cfg.data
+    if opts.forget:
+        d = replace(d, forget=opts.forget, forget_format="auto")
+    if opts.retain:
+        d = replace(d, retain=opts.retain, retain_format="auto")
+    return replace(cfg, data=d)
+
+
 def step_of(ckpt: Path) -> int:
     meta = ckpt / "meta.json"
     if meta.is_file():
@@ -156,7 +166,7 @@ def evaluate_checkpoint(ckpt: str | Path, opts: EvalOptions) -> dict:
 
 
 def _evaluate(ckpt: Path, opts: EvalOptions) -> dict:
-    cfg = run_config(ckpt)
+    cfg = with_data(run_config(ckpt), opts)
     previous = read_eval(ckpt)
     wanted = opts.suites or default_suites(cfg, opts)
     todo = [s for s in wanted if opts.force or s not in previous.get("suites", {})]

@@ -8,6 +8,7 @@ each step runs `grad_accum` micro-batches of `micro_batch_size` samples on every
 from __future__ import annotations
 
 import random
+import shutil
 import time
 from pathlib import Path
 from typing import Any
@@ -203,11 +204,28 @@ def _train(cfg: Config, ds_config: str, ds_patch: dict[str, Any] | None, resume:
     set_seed(cfg.train.seed, distributed.env_from_os().rank)
     tokenizer = models.load_tokenizer(cfg.model)
     sets = load_sets(cfg, tokenizer, distributed.env_from_os())
-    check_lengths(sets, models.load_model_config(cfg.model), cfg)
+    model_config = models.load_model_config(cfg.model)
+    check_lengths(sets, model_config, cfg)
+    models.check_lora_targets(cfg.model, model_config)
     max_steps = max_steps_for(cfg, sets)
 
     env = distributed.init()
+    target = Path(cfg.run.output_dir) / cfg.run.name if cfg.run.name else None
+    created = overwrite or target is None or not (target.is_dir() and any(target.iterdir()))
     run_dir = prepare_run_dir(cfg, env, resume=resume, overwrite=overwrite)
+    progress = {"steps": 0}
+    try:
+        return _train_in(cfg, ds, env, run_dir, tokenizer, sets, max_steps, resume, preempt, progress)
+    except BaseException:
+        # A start that fails before its first step leaves nothing behind, so the corrected retry
+        # is not refused as "already exists"; a run that trained keeps its folder.
+        if created and env.is_main and not progress["steps"] and not runs.complete_checkpoints(run_dir):
+            shutil.rmtree(run_dir, ignore_errors=True)
+        raise
+
+
+def _train_in(cfg: Config, ds: dict[str, Any], env: DistEnv, run_dir: Path, tokenizer, sets: Sets, max_steps: int,
+              resume: bool | str, preempt: guards.Preemption, progress: dict[str, int]) -> Path:
     checkpoint.remove_partial(run_dir, env)  # .step-*.tmp left by a save that was killed
     dtype = engines.dtype_of(ds)
     policy = models.load_policy(cfg.model, dtype)
@@ -245,6 +263,7 @@ def _train(cfg: Config, ds_config: str, ds_patch: dict[str, Any] | None, resume:
         metrics = loop.step(state)
         skipped = metrics["skipped"] > 0
         state.record_step(skipped)
+        progress["steps"] += 1
         stop = guards.forget_ceiling(metrics, cfg.method.max_forget_loss)
         window.add(metrics)
         if state.step % t.log_every_n_steps == 0 or state.step == max_steps or stop or skipped:

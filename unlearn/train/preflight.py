@@ -16,7 +16,37 @@ from unlearn.train.schedule import JOINT
 SCHEDULES = (JOINT, "alternate")
 
 
+RANGES = [  # (key, lowest allowed, lowest is allowed, what is expected)
+    ("optim.lr", 0.0, False, "a positive learning rate (e.g. 2e-6)"),
+    ("optim.weight_decay", 0.0, True, ">= 0"),
+    ("optim.eps", 0.0, False, "a small positive number (e.g. 1e-8)"),
+    ("optim.warmup_steps", 0, True, ">= 0 optimizer steps"),
+    ("optim.grad_clip", 0.0, True, ">= 0 (0 = no clipping)"),
+    ("method.forget_weight", 0.0, True, ">= 0"),
+    ("method.retain_weight", 0.0, True, ">= 0"),
+    ("method.mismatch_weight", 0.0, True, ">= 0 (0 = off)"),
+    ("method.beta", 0.0, False, "a positive inverse temperature"),
+    ("method.simnpo_beta", 0.0, False, "a positive inverse temperature"),
+    ("method.forget_steps_per_cycle", 1, True, ">= 1"),
+    ("method.retain_steps_per_cycle", 1, True, ">= 1"),
+    ("data.max_length", 1, True, ">= 1 tokens"),
+    ("model.lora_r", 1, True, ">= 1"),
+]
+"""Numbers an optimizer or loss would reject later (with a traceback) or silently misuse."""
+
+
+def check_ranges(cfg: Config) -> None:
+    for key, low, inclusive, expected in RANGES:
+        section, name = key.split(".")
+        value = getattr(getattr(cfg, section), name)
+        if value < low or (value == low and not inclusive):
+            raise UserError(f"{key}={value}; expected {expected}")
+    if not all(0.0 <= b < 1.0 for b in cfg.optim.betas):
+        raise UserError(f"optim.betas={list(cfg.optim.betas)}; expected two numbers in [0, 1), e.g. [0.9, 0.999]")
+
+
 def check_config(cfg: Config, ds: dict[str, Any], world_size: int, *, resume: bool = False) -> None:
+    check_ranges(cfg)
     models.validate(cfg.model, engines.zero_stage(ds))
     forget_obj = methods.forget_objective(cfg.method.forget_loss)
     retain_obj = methods.retain_objective(cfg.method.retain_loss)
