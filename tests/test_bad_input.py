@@ -80,6 +80,9 @@ def _cases(f: dict[str, str], demo: Path, out: str) -> dict[str, tuple[list[str]
                                                                         "expected one of: ga, npo"]),
         "hub_id_offline": (z2 + ok + ["model.name_or_path=nobody-here/no-such-model-7b"],
                            ["'nobody-here/no-such-model-7b' could not be loaded", "expected a local folder or a hub id"]),
+        "mistyped_local": (z2 + ok + [f"model.name_or_path={demo}/stage1-exprt"],
+                           [f"'{demo}/stage1-exprt' does not exist (no such folder; '{demo}' exists)",
+                            "expected a local Hugging Face folder"]),
         "model_folder": (z2 + ok + [f"model.name_or_path={demo}"], [f"'{demo}' could not be loaded",
                                                                    "expected a Hugging Face model folder"]),
         "columns": (z2 + ok + [f"data.forget={f['columns_jsonl']}"], ["has columns ['bar', 'foo']", "expected 'text'"]),
@@ -224,3 +227,16 @@ def test_an_error_on_one_rank_does_not_hang_the_other(tmp_path):
     assert proc.returncode != 0
     assert "error: rank 1 cannot go on; expected every rank to pass" in proc.stderr
     assert time.time() - t0 < 90, "the launcher should end rank 0 (SIGTERM, SIGKILL after 30 s)"
+
+
+def test_a_config_error_on_two_ranks_prints_one_line(tmp_path, demo_dir):
+    """Both ranks find the same bad value before start-up; only rank 0 says so."""
+    from tests.conftest import launch
+
+    proc = launch("unlearn.py", ["--ds_config", str(ROOT / "ds_configs" / "zero2.json"), "--no_report",
+                                 f"model.name_or_path={demo_dir / 'init'}", f"data.forget={demo_dir / 'forget.txt'}",
+                                 f"data.retain={demo_dir / 'retain.txt'}", f"run.output_dir={tmp_path}",
+                                 "optim.lr=-1"], nprocs=2, timeout=120)
+    errors = [line for line in proc.stderr.splitlines() if "error: " in line]
+    assert proc.returncode == 2 and len(errors) == 1, proc.stderr[-2000:]
+    assert errors[0].endswith("error: optim.lr=-1.0; expected a positive learning rate (e.g. 2e-6)")

@@ -160,8 +160,9 @@ class TrainConfig:
     """Optimizer steps in total (forget and retain steps both count); exact."""
     epochs: float = 0.0
     """If > 0, max_steps = ceil(epochs * samples / global_batch_size) of the forget set (fine-tune)."""
-    micro_batch_size: int = 8
-    """Samples per rank per forward."""
+    micro_batch_size: int = 0
+    """Samples per rank per forward; 0 = global_batch_size / ranks (no gradient accumulation), so the
+    same config runs on 1, 2, 4 or 8 ranks."""
     global_batch_size: int = 8
     """Samples per optimizer step over all ranks (= micro * grad_accum * world_size)."""
     seed: int = 0

@@ -8,12 +8,16 @@ keeps its traceback.
 
 from __future__ import annotations
 
+import os
 import sys
 from typing import Callable
 
 
 class UserError(Exception):
     """A problem with the user's input; the message names what is wrong and what was expected."""
+
+    every_rank = False
+    """True when every rank raises it alike (config checks before start-up): only rank 0 prints it."""
 
 
 class Diverged(Exception):
@@ -34,7 +38,8 @@ def guarded(fn: Callable[[], object]) -> None:
     try:
         fn()
     except UserError as exc:
-        print(f"error: {_one_line(exc)}", file=sys.stderr, flush=True)
+        if not exc.every_rank or os.environ.get("RANK", "0") == "0":
+            print(f"error: {_one_line(exc)}", file=sys.stderr, flush=True)
         raise SystemExit(EXIT_USER_ERROR) from None
     except Diverged as exc:
         print(f"error: {_one_line(exc)}", file=sys.stderr, flush=True)

@@ -21,6 +21,23 @@ def _hub_kwargs(cfg: ModelConfig) -> dict:
     return {"revision": cfg.revision} if cfg.revision else {}
 
 
+def _looks_local(name: str) -> bool:
+    """A path, not a hub id: starts with . / ~, has more than one '/', or its first part is a folder here."""
+    parts = Path(name).parts
+    return name.startswith((".", "/", "~")) or name.count("/") > 1 or (len(parts) > 1 and Path(parts[0]).is_dir())
+
+
+def require_local_exists(what: str, name: str) -> None:
+    """A mistyped local path is named as such (not looked up on the hub, not called a bad hub id)."""
+    if _looks_local(name) and not Path(name).expanduser().exists():
+        if name.startswith(".cache/demo"):
+            raise UserError(f"{what} '{name}' does not exist; run `make demo` first to build the demo model")
+        parent = next((p for p in Path(name).expanduser().parents if p.exists()), Path("."))
+        raise UserError(f"{what} '{name}' does not exist (no such folder; '{parent}' exists); expected a local "
+                        "Hugging Face folder (config.json + weights, or an adapter) or a hub id such as "
+                        "facebook/opt-1.3b")
+
+
 def _explain_load_error(what: str, name: str, exc: Exception) -> UserError:
     first = str(exc).strip().splitlines()[0][:200] if str(exc).strip() else type(exc).__name__
     local = Path(name).exists() or name.startswith((".", "/"))
@@ -35,6 +52,7 @@ def load_tokenizer(cfg: ModelConfig):
     from transformers import AutoTokenizer
 
     name = cfg.tokenizer or cfg.name_or_path
+    require_local_exists("model.tokenizer" if cfg.tokenizer else "model.name_or_path", name)
     try:
         tok = AutoTokenizer.from_pretrained(name, **_hub_kwargs(cfg))
     except Exception as exc:  # OSError, ValueError, HFValidationError...: all mean "cannot load"
@@ -90,6 +108,7 @@ def load_model_config(cfg: ModelConfig):
     """The model's Hugging Face config only (no weights): checks the path and its positions early."""
     from transformers import AutoConfig
 
+    require_local_exists("model.name_or_path", cfg.name_or_path)
     name = _root_base(cfg.name_or_path)
     try:
         return AutoConfig.from_pretrained(name, **_hub_kwargs(cfg))

@@ -9,6 +9,7 @@ sets them too is an error, as is DeepSpeed's "auto" (only HF's Trainer resolves 
 from __future__ import annotations
 
 import json
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -112,7 +113,19 @@ def check_run_config(cfg: Config, ds: dict[str, Any], world_size: int) -> None:
     grad_accum_steps(cfg, world_size)
 
 
+def resolve_micro_batch(cfg: Config, world_size: int) -> Config:
+    """`cfg` with train.micro_batch_size set: as given, or (0) global_batch_size / world_size."""
+    t = cfg.train
+    if t.micro_batch_size:
+        return cfg
+    if t.global_batch_size <= 0 or t.global_batch_size % world_size:
+        raise UserError(f"train.global_batch_size={t.global_batch_size} cannot be split over {world_size} ranks; "
+                        f"expected a positive multiple of {world_size} (or set train.micro_batch_size)")
+    return replace(cfg, train=replace(t, micro_batch_size=t.global_batch_size // world_size))
+
+
 def grad_accum_steps(cfg: Config, world_size: int) -> int:
+    cfg = resolve_micro_batch(cfg, world_size)
     per_step = cfg.train.micro_batch_size * world_size
     if per_step <= 0:
         raise UserError(f"train.micro_batch_size={cfg.train.micro_batch_size}; expected a positive integer")
@@ -126,7 +139,7 @@ def grad_accum_steps(cfg: Config, world_size: int) -> int:
 def full_ds_config(ds: dict[str, Any], cfg: Config, env: DistEnv) -> dict[str, Any]:
     """The JSON plus the fields our config owns (batch sizes, clipping, optimizer)."""
     full = dict(ds)
-    full["train_micro_batch_size_per_gpu"] = cfg.train.micro_batch_size
+    full["train_micro_batch_size_per_gpu"] = resolve_micro_batch(cfg, env.world_size).train.micro_batch_size
     full["gradient_accumulation_steps"] = grad_accum_steps(cfg, env.world_size)
     full["train_batch_size"] = cfg.train.global_batch_size
     full["gradient_clipping"] = cfg.optim.grad_clip

@@ -19,7 +19,7 @@ from unlearn import data, distributed, methods, runs
 from unlearn import model as models
 from unlearn.config import Config
 from unlearn.distributed import DistEnv
-from unlearn.errors import EXIT_REQUEUE, Diverged
+from unlearn.errors import EXIT_REQUEUE, Diverged, UserError
 from unlearn.logger import Window, Writer
 from unlearn.methods import Forward
 from unlearn.sets import Sets, check_lengths, load_sets, make_streams, max_steps_for
@@ -194,10 +194,11 @@ def train(cfg: Config, ds_config: str, ds_patch: dict[str, Any] | None = None, *
         preempt.restore()
 
 
-def _train(cfg: Config, ds_config: str, ds_patch: dict[str, Any] | None, resume: bool, overwrite: bool,
-           preempt: guards.Preemption) -> Path:
-    # Bad input fails here, in seconds, before distributed start-up and the run folder.
+def _checked_inputs(cfg: Config, ds_config: str, ds_patch: dict[str, Any] | None, resume: bool | str,
+                    overwrite: bool):
+    """Everything checkable before start-up: config values, DeepSpeed JSON, run folder, data, lengths."""
     ds = engines.read_ds_config(ds_config, ds_patch)
+    cfg = engines.resolve_micro_batch(cfg, distributed.env_from_os().world_size)  # micro 0 = global / ranks
     preflight.check_config(cfg, ds, distributed.env_from_os().world_size, resume=resume)
     check_run_dir(cfg, resume=resume, overwrite=overwrite)
     models.threads_hint()
@@ -208,7 +209,16 @@ def _train(cfg: Config, ds_config: str, ds_patch: dict[str, Any] | None, resume:
     check_lengths(sets, model_config, cfg)
     models.check_lora_targets(cfg.model, model_config)
     max_steps = max_steps_for(cfg, sets)
+    return cfg, ds, tokenizer, sets, max_steps
 
+
+def _train(cfg: Config, ds_config: str, ds_patch: dict[str, Any] | None, resume: bool, overwrite: bool,
+           preempt: guards.Preemption) -> Path:
+    try:  # bad input fails here, in seconds, before distributed start-up and the run folder
+        cfg, ds, tokenizer, sets, max_steps = _checked_inputs(cfg, ds_config, ds_patch, resume, overwrite)
+    except UserError as exc:
+        exc.every_rank = True  # each rank found the same problem: one error line, from rank 0
+        raise
     env = distributed.init()
     target = Path(cfg.run.output_dir) / cfg.run.name if cfg.run.name else None
     created = overwrite or target is None or not (target.is_dir() and any(target.iterdir()))

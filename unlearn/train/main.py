@@ -7,7 +7,7 @@ import argparse
 import sys
 from typing import Any
 
-from unlearn.errors import guarded
+from unlearn.errors import UserError, guarded
 from unlearn.train.rundir import RESUME_AUTO, RESUME_LAST
 
 
@@ -50,7 +50,11 @@ def train_main(doc: str, argv: list[str] | None, defaults: dict[str, Any] | None
     def job() -> None:
         from unlearn.config_io import load_config
 
-        cfg, ds_patch = load_config(args.config, args.overrides, defaults=defaults)  # config typos: < 1 s
+        try:
+            cfg, ds_patch = load_config(args.config, args.overrides, defaults=defaults)  # config typos: < 1 s
+        except UserError as exc:
+            exc.every_rank = True  # every rank reads the same files: one error line, from rank 0
+            raise
         from unlearn.eval.before_after import final_report  # torch, transformers: seconds
         from unlearn.train.loop import train
 
