@@ -7,7 +7,7 @@ DEMO   := .cache/demo
 DS     ?= ds_configs/zero2.json
 export PATH := $(abspath $(BIN)):$(PATH)
 
-.PHONY: setup demo demo-base test test-fast clean-demo bench bench-gpu slurm-up slurm-down
+.PHONY: setup demo demo-base copyright-demo test test-fast clean-demo bench bench-gpu slurm-up slurm-down
 
 setup: $(VENV)/.installed
 
@@ -29,6 +29,18 @@ demo-base: $(DEMO)/base/COMPLETE
 # The main job on the embedded default: unlearn the book, print the before/after table.
 demo: $(DEMO)/base/COMPLETE
 	deepspeed launch/unlearn.py --ds_config $(DS)
+
+# The copyright pipeline at CPU scale: stage 1 teaches the tiny OPT a public-domain book excerpt,
+# stage 2 unlearns it with LoRA while a retain excerpt keeps its perplexity (~3 minutes).
+BOOKS ?= ../shared/data/books
+COPYRIGHT := .cache/copyright-demo
+copyright-demo: $(DEMO)/init/config.json
+	@test -f $(BOOKS)/alice_in_wonderland.txt || { echo "copyright-demo needs $(BOOKS) (public-domain books; BOOKS=...)"; exit 2; }
+	mkdir -p $(COPYRIGHT)
+	head -c 3000 $(BOOKS)/alice_in_wonderland.txt > $(COPYRIGHT)/book.txt
+	head -c 3000 $(BOOKS)/pride_and_prejudice.txt > $(COPYRIGHT)/other.txt
+	deepspeed launch/finetune.py --ds_config $(DS) --config configs/copyright_demo_finetune.yaml --overwrite
+	deepspeed launch/unlearn.py --ds_config $(DS) --config configs/copyright_demo.yaml --overwrite
 
 # tests/test_slurm.py needs a local SLURM cluster: started here when we are root (daemons without systemd;
 # the script apt-installs SLURM if missing). Elsewhere those tests skip; in CI (CI=true) they fail instead.

@@ -162,3 +162,24 @@ def test_stage2_adapter_on_a_stage1_adapter_evaluates_as_the_model_that_was_trai
     assert before_after.mean_nll(evaluated, tok, samples) == pytest.approx(trained, abs=1e-5)
     raw_base, _ = models.load_for_eval(str(demo_dir / "init"))
     assert abs(before_after.mean_nll(raw_base, tok, samples) - trained) > 0.1  # stage 1 moved the model
+
+
+def test_copyright_demo_configs_run_both_stages(demo_dir, tmp_path, dist_env):
+    """configs/copyright_demo_finetune.yaml then configs/copyright_demo.yaml as shipped, with their
+    .cache paths pointed at the test's texts and 2 steps each (the scale-down)."""
+    from unlearn.config import FINETUNE_DEFAULTS
+    from unlearn.train.loop import train
+
+    book, other, base = demo_dir / "forget.txt", demo_dir / "retain.txt", tmp_path / "base"
+    cfg, patch = load_config([str(ROOT / "configs" / "copyright_demo_finetune.yaml")], [
+        f"model.name_or_path={demo_dir / 'init'}", f"data.retain={book},{other}", "train.max_steps=2",
+        f"run.output_dir={tmp_path}", f"run.export_dir={base}", "train.save_engine_state=false"],
+        defaults=FINETUNE_DEFAULTS)
+    train(cfg, str(ROOT / "ds_configs" / "zero2.json"), patch)
+    assert (base / "COMPLETE").is_file() and not models.is_adapter(str(base))
+    cfg, patch = load_config([str(ROOT / "configs" / "copyright_demo.yaml")], [
+        f"model.name_or_path={base}", f"data.forget={book}", f"data.retain={other}", "train.max_steps=2",
+        f"run.output_dir={tmp_path}", "train.log_every_n_steps=1", "train.save_engine_state=false"])
+    run_dir = train(cfg, str(ROOT / "ds_configs" / "zero2.json"), patch)
+    assert scalars(run_dir, "retain/loss")[0] == 0.0  # KL to the stage-1 model: adapters off = the reference
+    assert (run_dir / "checkpoints" / "step-000002" / "adapter_config.json").is_file()

@@ -281,5 +281,6 @@ def load_for_eval(path: str, dtype: torch.dtype = torch.float32, device: str | t
         raise _explain_load_error("checkpoint model", str(path), exc) from None
     if tok.pad_token_id is None:
         tok.pad_token = tok.eos_token
+    tok.model_max_length = 10**9  # texts are cut by the caller (no "longer than" warnings)
     model.config.use_cache = True
     return model.to(device).eval(), tok
