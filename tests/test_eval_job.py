@@ -114,7 +114,10 @@ def test_run_evaluates_every_complete_checkpoint_then_summarises(tmp_path, demo_
     assert not (run / "checkpoints" / "step-000006" / "eval.json").exists()
     lines = (run / "eval_summary.csv").read_text().splitlines()
     assert lines[0].startswith("step,checkpoint,eval/copyright/verbatim_bleu")
-    assert [row.split(",")[0] for row in lines[1:]] == ["2", "4"]
+    # step 0 = the model the run started from (model.name_or_path: here the same weights as the checkpoints)
+    assert [row.split(",")[0] for row in lines[1:]] == ["0", "2", "4"]
+    assert lines[1].split(",")[1] == str(demo_dir / "init") and lines[1].split(",")[2:] == lines[2].split(",")[2:]
+    assert json.loads((run / "eval_start.json").read_text())["step"] == 0
     assert (run / "eval_summary.png").stat().st_size > 1000
     assert "verbatim R-L" in capsys.readouterr().out
 

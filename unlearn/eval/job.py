@@ -86,7 +86,10 @@ def default_suites(cfg: Config, o: EvalOptions) -> tuple[str, ...]:
 
 
 def read_eval(ckpt: Path) -> dict:
-    path = Path(ckpt) / EVAL_FILE
+    return _read_json(Path(ckpt) / EVAL_FILE)
+
+
+def _read_json(path: Path) -> dict:
     return json.loads(path.read_text()) if path.is_file() else {}
 
 
@@ -127,7 +130,8 @@ def parser(description: str = "", parser_class=argparse.ArgumentParser) -> argpa
     p = parser_class(description=description, formatter_class=argparse.RawDescriptionHelpFormatter)
     where = p.add_mutually_exclusive_group(required=True)
     where.add_argument("checkpoint", nargs="?", help="a checkpoint folder (runs/<name>/checkpoints/step-XXXXXX)")
-    where.add_argument("--run", help="a run folder: evaluate all its complete checkpoints, then summarise")
+    where.add_argument("--run", help="a run folder: evaluate its starting model (step 0) and every complete "
+                       "checkpoint, then summarise")
     p.add_argument("--suite", default="", help=f"comma list of {','.join(SUITES)} (default: "
                    "those the run's data supports)")
     add_option_flags(p)  # one flag per EvalOptions field, help = its docstring
@@ -166,26 +170,32 @@ def evaluate_checkpoint(ckpt: str | Path, opts: EvalOptions) -> dict:
 
 
 def _evaluate(ckpt: Path, opts: EvalOptions) -> dict:
-    cfg = with_data(run_config(ckpt), opts)
-    previous = read_eval(ckpt)
+    run_dir = run_dir_of(ckpt)
+    return _evaluate_model(ckpt, with_data(run_config(ckpt), opts), opts, ckpt / EVAL_FILE, step_of(ckpt),
+                           (run_dir or ckpt) / "eval_cache", run_dir)
+
+
+def _evaluate_model(model: Path, cfg: Config, opts: EvalOptions, out: Path, step: int, cache: Path,
+                    run_dir: Path | None) -> dict:
+    """The suites on `model` (a checkpoint, or a run's starting model) into `out`, merged with it."""
+    previous = _read_json(out)
     wanted = opts.suites or default_suites(cfg, opts)
     todo = [s for s in wanted if opts.force or s not in previous.get("suites", {})]
     if not todo:
-        print(f"{ckpt}: already evaluated ({', '.join(wanted)}); use --force to redo", flush=True)
+        print(f"{model}: already evaluated ({', '.join(wanted)}); use --force to redo", flush=True)
         return previous
-    run_dir = run_dir_of(ckpt)
-    ctx = Context(ckpt, cfg, opts, (run_dir or ckpt) / "eval_cache")
+    ctx = Context(model, cfg, opts, cache)
     fresh = {}
     for name in todo:
         t0 = time.time()
-        print(f"{ckpt}: {name} suite ...", flush=True)
+        print(f"{model}: {name} suite ...", flush=True)
         # options per suite too: a merged eval.json may hold suites run with different flags
         fresh[name] = {**suite_fn(name)(ctx), "seconds": round(time.time() - t0, 1),
                        "options": asdict(replace(opts, suites=(name,)))}
     # re-read: another eval job may have added suites to this checkpoint while these ran
-    suites = {**read_eval(ckpt).get("suites", {}), **fresh}
+    suites = {**_read_json(out).get("suites", {}), **fresh}
     result = {
-        "checkpoint": str(ckpt), "step": step_of(ckpt), "time": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+        "checkpoint": str(model), "step": step, "time": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
         "reference": ctx.reference_name, "device": device_of(opts),
         "decoding": {"strategy": "greedy", "max_new_tokens": opts.max_new_tokens,
                      "prefix_tokens": opts.prefix_tokens, "continuation_tokens": opts.continuation_tokens,
@@ -195,10 +205,27 @@ def _evaluate(ckpt: Path, opts: EvalOptions) -> dict:
         "judge": suites.get("harmful", {}).get("info", {}).get("judge"),
     }
     result["scalars"] = scalars(result)
-    write_json(ckpt / EVAL_FILE, result)
+    write_json(out, result)
     if run_dir is not None:  # only what was measured now: earlier suites are already in TensorBoard
-        log_tensorboard(run_dir, scalars({"suites": fresh}), result["step"])
-    return read_eval(ckpt)  # as stored: lists for tuples, null for undefined values
+        log_tensorboard(run_dir, scalars({"suites": fresh}), step)
+    return _read_json(out)  # as stored: lists for tuples, null for undefined values
+
+
+START_FILE = "eval_start.json"
+"""In a run folder: the evaluation of the model the run started from (step 0 of the run's summary)."""
+
+
+def evaluate_start(run_dir: Path, opts: EvalOptions) -> dict | None:
+    """The run's starting model (model.name_or_path of its config) evaluated as step 0, so the
+    summary's curves begin where training began; None (with a line saying why) if it cannot load."""
+    first = runs.complete_checkpoints(run_dir)[0]
+    cfg = with_data(run_config(first), opts)
+    try:
+        return _evaluate_model(Path(cfg.model.name_or_path), cfg, opts, run_dir / START_FILE, 0,
+                               run_dir / "eval_cache", run_dir)
+    except UserError as exc:
+        print(f"starting model not evaluated ({' '.join(str(exc).split())})", flush=True)
+        return None
 
 
 def _finite(value):
@@ -251,6 +278,7 @@ def evaluate_run(run_dir: str | Path, opts: EvalOptions) -> list[dict]:
     ckpts = runs.complete_checkpoints(run_dir)
     if not ckpts:
         raise UserError(f"run '{run_dir}' has no complete checkpoint; expected checkpoints/step-*/COMPLETE")
+    start = evaluate_start(run_dir, opts)
     results = [evaluate_checkpoint(c, opts) for c in ckpts]
-    eval_summary.write(run_dir, results)
+    eval_summary.write(run_dir, ([start] if start else []) + results)
     return results
