@@ -108,3 +108,21 @@ def test_before_after_table_columns_never_merge_and_fine_tunes_say_learned():
                                "=", "learned)"]
     assert rows[4].split()[2:5] == ["479.376", "1.536e+08", "+32031927%"]
     assert "lower = forgotten" in table(before, after)
+
+
+def test_knowledge_recall_stems_words_as_tofu_does():
+    """'he was running fast' vs 'he runs fast': stemmed, LCS = he run fast -> recall 3/3; unstemmed,
+    LCS = he fast -> 2/3 (F1: 2 * (3/4 * 1) / (3/4 + 1) = 6/7 stemmed)."""
+    from unlearn.eval.copyright import knowledge_metrics
+
+    m = knowledge_metrics(["he was running fast"], ["he runs fast"])
+    assert m["knowledge_rouge_l_recall"]["value"] == pytest.approx(1.0)
+    assert m["knowledge_rouge_l"]["value"] == pytest.approx(6 / 7)
+    assert rouge_l(["he was running fast"], ["he runs fast"], kind="recall") == [pytest.approx(2 / 3)]
+
+
+def test_similarity_of_identical_answers_is_one_even_without_words():
+    from unlearn.eval.utility import similarity
+
+    got = similarity(["", "!!!!", "the cat sat", "a b"], ["", "!!!!", "the cat sat", "c d"])
+    assert got["similarity_to_reference_rouge_l"]["value"] == pytest.approx(3 / 4)  # 1, 1, 1, 0

@@ -12,6 +12,7 @@ import pytest
 import torch
 
 from unlearn import data, demo
+from unlearn import model as models
 from unlearn.eval.copyright import knowledge, verbatim
 from unlearn.eval.privacy import min_k_auc
 from unlearn.eval.utility import truthfulqa
@@ -155,3 +156,21 @@ def test_knowledge_memorisation_of_a_qa_fact(trained):
     unseen = knowledge(trained["random"], trained["tok"], pairs, [prompt], max_new_tokens=12)["metrics"]
     assert learnt["knowledge_rouge_l"]["value"] == 1.0 and learnt["knowledge_rouge_l_recall"]["value"] == 1.0
     assert unseen["knowledge_rouge_l"]["value"] < 0.3
+
+
+def test_verbatim_probe_stops_at_eos(demo_dir):
+    """The continuation is scored up to the model's EOS, not on what it generates after stopping: with
+    a token the random model emits mid-continuation declared EOS, the scored text ends before it."""
+    from unlearn.eval.before_after import probes
+    from unlearn.eval.copyright import verbatim
+    from unlearn.eval.generation import greedy
+
+    model, tok = models.load_for_eval(str(demo_dir / "init"))
+    samples = data.text_samples([(demo_dir / "forget.txt").read_text()], tok, 48)[:1]
+    free = greedy(model, [probes(samples, prefix=8, length=8)[0].prompt_ids], 8, tok.pad_token_id)[0]
+    stop = next(t for t in free if t != free[0])  # measured: [176 x4, 519 x3, 626]: 519 from position 4
+    cut = free.index(stop)
+    assert any(t != stop for t in free[cut:])  # tokens after the stop that the old probe scored
+    tok.eos_token = tok.convert_ids_to_tokens(stop)
+    out = verbatim(model, tok, samples, prefix_tokens=8, continuation_tokens=8)
+    assert out["examples"][0]["generation"] == tok.decode(free[:cut], skip_special_tokens=True)

@@ -24,8 +24,9 @@ def verbatim(model, tokenizer, samples, prefix_tokens: int, continuation_tokens:
              batch_size: int = 16) -> dict:
     """ROUGE-L F1 and BLEU of greedy continuations of forget prefixes against the true text."""
     probes = before_after.probes(samples, prefix=prefix_tokens, length=continuation_tokens)
+    # stops at EOS: a model that ends its answer is scored on what it wrote, not on padding
     gens = greedy(model, [p.prompt_ids for p in probes], continuation_tokens, tokenizer.pad_token_id,
-                  batch_size, desc="verbatim")
+                  batch_size, eos_id=tokenizer.eos_token_id, desc="verbatim")
     preds = [tokenizer.decode(g[:len(p.target_ids)], skip_special_tokens=True) for g, p in zip(gens, probes)]
     refs = [tokenizer.decode(p.target_ids, skip_special_tokens=True) for p in probes]
     return {
@@ -35,14 +36,20 @@ def verbatim(model, tokenizer, samples, prefix_tokens: int, continuation_tokens:
     }
 
 
+def knowledge_metrics(answers: list[str], refs: list[str]) -> dict:
+    """ROUGE-L F1 and recall of answers against the true answers, words Porter-stemmed as TOFU's
+    `eval_rouge_recall` and open-unlearning's rouge metric score them (use_stemmer=True)."""
+    return {"knowledge_rouge_l": mean_ci(rouge_l(answers, refs, stemmer=True)),
+            "knowledge_rouge_l_recall": mean_ci(rouge_l(answers, refs, kind="recall", stemmer=True))}
+
+
 def knowledge(model, tokenizer, pairs: list[tuple[str, str]], prompts: list[str], max_new_tokens: int,
               batch_size: int = 16) -> dict:
     """ROUGE-L of greedy answers to forget questions (`prompts`: templated) against the true answers."""
     answers = generate_text(model, tokenizer, prompts, max_new_tokens, batch_size, desc="knowledge")
     refs = [a for _, a in pairs]
     return {
-        "metrics": {"knowledge_rouge_l": mean_ci(rouge_l(answers, refs)),
-                    "knowledge_rouge_l_recall": mean_ci(rouge_l(answers, refs, kind="recall"))},
+        "metrics": knowledge_metrics(answers, refs),
         "examples": [{"question": q, "reference": a, "generation": g}
                      for (q, a), g in list(zip(pairs, answers))[:EXAMPLES]],
     }

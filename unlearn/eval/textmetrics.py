@@ -9,11 +9,14 @@ import re
 from collections import Counter
 
 
-def rouge_l(predictions: list[str], references: list[str], kind: str = "fmeasure") -> list[float]:
-    """Per-pair ROUGE-L (F1 by default; `kind` = precision | recall | fmeasure), in [0, 1]."""
+def rouge_l(predictions: list[str], references: list[str], kind: str = "fmeasure",
+            stemmer: bool = False) -> list[float]:
+    """Per-pair ROUGE-L (F1 by default; `kind` = precision | recall | fmeasure), in [0, 1], from
+    Google's rouge-score. `stemmer`: Porter-stem words first, as TOFU's and open-unlearning's answer
+    recall do (rouge_scorer.RougeScorer(..., use_stemmer=True))."""
     from rouge_score import rouge_scorer  # rouge-score: only when text is scored
 
-    scorer = rouge_scorer.RougeScorer(["rougeL"], use_stemmer=False)
+    scorer = rouge_scorer.RougeScorer(["rougeL"], use_stemmer=stemmer)
     return [getattr(scorer.score(ref, pred)["rougeL"], kind) for pred, ref in zip(predictions, references)]
 
 

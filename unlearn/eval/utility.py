@@ -99,7 +99,11 @@ def degeneration(answers: list[str]) -> dict:
 
 
 def similarity(answers: list[str], reference_answers: list[str]) -> dict:
-    return {"similarity_to_reference_rouge_l": mean_ci(rouge_l(answers, reference_answers))}
+    """ROUGE-L F1 of each answer against the original model's answer to the same prompt. Identical
+    answers score 1 even when empty or symbols only (rouge-score finds no words there and gives 0)."""
+    scores = [1.0 if a.strip() == r.strip() else s
+              for a, r, s in zip(answers, reference_answers, rouge_l(answers, reference_answers))]
+    return {"similarity_to_reference_rouge_l": mean_ci(scores)}
 
 
 def examples(prompts: list[str], answers: list[str], reference: list[str] | None) -> list[dict]:
