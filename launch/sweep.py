@@ -31,6 +31,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--plan-shell", action="store_true", help=argparse.SUPPRESS)  # for slurm/sweep.sh
     parser.add_argument("--status", metavar="SWEEP_DIR", help="print each run's state and newest eval metrics")
     parser.add_argument("--report", metavar="SWEEP_DIR", help="write report.csv/png and HParams sessions")
+    parser.add_argument("--best", metavar="DIR", help="choose a checkpoint of a sweep or run by rule (DIR/best.json)")
+    parser.add_argument("--rule", default="", help="threshold | pareto-knee | score (default: the grid's select:)")
     args = parser.parse_intermixed_args(argv)
 
     def job() -> None:
@@ -41,6 +43,11 @@ def main(argv: list[str] | None = None) -> None:
             print(report.status_table(sweep, pts))
             if report.failed_evals(sweep, pts):
                 raise SystemExit(1)
+        elif args.best:
+            from unlearn.sweep import select
+
+            words = [w for w in [args.grid, *args.overrides] if w]  # key=value words land in `grid` first
+            print(select.table(select.best_for(args.best, args.rule, words)))
         elif args.report:
             report.report_folder(args.report)
         elif args.grid and args.plan_shell:

@@ -258,3 +258,40 @@ def test_a_failed_eval_shows_in_status_report_and_exit_codes(tmp_path, demo_dir)
     line = next(x for x in ok.stdout.splitlines() if x.startswith("utility/retain_ppl "))  # the printed table
     assert line.split()[1] == f"{saved['value']:.4g}" and line.split()[-1] == str(saved["n"])
     assert "FAILED" not in status_table(sweep, pts)
+
+
+def test_best_picks_the_known_winner_by_each_rule(tmp_path):
+    """Constructed evals (forget: verbatim ROUGE-L, lower better; utility: retain PPL, lower better)."""
+    from unlearn.sweep.select import best_for
+
+    sweep = load_sweep(_grid(tmp_path, axes={"optim.lr": [1e-4, 5e-4, 1e-3]}))
+    pts = plan(sweep)
+    f, F, U = sweep.folder, "copyright/verbatim_rouge_l", "utility/retain_ppl"
+    evals = {pts[0].name: [(2, 0.9, 10.0), (4, 0.5, 11.0), (6, 0.3, 12.0)],   # slow: reaches 0.35 at step 6
+             pts[1].name: [(2, 0.6, 11.0), (4, 0.3, 14.0), (6, 0.1, 30.0)],   # fast, costs utility
+             pts[2].name: [(2, 0.8, 10.5), (4, 0.7, 10.6)]}
+    for run, rows in evals.items():
+        for step, rouge, ppl in rows:
+            _fake_checkpoint(f, run, step, {F: rouge, U: ppl})
+    # threshold: first per run with ROUGE <= 0.35 and PPL <= 15: run0 step 6 (12.0), run1 step 4 (14.0) -> run0
+    got = best_for(f, "threshold", ["forget_target=0.35", "utility_bound=15"])
+    assert (got["run"], got["step"]) == (pts[0].name, 6) and json.loads((f / "best.json").read_text()) == got
+    # score = -10 x ROUGE - 0.1 x PPL: 0.9/10 -10, 0.5/11 -6.1, 0.3/12 -4.2, 0.6/11 -7.1, 0.3/14 -4.4,
+    # 0.1/30 -4.0, 0.8/10.5 -9.05, 0.7/10.6 -8.06 -> run1 step 6
+    got = best_for(f, "score", ["weights=copyright/verbatim_rouge_l:-10,utility/retain_ppl:-0.1"])
+    assert (got["run"], got["step"]) == (pts[1].name, 6)
+    # front (both lower better): (0.9,10) (0.5,11) (0.3,12) (0.1,30) [(0.8,10.5) dominated? 10.5>10, 0.8<0.9: on]
+    # scaled x = (-r + 0.9)/0.8, y = (-p + 30)/20; ends (0.1,30) -> (1, 0) and (0.9,10) -> (0, 1);
+    # distance from x + y = 1 is largest for (0.3, 12): (0.75 + 0.9 - 1) / sqrt 2
+    got = best_for(f, "pareto-knee", [])
+    assert (got["run"], got["step"]) == (pts[0].name, 6) and got["rule"] == "pareto-knee"
+    with pytest.raises(UserError, match="no checkpoint reaches copyright/verbatim_rouge_l <= 0.05"):
+        best_for(f, "threshold", ["forget_target=0.05"])
+    # one run folder, metrics named by words (no grid): threshold inside run 1 only
+    got = best_for(f / "runs" / pts[1].name, "threshold", [f"forget_metric={F}", f"utility_metric={U}",
+                                                           "utility_goal=min", "forget_target=0.5"])
+    assert (got["run"], got["step"]) == (pts[1].name, 4)
+    cli = subprocess.run([sys.executable, str(ROOT / "launch" / "sweep.py"), "--best", str(f), "--rule", "score",
+                          "weights=copyright/verbatim_rouge_l:-10,utility/retain_ppl:-0.1"],
+                         capture_output=True, text=True, cwd=ROOT)
+    assert cli.returncode == 0 and cli.stdout.startswith(f"best by score: {pts[1].name} step 6")

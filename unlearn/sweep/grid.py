@@ -38,7 +38,8 @@ from unlearn.runs import COMPLETE, step_dir
 EVAL_ERROR = "eval.error"
 """unlearn.eval.job.ERROR_FILE, named here so that reading a sweep's status imports no evaluation code."""
 
-SWEEP_KEYS = {"name", "output_dir", "ds_config", "profile", "base", "base_configs", "axes", "eval", "report"}
+SWEEP_KEYS = {"name", "output_dir", "ds_config", "profile", "base", "base_configs", "axes", "eval", "report",
+              "select"}
 SWEEP_PREFIX = "sweep."
 """Command-line overrides under this prefix set sweep keys (sweep.output_dir=/tmp/s); others patch `base`."""
 
@@ -55,6 +56,22 @@ class ReportSpec:
     """max: higher utility is better; min: lower is better (e.g. perplexity)."""
 
 
+RULES = ("threshold", "pareto-knee", "score")
+"""Selection rules of `launch/sweep.py --best` (unlearn.sweep.select)."""
+
+
+@dataclass(frozen=True)
+class SelectSpec:
+    rule: str = "pareto-knee"
+    """threshold | pareto-knee | score (see the module docstring)."""
+    forget_target: float | None = None
+    """threshold: the forget metric must reach this (<= for goal min, >= for max)."""
+    utility_bound: float | None = None
+    """threshold: the utility metric must stay within this (>= for goal max, <= for min); None = any."""
+    weights: dict[str, float] = field(default_factory=dict)
+    """score: metric -> weight; the score is the weighted sum, highest wins."""
+
+
 @dataclass(frozen=True)
 class Sweep:
     name: str
@@ -66,6 +83,8 @@ class Sweep:
     eval_args: tuple[str, ...] = ()
     eval_enabled: bool = True
     report: ReportSpec = field(default_factory=ReportSpec)
+    select: SelectSpec = field(default_factory=SelectSpec)
+    """How `launch/sweep.py --best` chooses (unlearn.sweep.select)."""
 
     @property
     def folder(self) -> Path:
@@ -135,9 +154,20 @@ def load_sweep(path: str | Path, overrides: list[str] | None = None) -> Sweep:
                   profile=str(raw.get("profile") or "slurm/profiles/local.yaml"),
                   base=base, axes=tuple((k, tuple(v)) for k, v in axes.items()),
                   eval_args=tuple(str(a) for a in ev.get("args") or ()),
-                  eval_enabled=ev.get("enabled", True), report=report_spec)
+                  eval_enabled=ev.get("enabled", True), report=report_spec, select=_select_spec(raw.get("select")))
     points(sweep)  # validate every grid point now, not in a job an hour later
     return sweep
+
+
+def _select_spec(raw: Any):
+    try:
+        spec = SelectSpec(**(raw or {}))
+    except TypeError:
+        raise UserError(f"sweep key 'select' accepts {sorted(SelectSpec.__dataclass_fields__)}, got "
+                        f"{sorted(raw)}") from None
+    if spec.rule not in RULES:
+        raise UserError(f"sweep select.rule '{spec.rule}' is unknown; expected one of: {', '.join(RULES)}")
+    return spec
 
 
 def _safe(text: str) -> str:
@@ -232,7 +262,8 @@ def plan(sweep: Sweep) -> list[Point]:
 def sweep_dict(sweep: Sweep) -> dict[str, Any]:
     return {"name": sweep.name, "output_dir": sweep.output_dir, "ds_config": sweep.ds_config,
             "profile": sweep.profile, "base": sweep.base, "axes": {k: list(v) for k, v in sweep.axes},
-            "eval": {"args": list(sweep.eval_args), "enabled": sweep.eval_enabled}, "report": dict(sweep.report.__dict__)}
+            "eval": {"args": list(sweep.eval_args), "enabled": sweep.eval_enabled}, "report": dict(sweep.report.__dict__),
+            "select": dict(sweep.select.__dict__)}
 
 
 def open_sweep(folder: str | Path) -> tuple[Sweep, list[Point]]:

@@ -1,0 +1,166 @@
+"""Choosing a checkpoint by rule, over the per-checkpoint eval.json files of a sweep or of one run.
+
+    python launch/sweep.py --best SWEEP_OR_RUN_DIR [--rule R] [key=value ...]
+
+Rules (the forget and utility metrics and their goals are the sweep's `report:`; the rule and its
+parameters its `select:`; `key=value` words set either for this call, e.g. on a run folder):
+- threshold: per run, the first checkpoint (lowest step) whose forget metric reaches
+  `forget_target` while its utility metric stays within `utility_bound` (each by its goal); of those,
+  the best utility wins. MUSE's rule is a case of it: the first checkpoint whose KnowMem on the
+  forget set is at or below the retain model's, utility unbounded.
+- pareto-knee: on the forget/utility Pareto front, with both axes scaled to [0, 1] over the front,
+  the point farthest from the line through the front's two ends (the best trade-off); a front of
+  one or two points gives the one with the larger scaled sum.
+- score: the highest sum of weight x metric over `weights` (e.g. {copyright/verbatim_rouge_l: -1,
+  utility/truthfulqa_mc2: 2}); checkpoints lacking a weighted metric are left out.
+Writes best.json in the folder: run, step, checkpoint, metrics, rule, parameters and why it won.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import asdict, dataclass, fields, replace
+from pathlib import Path
+from typing import Any
+
+from unlearn.errors import UserError
+from unlearn.runs import complete_checkpoints
+from unlearn.sweep.grid import RULES, ReportSpec, SelectSpec, flat_metrics
+
+BEST_FILE = "best.json"
+
+
+@dataclass(frozen=True)
+class Candidate:
+    run: str
+    step: int
+    checkpoint: str
+    metrics: dict[str, float]
+
+
+def candidates(folder: Path) -> list[Candidate]:
+    """Every evaluated complete checkpoint of a sweep folder (runs/*) or of one run folder."""
+    run_dirs = sorted(p for p in (folder / "runs").iterdir() if p.is_dir()) if (folder / "runs").is_dir() \
+        else [folder]
+    out = []
+    for run_dir in run_dirs:
+        for ckpt in complete_checkpoints(run_dir):
+            if (ckpt / "eval.json").is_file():
+                out.append(Candidate(run_dir.name, int(ckpt.name.split("-")[1]), str(ckpt),
+                                     flat_metrics(ckpt / "eval.json")))
+    return out
+
+
+def _better(goal: str) -> float:
+    return 1.0 if goal == "max" else -1.0
+
+
+def choose(cands: list[Candidate], report: ReportSpec, sel: SelectSpec) -> tuple[Candidate, str]:
+    """(winner, why) by `sel.rule`; UserError when no checkpoint qualifies."""
+    if sel.rule not in RULES:
+        raise UserError(f"selection rule '{sel.rule}' is unknown; expected one of: {', '.join(RULES)}")
+    if sel.rule == "score":
+        if not sel.weights:
+            raise UserError("rule score needs select.weights (metric: weight); expected e.g. "
+                            "{copyright/verbatim_rouge_l: -1, utility/retain_ppl: -0.1}")
+        scored = [(sum(w * c.metrics[k] for k, w in sel.weights.items()), c) for c in cands
+                  if all(k in c.metrics for k in sel.weights)]
+        if not scored:
+            raise UserError(f"no evaluated checkpoint has all of {sorted(sel.weights)}")
+        value, best = max(scored, key=lambda sc: (sc[0], -sc[1].step))
+        return best, f"highest score {value:.4g} = " + " + ".join(f"{w:g} x {k}" for k, w in sel.weights.items())
+    f, u = report.forget_metric, report.utility_metric
+    if not (f and u):
+        raise UserError("selection needs report.forget_metric and report.utility_metric; expected them in the "
+                        "grid's report: or as forget_metric=... utility_metric=... words")
+    have = [c for c in cands if f in c.metrics and u in c.metrics]
+    if not have:
+        raise UserError(f"no evaluated checkpoint has both {f} and {u}")
+    sf, su = _better(report.forget_goal), _better(report.utility_goal)
+    if sel.rule == "threshold":
+        if sel.forget_target is None:
+            raise UserError("rule threshold needs select.forget_target; expected the forget metric's target value")
+        ok = [c for c in have if sf * c.metrics[f] >= sf * sel.forget_target
+              and (sel.utility_bound is None or su * c.metrics[u] >= su * sel.utility_bound)]
+        first = {}
+        for c in sorted(ok, key=lambda c: c.step):
+            first.setdefault(c.run, c)
+        if not first:
+            closest = max(have, key=lambda c: sf * c.metrics[f])
+            raise UserError(f"no checkpoint reaches {f} {'<=' if sf < 0 else '>='} {sel.forget_target} with {u} "
+                            f"within {sel.utility_bound}; closest: {closest.run} step {closest.step} "
+                            f"({f}={closest.metrics[f]:.4g}, {u}={closest.metrics[u]:.4g})")
+        best = max(first.values(), key=lambda c: (su * c.metrics[u], -c.step))
+        return best, (f"first checkpoint of its run with {f}={best.metrics[f]:.4g} reaching {sel.forget_target} "
+                      f"and {u}={best.metrics[u]:.4g} within {sel.utility_bound}; best {u} of {len(first)} such runs")
+    from unlearn.sweep.report import pareto_front
+
+    front = [c for c, on in zip(have, pareto_front([c.metrics[f] for c in have], [c.metrics[u] for c in have],
+                                                   report.forget_goal, report.utility_goal)) if on]
+    xs, ys = [sf * c.metrics[f] for c in front], [su * c.metrics[u] for c in front]
+
+    def scaled(v: float, vals: list[float]) -> float:
+        return (v - min(vals)) / (max(vals) - min(vals)) if max(vals) > min(vals) else 1.0
+
+    pts = [(scaled(x, xs), scaled(y, ys)) for x, y in zip(xs, ys)]
+    if len(front) <= 2:
+        i = max(range(len(front)), key=lambda i: (pts[i][0] + pts[i][1], -front[i].step))
+        return front[i], f"best scaled forget + utility on a Pareto front of {len(front)}"
+    (ax, ay), (bx, by) = max(pts, key=lambda p: p[0]), max(pts, key=lambda p: p[1])
+    norm = math.hypot(bx - ax, by - ay) or 1.0
+    dist = [abs((by - ay) * x - (bx - ax) * y + bx * ay - by * ax) / norm for x, y in pts]
+    i = max(range(len(front)), key=lambda i: (dist[i], -front[i].step))
+    return front[i], f"knee of a Pareto front of {len(front)}: farthest from the line between its ends"
+
+
+def apply_words(report: ReportSpec, sel: SelectSpec, words: list[str]) -> tuple[ReportSpec, SelectSpec]:
+    """`key=value` words set ReportSpec/SelectSpec fields (numbers parsed; weights as k:w,k:w)."""
+    for word in words:
+        key, sep, value = word.partition("=")
+        if not sep:
+            raise UserError(f"'{word}' is not key=value; expected e.g. forget_metric=copyright/verbatim_rouge_l")
+        if key in {f.name for f in fields(ReportSpec)}:
+            report = replace(report, **{key: value})
+        elif key == "weights":
+            pairs = [p.rpartition(":") for p in value.split(",") if p]
+            sel = replace(sel, weights={k: float(w) for k, _, w in pairs})
+        elif key in {f.name for f in fields(SelectSpec)}:
+            sel = replace(sel, **{key: value if key == "rule" else float(value)})
+        else:
+            raise UserError(f"'{key}' is not a selection setting; expected one of "
+                            f"{', '.join([f.name for f in fields(ReportSpec)] + [f.name for f in fields(SelectSpec)])}")
+    return report, sel
+
+
+def best(folder: str | Path, report: ReportSpec, sel: SelectSpec) -> dict[str, Any]:
+    """Choose, write FOLDER/best.json, return it."""
+    folder = Path(folder)
+    winner, why = choose(candidates(folder), report, sel)
+    result = {**asdict(winner), "rule": sel.rule, "parameters": asdict(sel), "report": asdict(report), "why": why}
+    (folder / BEST_FILE).write_text(json.dumps(result, indent=2) + "\n")
+    return result
+
+
+def table(result: dict[str, Any]) -> str:
+    """One screen: the rule, the winner, its metrics."""
+    lines = [f"best by {result['rule']}: {result['run']} step {result['step']}", f"  {result['checkpoint']}",
+             f"  why: {result['why']}"]
+    lines += [f"  {k:<44}{v:>11.4g}" for k, v in sorted(result["metrics"].items())]
+    return "\n".join(lines)
+
+
+def best_for(folder: str | Path, rule: str = "", words: list[str] | None = None) -> dict[str, Any]:
+    """`--best`: a sweep folder uses its grid's report: and select:, a run folder the defaults; `rule`
+    and `key=value` words override them."""
+    from unlearn.sweep.grid import open_sweep
+
+    folder = Path(folder)
+    if not folder.is_dir():
+        raise UserError(f"'{folder}' is not a folder; expected a sweep folder or a run folder (runs/<name>)")
+    report, sel = ReportSpec(), SelectSpec()
+    if (folder / "tasks.txt").is_file():
+        sweep, _ = open_sweep(folder)
+        report, sel = sweep.report, sweep.select
+    report, sel = apply_words(report, sel, words or [])
+    return best(folder, report, replace(sel, rule=rule) if rule else sel)
