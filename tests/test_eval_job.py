@@ -61,7 +61,8 @@ def test_all_suites_write_eval_json_and_tensorboard(tmp_path, demo_dir):
     assert saved["suites"]["harmful"]["info"]["judge"]["kind"] == "keyword"
     metrics = {k: v for s in saved["suites"].values() for k, v in s["metrics"].items()}
     assert metrics["similarity_to_reference_rouge_l"]["value"] == pytest.approx(1.0)
-    assert metrics["privleak"]["value"] == pytest.approx(0.0)
+    assert "privleak" not in metrics  # no retrained model given: the suite says so instead
+    assert "retrained" in saved["suites"]["privacy"]["info"]["privleak"]
     assert metrics["harmful_rate"]["n"] == 4 and 0 <= metrics["harmful_rate"]["ci_low"] <= metrics["harmful_rate"]["value"]
     assert "forget_harmful_rate" not in metrics  # forget set is text: no trained-on harmful prompts
     assert {"ci_low", "ci_high", "n"} <= set(metrics["verbatim_rouge_l"])
@@ -186,3 +187,19 @@ def test_forget_and_retain_flags_choose_the_texts(tmp_path, demo_dir):
     assert own["suites"]["copyright"]["info"]["forget"] == str(demo_dir / "forget.txt")
     ppl = [r["suites"]["utility"]["metrics"]["retain_ppl"]["value"] for r in (result, own)]
     assert ppl[0] != ppl[1]  # forget.txt as retain text vs normal.jsonl answers
+
+
+def test_privleak_against_a_retrained_model(tmp_path, demo_dir):
+    """--retrained MODEL: PrivLeak = (AUC - AUC_retrain) / AUC_retrain x 100; the model as its own
+    retrained stand-in gives exactly 0, a --reference_auc of half its AUC gives +100."""
+    ckpt = make_checkpoint(tmp_path / "run", 1, demo_dir)
+    holdout = tmp_path / "holdout.txt"
+    holdout.write_text(demo.retain_text(seed=3))
+    opts = EvalOptions(suites=("privacy",), holdout=str(holdout), retrained=str(ckpt), **FAST)
+    metrics = evaluate_checkpoint(ckpt, opts)["suites"]["privacy"]["metrics"]
+    assert metrics["privleak"]["value"] == pytest.approx(0.0)
+    value = metrics["min_k_auc"]["value"]
+    given = EvalOptions(suites=("privacy",), holdout=str(holdout), reference_auc=value / 2, force=True, **FAST)
+    again = evaluate_checkpoint(ckpt, given)["suites"]["privacy"]
+    assert again["metrics"]["privleak"]["value"] == pytest.approx(100.0)
+    assert again["info"]["retrain_auc_from"] == "--reference_auc"

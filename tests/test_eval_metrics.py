@@ -126,3 +126,20 @@ def test_similarity_of_identical_answers_is_one_even_without_words():
 
     got = similarity(["", "!!!!", "the cat sat", "a b"], ["", "!!!!", "the cat sat", "c d"])
     assert got["similarity_to_reference_rouge_l"]["value"] == pytest.approx(3 / 4)  # 1, 1, 1, 0
+
+
+def test_min_k_and_privleak_as_muse_computes_them():
+    """Min-40% with floor(0.4 x T) tokens; AUC with the forget set as the negative class; PrivLeak =
+    (AUC - AUC_retrain) / AUC_retrain x 100. Hand values: T = 5 -> 2 lowest tokens."""
+    import torch
+
+    from unlearn.eval.privacy import min_k_scores, privleak
+
+    forget = [torch.tensor([-1.0, -2.0, -3.0, -4.0, -5.0]), torch.tensor([-0.5, -0.5, -0.5, -0.5, -1.5])]
+    holdout = [torch.tensor([-1.0, -1.0, -6.0, -2.0, -2.0]), torch.tensor([-3.0, -3.0, -3.0, -3.0, -3.0])]
+    f, h = min_k_scores(forget, 0.4), min_k_scores(holdout, 0.4)
+    assert f == [-4.5, -1.0] and h == [-4.0, -3.0]  # ceil would have taken 2 of 5 too; 0.4 x 7 -> 2, not 3
+    assert min_k_scores([torch.tensor([-1.0, -2.0, -3.0, -4.0, -5.0, -6.0, -7.0])], 0.4) == [-6.5]
+    muse_auc = auc(h, f)  # holdout positive: pairs (h > f): -4>-4.5 yes, -4>-1 no, -3>-4.5 yes, -3>-1 no
+    assert muse_auc == 0.5
+    assert privleak(0.1, 0.5) == pytest.approx(-80.0) and privleak(0.5, 0.5) == 0.0

@@ -34,7 +34,10 @@ class EvalOptions:
     reference: str = ""
     """Original model for similarity, effectiveness and PrivLeak; empty = the run's model.name_or_path; none = off."""
     reference_auc: float = -1.0
-    """Min-k% AUC of a retrained model for PrivLeak; < 0 = use the reference model's AUC."""
+    """Min-k% AUC (MUSE orientation: held-out positive) of a model retrained without the forget set, for
+    PrivLeak; < 0 = none given (then --retrained, else no PrivLeak)."""
+    retrained: str = ""
+    """A model retrained without the forget set (folder or hub id): its Min-k% AUC is PrivLeak's reference."""
     qa: str = ""
     """Knowledge QA file (question/answer, TOFU format); empty = the forget set when it is QA."""
     truthfulqa: str = ""
@@ -54,8 +57,8 @@ class EvalOptions:
     """Verbatim memorisation: tokens of a forget passage given as the prompt."""
     continuation_tokens: int = 32
     """Verbatim memorisation: tokens generated and compared with the true continuation."""
-    min_k: float = 0.2
-    """Min-k% prob: share of lowest-probability tokens averaged per sample."""
+    min_k: float = 0.4
+    """Min-k% prob: share of lowest-probability tokens averaged per sample (MUSE: 0.4, floor of k x T)."""
     limit: int = 1000
     """Items per metric (prompts, passages, questions), in file order; 0 = all (a PKU forget set
     holds tens of thousands: all of them would make one eval job take hours)."""
