@@ -143,3 +143,18 @@ def test_min_k_and_privleak_as_muse_computes_them():
     muse_auc = auc(h, f)  # holdout positive: pairs (h > f): -4>-4.5 yes, -4>-1 no, -3>-4.5 yes, -3>-1 no
     assert muse_auc == 0.5
     assert privleak(0.1, 0.5) == pytest.approx(-80.0) and privleak(0.5, 0.5) == 0.0
+
+
+def test_intervals_for_perplexity_and_auc():
+    import math
+
+    from unlearn.eval.stats import auc_ci, perplexity_ci
+
+    # every sample has mean NLL 2 (2/1, 6/3): every resample too, so the interval is the point e^2
+    assert perplexity_ci([2.0, 6.0], [1, 3]) == {"value": pytest.approx(math.e ** 2), "ci_low": pytest.approx(math.e ** 2),
+                                                 "ci_high": pytest.approx(math.e ** 2), "n": 2, "nll": 2.0}
+    spread = perplexity_ci([1.0, 3.0, 2.0, 8.0], [1, 1, 1, 2])  # token-weighted: 14 / 5
+    assert spread["value"] == pytest.approx(math.exp(14 / 5)) and spread["ci_low"] < spread["value"] < spread["ci_high"]
+    assert auc_ci([5.0, 6.0, 7.0], [1.0, 2.0]) == {"value": 1.0, "ci_low": 1.0, "ci_high": 1.0, "n": 5}
+    mixed = auc_ci([1.0, 3.0, 5.0, 7.0], [2.0, 4.0, 6.0])  # 6 of 12 pairs: 0.5
+    assert mixed["value"] == 0.5 and mixed["ci_low"] < 0.5 < mixed["ci_high"]

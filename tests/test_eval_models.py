@@ -174,3 +174,17 @@ def test_verbatim_probe_stops_at_eos(demo_dir):
     tok.eos_token = tok.convert_ids_to_tokens(stop)
     out = verbatim(model, tok, samples, prefix_tokens=8, continuation_tokens=8)
     assert out["examples"][0]["generation"] == tok.decode(free[:cut], skip_special_tokens=True)
+
+
+def test_retain_perplexity_is_exp_of_the_token_weighted_nll(trained):
+    """Two implementations agree: per-sample log-probs (the eval suite) and the batched NLL of the
+    end-of-run table."""
+    import math
+
+    from unlearn.eval.before_after import mean_nll
+    from unlearn.eval.utility import retain_perplexity
+
+    got = retain_perplexity(trained["model"], trained["tok"], trained["held_out"])
+    assert got["value"] == pytest.approx(math.exp(mean_nll(trained["model"], trained["tok"], trained["held_out"])),
+                                         rel=1e-5)
+    assert got["ci_low"] <= got["value"] <= got["ci_high"] and got["n"] == len(trained["held_out"])

@@ -23,7 +23,7 @@ import torch
 
 from unlearn.errors import UserError
 from unlearn.eval.generation import token_logprobs
-from unlearn.eval.stats import auc
+from unlearn.eval.stats import auc, auc_ci
 
 
 def min_k_scores(token_logps: list[torch.Tensor], k: float) -> list[float]:
@@ -43,12 +43,16 @@ def privleak(auc_value: float, auc_retrain: float) -> float:
     return (auc_value - auc_retrain) / auc_retrain * 100.0 if auc_retrain > 0 else float("nan")
 
 
+def min_k_score_sets(model, tokenizer, positive, negative, k: float, batch_size: int = 16):
+    """Min-k% scores of the positive and the negative class's samples."""
+    pad = tokenizer.pad_token_id
+    return (min_k_scores(token_logprobs(model, positive, pad, batch_size, desc="min-k (positive)"), k),
+            min_k_scores(token_logprobs(model, negative, pad, batch_size, desc="min-k (negative)"), k))
+
+
 def min_k_auc(model, tokenizer, members, non_members, k: float, batch_size: int = 16) -> float:
     """AUC of the Min-k% score ranking `members` (positive class) above `non_members`."""
-    pad = tokenizer.pad_token_id
-    pos = min_k_scores(token_logprobs(model, members, pad, batch_size, desc="min-k (forget)"), k)
-    neg = min_k_scores(token_logprobs(model, non_members, pad, batch_size, desc="min-k (held out)"), k)
-    return auc(pos, neg)
+    return auc(*min_k_score_sets(model, tokenizer, members, non_members, k, batch_size))
 
 
 def run(ctx) -> dict:
@@ -57,8 +61,9 @@ def run(ctx) -> dict:
         raise UserError("privacy suite needs held-out text the run never trained on; expected --holdout FILE")
     forget, holdout = ctx.samples("forget"), ctx.file_samples(o.holdout)
     # MUSE's orientation: held-out text is the positive class, the forget set the negative one
-    value = min_k_auc(ctx.model, ctx.tokenizer, holdout, forget, o.min_k, o.batch_size)
-    metrics = {"min_k_auc": {"value": value, "n": len(forget) + len(holdout)}}
+    metrics = {"min_k_auc": auc_ci(*min_k_score_sets(ctx.model, ctx.tokenizer, holdout, forget, o.min_k,
+                                                      o.batch_size))}
+    value = metrics["min_k_auc"]["value"]
     info = {"forget": ctx.cfg.data.forget, "holdout": o.holdout, "k": o.min_k, "n_forget": len(forget),
             "n_holdout": len(holdout), "orientation": "holdout positive, forget negative (MUSE forget_holdout)"}
     ref_auc = o.reference_auc if o.reference_auc >= 0 else None
@@ -80,7 +85,9 @@ def run(ctx) -> dict:
                             "expected --retrained MODEL or --reference_auc AUC (open-unlearning's default: 0.5)")
     if ref_auc is not None:
         info["retrain_auc"] = ref_auc
-        metrics["privleak"] = {"value": privleak(value, ref_auc), "n": metrics["min_k_auc"]["n"]}
+        m = metrics["min_k_auc"]  # the AUC's interval carried through (PrivLeak rises with the AUC)
+        metrics["privleak"] = {"value": privleak(value, ref_auc), "ci_low": privleak(m["ci_low"], ref_auc),
+                               "ci_high": privleak(m["ci_high"], ref_auc), "n": m["n"]}
     return {"metrics": metrics, "info": info, "examples": []}
 
 

@@ -16,7 +16,6 @@
 
 from __future__ import annotations
 
-import math
 from collections import Counter
 
 import numpy as np
@@ -26,7 +25,7 @@ from unlearn.errors import UserError
 from unlearn.eval import before_after
 from unlearn.eval.context import SHARED_DATA, role_format
 from unlearn.eval.generation import token_logprobs
-from unlearn.eval.stats import mean_ci
+from unlearn.eval.stats import mean_ci, perplexity_ci
 from unlearn.eval.textmetrics import degeneration_reason, rouge_l
 
 EXAMPLES = 3
@@ -34,8 +33,10 @@ NORMAL_PROMPTS = 200  # cap on normal prompts answered (retain corpora can hold 
 
 
 def retain_perplexity(model, tokenizer, samples) -> dict:
-    nll = before_after.mean_nll(model, tokenizer, samples)
-    return {"value": math.exp(min(nll, 50.0)), "nll": nll, "n": len(samples)}
+    """exp(token-weighted mean NLL) over the retain samples' labelled tokens, with a 95% bootstrap
+    interval over samples."""
+    logps = token_logprobs(model, samples, tokenizer.pad_token_id)
+    return perplexity_ci([-float(lp.sum()) for lp in logps], [lp.numel() for lp in logps])
 
 
 def truthfulqa_items(rows: list[dict], source: str) -> list[dict]:
