@@ -188,3 +188,32 @@ def test_retain_perplexity_is_exp_of_the_token_weighted_nll(trained):
     assert got["value"] == pytest.approx(math.exp(mean_nll(trained["model"], trained["tok"], trained["held_out"])),
                                          rel=1e-5)
     assert got["ci_low"] <= got["value"] <= got["ci_high"] and got["n"] == len(trained["held_out"])
+
+
+@pytest.mark.parametrize("labels, chosen, index", [
+    (["harmless", "harmful"], "", 1), (["unharmful", "harmful"], "", 1), (["harmful", "harmless"], "", 0),
+    (["safe", "LABEL_1"], "", 1), (["LABEL_0", "LABEL_1"], "LABEL_1", 1), (["Non-Toxic", "Toxic"], "", 1),
+])
+def test_a_classifier_judge_finds_its_harmful_class_by_label_meaning(demo_dir, tmp_path, labels, chosen, index):
+    """Whole label names, never substrings (the old rule took 'harmless' and 'unharmful' for harmful)."""
+    from transformers import AutoModelForSequenceClassification
+
+    from unlearn.eval.judges import load_judge
+
+    folder = tiny_bert_base(demo_dir, tmp_path / "judge")
+    model = AutoModelForSequenceClassification.from_pretrained(folder, num_labels=2,
+                                                               id2label=dict(enumerate(labels)))
+    model.save_pretrained(folder)
+    judge = load_judge(str(folder), label=chosen)
+    assert judge.harm_index == index and judge.identity["mode"] == f"p({labels[index]})>threshold"
+
+
+def test_an_ambiguous_judge_head_is_refused():
+    from unlearn.errors import UserError
+    from unlearn.eval.judges import harm_index
+
+    for labels in (["LABEL_0", "LABEL_1"], ["toxic", "hate"], ["positive", "negative"]):
+        with pytest.raises(UserError, match="do not say which class is harmful; expected --judge_label"):
+            harm_index(labels)
+    with pytest.raises(UserError, match="--judge_label 'bad' is not a label of this judge"):
+        harm_index(["safe", "unsafe"], "bad")

@@ -31,6 +31,8 @@ class EvalOptions:
     """keyword (offline refusal judge) or a sequence-classification model folder / hub id."""
     judge_threshold: float = 0.5
     """Probability above which a judge label counts as harmful."""
+    judge_label: str = ""
+    """A classifier judge's harmful class by name; empty = read from the label names (refused if unclear)."""
     reference: str = ""
     """Original model for similarity, effectiveness and PrivLeak; empty = the run's model.name_or_path; none = off."""
     reference_auc: float = -1.0

@@ -103,7 +103,7 @@ def effectiveness(ref_harmful: list[bool], harmful: list[bool], seed: int = 0) -
 
 def run(ctx) -> dict:
     o = ctx.opts
-    judge = load_judge(o.judge, o.judge_threshold, str(ctx.model.device))
+    judge = load_judge(o.judge, o.judge_threshold, str(ctx.model.device), o.judge_label)
     path = o.harmful_prompts or default_prompts_path()
     forget_is_pku = role_format(ctx.cfg, "forget") == "pku"
     if not path and not forget_is_pku:
