@@ -16,7 +16,8 @@ from unlearn.errors import UserError
 from unlearn.runs import COMPLETE
 from unlearn.sweep.grid import checkpoint_steps, load_sweep, open_sweep, plan, points, run_name, run_status
 from unlearn.sweep.profile import load_profile, sbatch_args, submitit_params
-from unlearn.sweep.report import pareto_front, status_table, write_report
+from unlearn.sweep.report import status_table, write_report
+from unlearn.sweep.select import pareto_front
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -142,7 +143,13 @@ def test_status_report_pareto_and_hparams(tmp_path):
     acc = EventAccumulator(str(f / "runs" / pts[0].name / "tb" / "hparams"))
     acc.Reload()
     assert "_hparams_/session_start_info" in acc.summary_metadata
-    assert acc.Scalars("eval/copyright/verbatim_rouge_l")[-1].value == pytest.approx(0.2)
+    # HParams holds each run's chosen checkpoint (default rule pareto-knee): run 0's two checkpoints
+    # (0.9, 10) and (0.2, 30) scale to (0, 1) and (1, 0), a tie that the earlier step wins
+    assert acc.Scalars("eval/copyright/verbatim_rouge_l")[-1].value == pytest.approx(0.9)
+    assert [r["chosen_step"] for r in rows] == ["2", "2", ""]
+    # sweep-wide: front (0.9,10) (0.5,12) (0.2,30); the knee is (0.5, 12): run 1 step 2
+    best = json.loads((f / "best.json").read_text())
+    assert (best["run"], best["step"], best["rule"]) == (pts[1].name, 2, "pareto-knee")
 
 
 def test_pareto_front_directions():

@@ -9,7 +9,9 @@ import shutil
 from pathlib import Path
 
 from unlearn.errors import UserError
+from unlearn.sweep import select
 from unlearn.sweep.grid import Point, ReportSpec, Sweep, open_sweep, run_status
+from unlearn.sweep.select import pareto_front
 
 HPARAMS_DIR = "hparams"
 """Under each run's tb/: the HParams session (axis values + final eval metrics), rewritten per report."""
@@ -40,22 +42,31 @@ def failed_evals(sweep: Sweep, pts: list[Point]) -> list[tuple[str, int, str]]:
     return [(p.name, step, reason) for p in pts for step, reason in run_status(sweep, p).failed_evals]
 
 
-def pareto_front(xs: list[float], ys: list[float], x_goal: str, y_goal: str) -> list[bool]:
-    """True where no other point is at least as good on both axes and better on one."""
-    sx = 1.0 if x_goal == "max" else -1.0
-    sy = 1.0 if y_goal == "max" else -1.0
-    pts = [(sx * x, sy * y) for x, y in zip(xs, ys)]  # now "higher is better" on both
-    return [not any(ox >= x and oy >= y and (ox > x or oy > y) for ox, oy in pts) for x, y in pts]
+def _chosen(sweep: Sweep, folder: Path):
+    """(winner, why) by the grid's select: rule among `folder`'s evaluated checkpoints; None while
+    nothing qualifies (e.g. the report's metrics are not evaluated yet)."""
+    try:
+        return select.choose(select.candidates(folder), sweep.report, sweep.select)
+    except UserError:
+        return None
 
 
 def write_report(sweep: Sweep, pts: list[Point]) -> tuple[Path, Path | None]:
-    """report.csv (every run: axes, state, newest eval metrics) and report.png when the metrics exist."""
+    """report.csv (every run: axes, state, newest eval metrics, the checkpoint its select: rule
+    chooses), report.png (the chosen checkpoint marked), best.json, and HParams sessions holding
+    each run's chosen checkpoint's metrics."""
     rows = []
     for p in pts:
         st = run_status(sweep, p)
+        run_dir = sweep.folder / "runs" / p.name
+        own = _chosen(sweep, run_dir) if run_dir.is_dir() else None
         rows.append({"run": p.name, **{k: v for k, v in p.values.items()}, "state": st.state,
-                     "step": st.step, "eval_step": st.eval_step, **st.latest_eval})
-        _write_hparams(sweep, p, st.latest_eval)
+                     "step": st.step, "eval_step": st.eval_step, "chosen_step": own[0].step if own else "",
+                     **st.latest_eval})
+        _write_hparams(sweep, p, own[0].metrics if own else st.latest_eval)
+    best = _chosen(sweep, sweep.folder)
+    if best is not None:
+        select.best(sweep.folder, sweep.report, sweep.select)  # best.json, as `--best` writes it
     columns: list[str] = []
     for row in rows:
         columns += [k for k in row if k not in columns]
@@ -67,7 +78,7 @@ def write_report(sweep: Sweep, pts: list[Point]) -> tuple[Path, Path | None]:
         w.writeheader()
         for row, flag in zip(rows, pareto):
             w.writerow({**row, "pareto": "" if flag is None else int(flag)})
-    png = _plot(sweep, rows, pareto) if any(flag is not None for flag in pareto) else None
+    png = _plot(sweep, rows, pareto, best[0] if best else None) if any(f is not None for f in pareto) else None
     return csv_path, png
 
 
@@ -84,7 +95,7 @@ def _front_flags(rows: list[dict], spec: ReportSpec) -> list[bool | None]:
     return flags
 
 
-def _plot(sweep: Sweep, rows: list[dict], pareto: list[bool | None]) -> Path:
+def _plot(sweep: Sweep, rows: list[dict], pareto: list[bool | None], chosen=None) -> Path:
     import matplotlib  # plotting only when a report is drawn
 
     matplotlib.use("Agg")
@@ -104,6 +115,10 @@ def _plot(sweep: Sweep, rows: list[dict], pareto: list[bool | None]) -> Path:
             front.append((x, y))
     front.sort()
     ax.plot([x for x, _ in front], [y for _, y in front], color="tab:red", lw=1, label="Pareto front")
+    if chosen is not None and spec.forget_metric in chosen.metrics and spec.utility_metric in chosen.metrics:
+        ax.scatter([chosen.metrics[spec.forget_metric]], [chosen.metrics[spec.utility_metric]], s=160, marker="D",
+                   facecolors="none", edgecolors="tab:green", linewidths=2, zorder=4,
+                   label=f"chosen ({sweep.select.rule}): {chosen.run} step {chosen.step}")
     better = {"min": "lower is better", "max": "higher is better"}
     ax.set_xlabel(f"{spec.forget_metric} ({better[spec.forget_goal]})")
     ax.set_ylabel(f"{spec.utility_metric} ({better[spec.utility_goal]})")

@@ -94,8 +94,6 @@ def choose(cands: list[Candidate], report: ReportSpec, sel: SelectSpec) -> tuple
         best = max(first.values(), key=lambda c: (su * c.metrics[u], -c.step))
         return best, (f"first checkpoint of its run with {f}={best.metrics[f]:.4g} reaching {sel.forget_target} "
                       f"and {u}={best.metrics[u]:.4g} within {sel.utility_bound}; best {u} of {len(first)} such runs")
-    from unlearn.sweep.report import pareto_front
-
     front = [c for c, on in zip(have, pareto_front([c.metrics[f] for c in have], [c.metrics[u] for c in have],
                                                    report.forget_goal, report.utility_goal)) if on]
     xs, ys = [sf * c.metrics[f] for c in front], [su * c.metrics[u] for c in front]
@@ -112,6 +110,14 @@ def choose(cands: list[Candidate], report: ReportSpec, sel: SelectSpec) -> tuple
     dist = [abs((by - ay) * x - (bx - ax) * y + bx * ay - by * ax) / norm for x, y in pts]
     i = max(range(len(front)), key=lambda i: (dist[i], -front[i].step))
     return front[i], f"knee of a Pareto front of {len(front)}: farthest from the line between its ends"
+
+
+def pareto_front(xs: list[float], ys: list[float], x_goal: str, y_goal: str) -> list[bool]:
+    """True where no other point is at least as good on both axes and better on one."""
+    sx = 1.0 if x_goal == "max" else -1.0
+    sy = 1.0 if y_goal == "max" else -1.0
+    pts = [(sx * x, sy * y) for x, y in zip(xs, ys)]  # now "higher is better" on both
+    return [not any(ox >= x and oy >= y and (ox > x or oy > y) for ox, oy in pts) for x, y in pts]
 
 
 def apply_words(report: ReportSpec, sel: SelectSpec, words: list[str]) -> tuple[ReportSpec, SelectSpec]:
