@@ -120,7 +120,8 @@ def test_sequence_logps_sum_and_mean_over_answer_tokens_only(batch):
     assert torch.allclose(losses.sequence_mean_logp(uniform, labels), torch.full((B,), -math.log(V)))
 
 
-@pytest.mark.parametrize("name", ["ga", "npo", "simnpo", "nll", "kl", "random_mismatch"])
+@pytest.mark.parametrize("name", ["ga", "npo", "simnpo", "wga", "satimp", "undial", "ceu", "nll", "kl",
+                                  "random_mismatch"])
 def test_logits_at_masked_positions_change_nothing(batch, name):
     logits, labels = batch
     ref = torch.randn(B, T, V, generator=torch.Generator().manual_seed(2))
@@ -130,7 +131,7 @@ def test_logits_at_masked_positions_change_nothing(batch, name):
     assert after.item() == pytest.approx(before.item(), rel=1e-6, abs=1e-7)
 
 
-@pytest.mark.parametrize("name", ["ga", "npo", "simnpo", "nll", "kl"])
+@pytest.mark.parametrize("name", ["ga", "npo", "simnpo", "wga", "satimp", "undial", "ceu", "nll", "kl"])
 def test_gradients_flow_only_into_policy_logits_at_answer_positions(batch, name):
     logits, labels = batch
     logits = logits.clone().requires_grad_(True)
@@ -150,7 +151,59 @@ def test_nothing_labelled_gives_zero_not_nan():
 
 
 def test_registry_names_and_reference_needs():
-    assert {n: o.needs_reference for n, o in methods.FORGET.items()} == {"ga": False, "npo": True, "simnpo": False}
+    assert {n: o.needs_reference for n, o in methods.FORGET.items()} == {
+        "ga": False, "npo": True, "simnpo": False, "wga": False, "satimp": False, "undial": True, "ceu": False}
     assert methods.RETAIN["kl"].needs_reference and not methods.RETAIN["nll"].needs_reference
     assert methods.needs_reference(MethodConfig(forget_loss="ga", retain_loss="kl"))
     assert not methods.needs_reference(MethodConfig(forget_loss="simnpo", retain_loss="nll"))
+
+
+def _open_unlearning_weighted(logits, labels, beta1, beta2=None):
+    """The WGA / SatImp forget loss written the way open-unlearning's trainer utils compute it."""
+    shift_logits, shift_labels = logits[..., :-1, :], labels[..., 1:]
+    lm = torch.nn.CrossEntropyLoss(ignore_index=-100, reduction="none")(
+        shift_logits.reshape(-1, shift_logits.size(-1)), shift_labels.reshape(-1))
+    weight = (-lm).exp().detach() ** beta1
+    if beta2 is not None:
+        weight = weight * (1 - (-lm).exp().detach()) ** beta2
+    return -(weight * lm)[shift_labels.reshape(-1) != -100].mean()
+
+
+def test_wga_and_satimp_closed_forms_reference_and_direction(batch):
+    logits, labels = batch
+    _, labels_ = batch
+    uniform = torch.zeros(B, T, V, requires_grad=True)
+    wga = methods.FORGET["wga"].fn(Forward(uniform, labels_), MethodConfig(wga_beta=2.0))
+    assert wga.item() == pytest.approx(-(V ** -2.0) * math.log(V), rel=1e-6)  # p = 1/V on every token
+    wga.backward()
+    b, t = torch.nonzero(labels_[:, 1:] != losses.IGNORE, as_tuple=True)
+    assert (uniform.grad[b, t, labels_[:, 1:][b, t]] > 0).all()  # descent lowers the answer tokens' logits
+    sat = methods.FORGET["satimp"].fn(Forward(torch.zeros(B, T, V), labels_), MethodConfig())
+    assert sat.item() == pytest.approx(-(V ** -5.0) * (1 - 1 / V) * math.log(V), rel=1e-6)
+    # open-unlearning's formula on the same random logits (values computed by both, equal to 1e-6)
+    cfg = MethodConfig()
+    assert methods.FORGET["wga"].fn(Forward(logits, labels), cfg).item() == pytest.approx(
+        _open_unlearning_weighted(logits, labels, 1.0).item(), rel=1e-6)
+    assert methods.FORGET["satimp"].fn(Forward(logits, labels), cfg).item() == pytest.approx(
+        _open_unlearning_weighted(logits, labels, 5.0, 1.0).item(), rel=1e-6)
+
+
+def test_undial_and_ceu_closed_forms_and_direction(batch):
+    """Uniform policy: CE to any target distribution is log V. UNDIAL's target lowers the answer
+    token (q_y = e^-b / (e^-b + V - 1) < 1/V), CE-U's removes it: both push its logit down."""
+    _, labels = batch
+    policy = torch.zeros(B, T, V, requires_grad=True)
+    und = methods.FORGET["undial"].fn(Forward(policy, labels, ref_logits=torch.zeros(B, T, V)), MethodConfig())
+    assert und.item() == pytest.approx(math.log(V), rel=1e-6)
+    und.backward()
+    b, t = torch.nonzero(labels[:, 1:] != losses.IGNORE, as_tuple=True)
+    n = len(b)
+    q_y = math.exp(-10) / (math.exp(-10) + V - 1)
+    assert policy.grad[b, t, labels[:, 1:][b, t]] == pytest.approx(torch.full((n,), (1 / V - q_y) / n), rel=1e-4)
+    policy = torch.zeros(B, T, V, requires_grad=True)
+    ceu = methods.FORGET["ceu"].fn(Forward(policy, labels), MethodConfig())
+    assert ceu.item() == pytest.approx(math.log(V), rel=1e-6)
+    ceu.backward()
+    first = (labels[:, 1:] != losses.IGNORE).int().cumsum(-1) == 1
+    grads = policy.grad[b, t, labels[:, 1:][b, t]]
+    assert (grads[~first[b, t]] > 0).all() and (grads[first[b, t]] == 0).all()  # first answer token skipped

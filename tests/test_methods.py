@@ -174,3 +174,14 @@ def test_mismatch_batch_cut_into_length_chunks_gives_the_one_pass_loss(demo_dir,
     assert max(padding[0]) < min(padding[10**9]), padding  # the logged padding falls with the cut
     for tag, values in series[0].items():
         assert values == pytest.approx(series[10**9][tag], rel=1e-5), tag
+
+
+@pytest.mark.parametrize("name", ["wga", "satimp", "undial", "ceu"])
+def test_new_forget_losses_train_on_a_real_engine(demo_dir, tmp_path, dist_env, name):
+    """Each loss through the loop on a real ZeRO-2 engine (joint with NLL): finite, logged, weights move."""
+    run_dir = run(demo_dir, tmp_path, f"method.forget_loss={name}", "method.retain_loss=nll", "method.schedule=joint",
+                  "train.max_steps=2")
+    losses_ = scalars(run_dir, "forget/loss")
+    assert len(losses_) == 2 and all(math.isfinite(x) for x in losses_)
+    init, trained = weights(demo_dir / "init"), weights(run_dir / "checkpoints" / "step-000002")
+    assert any(not torch.equal(trained[k], init[k]) for k in init)

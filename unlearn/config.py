@@ -100,7 +100,7 @@ class DataConfig:
 @dataclass(frozen=True)
 class MethodConfig:
     forget_loss: str = "ga"
-    """Forget objective: ga | npo | simnpo (see unlearn.methods)."""
+    """Forget objective: ga | npo | simnpo | wga | satimp | undial | ceu (see unlearn.methods)."""
     forget_weight: float = 1.0
     """Weight of the forget objective."""
     retain_loss: str = "nll"
@@ -118,6 +118,14 @@ class MethodConfig:
     """SimNPO's reward margin gamma as in the SimNPO paper, loss -(2/beta) log sigmoid(-beta/|y| log
     pi(y|x) - gamma). open-unlearning's `delta` is gamma / beta (it subtracts delta from NLL/|y|
     inside the sigmoid's beta); both default to 0."""
+    wga_beta: float = 1.0
+    """WGA: exponent of the token probability that weights each token's ascent (open-unlearning: 1.0)."""
+    satimp_beta1: float = 5.0
+    """SatImp: exponent of p in the token weight p^beta1 (1 - p)^beta2 (open-unlearning: 5.0)."""
+    satimp_beta2: float = 1.0
+    """SatImp: exponent of (1 - p) (open-unlearning: 1.0)."""
+    undial_beta: float = 10.0
+    """UNDIAL: how far the answer token's reference logit is lowered (open-unlearning: 10.0)."""
     schedule: str = "alternate"
     """alternate: separate forget and retain optimizer steps; joint: one step on the weighted sum."""
     forget_steps_per_cycle: int = 1

@@ -73,3 +73,45 @@ def simnpo(mean_logp: torch.Tensor, beta: float, gamma: float) -> torch.Tensor:
     (Fan et al. 2024, eq. 6). open-unlearning writes it -(2/beta) log sigmoid(beta (NLL/|y| - delta)),
     the same loss with delta = gamma / beta."""
     return -(2.0 / beta) * F.logsigmoid(-beta * mean_logp - gamma).mean()
+
+
+def token_ce(logits: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """(cross-entropy per position (B, T-1) with 0 where masked, mask)."""
+    logits, labels = _shift(logits, labels)
+    mask = labels != IGNORE
+    ce = F.cross_entropy(logits.transpose(1, 2), labels.clamp(min=0), reduction="none")
+    return ce * mask, mask
+
+
+def weighted_ascent(logits: torch.Tensor, labels: torch.Tensor, beta1: float, beta2: float = 0.0) -> torch.Tensor:
+    """-mean over answer tokens of w_t CE_t with w_t = p_t^beta1 (1 - p_t)^beta2 detached, p_t = exp(-CE_t).
+    beta2 = 0 is WGA (Wang et al. 2025, "Rethinking LLM Unlearning Objectives"; open-unlearning's
+    compute_wga_loss); beta2 > 0 is SatImp (Yang et al. 2025; open-unlearning's compute_satimp_loss)."""
+    ce, mask = token_ce(logits, labels)
+    p = torch.exp(-ce.detach())
+    weight = p ** beta1 * (1.0 - p) ** beta2
+    return -(weight * ce)[mask].mean() if mask.any() else ce.sum() * 0.0
+
+
+def soft_target_ce(logits: torch.Tensor, target_logits: torch.Tensor, labels: torch.Tensor,
+                   skip_first: bool = False) -> torch.Tensor:
+    """Mean over answer tokens of -sum_v softmax(target_logits)_v log softmax(logits)_v; `target_logits`
+    is detached. `skip_first`: the first answer token of each sequence is left out."""
+    logits, labels = _shift(logits, labels)
+    mask = labels != IGNORE
+    if skip_first:
+        first = mask.int().cumsum(-1) == 1
+        mask = mask & ~first
+    target = F.softmax(target_logits[:, :-1, :].float().detach(), dim=-1)
+    ce = -(target * F.log_softmax(logits, dim=-1)).sum(-1)
+    return ce[mask].mean() if mask.any() else ce.sum() * 0.0
+
+
+def label_shifted(logits: torch.Tensor, labels: torch.Tensor, shift: float) -> torch.Tensor:
+    """`logits` (B, T, V) with `shift` added to each position's next label token (answer positions only);
+    -inf removes the label from the softmax."""
+    out = logits.detach().float().clone()
+    nxt = labels[:, 1:]
+    b, t = torch.nonzero(nxt != IGNORE, as_tuple=True)
+    out[b, t, nxt[b, t]] = out[b, t, nxt[b, t]] + shift
+    return out

@@ -89,6 +89,38 @@ def simnpo(fwd: Forward, cfg) -> torch.Tensor:
     return losses.simnpo(losses.sequence_mean_logp(fwd.logits, fwd.labels), cfg.simnpo_beta, cfg.simnpo_gamma)
 
 
+@register_forget("wga")
+def wga(fwd: Forward, cfg) -> torch.Tensor:
+    """WGA (Wang et al. 2025; open-unlearning's WGA, beta 1.0): ascent weighted per token by its own
+    probability p^beta (detached), so tokens already forgotten stop pulling."""
+    return losses.weighted_ascent(fwd.logits, fwd.labels, cfg.wga_beta)
+
+
+@register_forget("satimp")
+def satimp(fwd: Forward, cfg) -> torch.Tensor:
+    """SatImp (Yang et al. 2025; open-unlearning's SatImp, beta1 5.0, beta2 1.0): ascent weighted per
+    token by p^beta1 (1 - p)^beta2 (detached): saturation and importance."""
+    return losses.weighted_ascent(fwd.logits, fwd.labels, cfg.satimp_beta1, cfg.satimp_beta2)
+
+
+@register_forget("undial", needs_reference=True)
+def undial(fwd: Forward, cfg) -> torch.Tensor:
+    """UNDIAL (Dong et al. 2024, "UNDIAL: Self-Distillation with Adjusted Logits"; open-unlearning's
+    UNDIAL, beta 10.0): cross-entropy to softmax(z_ref - beta onehot(y)), the reference's distribution
+    with the answer token's logit lowered. Minimised, not ascended; bounded by construction."""
+    target = losses.label_shifted(fwd.ref_logits, fwd.labels, -cfg.undial_beta)
+    return losses.soft_target_ce(fwd.logits, target, fwd.labels)
+
+
+@register_forget("ceu")
+def ceu(fwd: Forward, cfg) -> torch.Tensor:
+    """CE-U (Yang 2025, "CE-U: Cross Entropy Unlearning"; open-unlearning's CEU): cross-entropy to the
+    policy's own distribution with the answer token removed (its logit -inf, detached), skipping each
+    answer's first token as open-unlearning does."""
+    target = losses.label_shifted(fwd.logits, fwd.labels, float("-inf"))
+    return losses.soft_target_ce(fwd.logits, target, fwd.labels, skip_first=True)
+
+
 # ----------------------------------------------------------------------------- retain
 
 @register_retain("nll")
