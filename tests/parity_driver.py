@@ -28,6 +28,10 @@ METHODS: dict[str, list[str]] = {
     "ga+kl+mismatch/joint": ["method.forget_loss=ga", "method.forget_weight=0.5", "method.retain_loss=kl",
                              "method.mismatch_weight=1", "method.schedule=joint", "data.num_random_answers=3",
                              "data.forget={demo}/harmful.jsonl", "data.retain={demo}/normal.jsonl"],
+    "wga+nll": ["method.forget_loss=wga", "method.retain_loss=nll"],
+    "satimp+nll/joint": ["method.forget_loss=satimp", "method.retain_loss=nll", "method.schedule=joint"],
+    "undial+nll": ["method.forget_loss=undial", "method.retain_loss=nll"],
+    "ceu+nll/joint": ["method.forget_loss=ceu", "method.retain_loss=nll", "method.schedule=joint"],
     # lr 3e-3: at 1e-2 Adam amplifies the layouts' float noise to 1e-4 within 6 steps on some CPUs
     "lora/npo+kl/joint": ["model.lora=true", "method.forget_loss=npo", "method.retain_loss=kl",
                           "method.schedule=joint", "optim.lr=3e-3"],
