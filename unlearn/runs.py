@@ -17,6 +17,8 @@ from pathlib import Path
 from unlearn.errors import UserError
 
 COMPLETE = "COMPLETE"
+EVAL_ERROR = "eval.error"
+"""Beside a checkpoint: the one-line reason its last evaluation failed (removed by a success)."""
 
 
 def step_dir(run_dir: Path, step: int) -> Path:

@@ -120,9 +120,7 @@ def metrics_table(result: dict) -> str:
     return "\n".join(lines)
 
 
-ERROR_FILE = "eval.error"
-"""Beside a checkpoint: the one-line reason its last evaluation failed (removed by a success), so a
-sweep's --status and report show the failure, not only the job's log."""
+ERROR_FILE = runs.EVAL_ERROR  # a sweep's --status and report read it
 
 
 def parser(description: str = "", parser_class=argparse.ArgumentParser) -> argparse.ArgumentParser:

@@ -33,10 +33,7 @@ import yaml
 from unlearn.config import Config
 from unlearn.config_io import deep_merge, dump_yaml, from_dict, parse_overrides, read_yaml
 from unlearn.errors import UserError
-from unlearn.runs import COMPLETE, step_dir
-
-EVAL_ERROR = "eval.error"
-"""unlearn.eval.job.ERROR_FILE, named here so that reading a sweep's status imports no evaluation code."""
+from unlearn.runs import COMPLETE, EVAL_ERROR, step_dir
 
 SWEEP_KEYS = {"name", "output_dir", "ds_config", "profile", "base", "base_configs", "axes", "eval", "report",
               "select"}

@@ -66,7 +66,7 @@ def write_report(sweep: Sweep, pts: list[Point]) -> tuple[Path, Path | None]:
         _write_hparams(sweep, p, own[0].metrics if own else st.latest_eval)
     best = _chosen(sweep, sweep.folder)
     if best is not None:
-        select.best(sweep.folder, sweep.report, sweep.select)  # best.json, as `--best` writes it
+        select.write_best(sweep.folder, *best, sweep.report, sweep.select)  # best.json, as `--best` writes it
     columns: list[str] = []
     for row in rows:
         columns += [k for k in row if k not in columns]

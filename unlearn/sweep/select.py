@@ -141,8 +141,11 @@ def apply_words(report: ReportSpec, sel: SelectSpec, words: list[str]) -> tuple[
 
 def best(folder: str | Path, report: ReportSpec, sel: SelectSpec) -> dict[str, Any]:
     """Choose, write FOLDER/best.json, return it."""
-    folder = Path(folder)
-    winner, why = choose(candidates(folder), report, sel)
+    return write_best(Path(folder), *choose(candidates(Path(folder)), report, sel), report, sel)
+
+
+def write_best(folder: Path, winner: Candidate, why: str, report: ReportSpec, sel: SelectSpec) -> dict[str, Any]:
+    """FOLDER/best.json for a chosen checkpoint; returns its content."""
     result = {**asdict(winner), "rule": sel.rule, "parameters": asdict(sel), "report": asdict(report), "why": why}
     (folder / BEST_FILE).write_text(json.dumps(result, indent=2) + "\n")
     return result
