@@ -15,7 +15,7 @@ from unlearn import sources
 from unlearn.config import Config
 from unlearn.errors import UserError
 
-SHARED_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
+SHARED_DATA = Path(__file__).resolve().parents[3] / "shared" / "data"
 """Public data beside the checkout (../shared/data); defaults that point here are used only if present."""
 
 
