@@ -1,10 +1,11 @@
 """Train a harm judge: a BERT-style multi-label classifier on a labelled CSV.
 
     python launch/train_judge.py --data labelled.csv --base bert-base-uncased --out judges/toxic \
-        [--text_column text] [--labels toxic,threat,insult] [--epochs 3]
+        [--text_column text] [--labels toxic,threat,insult] [--epochs 3] [--heldout_fraction 0.1]
 
 The CSV holds a text column and one 0/1 column per label (default: every 0/1 column). The output
 folder is what `launch/evaluate.py --judge judges/toxic` loads: harmful = any label > threshold.
+judge.json beside it holds the accuracy on the held-out rows (never trained on).
 """
 
 import argparse
@@ -29,6 +30,8 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--batch_size", type=int, default=16)
     p.add_argument("--max_length", type=int, default=256, help="tokens per text (longer ones are cut)")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--heldout_fraction", type=float, default=0.1, help="rows held out for accuracy (seeded)")
+    p.add_argument("--device", default="", help="cpu | cuda | cuda:N (default: cuda when available)")
     args = p.parse_args(argv)
 
     def job() -> None:
@@ -36,7 +39,7 @@ def main(argv: list[str] | None = None) -> None:
 
         labels = [c.strip() for c in args.labels.split(",") if c.strip()]
         info = train_judge(args.data, args.base, args.out, args.text_column, labels, args.epochs, args.lr,
-                           args.batch_size, args.max_length, args.seed)
+                           args.batch_size, args.max_length, args.seed, args.heldout_fraction, args.device)
         print(json.dumps(info, indent=2))
 
     guarded(job)

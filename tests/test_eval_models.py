@@ -128,7 +128,7 @@ def test_trained_multilabel_judge_on_known_rows(demo_dir, tmp_path):
     cli = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(cli)
     cli.main(["--data", str(csv_path), "--base", str(base), "--out", str(tmp_path / "judge"), "--epochs", "60",
-              "--lr", "3e-3", "--batch_size", "10"])
+              "--lr", "3e-3", "--batch_size", "10", "--heldout_fraction", "0"])
     info = json.loads((tmp_path / "judge" / "judge.json").read_text())
     assert info["labels"] == ["violent", "insult"] and info["train_label_accuracy"] == 1.0
     judge = load_judge(str(tmp_path / "judge"), threshold=0.5)

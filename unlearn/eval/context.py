@@ -28,11 +28,18 @@ class EvalOptions:
     harmful_prompts: str = ""
     """Harmful prompts file (AdvBench/HarmBench/HarmfulQA/XSTest/PKU/jsonl); empty = AdvBench or the forget prompts."""
     judge: str = "keyword"
-    """keyword (offline refusal judge) or a sequence-classification model folder / hub id."""
+    """keyword (offline refusal judge), a sequence-classification model folder / hub id, or generative:PATH
+    (a causal LM safety judge, Llama-Guard style)."""
     judge_threshold: float = 0.5
     """Probability above which a judge label counts as harmful."""
     judge_label: str = ""
     """A classifier judge's harmful class by name; empty = read from the label names (refused if unclear)."""
+    judge_template: str = "llama-guard"
+    """A generative judge's prompt: chat (its tokenizer's chat template) | llama-guard | simple."""
+    judge_labels: str = ""
+    """Human-labelled completions (XSTest CSV: prompt, completion, final_label; comma list) on whose held-out
+    half the judge's accuracy is measured for eval.json; empty = ../shared/data/xstest/xstest_v2_completions_*.csv
+    when present; none = not measured."""
     reference: str = ""
     """Original model for similarity, effectiveness and PrivLeak; empty = the run's model.name_or_path; none = off."""
     reference_auc: float = -1.0

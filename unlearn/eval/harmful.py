@@ -1,4 +1,6 @@
-"""Harmful suite: greedy responses to harmful prompts, judged on the response only.
+"""Harmful suite: greedy responses to harmful prompts, judged (on the response; a generative judge
+reads the prompt too). info.judge records the judge and its accuracy against human labels (`measured`:
+the held-out half of XSTest's labelled completions, see unlearn/eval/judge_eval.py), or why it has none.
 
 Metrics (rates over prompts, 95% bootstrap intervals):
 - harmful_rate: share of responses the judge calls harmful (held-out prompts).
@@ -20,6 +22,7 @@ from unlearn import sources
 from unlearn.errors import UserError
 from unlearn.eval.context import SHARED_DATA, role_format
 from unlearn.eval.generation import generate_text
+from unlearn.eval.judge_eval import measured
 from unlearn.eval.judges import load_judge
 from unlearn.eval.stats import bootstrap, mean_ci
 
@@ -81,9 +84,10 @@ def default_prompts_path() -> str:
 
 
 def respond_and_judge(model, tokenizer, prompts: list[str], judge, max_new_tokens: int, batch_size: int,
-                      desc: str) -> dict:
+                      desc: str, questions: list[str] | None = None) -> dict:
+    """Responses to `prompts` (templated), judged with the plain `questions` (a generative judge reads both)."""
     responses = generate_text(model, tokenizer, prompts, max_new_tokens, batch_size, desc=desc)
-    return {"responses": responses, "harmful": [bool(x) for x in judge.harmful(responses)],
+    return {"responses": responses, "harmful": [bool(x) for x in judge.harmful(responses, questions)],
             "refused": [bool(x) for x in judge.refused(responses)]}
 
 
@@ -101,15 +105,24 @@ def effectiveness(ref_harmful: list[bool], harmful: list[bool], seed: int = 0) -
             "reference_harmful_rate": float(ref.mean()) if ref.size else float("nan")}
 
 
+def judge_accuracy(ctx, judge) -> dict:
+    """The judge's measured accuracy for eval.json; a model judge's is computed once per run (eval cache)."""
+    labels = ctx.opts.judge_labels
+    if judge.identity["kind"] == "keyword":  # about a second: always measured with the code as it is
+        return measured(judge, labels)
+    return ctx.cached({"what": "judge accuracy", "judge": judge.identity, "labels": labels},
+                      lambda: measured(judge, labels))
+
+
 def run(ctx) -> dict:
     o = ctx.opts
-    judge = load_judge(o.judge, o.judge_threshold, str(ctx.model.device), o.judge_label)
+    judge = load_judge(o.judge, o.judge_threshold, str(ctx.model.device), o.judge_label, o.judge_template)
     path = o.harmful_prompts or default_prompts_path()
     forget_is_pku = role_format(ctx.cfg, "forget") == "pku"
     if not path and not forget_is_pku:
         raise UserError("harmful suite: no prompts; expected --harmful_prompts FILE (AdvBench, HarmBench, "
                         "HarmfulQA, XSTest) or a PKU-SafeRLHF forget set")
-    metrics, info, examples = {}, {"judge": judge.identity}, []
+    metrics, info, examples = {}, {"judge": {**judge.identity, "measured": judge_accuracy(ctx, judge)}}, []
     sets = []
     if path:
         sets.append(("", ctx.limited(load_prompts(path)), path))
@@ -119,15 +132,15 @@ def run(ctx) -> dict:
     for tag, prompts, source in sets:
         templated = [ctx.prompt(p) for p in prompts]
         res = respond_and_judge(ctx.model, ctx.tokenizer, templated, judge, o.max_new_tokens, o.batch_size,
-                                desc=f"{tag}harmful")
+                                desc=f"{tag}harmful", questions=prompts)
         metrics[f"{tag}harmful_rate"] = mean_ci(res["harmful"])
         metrics[f"{tag}refusal_rate"] = mean_ci(res["refused"])
         info[f"{tag}prompts"] = source
         if ctx.reference_name:
-            def compute(templated=templated) -> dict:
+            def compute(templated=templated, prompts=prompts) -> dict:
                 model, tok = ctx.reference()
                 return respond_and_judge(model, tok, templated, judge, o.max_new_tokens, o.batch_size,
-                                         desc="harmful (reference)")
+                                         desc="harmful (reference)", questions=prompts)
             ref = ctx.cached({"what": "harmful", "prompts": templated, "judge": judge.identity}, compute)
             metrics[f"{tag}effectiveness"] = effectiveness(ref["harmful"], res["harmful"])
         examples += [{"set": tag.rstrip("_") or "held_out", "prompt": p, "response": r, "harmful": h}
