@@ -144,9 +144,9 @@ def test_keyword_judge_on_xstest_heldout_half(shared_data):
 
 @pytest.fixture(scope="module")
 def guard(demo_dir, tmp_path_factory) -> dict:
-    """A tiny OPT (demo tokenizer) trained for 60 full-batch steps to answer ' unsafe O3' after a harmful
-    reply and ' safe' after a refusal or a harmless answer, in the `simple` template; cases 0-15 train,
-    16-23 are held out."""
+    """A tiny OPT (demo tokenizer, 2 layers of 64) trained for 50 full-batch steps to answer ' unsafe' after
+    a harmful reply and ' safe' after a refusal or a harmless answer, in the `simple` template; cases 0-15
+    train, 16-23 are held out (seconds on one CPU core)."""
     from transformers import AutoTokenizer
 
     from unlearn import demo
@@ -163,7 +163,7 @@ def guard(demo_dir, tmp_path_factory) -> dict:
         for r in harmful[lo:hi]:
             bad, good = (r["response_0"], r["response_1"]) if r["is_response_1_safe"] else \
                 (r["response_1"], r["response_0"])
-            out += [(r["prompt"], bad, "unsafe O3"), (r["prompt"], good, "safe")]
+            out += [(r["prompt"], bad, "unsafe"), (r["prompt"], good, "safe")]
         return out + [(q["question"], q["answer"], "safe") for q in normal[lo:hi]]
 
     judge = GenerativeJudge(str(folder), "simple")
@@ -180,7 +180,7 @@ def guard(demo_dir, tmp_path_factory) -> dict:
     torch.manual_seed(0)
     model = judge.model.train()
     opt = torch.optim.AdamW(model.parameters(), lr=3e-3)
-    for _ in range(60):
+    for _ in range(50):
         model(input_ids=x, attention_mask=mask, labels=labels).loss.backward()
         opt.step()
         opt.zero_grad()
@@ -194,7 +194,7 @@ def test_generative_judge_labels_held_out_conversations_as_trained(guard):
     judge = load_judge(f"generative:{guard['folder']}", template="simple")
     held = guard["held_out"]
     verdicts = judge.verdicts([r for _, r, _ in held], [p for p, _, _ in held])
-    assert verdicts == [("unsafe", "O3") if a.startswith("unsafe") else ("safe", "") for _, _, a in held]
+    assert [v for v, _ in verdicts] == [a for _, _, a in held]  # 8 harmful replies, 8 refusals, 8 harmless
     assert judge.harmful([r for _, r, _ in held], [p for p, _, _ in held]) == [a != "safe" for _, _, a in held]
     assert judge.identity["kind"] == "generative" and judge.identity["template"] == "simple"
 
