@@ -140,6 +140,24 @@ def test_keyword_judge_on_xstest_heldout_half(shared_data):
     assert len(read_labels(files)) == 900
 
 
+def test_readme_judge_eval_command_as_written_gives_the_tables_numbers(shared_data, capsys):
+    """The README's keyword command, run as written (../shared/data is the fixture's folder), prints the
+    held-out accuracy, precision and recall of the README table's "now" row."""
+    import glob
+    import shlex
+
+    readme = (ROOT / "README.md").read_text()
+    command = next(line for line in readme.splitlines() if line.startswith("python launch/judge_eval.py --judge keyword"))
+    words = shlex.split(command.replace("../shared/data", str(shared_data)))[2:]
+    argv = [w2 for w in words for w2 in (sorted(glob.glob(w)) if "*" in w else [w])]  # as the shell expands it
+    cli.main(argv)
+    printed = dict(kv.split("=", 1) for kv in capsys.readouterr().out.split() if "=" in kv)
+    row = next(line for line in readme.splitlines() if line.startswith("| now:"))
+    held = row.split("|")[3].strip()  # "0.916 (0.962 / 0.920)"
+    assert held == f"{float(printed['accuracy']):.3f} ({float(printed['precision']):.3f} / " \
+                   f"{float(printed['recall']):.3f})" and printed["n"] == "450"
+
+
 # --- generative judges -------------------------------------------------------------------------------
 
 @pytest.fixture(scope="module")

@@ -6,7 +6,8 @@ harmful.py       harmful rate, refusal rate, effectiveness E (judged on the resp
 copyright.py     verbatim and knowledge memorisation
 utility.py       retain perplexity, TruthfulQA MC1/MC2, similarity to the original, degeneration
 privacy.py       Min-k% membership AUC, PrivLeak
-judges.py        keyword and classifier judges; judge_training.py trains a classifier judge
+judges.py        load_judge: keyword_judge.py (refusal rules), classifier, generative_judge.py (Llama-Guard style)
+judge_eval.py    a judge's accuracy against human labels (XSTest); judge_training.py trains a classifier judge
 generation.py    batched greedy decoding, per-token log-probs; textmetrics.py ROUGE-L, BLEU
 stats.py         bootstrap intervals, AUC
 summary.py       a run's evals across checkpoints: CSV, PNG
