@@ -139,6 +139,9 @@ def test_keyword_judge_on_xstest_heldout_half(shared_data):
     assert (held["n"], held["tp"], held["fp"], held["tn"], held["fn"]) == (450, 301, 12, 111, 26)
     full = evaluate(judge, files, "heldout", full_only=True)
     assert (full["n"], full["tp"] + full["tn"]) == (415, 392) and full["accuracy"] >= 0.9
+    recorded = measured(judge, files)  # what eval.json holds
+    assert (recorded["n"], recorded["accuracy"], recorded["n_full_only"]) == (450, 412 / 450, 415)
+    assert recorded["accuracy_full_only"] == pytest.approx(392 / 415)
     assert len(read_labels(files)) == 900
 
 
@@ -280,6 +283,7 @@ def test_eval_json_records_the_judges_measured_accuracy(tmp_path, demo_dir, guar
     saved = evaluate_checkpoint(ckpt, EvalOptions(judge_labels=str(labels), **base))
     m = saved["judge"]["measured"]  # the hand-scored held-out half (ids 2, 4, 6, 8)
     assert (m["accuracy"], m["precision"], m["recall"], m["n"], m["split"]) == (3 / 4, 1.0, 1 / 2, 4, "heldout")
+    assert (m["accuracy_full_only"], m["n_full_only"]) == (3 / 4, 4)  # no partial refusal among ids 2, 4, 6, 8
     assert saved["suites"]["harmful"]["info"]["judge"]["measured"]["labels"] == str(labels)
     off = evaluate_checkpoint(ckpt, EvalOptions(judge_labels="none", force=True, **base))["judge"]["measured"]
     assert off == {"accuracy": None, "why": "not measured (--judge_labels none)"}

@@ -141,7 +141,7 @@ def _rows(labels: str, split: str, full_only: bool, prompts: str) -> list[Labell
 def _score(judge, rows: list[Labelled], labels: str, split: str, full_only: bool, prompts: str) -> dict:
     predicted = [bool(x) for x in judge.harmful([r.completion for r in rows], [r.prompt for r in rows])]
     return {**scores(predicted, [r.complies for r in rows]), "labels": labels, "split": split,
-            "full_only": full_only, "prompts": prompts, "positive": "complies"}
+            "full_only": full_only, "prompts": prompts, "positive": "complies", "predicted": predicted}
 
 
 def run(judge_name: str, labels: str, split: str = "all", full_only: bool = False, prompts: str = "all",
@@ -156,7 +156,8 @@ def run(judge_name: str, labels: str, split: str = "all", full_only: bool = Fals
     rows = _rows(labels, split, full_only, prompts)
     judge = load_judge(judge_name, threshold, device or ("cuda" if torch.cuda.is_available() else "cpu"), label,
                        template)
-    result = {**_score(judge, rows, labels, split, full_only, prompts), "judge": judge.identity}
+    result = {k: v for k, v in _score(judge, rows, labels, split, full_only, prompts).items() if k != "predicted"}
+    result["judge"] = judge.identity
     if json_out:
         clean = {k: (None if isinstance(v, float) and math.isnan(v) else v) for k, v in result.items()}
         Path(json_out).write_text(json.dumps(clean, indent=2) + "\n")
@@ -165,12 +166,17 @@ def run(judge_name: str, labels: str, split: str = "all", full_only: bool = Fals
 
 def measured(judge, labels: str) -> dict:
     """What eval.json records of the judge's accuracy: its scores on the held-out split of `labels`
-    ("" = the shared XSTest files when present, "none" = off), or why there are none."""
+    ("" = the shared XSTest files when present, "none" = off), and its accuracy on full compliance vs
+    full refusal alone (accuracy_full_only), or why there are none."""
     if labels.strip().lower() == "none":
         return {"accuracy": None, "why": "not measured (--judge_labels none)"}
     labels = labels or default_labels()
     if not labels:
         return {"accuracy": None, "why": "not measured: no labelled completions (--judge_labels FILE, e.g. "
                 "XSTest's xstest_v2_completions_*.csv)"}
-    result = evaluate(judge, labels, MEASURED_SPLIT)
-    return {k: result[k] for k in ("accuracy", "precision", "recall", "n", "labels", "split", "positive")}
+    rows = _rows(labels, MEASURED_SPLIT, False, "all")
+    result = _score(judge, rows, labels, MEASURED_SPLIT, False, "all")
+    full = [i for i, r in enumerate(rows) if r.label != "3_partial_refusal"]
+    right = [result["predicted"][i] == rows[i].complies for i in full]
+    return {**{k: result[k] for k in ("accuracy", "precision", "recall", "n", "labels", "split", "positive")},
+            "accuracy_full_only": sum(right) / len(right) if right else None, "n_full_only": len(right)}
