@@ -46,6 +46,22 @@ def test_idk_samples_keep_the_prompt_and_draw_from_the_answers_file(demo_dir, tm
     assert len(draws) == 3  # a fresh draw each step
 
 
+def test_text_blocks_become_prefix_prompts_with_idk_continuations(demo_dir, tmp_path):
+    from unlearn.eval.before_after import probes
+
+    idk = tmp_path / "idk.txt"
+    idk.write_text("I do not know.\n")
+    cfg, tok, sets = _sets(demo_dir, "method.forget_loss=idknll", f"data.idk_answers={idk}",
+                           f"data.forget={demo_dir / 'forget.txt'}", "data.text_prompt_tokens=32")
+    block = sets.forget[0]
+    assert len(block["input_ids"]) == 64 and block["labels"][:32] == [-100] * 32
+    assert block["labels"][32:] == block["input_ids"][32:]  # the continuation stays the forget answer
+    (alt,) = sets.alternate.samples([block], [0], step=0)
+    assert alt["input_ids"][:32] == block["input_ids"][:32] and alt["labels"][:32] == [-100] * 32
+    assert _answer(tok, alt) == "I do not know." and alt["input_ids"][-1] == tok.eos_token_id
+    assert len(probes([block])[0].prompt_ids) == 32  # the verbatim probe's split is the same
+
+
 def test_dpo_alternates_come_from_the_named_column(demo_dir, tmp_path):
     table = dpo_forget_file(demo_dir, tmp_path / "dpo.jsonl")
     cfg, tok, sets = _sets(demo_dir, "method.forget_loss=dpo", f"data.forget={table}", "data.forget_alternate=alternate")
@@ -71,7 +87,10 @@ def test_shared_idk_file_is_the_default(demo_dir, shared_data):
 
 
 @pytest.mark.parametrize("overrides, message", [
-    (["method.forget_loss=idknll", "data.forget={demo}/forget.txt"], "plain text with no prompts.*forget_format=sentences"),
+    (["method.forget_loss=dpo", "data.forget_alternate=alternate", "data.forget={demo}/forget.txt"],
+     "reads alternate answers from a column, but data.forget .* is plain text"),
+    (["method.forget_loss=idknll", "data.forget={demo}/forget.txt", "data.text_prompt_tokens=0"],
+     "data.text_prompt_tokens=0; expected >= 1"),
     (["method.forget_loss=dpo"], "needs data.forget_alternate"),
     (["method.forget_loss=dpo", "data.forget_alternate=nope"], r"lacks columns \['nope'\]"),
 ])

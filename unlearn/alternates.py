@@ -9,9 +9,13 @@
 The draw is seeded by (train.seed, step, sample index), like the random-mismatch answers, so a
 step's samples are the same whatever the world size and after a resume. The alternate sample is
 the forget sample's prompt with the alternate answer in the same template (labels: answer only).
-Plain-text forget sets (data.forget_format=text) have no prompts; they are refused with a hint:
-`data.forget_format=sentences` reads a book as prompt/continuation pairs, each continuation then
-replaced by the alternate answer.
+
+Plain-text forget sets (data.forget_format=text, e.g. a book in blocks of data.max_length tokens)
+have no prompts: each block's first `data.text_prompt_tokens` tokens become its prompt and the rest
+its answer, so the forget block loses the labels of its prompt tokens (the forget NLL and DPO's
+y_forget are then the continuation's), and the alternate sample is that prefix followed directly
+by the alternate answer (no template). With the default 32 this is the split of the verbatim
+ROUGE-L probe (unlearn.eval.before_after). A column (DPO) needs a table, so text is refused there.
 """
 
 from __future__ import annotations
@@ -119,9 +123,16 @@ class Alternates:
         """Alternate samples for forget samples `forget` (dataset indices `ids`) at optimizer step `step`."""
         out = []
         for i, sample in zip(ids, forget):
-            answer = random.Random(f"alternate/{self.seed}/{step}/{i}").choice(self.pool(sample["prompt"]))
-            out.append(data.qa_sample(sample["prompt"], answer, self.tokenizer, self.template, self.max_length,
-                                      self.append_eos))
+            prompt = sample.get("prompt", "")
+            answer = random.Random(f"alternate/{self.seed}/{step}/{i}").choice(self.pool(prompt))
+            if "prompt" in sample:
+                out.append(data.qa_sample(prompt, answer, self.tokenizer, self.template, self.max_length,
+                                          self.append_eos))
+            else:  # a text block: its prefix, then the answer as the continuation
+                head = sample["prompt_ids"]
+                tail = self.tokenizer(" " + answer, add_special_tokens=False)["input_ids"]
+                tail = (tail + [self.tokenizer.eos_token_id] if self.append_eos else tail)[:self.max_length - len(head)]
+                out.append({"input_ids": head + tail, "labels": [data.IGNORE] * len(head) + tail})
         return out
 
 
@@ -129,13 +140,25 @@ def alternates(cfg, tokenizer, forget: list[data.Sample], kind: str, say=print) 
     """The alternate sampler of `kind` (IDK | COLUMN) over the forget samples."""
     d = cfg.data
     if any("prompt" not in s for s in forget):
-        raise UserError(f"method.forget_loss={cfg.method.forget_loss} trains toward another answer to each forget "
-                        f"prompt, but data.forget '{d.forget}' is plain text with no prompts; expected a QA, PKU "
-                        "or TruthfulQA forget set, or data.forget_format=sentences (a book's sentences as "
-                        "prompt/continuation pairs)")
+        if kind == COLUMN:
+            raise UserError(f"method.forget_loss={cfg.method.forget_loss} reads alternate answers from a column, but "
+                            f"data.forget '{d.forget}' is plain text; expected a QA, PKU or TruthfulQA forget set")
+        split_text_blocks(forget, d.text_prompt_tokens, d.forget)
     idk, by_prompt = (idk_answers(d, say), {}) if kind == IDK else ([], column_answers(d))
     missing = sorted({s["prompt"] for s in forget} - set(by_prompt)) if kind == COLUMN else []
     if missing:
         raise UserError(f"data.forget_alternate '{d.forget_alternate}' is empty for {len(missing)} forget prompts, "
                         f"e.g. {missing[0][:60]!r}; expected an alternate answer for every prompt")
     return Alternates(idk, by_prompt, cfg.train.seed, tokenizer, d.prompt_template, d.max_length, d.append_eos)
+
+
+def split_text_blocks(forget: list[data.Sample], prompt_tokens: int, source: str) -> None:
+    """Text blocks -> prompt (first `prompt_tokens` tokens, unlabelled from now on) + continuation, in place."""
+    if prompt_tokens < 1:
+        raise UserError(f"data.text_prompt_tokens={prompt_tokens}; expected >= 1 tokens of each text block as its prompt")
+    for s in forget:
+        if "prompt" in s:
+            continue
+        n = min(prompt_tokens, len(s["input_ids"]) - 1)  # a short last block keeps one token to predict
+        s["prompt_ids"] = s["input_ids"][:n]
+        s["labels"] = [data.IGNORE] * n + s["labels"][n:]

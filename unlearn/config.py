@@ -95,6 +95,9 @@ class DataConfig:
     """IdkNLL / IdkDPO: file of "I don't know" answers, one per line (a JSON string or {"answer": ...}
     line also works); one is drawn per forget sample and step. When this default file is absent (a bare
     clone), a built-in list of 8 is used and said so; any other missing file is an error."""
+    text_prompt_tokens: int = 32
+    """IdkNLL / IdkDPO on a plain-text forget set: each block's first this many tokens are its prompt,
+    the rest the answer the "I don't know" replaces (32 = the verbatim ROUGE-L probe's prefix)."""
     forget_alternate: str = ""
     """DPO: the forget set's column holding the preferred (alternate) answer to each prompt; required
     with forget_loss=dpo (QA, PKU or TruthfulQA forget sets)."""
