@@ -125,7 +125,7 @@ def test_new_forget_losses_train_on_a_real_engine(demo_dir, tmp_path, dist_env, 
     assert any(not torch.equal(trained[k], init[k]) for k in init)
 
 
-@pytest.mark.parametrize("stage", [2, 3])
+@pytest.mark.parametrize("stage", [2, pytest.param(3, marks=pytest.mark.slow)])
 def test_pdu_lambda_follows_its_rule_and_is_restored_on_resume(demo_dir, dist_env, tmp_path, stage):
     from unlearn.train.loop import train
 
@@ -153,3 +153,34 @@ def test_pdu_lambda_follows_its_rule_and_is_restored_on_resume(demo_dir, dist_en
     assert scalars(parts, "pdu/lambda") == pytest.approx(lam, rel=1e-6)  # step 4 uses step 3's lambda, not 0.5
     a, b = weights(whole / "checkpoints" / "step-000006"), weights(parts / "checkpoints" / "step-000006")
     assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_new_methods_sweep_and_each_planned_config_passes_preflight(tmp_path):
+    """A grid over the new methods plans; each run's written config passes the checks the train job runs first."""
+    import yaml
+
+    from unlearn.config_io import load_config as load
+    from unlearn.sweep.grid import load_sweep, plan
+    from unlearn.train import engine as engines
+    from unlearn.train import preflight
+
+    doc = {"name": "m", "output_dir": str(tmp_path), "base": {"train": {"max_steps": 4}, "method": {"pdu_eps": 0.3}},
+           "axes": {"method.forget_loss": ["idknll", "dpo", "idkdpo", "pdu"], "method.schedule": ["alternate", "joint"]}}
+    (tmp_path / "grid.yaml").write_text(yaml.safe_dump(doc))
+    pts = plan(load_sweep(tmp_path / "grid.yaml"))
+    ds = engines.read_ds_config(ROOT / "ds_configs" / "zero3.json", None)
+    for p in pts:
+        cfg, _ = load(config_files=[str(tmp_path / "m" / "configs" / f"{p.name}.yaml")])
+        assert cfg.method == p.config.method and cfg.method.pdu_eps == 0.3
+        preflight.check_config(engines.resolve_micro_batch(cfg, 2), ds, 2)
+    assert len(pts) == 8
+
+
+@pytest.mark.slow
+def test_idkdpo_with_lora_under_zero3_compares_against_adapters_off(demo_dir, tmp_path, dist_env):
+    """LoRA's reference is the policy with adapters off: equal at step 0 (loss 2/beta log 2), apart after."""
+    run_dir = run(demo_dir, tmp_path, "method.forget_loss=idkdpo", "model.lora=true", "method.schedule=joint",
+                  "model.lora_target_modules=[q_proj,v_proj,fc1]", ds="zero3.json")
+    losses_ = scalars(run_dir, "forget/loss")
+    assert losses_[0] == pytest.approx(20 * math.log(2), rel=1e-6) and losses_[-1] < losses_[0] - 0.01
+    assert (run_dir / "checkpoints" / "step-000003" / "adapter_config.json").is_file()
