@@ -117,7 +117,7 @@ class MethodConfig:
     retain_loss: str = "nll"
     """Retain objective: nll (GradDiff) | kl (to the reference model) | none."""
     retain_weight: float = 1.0
-    """Weight of the retain objective."""
+    """Weight of the retain objective (forget_loss=pdu: the starting value of its dual variable lambda)."""
     mismatch_weight: float = 0.0
     """Weight of the random-mismatch term (forget prompts -> random normal answers); 0 = off."""
     beta: float = 0.1
