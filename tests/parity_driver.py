@@ -32,11 +32,20 @@ METHODS: dict[str, list[str]] = {
     "satimp+nll/joint": ["method.forget_loss=satimp", "method.retain_loss=nll", "method.schedule=joint"],
     "undial+nll": ["method.forget_loss=undial", "method.retain_loss=nll"],
     "ceu+nll/joint": ["method.forget_loss=ceu", "method.retain_loss=nll", "method.schedule=joint"],
+    # alternate answers to the forget prompts: "I don't know" (idk) or a column's (dpo; written by the driver)
+    "idknll+nll": ["method.forget_loss=idknll", "data.forget={demo}/harmful.jsonl", "data.retain={demo}/normal.jsonl"],
+    "idkdpo+nll/joint": ["method.forget_loss=idkdpo", "method.schedule=joint", "method.forget_weight=0.1",
+                         "data.forget={demo}/harmful.jsonl", "data.retain={demo}/normal.jsonl"],
+    "dpo+kl": ["method.forget_loss=dpo", "method.forget_weight=0.1", "method.retain_loss=kl",
+               "data.forget={out}/dpo.jsonl", "data.forget_alternate=alternate", "data.retain={demo}/normal.jsonl"],
+    # PDU: lambda moves every step (eps below the retain NLL), joint as in the paper
+    "pdu+nll/joint": ["method.forget_loss=pdu", "method.pdu_eps=3.0", "method.pdu_warmup_epochs=0",
+                      "method.schedule=joint"],
     # lr 3e-3: at 1e-2 Adam amplifies the layouts' float noise to 1e-4 within 6 steps on some CPUs
     "lora/npo+kl/joint": ["model.lora=true", "method.forget_loss=npo", "method.retain_loss=kl",
                           "method.schedule=joint", "optim.lr=3e-3"],
 }
-TAGS = ("forget/loss", "retain/loss", "mismatch/loss", "grad_norm")
+TAGS = ("forget/loss", "retain/loss", "mismatch/loss", "grad_norm", "pdu/lambda")
 
 
 def common(demo: Path, out_dir: Path) -> list[str]:
@@ -64,15 +73,19 @@ def main() -> None:
     parser.add_argument("--local_rank", type=int, default=-1)
     args = parser.parse_args()
 
+    from tests.unlearn_runs import dpo_forget_file
     from unlearn.config_io import load_config
     from unlearn.distributed import barrier, env_from_os
     from unlearn.train.loop import train
 
+    # every rank writes the same table and renames it into place (atomic: no rank reads a partial file)
+    own = dpo_forget_file(args.demo, args.out.parent / f".dpo.rank{env_from_os().rank}.jsonl")
+    own.replace(args.out.parent / "dpo.jsonl")
     result = {}
     for i, name in enumerate(args.methods.split(",")):
         cfg, patch = load_config(overrides=[*common(args.demo, args.out.parent / "runs"),
                                             f"run.name=m{i}",
-                                            *(o.format(demo=args.demo) for o in METHODS[name])])
+                                            *(o.format(demo=args.demo, out=args.out.parent) for o in METHODS[name])])
         run_dir = train(cfg, args.ds_config, patch, overwrite=True)
         barrier()
         if env_from_os().is_main:

@@ -120,7 +120,7 @@ def test_sequence_logps_sum_and_mean_over_answer_tokens_only(batch):
     assert torch.allclose(losses.sequence_mean_logp(uniform, labels), torch.full((B,), -math.log(V)))
 
 
-@pytest.mark.parametrize("name", ["ga", "npo", "simnpo", "wga", "satimp", "undial", "ceu", "nll", "kl",
+@pytest.mark.parametrize("name", ["ga", "npo", "simnpo", "wga", "satimp", "undial", "ceu", "pdu", "nll", "kl",
                                   "random_mismatch"])
 def test_logits_at_masked_positions_change_nothing(batch, name):
     logits, labels = batch
@@ -131,7 +131,7 @@ def test_logits_at_masked_positions_change_nothing(batch, name):
     assert after.item() == pytest.approx(before.item(), rel=1e-6, abs=1e-7)
 
 
-@pytest.mark.parametrize("name", ["ga", "npo", "simnpo", "wga", "satimp", "undial", "ceu", "nll", "kl"])
+@pytest.mark.parametrize("name", ["ga", "npo", "simnpo", "wga", "satimp", "undial", "ceu", "pdu", "nll", "kl"])
 def test_gradients_flow_only_into_policy_logits_at_answer_positions(batch, name):
     logits, labels = batch
     logits = logits.clone().requires_grad_(True)
@@ -152,7 +152,8 @@ def test_nothing_labelled_gives_zero_not_nan():
 
 def test_registry_names_and_reference_needs():
     assert {n: o.needs_reference for n, o in methods.FORGET.items()} == {
-        "ga": False, "npo": True, "simnpo": False, "wga": False, "satimp": False, "undial": True, "ceu": False}
+        "ga": False, "npo": True, "simnpo": False, "wga": False, "satimp": False, "undial": True, "ceu": False,
+        "idknll": False, "dpo": True, "idkdpo": True, "pdu": False}
     assert methods.RETAIN["kl"].needs_reference and not methods.RETAIN["nll"].needs_reference
     assert methods.needs_reference(MethodConfig(forget_loss="ga", retain_loss="kl"))
     assert not methods.needs_reference(MethodConfig(forget_loss="simnpo", retain_loss="nll"))

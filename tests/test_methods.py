@@ -75,8 +75,8 @@ def test_forget_terms_move_the_forget_nll_up(demo_dir, tmp_path, dist_env):
 
 
 def test_unknown_objectives_are_user_errors():
-    with pytest.raises(UserError, match="forget_loss 'dpo'"):
-        methods.forget_objective("dpo")
+    with pytest.raises(UserError, match="forget_loss 'orpo'"):
+        methods.forget_objective("orpo")
     with pytest.raises(UserError, match="mismatch_weight"):
         methods.retain_objective("random_mismatch")
     assert methods.forget_objective("none") is None

@@ -67,3 +67,18 @@ def make_loop(demo_dir, tmp_path, env, stage: int, *extra, bf16: bool = False):
     engine = engines.initialize(models.load_policy(cfg.model, engines.dtype_of(ds)), ds, cfg, env, max_steps=10)
     state = State(streams={n: data.BatchStream(len(getattr(sets, n)), 2, i) for i, n in enumerate(("forget", "retain"))})
     return training.Loop(cfg, engine, sets, tok, env, None, None, tmp_path, 10), state
+
+
+def dpo_forget_file(demo: Path, out: Path) -> Path:
+    """The demo's harmful set as a QA table whose `alternate` column is each prompt's safe response
+    (for method.forget_loss=dpo with data.forget_alternate=alternate)."""
+    import json
+
+    rows = []
+    for line in (demo / "harmful.jsonl").read_text().splitlines():
+        r = json.loads(line)
+        unsafe = 0 if not r["is_response_0_safe"] else 1
+        rows.append({"question": r["prompt"], "answer": r[f"response_{unsafe}"],
+                     "alternate": r[f"response_{1 - unsafe}"]})
+    out.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    return out

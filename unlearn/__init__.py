@@ -3,6 +3,7 @@
 Foundations (every phase imports them; they import no phase):
   config, config_io   frozen run config, YAML + key=value overrides     errors   UserError, exit codes
   sources, data, sets  rows -> samples -> a run's forget/retain sets     distributed  ranks (DistEnv)
+  alternates           "I don't know" / column answers to forget prompts (IdkNLL, DPO, IdkDPO)
   losses, methods      loss math and the registry of forget/retain terms  model   policy, LoRA, reference
   runs                 a run folder's layout (checkpoints, COMPLETE)      logger  TensorBoard/console
   demo                 the embedded demo (text, tokenizer, tiny OPT)

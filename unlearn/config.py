@@ -91,6 +91,16 @@ class DataConfig:
     num_random_answers samples, prompts and answers of mixed lengths) is sorted by length and cut
     into the chunks that minimise padded tokens + this per pass (same loss, less padding). 0 = no
     padding at all; a value above the batch's padded tokens = always one pass."""
+    idk_answers: str = "../shared/data/lexicons/tofu_idontknow.jsonl"
+    """IdkNLL / IdkDPO: file of "I don't know" answers, one per line (a JSON string or {"answer": ...}
+    line also works); one is drawn per forget sample and step. When this default file is absent (a bare
+    clone), a built-in list of 8 is used and said so; any other missing file is an error."""
+    text_prompt_tokens: int = 32
+    """IdkNLL / IdkDPO on a plain-text forget set: each block's first this many tokens are its prompt,
+    the rest the answer the "I don't know" replaces (32 = the verbatim ROUGE-L probe's prefix)."""
+    forget_alternate: str = ""
+    """DPO: the forget set's column holding the preferred (alternate) answer to each prompt; required
+    with forget_loss=dpo (QA, PKU or TruthfulQA forget sets)."""
     max_forget_samples: int = 0
     """Cap on forget samples (0 = all)."""
     max_retain_samples: int = 0
@@ -100,13 +110,14 @@ class DataConfig:
 @dataclass(frozen=True)
 class MethodConfig:
     forget_loss: str = "ga"
-    """Forget objective: ga | npo | simnpo | wga | satimp | undial | ceu (see unlearn.methods)."""
+    """Forget objective: ga | npo | simnpo | wga | satimp | undial | ceu | idknll | dpo | idkdpo | pdu
+    (see unlearn.methods)."""
     forget_weight: float = 1.0
     """Weight of the forget objective."""
     retain_loss: str = "nll"
     """Retain objective: nll (GradDiff) | kl (to the reference model) | none."""
     retain_weight: float = 1.0
-    """Weight of the retain objective."""
+    """Weight of the retain objective (forget_loss=pdu: the starting value of its dual variable lambda)."""
     mismatch_weight: float = 0.0
     """Weight of the random-mismatch term (forget prompts -> random normal answers); 0 = off."""
     beta: float = 0.1
@@ -126,6 +137,17 @@ class MethodConfig:
     """SatImp: exponent of (1 - p) (open-unlearning: 1.0)."""
     undial_beta: float = 10.0
     """UNDIAL: how far the answer token's reference logit is lowered (open-unlearning: 10.0)."""
+    dpo_beta: float = 0.1
+    """DPO / IdkDPO inverse temperature (open-unlearning's configs/trainer/DPO.yaml: 0.1)."""
+    pdu_eps: float | None = None
+    """PDU: the retain-loss bound eps (nats for retain_loss=nll) of the dual update; required with
+    forget_loss=pdu (open-unlearning leaves it unset too): a little above the model's retain loss at
+    the start (their TOFU runs 0.3, MUSE Books 0.1, News 1.5)."""
+    pdu_eta: float = 1.0
+    """PDU: dual step size eta in lambda <- max(0, lambda + eta (L_retain - eps)) (open-unlearning's
+    PDU.yaml: 1.0). lambda starts at method.retain_weight (their alpha; the paper's runs use 50-100)."""
+    pdu_warmup_epochs: float = 5.0
+    """PDU: forget-set epochs before lambda starts to move (open-unlearning's PDU.yaml: 5)."""
     schedule: str = "alternate"
     """alternate: separate forget and retain optimizer steps; joint: one step on the weighted sum."""
     forget_steps_per_cycle: int = 1

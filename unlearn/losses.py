@@ -115,3 +115,22 @@ def label_shifted(logits: torch.Tensor, labels: torch.Tensor, shift: float) -> t
     b, t = torch.nonzero(nxt != IGNORE, as_tuple=True)
     out[b, t, nxt[b, t]] = out[b, t, nxt[b, t]] + shift
     return out
+
+
+def dpo(win_logp: torch.Tensor, win_ref: torch.Tensor, lose_logp: torch.Tensor, lose_ref: torch.Tensor,
+        beta: float) -> torch.Tensor:
+    """DPO on sequence log-probs (B,): -(2/beta) E log sigmoid(beta [(log pi - log pi_ref)(y_win) -
+    (log pi - log pi_ref)(y_lose)]) (Rafailov et al. 2023 with open-unlearning's 2/beta scale, its
+    compute_dpo_loss). 2/beta log 2 at pi = pi_ref; falls as y_win gains on y_lose."""
+    margin = (win_logp - win_ref) - (lose_logp - lose_ref)
+    return -(2.0 / beta) * F.logsigmoid(beta * margin).mean()
+
+
+def logit_margin_flatness(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    """Mean over answer positions of (max_v z_v - mean_v z_v)^2: 0 only for a uniform next-token
+    distribution (Entesari et al. 2025's logit-margin flattening loss, open-unlearning's PDU)."""
+    logits, labels = _shift(logits, labels)
+    mask = labels != IGNORE
+    z = logits[mask]                                          # (N, V) answer positions only
+    margin = z.max(-1).values - z.mean(-1)
+    return (margin ** 2).mean() if mask.any() else logits.sum() * 0.0

@@ -18,11 +18,13 @@ from unlearn.errors import UserError
 
 @dataclass
 class Forward:
-    """Logits of one micro-batch with its labels; `ref_logits` only when the method needs them."""
+    """Logits of one micro-batch with its labels; `ref_logits` only when the method needs them;
+    `alt`: the same prompts with alternate answers (methods with an `alternate`, unlearn.alternates)."""
 
     logits: torch.Tensor
     labels: torch.Tensor
     ref_logits: torch.Tensor | None = None
+    alt: Forward | None = None
 
     _nll: torch.Tensor | None = field(default=None, repr=False)
 
@@ -43,21 +45,25 @@ class Objective:
     name: str
     fn: LossFn
     needs_reference: bool
+    alternate: str = ""
+    """"" | idk | column: the loss also reads `Forward.alt` (unlearn.alternates builds its samples)."""
+    forget_grad: bool = True
+    """False: the loss reads only `alt`, so the forget batch's pass runs without a graph (its NLL is logged)."""
 
 
 FORGET: dict[str, Objective] = {}
 RETAIN: dict[str, Objective] = {}
 
 
-def _register(table: dict[str, Objective], name: str, needs_reference: bool):
+def _register(table: dict[str, Objective], name: str, needs_reference: bool, **kw):
     def wrap(fn: LossFn) -> LossFn:
-        table[name] = Objective(name, fn, needs_reference)
+        table[name] = Objective(name, fn, needs_reference, **kw)
         return fn
     return wrap
 
 
-def register_forget(name: str, needs_reference: bool = False):
-    return _register(FORGET, name, needs_reference)
+def register_forget(name: str, needs_reference: bool = False, alternate: str = "", forget_grad: bool = True):
+    return _register(FORGET, name, needs_reference, alternate=alternate, forget_grad=forget_grad)
 
 
 def register_retain(name: str, needs_reference: bool = False):
@@ -119,6 +125,46 @@ def ceu(fwd: Forward, cfg) -> torch.Tensor:
     answer's first token as open-unlearning does."""
     target = losses.label_shifted(fwd.logits, fwd.labels, float("-inf"))
     return losses.soft_target_ce(fwd.logits, target, fwd.labels, skip_first=True)
+
+
+@register_forget("idknll", alternate="idk", forget_grad=False)
+def idknll(fwd: Forward, cfg) -> torch.Tensor:
+    """IdkNLL (Maini et al. 2024, TOFU's "idk" loss in its dataloader.py; Yuan et al. 2025 name it
+    IdkNLL): NLL of an "I don't know" answer to each forget prompt, mean over its answer tokens. TOFU
+    sums idk and retain tokens into one mean; here the retain term is the method's own (retain_loss)."""
+    return fwd.alt.nll()
+
+
+def _dpo(fwd: Forward, cfg) -> torch.Tensor:
+    with torch.no_grad():
+        win_ref = losses.sequence_logp(fwd.alt.ref_logits, fwd.alt.labels)
+        lose_ref = losses.sequence_logp(fwd.ref_logits, fwd.labels)
+    return losses.dpo(losses.sequence_logp(fwd.alt.logits, fwd.alt.labels), win_ref,
+                      losses.sequence_logp(fwd.logits, fwd.labels), lose_ref, cfg.dpo_beta)
+
+
+@register_forget("dpo", needs_reference=True, alternate="column")
+def dpo(fwd: Forward, cfg) -> torch.Tensor:
+    """DPO (Rafailov et al. 2023; open-unlearning's DPO trainer, beta 0.1): the alternate answer in
+    column data.forget_alternate preferred over the forget answer, against the reference model."""
+    return _dpo(fwd, cfg)
+
+
+@register_forget("idkdpo", needs_reference=True, alternate="idk")
+def idkdpo(fwd: Forward, cfg) -> torch.Tensor:
+    """IdkDPO (Maini et al. 2024, TOFU; open-unlearning's DPO trainer on TOFU_QA_forget_idk, beta 0.1):
+    DPO with an "I don't know" answer preferred over the forget answer."""
+    return _dpo(fwd, cfg)
+
+
+@register_forget("pdu")
+def pdu(fwd: Forward, cfg) -> torch.Tensor:
+    """PDU's forget term (Entesari et al. 2025, "Constrained Entropic Unlearning: A Primal-Dual
+    Framework"; open-unlearning's PDU): logit-margin flattening (max_v z - mean_v z)^2 at answer
+    positions. open-unlearning masks by each position's own label (one position later than the ones
+    predicting answer tokens); we use the predicting positions, as every other loss here. The retain
+    weight is PDU's dual variable (unlearn.train.dual)."""
+    return losses.logit_margin_flatness(fwd.logits, fwd.labels)
 
 
 # ----------------------------------------------------------------------------- retain

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from unlearn import data, methods
+from unlearn import alternates, data, methods
 from unlearn.config import Config
 from unlearn.distributed import DistEnv
 from unlearn.errors import UserError
@@ -15,6 +15,7 @@ class Sets:
     forget: list[data.Sample]
     retain: list[data.Sample]
     mismatch: data.RandomAnswers | None = None  # random answers to the forget batch's prompts
+    alternate: alternates.Alternates | None = None  # idk / column answers to them (idknll, dpo, idkdpo)
 
 
 def load_sets(cfg: Config, tokenizer, env: DistEnv) -> Sets:
@@ -28,6 +29,10 @@ def load_sets(cfg: Config, tokenizer, env: DistEnv) -> Sets:
     sets = Sets(forget, retain)
     if m.mismatch_weight:
         sets.mismatch = data.random_answers(cfg, tokenizer, forget)
+    obj = methods.forget_objective(m.forget_loss)
+    if obj is not None and obj.alternate:
+        sets.alternate = alternates.alternates(cfg, tokenizer, forget, obj.alternate,
+                                               say=print if env.is_main else lambda line: None)
     return sets
 
 

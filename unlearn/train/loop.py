@@ -23,7 +23,7 @@ from unlearn.errors import EXIT_REQUEUE, Diverged, UserError
 from unlearn.logger import Window, Writer
 from unlearn.methods import Forward
 from unlearn.sets import Sets, check_lengths, load_sets, make_streams, max_steps_for
-from unlearn.train import checkpoint, guards, preflight
+from unlearn.train import checkpoint, dual, guards, preflight
 from unlearn.train import engine as engines
 from unlearn.train.phase_state import SEPARATE, PhaseStates
 from unlearn.train.resume import State, resume_from_last, say
@@ -78,6 +78,7 @@ class Loop:
         self.forget_obj = methods.forget_objective(cfg.method.forget_loss)
         self.retain_obj = methods.retain_objective(cfg.method.retain_loss)
         self.mismatch_obj = methods.RETAIN["random_mismatch"] if cfg.method.mismatch_weight else None
+        self.dual = dual.RetainDual(cfg.method) if cfg.method.forget_loss == "pdu" else None
 
     def _micro_batches(self, state: State, names: set[str]) -> dict[str, list[dict[str, torch.Tensor]]]:
         """Collated micro-batches per set; mismatch = random answers to this step's forget prompts."""
@@ -89,6 +90,10 @@ class Loop:
                for n in names if n != "mismatch"}
         if "mismatch" in names:
             out["mismatch"] = [self._mismatch_chunks(g, state.step) for g in idx["forget"]]
+        if "forget" in out and self.sets.alternate is not None:  # idknll, dpo, idkdpo: alt_* keys
+            for (chunk,), g in zip(out["forget"], idx["forget"]):
+                alt = data.collate(self.sets.alternate.samples([self.sets.forget[i] for i in g], g, state.step), pad)
+                chunk.update({f"alt_{k}": v for k, v in alt.items()})
         return out
 
     def _mismatch_chunks(self, forget_ids: list[int], step: int) -> list[dict[str, torch.Tensor]]:
@@ -112,12 +117,18 @@ class Loop:
 
     def _chunk_term(self, obj: methods.Objective, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
         batch = {k: v.to(self.env.device) for k, v in batch.items()}
-        keep = logits_span(batch["labels"])
-        logits = _forward(self.engine, batch, keep)
-        ref = self.reference.logits(batch, keep) if obj.needs_reference else None
-        fwd = Forward(logits, batch["labels"][:, -keep:], ref)
+        fwd = self._pass(obj, batch, grad=obj.forget_grad)
+        if obj.alternate:  # the same prompts with alternate answers (unlearn.alternates)
+            fwd.alt = self._pass(obj, {k[4:]: v for k, v in batch.items() if k.startswith("alt_")})
         loss = obj.fn(fwd, self.cfg.method)
         return loss, fwd.nll().detach()
+
+    def _pass(self, obj: methods.Objective, batch: dict[str, torch.Tensor], grad: bool = True) -> Forward:
+        keep = logits_span(batch["labels"])
+        with torch.set_grad_enabled(grad):
+            logits = _forward(self.engine, batch, keep)
+        ref = self.reference.logits(batch, keep) if obj.needs_reference else None
+        return Forward(logits, batch["labels"][:, -keep:], ref)
 
     def step(self, state: State) -> dict[str, float]:
         """One optimizer step of the phase that `state.step` falls on; returns its metrics."""
@@ -131,7 +142,8 @@ class Loop:
             if self.mismatch_obj:
                 parts.append(("mismatch", m.mismatch_weight, self.mismatch_obj, "mismatch"))
         if phase in (RETAIN, JOINT) and self.retain_obj:
-            parts.append(("retain", m.retain_weight, self.retain_obj, "retain"))
+            weight = self.dual.weight(state.dual) if self.dual else m.retain_weight  # PDU: lambda
+            parts.append(("retain", weight, self.retain_obj, "retain"))
         batches = self._micro_batches(state, {name for *_, name in parts})
         n_micro = len(next(iter(batches.values())))
         sums: dict[str, float] = {}
@@ -169,6 +181,10 @@ class Loop:
         metrics["step_time_s"] = seconds
         metrics["padding"] = padded / tokens - 1 if tokens else 0.0  # compute spent on pad tokens
         metrics["phase"] = {FORGET: 0.0, RETAIN: 1.0, JOINT: 2.0}[phase]
+        if self.dual:  # log the lambda this step used, then move it by this step's retain loss
+            metrics[dual.METRIC] = self.dual.weight(state.dual)
+            if applied and "retain/loss" in metrics:
+                self.dual.update(state.dual, metrics["retain/loss"], state.streams["forget"].epoch)
         return metrics
 
 

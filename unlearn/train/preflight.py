@@ -9,6 +9,7 @@ from unlearn import methods
 from unlearn import model as models
 from unlearn.config import Config
 from unlearn.errors import UserError
+from unlearn.train import dual
 from unlearn.train import engine as engines
 from unlearn.train.phase_state import PHASE_STATES
 from unlearn.train.schedule import JOINT
@@ -27,6 +28,7 @@ RANGES = [  # (key, lowest allowed, lowest is allowed, what is expected)
     ("method.mismatch_weight", 0.0, True, ">= 0 (0 = off)"),
     ("method.beta", 0.0, False, "a positive inverse temperature"),
     ("method.simnpo_beta", 0.0, False, "a positive inverse temperature"),
+    ("method.dpo_beta", 0.0, False, "a positive inverse temperature"),
     ("method.forget_steps_per_cycle", 1, True, ">= 1"),
     ("method.retain_steps_per_cycle", 1, True, ">= 1"),
     ("data.max_length", 1, True, ">= 1 tokens"),
@@ -52,6 +54,7 @@ def check_config(cfg: Config, ds: dict[str, Any], world_size: int, *, resume: bo
     retain_obj = methods.retain_objective(cfg.method.retain_loss)
     if forget_obj is None and retain_obj is None:
         raise UserError("method.forget_loss and method.retain_loss are both 'none'; expected at least one objective")
+    dual.check(cfg.method)
     if cfg.method.schedule not in SCHEDULES:
         raise UserError(f"method.schedule '{cfg.method.schedule}' is unknown; expected one of: {', '.join(SCHEDULES)}")
     if cfg.optim.phase_state not in PHASE_STATES:

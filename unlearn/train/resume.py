@@ -30,11 +30,14 @@ class State:
     skipped_steps: int = 0
     """Steps skipped in the whole run."""
     stop_reason: str = ""
+    dual: dict[str, float] = field(default_factory=dict)
+    """Dual variables by name (PDU's retain weight lambda: unlearn.train.dual); empty for other methods."""
 
     def client_state(self) -> dict[str, Any]:
         """JSON-able; stored with the engine state and in meta.json."""
         return {"step": self.step, "skipped_steps": self.skipped_steps, "nonfinite_in_row": self.nonfinite_in_row,
-                "stop_reason": self.stop_reason, "streams": {k: s.next_batch for k, s in self.streams.items()}}
+                "stop_reason": self.stop_reason, "streams": {k: s.next_batch for k, s in self.streams.items()},
+                "dual": dict(self.dual)}
 
     def record_step(self, skipped: bool) -> None:
         self.step += 1
@@ -45,6 +48,7 @@ class State:
         self.step = client["step"]
         self.skipped_steps = client.get("skipped_steps", 0)
         self.nonfinite_in_row = client.get("nonfinite_in_row", 0)
+        self.dual = dict(client.get("dual", {}))
         for name, pos in client["streams"].items():
             self.streams[name].next_batch = pos
 
