@@ -175,3 +175,28 @@ def test_new_eval_flags_pass_the_sweep_planning_check():
                 "truthful_qa:multiple_choice", "--truthfulqa_variant", "standard"])
     with pytest.raises(UserError, match="unknown"):
         check_args(["--suite", "mmlu"])
+
+
+def test_sweep_with_mc_and_muse_evals_plans_and_reports_their_metrics(tmp_path):
+    """Item 6: the grid's eval args name the new suites; --status and report.csv carry their metrics."""
+    import csv
+
+    from tests.test_sweep_grid import _fake_checkpoint, _grid
+    from unlearn.sweep.grid import load_sweep
+    from unlearn.sweep.report import status_table, write_report
+    from unlearn.sweep.submit import plan
+
+    args = ["--suite", "mc,muse", "--mc", "forget=cais/wmdp:wmdp-bio", "--muse", "muse-bench/MUSE-News"]
+    sweep = load_sweep(_grid(tmp_path, axes={"optim.lr": [1e-4, 5e-4]}, eval={"args": args},
+                             report={"forget_metric": "mc/forget_acc", "utility_metric": "muse/knowmem_retain"}))
+    pts = plan(sweep)
+    assert list(sweep.eval_args) == args
+    _fake_checkpoint(sweep.folder, pts[0].name, 2, {"mc/forget_acc": 0.31, "muse/knowmem_retain": 0.52})
+    _fake_checkpoint(sweep.folder, pts[1].name, 2, {"mc/forget_acc": 0.27, "muse/knowmem_retain": 0.40})
+    status = status_table(sweep, pts)
+    assert "mc/forget_acc=0.31" in status and "muse/knowmem_retain=0.4" in status
+    csv_path, png = write_report(sweep, pts)
+    rows = list(csv.DictReader(csv_path.open()))
+    assert [float(r["mc/forget_acc"]) for r in rows] == [0.31, 0.27] and png is not None
+    with pytest.raises(UserError, match="unrecognized arguments"):
+        load_sweep(_grid(tmp_path, eval={"args": ["--suite", "mc", "--mmlu", "x"]}))
