@@ -216,3 +216,30 @@ def test_loglikelihoods_cut_long_sequences_from_the_left_like_the_harness(lm):
         logp = torch.log_softmax(model(torch.tensor([ids])).logits[0].float(), -1)
     want = sum(float(logp[len(ids) - len(cont) + i, t]) for i, t in enumerate(cont))
     assert ll == pytest.approx(want, abs=1e-4)
+
+
+@pytest.mark.parametrize("args,fragment", [
+    (["--suite", "mc"], "expected --mc [forget=|retain=]SOURCE"),
+    (["--suite", "mc", "--mc", "utility=x.jsonl"], "side 'utility' is unknown"),
+    (["--suite", "mc", "--mc", "BAD_ANSWER"], "answer 7 is not a choice index"),
+    (["--suite", "mc", "--mc", "forget=A.jsonl", "--mc", "forget=A.jsonl"], "twice"),
+    (["--suite", "utility", "--truthfulqa", "TQA", "--truthfulqa_variant", "template"], "variant template needs"),
+])
+def test_bad_mc_input_exits_2_with_one_line_and_keeps_eval_json(tmp_path, demo_dir, capsys, args, fragment):
+    from tests.test_eval_job import _launcher, make_checkpoint
+
+    ckpt = make_checkpoint(tmp_path / "run", 1, demo_dir)
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text(json.dumps({"question": "Q", "choices": ["a", "b"], "answer": 7}) + "\n")
+    good = tmp_path / "a.jsonl"
+    good.write_text(json.dumps(MC_ROWS[0]) + "\n")
+    tqa = tmp_path / "tqa.jsonl"
+    tqa.write_text(json.dumps(TQA_ROWS[0]) + "\n")
+    before = json.dumps({"suites": {"copyright": {"metrics": {"verbatim_rouge_l": {"value": 0.5}}}}})
+    (ckpt / "eval.json").write_text(before)
+    words = [{"BAD_ANSWER": str(bad), "forget=A.jsonl": f"forget={good}", "TQA": str(tqa)}.get(a, a) for a in args]
+    with pytest.raises(SystemExit) as exit_info:
+        _launcher().main([str(ckpt), *words])
+    errors = [line for line in capsys.readouterr().err.splitlines() if line.startswith("error:")]
+    assert exit_info.value.code == 2 and len(errors) == 1 and fragment in errors[0] and "expected" in errors[0]
+    assert (ckpt / "eval.json").read_text() == before  # nothing already written is lost
