@@ -243,3 +243,24 @@ def test_bad_mc_input_exits_2_with_one_line_and_keeps_eval_json(tmp_path, demo_d
     errors = [line for line in capsys.readouterr().err.splitlines() if line.startswith("error:")]
     assert exit_info.value.code == 2 and len(errors) == 1 and fragment in errors[0] and "expected" in errors[0]
     assert (ckpt / "eval.json").read_text() == before  # nothing already written is lost
+
+
+def test_standard_truthfulqa_holds_out_by_question_when_the_run_trained_on_the_csv(tmp_path, shared_data):
+    """A run trained on the CSV's train part is scored on hub-schema rows whose question is in its test part."""
+    from types import SimpleNamespace
+
+    from unlearn import data, sources
+    from unlearn.config_io import load_config
+    from unlearn.eval.utility import truthfulqa_rows
+
+    csv_path = str(shared_data / "truthfulqa" / "TruthfulQA.csv")
+    trained, _ = load_config([], [f"data.retain={csv_path}", "data.retain_format=truthfulqa"])
+    questions = [r["Question"] for r in sources.load_rows(csv_path)[:40]]
+    mc_file = tmp_path / "mc.jsonl"
+    mc_file.write_text("".join(json.dumps({**TQA_ROWS[0], "question": q}) + "\n" for q in questions))
+    rows, source, which = truthfulqa_rows(SimpleNamespace(cfg=trained, opts=EvalOptions(truthfulqa=str(mc_file))))
+    train_part = {r["Question"] for r in data.read(csv_path, "retain", trained.data)[0]}
+    kept = [r["question"] for r in rows]
+    assert which.startswith("test") and kept and not set(kept) & train_part
+    test_part = {r["Question"] for r in sources.truthfulqa_rows(sources.load_rows(csv_path), "test", (0.7, 0.1, 0.2), 8888)}
+    assert kept == [q for q in questions if q in test_part]
