@@ -6,6 +6,10 @@ harmful.py       harmful rate, refusal rate, effectiveness E (judged on the resp
 copyright.py     verbatim and knowledge memorisation
 utility.py       retain perplexity, TruthfulQA MC1/MC2, similarity to the original, degeneration
 privacy.py       Min-k% membership AUC, PrivLeak
+mc.py            multiple-choice accuracy (WMDP, MMLU) as lm-evaluation-harness scores it
+muse.py          MUSE's KnowMem (forget/retain) and VerbMem
+truthfulqa.py    TruthfulQA MC1/MC2, lm-evaluation-harness's standard variant (utility suite)
+loglik.py        continuation log-likelihoods as the harness computes them; specs.py hub ID:CONFIG
 judges.py        keyword and classifier judges; judge_training.py trains a classifier judge
 generation.py    batched greedy decoding, per-token log-probs; textmetrics.py ROUGE-L, BLEU
 stats.py         bootstrap intervals, AUC
