@@ -113,6 +113,13 @@ def test_muse_suite_on_the_runs_own_book_text(tmp_path, demo_dir, shared_data):
     result = evaluate_checkpoint(ckpt, EvalOptions(suites=("muse",), forget=str(book), qa=str(qa), limit=3,
                                                    prefix_tokens=8, batch_size=3))
     m, info = result["suites"]["muse"]["metrics"], result["suites"]["muse"]["info"]
+    from unlearn.model import load_for_eval
+
+    _, tok = load_for_eval(str(ckpt))
+    ids = tok(book.read_text(), add_special_tokens=False)["input_ids"]
+    rows = muse.passages([book.read_text()], tok, 8)  # whole windows of 8 + 128 tokens, the last partial one dropped
+    assert len(rows) == len(ids) // 136 >= 3
+    assert rows[1] == (tok.decode(ids[136:144]), tok.decode(ids[144:272]))
     assert m["verbmem_forget"]["n"] == 3 and 0 <= m["verbmem_forget"]["value"] < 1
     assert m["knowmem_forget"]["n"] == 1 and info["knowmem_forget_shots"] == 0
     assert m["knowmem_retain"]["n"] == 3  # the run's retain set (the demo's normal.jsonl) is QA: --limit 3

@@ -12,8 +12,8 @@ knowmem/scripts/get_best_forget_quality.py; open-unlearning configs/eval/muse_me
 - VerbMem (forget): the data's prompt (MUSE's verbmem rows hold the text before a cut: median 4,012
   characters on News, 3,661 on Books, i.e. about a thousand Llama tokens), greedy 128 new tokens,
   ROUGE-L F1 against the true continuation cut to its first 128 tokens. On a plain text corpus (the
-  run's forget set, no MUSE rows) the prompt is a passage's first --prefix_tokens tokens and the
-  reference its next 128.
+  run's forget documents, no MUSE rows) the documents are cut into windows of --prefix_tokens + 128
+  tokens: the first --prefix_tokens are the prompt, the next 128 the reference.
 - PrivLeak: the privacy suite (unlearn.eval.privacy), as MUSE computes it.
 - MUSE's checkpoint rule (the first checkpoint whose forget KnowMem is at or below the retained
   model's): `launch/sweep.py --best RUN --rule muse forget_target_from=RETAINED/eval.json`
@@ -84,6 +84,19 @@ def verbmem(model, tokenizer, rows: list[tuple[str, str]], batch_size: int = 16)
                          for (p, _), r, o in list(zip(rows, refs, outputs))[:EXAMPLES]]}
 
 
+def passages(texts: list[str], tokenizer, prefix_tokens: int) -> list[tuple[str, str]]:
+    """(prompt, gt) rows from plain documents: consecutive windows of `prefix_tokens` + 128 tokens, the
+    first `prefix_tokens` the prompt and the next 128 the true continuation (a last, shorter window
+    is dropped, so every reference is as long as the generation)."""
+    rows, width = [], prefix_tokens + VERBMEM_NEW_TOKENS
+    for text in texts:
+        ids = tokenizer(text, add_special_tokens=False)["input_ids"]
+        for start in range(0, len(ids) - width + 1, width):
+            rows.append((tokenizer.decode(ids[start:start + prefix_tokens]),
+                         tokenizer.decode(ids[start + prefix_tokens:start + width])))
+    return rows
+
+
 def _muse_rows(source: str, config: str, split: str) -> list[dict] | None:
     """Rows of one MUSE config/split: a hub id, or a folder in its layout (None when the file is absent)."""
     folder = Path(source)
@@ -120,12 +133,17 @@ def _data(ctx) -> dict:
     d = ctx.cfg.data
     forget_qa = o.qa or (d.forget.split(",")[0] if role_format(ctx.cfg, "forget") == "qa" else "")
     retain_qa = d.retain.split(",")[0] if role_format(ctx.cfg, "retain") == "qa" else ""
-    probes = before_after.probes(ctx.samples("forget"), prefix=o.prefix_tokens, length=VERBMEM_NEW_TOKENS)
     tok = ctx.tokenizer
+    if role_format(ctx.cfg, "forget") == "text":  # whole documents, not the run's training chunks
+        texts = [t for src in d.forget.split(",") if src.strip() for t in sources.texts_of(
+            sources.load_rows(src.strip(), d.forget_split, d.forget_revision, d.forget_subset), src, "text")]
+        verb = passages(texts, tok, o.prefix_tokens)
+    else:  # QA forget sets: the question is the prompt, the answer the continuation
+        probes = before_after.probes(ctx.samples("forget"), prefix=o.prefix_tokens, length=VERBMEM_NEW_TOKENS)
+        verb = [(tok.decode(p.prompt_ids, skip_special_tokens=True), tok.decode(p.target_ids,
+                 skip_special_tokens=True)) for p in probes]
     return {"forget_qa": ctx.qa_pairs(forget_qa) if forget_qa else [], "forget_icl": [],
-            "retain_qa": ctx.qa_pairs(retain_qa) if retain_qa else [], "retain_icl": [],
-            "verbmem": [(tok.decode(p.prompt_ids, skip_special_tokens=True), tok.decode(p.target_ids,
-                         skip_special_tokens=True)) for p in probes],
+            "retain_qa": ctx.qa_pairs(retain_qa) if retain_qa else [], "retain_icl": [], "verbmem": verb,
             "from": f"the run's data (knowmem forget: {forget_qa or 'none'}, retain: {retain_qa or 'none'})"}
 
 
