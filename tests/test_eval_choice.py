@@ -262,5 +262,6 @@ def test_standard_truthfulqa_holds_out_by_question_when_the_run_trained_on_the_c
     train_part = {r["Question"] for r in data.read(csv_path, "retain", trained.data)[0]}
     kept = [r["question"] for r in rows]
     assert which.startswith("test") and kept and not set(kept) & train_part
-    test_part = {r["Question"] for r in sources.truthfulqa_rows(sources.load_rows(csv_path), "test", (0.7, 0.1, 0.2), 8888)}
+    rows_all = sources.load_rows(csv_path)
+    test_part = {r["Question"] for r in sources.truthfulqa_rows(rows_all, "test", (0.7, 0.1, 0.2), 8888)}
     assert kept == [q for q in questions if q in test_part]

@@ -169,6 +169,14 @@ def test_muse_checkpoint_rule_is_the_first_at_or_below_the_retrained_knowmem(tmp
     assert got["step"] == 20
     with pytest.raises(UserError, match="needs the retrained model's KnowMem"):
         best_for(run, "muse", [])
+    # a run without retain QA (no knowmem_retain): MUSE's rule needs only the forget KnowMem
+    text_run = tmp_path / "runs" / "text"
+    for step, f in [(5, 0.7), (10, 0.38), (15, 0.1)]:
+        c = text_run / "checkpoints" / f"step-{step:06d}"
+        c.mkdir(parents=True)
+        (c / COMPLETE).write_text("")
+        (c / "eval.json").write_text(json.dumps({"scalars": {"eval/muse/knowmem_forget": f}}))
+    assert best_for(text_run, "muse", [f"forget_target_from={retrained}"])["step"] == 10
     with pytest.raises(UserError, match="has no muse/knowmem_forget"):
         (retrained / "eval.json").write_text(json.dumps({"scalars": {"eval/utility/retain_ppl": 3.0}}))
         best_for(run, "muse", [f"forget_target_from={retrained}"])

@@ -83,6 +83,8 @@ def choose(cands: list[Candidate], report: ReportSpec, sel: SelectSpec) -> tuple
         raise UserError("selection needs report.forget_metric and report.utility_metric; expected them in the "
                         "grid's report: or as forget_metric=... utility_metric=... words")
     have = [c for c in cands if f in c.metrics and u in c.metrics]
+    if sel.rule == "threshold" and sel.utility_bound is None:  # utility only ranks runs: not required
+        have = [c for c in cands if f in c.metrics]
     if not have:
         raise UserError(f"no evaluated checkpoint has both {f} and {u}")
     sf, su = _better(report.forget_goal), _better(report.utility_goal)
@@ -98,10 +100,11 @@ def choose(cands: list[Candidate], report: ReportSpec, sel: SelectSpec) -> tuple
             closest = max(have, key=lambda c: sf * c.metrics[f])
             raise UserError(f"no checkpoint reaches {f} {'<=' if sf < 0 else '>='} {sel.forget_target} with {u} "
                             f"within {sel.utility_bound}; closest: {closest.run} step {closest.step} "
-                            f"({f}={closest.metrics[f]:.4g}, {u}={closest.metrics[u]:.4g})")
-        best = max(first.values(), key=lambda c: (su * c.metrics[u], -c.step))
+                            f"({f}={closest.metrics[f]:.4g}, {u}={closest.metrics.get(u, math.nan):.4g})")
+        best = max(first.values(), key=lambda c: (u in c.metrics, su * c.metrics.get(u, 0.0), -c.step))
         return best, (f"first checkpoint of its run with {f}={best.metrics[f]:.4g} reaching {sel.forget_target} "
-                      f"and {u}={best.metrics[u]:.4g} within {sel.utility_bound}; best {u} of {len(first)} such runs")
+                      f"and {u}={best.metrics.get(u, math.nan):.4g} within {sel.utility_bound}; best {u} of "
+                      f"{len(first)} such runs")
     front = [c for c, on in zip(have, pareto_front([c.metrics[f] for c in have], [c.metrics[u] for c in have],
                                                    report.forget_goal, report.utility_goal)) if on]
     xs, ys = [sf * c.metrics[f] for c in front], [su * c.metrics[u] for c in front]
