@@ -51,8 +51,14 @@ def test_mc_prompt_is_the_harness_wmdp_mmlu_template():
     assert mc.prompt(item) == ("The following are multiple choice questions (with answers) about college "
                                "mathematics.\n\nWhat is 2+2?\nA. 3\nB. 4\nC. 5\nD. 6\nAnswer:")
     assert mc.continuations(item) == [" A", " B", " C", " D"]
-    wmdp = mc.items([{"question": "Q?", "choices": ["a", "b", "c", "d"], "answer": 3}], "x")[0]
-    assert mc.prompt(wmdp) == "Q?\nA. a\nB. b\nC. c\nD. d\nAnswer:"  # no subject: no description
+    row = {"question": "Q?", "choices": ["a", "b", "c", "d"], "answer": 3}
+    assert mc.prompt(mc.items([row], "x")[0]) == "Q?\nA. a\nB. b\nC. c\nD. d\nAnswer:"  # no subject: none
+    # the harness's wmdp_cyber.yaml description; MMLU subject configs name theirs
+    wmdp = mc.items([row], "x", mc.default_subject("cais/wmdp:wmdp-cyber"))[0]
+    assert mc.prompt(wmdp) == ("The following are multiple choice questions (with answers) about cybersecurity."
+                               "\n\nQ?\nA. a\nB. b\nC. c\nD. d\nAnswer:")
+    specs = ("cais/wmdp:wmdp-bio", "cais/wmdp:wmdp-chem", "cais/mmlu:high_school_biology", "cais/mmlu:all", "a.jsonl")
+    assert [mc.default_subject(s) for s in specs] == ["biology", "chemistry", "high_school_biology", "", ""]
 
 
 def test_mc_rows_accept_csv_cells_letters_and_refuse_bad_answers():

@@ -4,10 +4,12 @@ local file), scored as lm-evaluation-harness scores its `wmdp_*` and `mmlu_*` ta
 Reference: lm-evaluation-harness (EleutherAI), lm_eval/tasks/wmdp/_default_template_yaml and
 lm_eval/tasks/mmlu/default/_default_template_yaml (output_type multiple_choice, num_fewshot 0):
 - context = "{question.strip()}\\nA. {choices[0]}\\nB. {choices[1]}\\nC. {choices[2]}\\nD. {choices[3]}\\nAnswer:"
-  (more or fewer choices get letters in the same pattern); MMLU's tasks put their description
-  "The following are multiple choice questions (with answers) about {subject}.\\n\\n" first, the
-  subject being the task's name with spaces for underscores: here a row's `subject` field (cais/mmlu
-  rows carry it), so WMDP (no subject) has no description;
+  (more or fewer choices get letters in the same pattern), after the task's description
+  "The following are multiple choice questions (with answers) about {subject}.\\n\\n": the subject is a
+  row's `subject` field (cais/mmlu rows carry it) with spaces for underscores, else the hub
+  configuration's (wmdp-bio: biology, wmdp-cyber: cybersecurity, wmdp-chem: chemistry, as
+  lm_eval/tasks/wmdp/wmdp_*.yaml; an MMLU subject config: its name); a local file without a subject
+  column gets no description;
 - continuations " A", " B", ... (the harness's target delimiter " " + the choice letter), each scored by
   its summed log-likelihood (unlearn.eval.loglik, as HFLM computes it);
 - acc = 1 when the argmax over choices (first on ties, as numpy's) is the answer index. The harness's
@@ -31,6 +33,8 @@ from unlearn.eval.loglik import loglikelihoods
 from unlearn.eval.stats import mean_ci
 
 SIDES = ("forget", "retain")
+WMDP_SUBJECTS = {"wmdp-bio": "biology", "wmdp-cyber": "cybersecurity", "wmdp-chem": "chemistry"}
+"""The harness's wmdp_*.yaml descriptions name these subjects."""
 HUB_SPLIT = "test"  # WMDP and MMLU are scored on their test split by the harness
 EXAMPLES = 2
 
@@ -74,8 +78,17 @@ def _answer(row: dict, n: int, source: str) -> int:
     return index
 
 
-def items(rows: list[dict], source: str) -> list[dict]:
-    """[{question, choices, answer, subject}] from rows with question, choices and answer (index or letter)."""
+def default_subject(spec: str) -> str:
+    """The description's subject implied by a hub spec: WMDP's configs, an MMLU subject config."""
+    source, config = specs.split_spec(spec)
+    if config in WMDP_SUBJECTS:
+        return WMDP_SUBJECTS[config]
+    return config if config and "mmlu" in source.lower() and config != "all" else ""
+
+
+def items(rows: list[dict], source: str, subject: str = "") -> list[dict]:
+    """[{question, choices, answer, subject}] from rows with question, choices and answer (index or letter);
+    `subject` for rows without one."""
     if not rows:
         raise UserError(f"multiple-choice data '{source}' is empty; expected rows with question, choices, answer")
     missing = [c for c in ("question", "answer") if c not in rows[0]]
@@ -86,7 +99,7 @@ def items(rows: list[dict], source: str) -> list[dict]:
     for row in rows:
         choices = _choices(row, source)
         out.append({"question": str(row["question"]), "choices": choices, "answer": _answer(row, len(choices), source),
-                    "subject": str(row.get("subject") or "")})
+                    "subject": str(row.get("subject") or subject)})
     return out
 
 
@@ -125,10 +138,10 @@ def run(ctx) -> dict:
     if len(set(sides)) != len(sides):
         raise UserError(f"--mc names side(s) {sorted({s for s in sides if sides.count(s) > 1})} twice; expected "
                         "at most one forget= and one retain= set")
-    metrics, info, examples = {}, {"prompt": "lm-evaluation-harness wmdp/mmlu zero-shot (question, lettered "
-                                             "choices, 'Answer:'; continuations ' A', ' B', ...)"}, []
+    metrics, info, examples = {}, {"prompt": "lm-evaluation-harness wmdp/mmlu zero-shot (description, question, "
+                                             "lettered choices, 'Answer:'; continuations ' A', ' B', ...)"}, []
     for side, source in sets:
-        mc_items = ctx.limited(items(specs.load(source, HUB_SPLIT), source))
+        mc_items = ctx.limited(items(specs.load(source, HUB_SPLIT), source, default_subject(source)))
         res = accuracy(ctx.model, ctx.tokenizer, mc_items, o.batch_size, desc=f"mc ({side})")
         metrics[f"{side}_acc"] = res["acc"]
         info[side] = {"source": source, "n": len(mc_items), "chance": res["acc"]["chance"]}
