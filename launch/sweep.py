@@ -32,7 +32,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--status", metavar="SWEEP_DIR", help="print each run's state and newest eval metrics")
     parser.add_argument("--report", metavar="SWEEP_DIR", help="write report.csv/png and HParams sessions")
     parser.add_argument("--best", metavar="DIR", help="choose a checkpoint of a sweep or run by rule (DIR/best.json)")
-    parser.add_argument("--rule", default="", help="threshold | pareto-knee | score (default: the grid's select:)")
+    parser.add_argument("--rule", default="", help="threshold | pareto-knee | score | muse (default: the grid's select:)")
     args = parser.parse_intermixed_args(argv)
 
     def job() -> None:

@@ -8,6 +8,10 @@ utility.py       retain perplexity, TruthfulQA MC1/MC2, similarity to the origin
 privacy.py       Min-k% membership AUC, PrivLeak
 judges.py        load_judge: keyword_judge.py (refusal rules), classifier, generative_judge.py (Llama-Guard style)
 judge_eval.py    a judge's accuracy against human labels (XSTest); judge_training.py trains a classifier judge
+mc.py            multiple-choice accuracy (WMDP, MMLU) as lm-evaluation-harness scores it
+muse.py          MUSE's KnowMem (forget/retain) and VerbMem
+truthfulqa.py    TruthfulQA MC1/MC2, lm-evaluation-harness's standard variant (utility suite)
+loglik.py        continuation log-likelihoods as the harness computes them; specs.py hub ID:CONFIG
 generation.py    batched greedy decoding, per-token log-probs; textmetrics.py ROUGE-L, BLEU
 stats.py         bootstrap intervals, AUC
 summary.py       a run's evals across checkpoints: CSV, PNG

@@ -50,7 +50,19 @@ class EvalOptions:
     qa: str = ""
     """Knowledge QA file (question/answer, TOFU format); empty = the forget set when it is QA."""
     truthfulqa: str = ""
-    """TruthfulQA CSV; empty = ../shared/data/truthfulqa/TruthfulQA.csv when present; none = skip."""
+    """TruthfulQA: a CSV, a file in the hub's multiple_choice schema, or a hub id as ID:CONFIG (e.g.
+    truthful_qa:multiple_choice); empty = ../shared/data/truthfulqa/TruthfulQA.csv when present; none = skip."""
+    truthfulqa_variant: str = "auto"
+    """TruthfulQA MC scoring: standard (lm-evaluation-harness truthfulqa_mc1/mc2: QA primer, mc1/mc2_targets),
+    template (the run's QA template over Best/Correct/Incorrect answers), auto (standard when the data has
+    mc1_targets/mc2_targets, else template)."""
+    mc: tuple[str, ...] = ()
+    """Multiple-choice set for the mc suite, [forget=|retain=]SOURCE (repeatable; no side = forget): a
+    local CSV/JSONL/JSON/parquet with question, choices, answer, or a hub id as ID:CONFIG (cais/wmdp:wmdp-bio,
+    cais/mmlu:college_biology; test split)."""
+    muse: str = ""
+    """MUSE data for the muse suite: a hub id (muse-bench/MUSE-News, muse-bench/MUSE-Books) or a folder in
+    its layout (knowmem/{forget,retain}_qa[_icl].json, verbmem/forget.json); empty = the run's own data."""
     normal_prompts: str = ""
     """Normal prompts for similarity/degeneration (QA or text file); empty = the run's retain data."""
     holdout: str = ""
@@ -87,6 +99,8 @@ def add_option_flags(parser) -> None:
         doc = _field_doc(f.name)
         if f.type in ("bool", bool):
             parser.add_argument(f"--{f.name}", action="store_true", help=doc)
+        elif str(f.type).startswith("tuple"):  # repeatable: --mc A --mc B
+            parser.add_argument(f"--{f.name}", action="append", default=[], help=doc)
         else:
             kind = {"int": int, "float": float}.get(str(f.type), str)
             parser.add_argument(f"--{f.name}", type=kind, default=f.default, help=f"{doc} (default: {f.default!r})")
@@ -94,7 +108,8 @@ def add_option_flags(parser) -> None:
 
 def options_from_flags(args, suites: tuple[str, ...]) -> EvalOptions:
     """EvalOptions from the flags `add_option_flags` made (parsed into `args`)."""
-    return EvalOptions(suites=suites, **{f.name: getattr(args, f.name) for f in fields(EvalOptions) if f.name != "suites"})
+    values = {f.name: getattr(args, f.name) for f in fields(EvalOptions) if f.name != "suites"}
+    return EvalOptions(suites=suites, **{k: tuple(v) if isinstance(v, list) else v for k, v in values.items()})
 
 
 def _field_doc(name: str) -> str:

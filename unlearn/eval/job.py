@@ -25,7 +25,7 @@ from unlearn.eval.context import Context, EvalOptions, add_option_flags, device_
 EVAL_FILE = "eval.json"
 
 
-SUITES = ("harmful", "copyright", "utility", "privacy")
+SUITES = ("harmful", "copyright", "utility", "privacy", "mc", "muse")
 """Each suite is `unlearn.eval_<name>.run(ctx) -> {"metrics", "info", "examples"}`."""
 
 

@@ -15,12 +15,18 @@ HEADLINE = [
     ("eval/copyright/verbatim_rouge_l", "verbatim R-L", "lower = forgotten"),
     ("eval/copyright/knowledge_rouge_l", "knowledge R-L", "lower = forgotten"),
     ("eval/privacy/privleak", "PrivLeak %", "0 = like a retrained model"),
+    ("eval/muse/knowmem_forget", "KnowMem f", "lower = forgotten"),
+    ("eval/muse/verbmem_forget", "VerbMem f", "lower = forgotten"),
+    ("eval/mc/forget_acc", "MC forget", "chance = forgotten"),
     ("eval/utility/retain_ppl", "retain PPL", "lower = kept"),
     ("eval/utility/truthfulqa_mc1", "TQA MC1", "higher = kept"),
+    ("eval/muse/knowmem_retain", "KnowMem r", "higher = kept"),
+    ("eval/mc/retain_acc", "MC retain", "higher = kept"),
     ("eval/utility/similarity_to_reference_rouge_l", "sim. R-L", "higher = kept"),
     ("eval/utility/degeneration_rate", "degenerate", "lower = kept"),
 ]
-FORGET_PREFIXES = ("eval/harmful/", "eval/copyright/", "eval/privacy/")
+FORGET_PREFIXES = ("eval/harmful/", "eval/copyright/", "eval/privacy/", "eval/muse/knowmem_forget",
+                   "eval/muse/verbmem_forget", "eval/mc/forget_")
 
 
 def rows(results: list[dict]) -> tuple[list[str], list[dict]]:

@@ -1,12 +1,16 @@
 """Utility suite: what the unlearned model can still do.
 
 - retain perplexity: exp(token-weighted mean NLL) on the run's retain data.
-- TruthfulQA MC1/MC2 by log-likelihood, as lm-eval scores them: each answer's summed log-prob
-  given the question (no length normalisation). MC1 = 1 when the best answer outscores every
-  incorrect one; MC2 = probability mass of the true answers among true + false (normalised).
-  The question is posed in the run's own QA template (not lm-eval's few-shot primer), so the
-  numbers compare checkpoints of our runs, not published lm-eval tables. A run that trained on
-  TruthfulQA is scored on the held-out test part of its seeded partition only.
+- TruthfulQA MC1/MC2 by log-likelihood, in one of two variants (--truthfulqa_variant; auto picks
+  standard when the data has mc1_targets/mc2_targets, e.g. the hub's truthful_qa:multiple_choice):
+  standard: lm-evaluation-harness's truthfulqa_mc1/mc2 (QA primer, the hub's targets; see
+  unlearn.eval.truthfulqa), numbers that sit beside published lm-eval tables.
+  template: the TruthfulQA CSV's Best/Correct/Incorrect Answers, each answer's summed log-prob given
+  the question posed in the run's own QA template (no primer, no length normalisation). MC1 = 1 when
+  the best answer outscores every incorrect one; MC2 = probability mass of the true answers among
+  true + false. These compare checkpoints of our runs, not published tables.
+  A run that trained on TruthfulQA is scored on the held-out test part of its seeded partition only
+  (for the standard variant: the rows whose question is in that part).
 - similarity to the original model: ROUGE-L F1 between this model's and the reference model's
   greedy answers to normal prompts (1 = answers unchanged by unlearning).
 - degeneration rate: share of normal-prompt answers that are empty, runs of one symbol ("!!!!")
@@ -22,7 +26,8 @@ import numpy as np
 
 from unlearn import data, sources
 from unlearn.errors import UserError
-from unlearn.eval import before_after
+from unlearn.eval import before_after, specs
+from unlearn.eval import truthfulqa as tqa_standard
 from unlearn.eval.context import SHARED_DATA, role_format
 from unlearn.eval.generation import token_logprobs
 from unlearn.eval.stats import mean_ci, perplexity_ci
@@ -131,7 +136,7 @@ def truthfulqa_rows(ctx) -> tuple[list[dict], str, str]:
     if o.truthfulqa.lower() == "none":
         return [], "", ""
     if o.truthfulqa:
-        source, rows = o.truthfulqa, sources.load_rows(o.truthfulqa)
+        source, rows = o.truthfulqa, specs.load(o.truthfulqa, tqa_standard.HUB_SPLIT)
     elif trained:
         source = data.split_sources(getattr(d, trained))[0]
         rows = sources.load_rows(source, getattr(d, f"{trained}_split"), getattr(d, f"{trained}_revision"),
@@ -141,7 +146,14 @@ def truthfulqa_rows(ctx) -> tuple[list[dict], str, str]:
         rows = sources.load_rows(source)
     else:
         return [], "", ""
-    if trained:
+    if trained and tqa_standard.has_mc_targets(rows):  # another table: hold out by question text
+        own = sources.load_rows(data.split_sources(getattr(d, trained))[0], getattr(d, f"{trained}_split"),
+                                getattr(d, f"{trained}_revision"), getattr(d, f"{trained}_subset"))
+        names = sources.TQA_CSV if sources.TQA_CSV["question"] in own[0] else sources.TQA_HUB
+        held = {str(r[names["question"]]).strip() for r in
+                sources.truthfulqa_rows(own, "test", d.truthfulqa_fractions, d.truthfulqa_seed)}
+        rows = [r for r in rows if str(r["question"]).strip() in held]
+    elif trained:
         rows = sources.truthfulqa_rows(rows, "test", d.truthfulqa_fractions, d.truthfulqa_seed)
     return rows, source, "test part (held out from training)" if trained else "all"
 
@@ -154,9 +166,14 @@ def run(ctx) -> dict:
     metrics: dict = {"retain_ppl": retain_perplexity(ctx.model, ctx.tokenizer, ctx.samples("retain"))}
     rows, tqa, which = truthfulqa_rows(ctx)
     if rows:
-        items = ctx.limited(truthfulqa_items(rows, tqa))
-        metrics.update(truthfulqa(ctx.model, ctx.tokenizer, items, d.prompt_template, o.batch_size))
-        info["truthfulqa"], info["truthfulqa_items"] = tqa, which
+        variant = tqa_standard.variant_of(rows, o.truthfulqa_variant, tqa)
+        if variant == "standard":
+            items = ctx.limited(tqa_standard.mc_items(rows, tqa))
+            metrics.update(tqa_standard.standard(ctx.model, ctx.tokenizer, items, o.batch_size))
+        else:
+            items = ctx.limited(truthfulqa_items(rows, tqa))
+            metrics.update(truthfulqa(ctx.model, ctx.tokenizer, items, d.prompt_template, o.batch_size))
+        info["truthfulqa"], info["truthfulqa_items"], info["truthfulqa_variant"] = tqa, which, variant
     else:
         info["truthfulqa"] = "skipped: no TruthfulQA data (--truthfulqa FILE)"
     prompts = normal_prompts(ctx)

@@ -7,12 +7,17 @@ parameters its `select:`; `key=value` words set either for this call, e.g. on a 
 - threshold: per run, the first checkpoint (lowest step) whose forget metric reaches
   `forget_target` while its utility metric stays within `utility_bound` (each by its goal); of those,
   the best utility wins. MUSE's rule is a case of it: the first checkpoint whose KnowMem on the
-  forget set is at or below the retain model's, utility unbounded.
+  forget set is at or below the retain model's, utility unbounded: `--rule muse` (below).
 - pareto-knee: on the forget/utility Pareto front, with both axes scaled to [0, 1] over the front,
   the point farthest from the line through the front's two ends (the best trade-off); a front of
   one or two points gives the one with the larger scaled sum.
 - score: the highest sum of weight x metric over `weights` (e.g. {copyright/verbatim_rouge_l: -1,
   utility/truthfulqa_mc2: 2}); checkpoints lacking a weighted metric are left out.
+- muse (a preset of threshold): MUSE's rule (jaechan-repo/muse_bench knowmem/scripts/
+  get_best_forget_quality.py: per run, the first checkpoint whose forget KnowMem, mean ROUGE-L F1, is
+  <= the retrained model's): forget_metric muse/knowmem_forget (goal min), utility_metric
+  muse/knowmem_retain (goal max, unbounded), forget_target = the retrained model's value, given as
+  forget_target=X or read with forget_target_from=PATH (its eval.json, or the folder holding it).
 Writes best.json in the folder: run, step, checkpoint, metrics, rule, parameters and why it won.
 """
 
@@ -29,6 +34,9 @@ from unlearn.runs import complete_checkpoints
 from unlearn.sweep.grid import RULES, ReportSpec, SelectSpec, flat_metrics
 
 BEST_FILE = "best.json"
+MUSE = (ReportSpec(forget_metric="muse/knowmem_forget", forget_goal="min", utility_metric="muse/knowmem_retain",
+                   utility_goal="max"), SelectSpec(rule="threshold"))
+"""`--rule muse`: MUSE's checkpoint rule as threshold settings (forget_target still to be given)."""
 
 
 @dataclass(frozen=True)
@@ -75,6 +83,8 @@ def choose(cands: list[Candidate], report: ReportSpec, sel: SelectSpec) -> tuple
         raise UserError("selection needs report.forget_metric and report.utility_metric; expected them in the "
                         "grid's report: or as forget_metric=... utility_metric=... words")
     have = [c for c in cands if f in c.metrics and u in c.metrics]
+    if sel.rule == "threshold" and sel.utility_bound is None:  # utility only ranks runs: not required
+        have = [c for c in cands if f in c.metrics]
     if not have:
         raise UserError(f"no evaluated checkpoint has both {f} and {u}")
     sf, su = _better(report.forget_goal), _better(report.utility_goal)
@@ -90,10 +100,11 @@ def choose(cands: list[Candidate], report: ReportSpec, sel: SelectSpec) -> tuple
             closest = max(have, key=lambda c: sf * c.metrics[f])
             raise UserError(f"no checkpoint reaches {f} {'<=' if sf < 0 else '>='} {sel.forget_target} with {u} "
                             f"within {sel.utility_bound}; closest: {closest.run} step {closest.step} "
-                            f"({f}={closest.metrics[f]:.4g}, {u}={closest.metrics[u]:.4g})")
-        best = max(first.values(), key=lambda c: (su * c.metrics[u], -c.step))
+                            f"({f}={closest.metrics[f]:.4g}, {u}={closest.metrics.get(u, math.nan):.4g})")
+        best = max(first.values(), key=lambda c: (u in c.metrics, su * c.metrics.get(u, 0.0), -c.step))
         return best, (f"first checkpoint of its run with {f}={best.metrics[f]:.4g} reaching {sel.forget_target} "
-                      f"and {u}={best.metrics[u]:.4g} within {sel.utility_bound}; best {u} of {len(first)} such runs")
+                      f"and {u}={best.metrics.get(u, math.nan):.4g} within {sel.utility_bound}; best {u} of "
+                      f"{len(first)} such runs")
     front = [c for c, on in zip(have, pareto_front([c.metrics[f] for c in have], [c.metrics[u] for c in have],
                                                    report.forget_goal, report.utility_goal)) if on]
     xs, ys = [sf * c.metrics[f] for c in front], [su * c.metrics[u] for c in front]
@@ -122,11 +133,14 @@ def pareto_front(xs: list[float], ys: list[float], x_goal: str, y_goal: str) -> 
 
 def apply_words(report: ReportSpec, sel: SelectSpec, words: list[str]) -> tuple[ReportSpec, SelectSpec]:
     """`key=value` words set ReportSpec/SelectSpec fields (numbers parsed; weights as k:w,k:w)."""
+    target_from = ""
     for word in words:
         key, sep, value = word.partition("=")
         if not sep:
             raise UserError(f"'{word}' is not key=value; expected e.g. forget_metric=copyright/verbatim_rouge_l")
-        if key in {f.name for f in fields(ReportSpec)}:
+        if key == "forget_target_from":
+            target_from = value
+        elif key in {f.name for f in fields(ReportSpec)}:
             report = replace(report, **{key: value})
         elif key == "weights":
             pairs = [p.rpartition(":") for p in value.split(",") if p]
@@ -135,8 +149,24 @@ def apply_words(report: ReportSpec, sel: SelectSpec, words: list[str]) -> tuple[
             sel = replace(sel, **{key: value if key == "rule" else float(value)})
         else:
             raise UserError(f"'{key}' is not a selection setting; expected one of "
-                            f"{', '.join([f.name for f in fields(ReportSpec)] + [f.name for f in fields(SelectSpec)])}")
+                            f"{', '.join([f.name for f in fields(ReportSpec)] + [f.name for f in fields(SelectSpec)])}"
+                          ", forget_target_from")
+    if target_from:
+        sel = replace(sel, forget_target=target_value(target_from, report.forget_metric))
     return report, sel
+
+
+def target_value(path: str, metric: str) -> float:
+    """`metric` of an eval.json (or of the eval.json in folder `path`): e.g. a retrained model's KnowMem."""
+    file = Path(path) / "eval.json" if Path(path).is_dir() else Path(path)
+    if not file.is_file():
+        raise UserError(f"forget_target_from '{path}' has no eval.json; expected the retrained model's eval.json "
+                        "(launch/evaluate.py MODEL --suite muse ...) or its folder")
+    values = flat_metrics(file)
+    if metric not in values:
+        raise UserError(f"forget_target_from '{file}' has no {metric or 'forget metric'}; it has "
+                        f"{', '.join(sorted(values)) or 'no metrics'}")
+    return values[metric]
 
 
 def best(folder: str | Path, report: ReportSpec, sel: SelectSpec) -> dict[str, Any]:
@@ -171,5 +201,10 @@ def best_for(folder: str | Path, rule: str = "", words: list[str] | None = None)
     if (folder / "tasks.txt").is_file():
         sweep, _ = open_sweep(folder)
         report, sel = sweep.report, sweep.select
+    if rule == "muse":
+        (report, sel), rule = MUSE, "threshold"
     report, sel = apply_words(report, sel, words or [])
+    if rule == "threshold" and sel.forget_target is None and report.forget_metric == MUSE[0].forget_metric:
+        raise UserError("rule muse needs the retrained model's KnowMem on the forget set; expected "
+                        "forget_target_from=RETRAINED/eval.json or forget_target=VALUE")
     return best(folder, report, replace(sel, rule=rule) if rule else sel)
