@@ -12,17 +12,19 @@ from typing import Callable
 
 import torch
 
-from unlearn import losses
+from unlearn import losses, rmu
 from unlearn.errors import UserError
 
 
 @dataclass
 class Forward:
-    """Logits of one micro-batch with its labels; `ref_logits` only when the method needs them."""
+    """Logits of one micro-batch with its labels; `ref_logits` only when the method needs them, and
+    `hidden` (a decoder layer's activations) only for an objective registered with needs_hidden."""
 
     logits: torch.Tensor
     labels: torch.Tensor
     ref_logits: torch.Tensor | None = None
+    hidden: rmu.Hidden | None = None
 
     _nll: torch.Tensor | None = field(default=None, repr=False)
 
@@ -43,25 +45,26 @@ class Objective:
     name: str
     fn: LossFn
     needs_reference: bool
+    needs_hidden: bool = False
 
 
 FORGET: dict[str, Objective] = {}
 RETAIN: dict[str, Objective] = {}
 
 
-def _register(table: dict[str, Objective], name: str, needs_reference: bool):
+def _register(table: dict[str, Objective], name: str, needs_reference: bool, needs_hidden: bool = False):
     def wrap(fn: LossFn) -> LossFn:
-        table[name] = Objective(name, fn, needs_reference)
+        table[name] = Objective(name, fn, needs_reference, needs_hidden)
         return fn
     return wrap
 
 
-def register_forget(name: str, needs_reference: bool = False):
-    return _register(FORGET, name, needs_reference)
+def register_forget(name: str, needs_reference: bool = False, needs_hidden: bool = False):
+    return _register(FORGET, name, needs_reference, needs_hidden)
 
 
-def register_retain(name: str, needs_reference: bool = False):
-    return _register(RETAIN, name, needs_reference)
+def register_retain(name: str, needs_reference: bool = False, needs_hidden: bool = False):
+    return _register(RETAIN, name, needs_reference, needs_hidden)
 
 
 # ----------------------------------------------------------------------------- forget
@@ -121,6 +124,15 @@ def ceu(fwd: Forward, cfg) -> torch.Tensor:
     return losses.soft_target_ce(fwd.logits, target, fwd.labels, skip_first=True)
 
 
+@register_forget("rmu", needs_hidden=True)
+def rmu_forget(fwd: Forward, cfg) -> torch.Tensor:
+    """RMU's forget term (Li et al. 2024, "The WMDP Benchmark"; open-unlearning's RMU): the mean squared
+    distance of decoder layer l's activations on forget tokens to c u, a fixed random unit vector
+    scaled by method.rmu_steering_coeff (2.0). See unlearn.rmu for the reduction."""
+    h = fwd.hidden
+    return rmu.activation_loss(h.policy, h.target, h.mask)
+
+
 # ----------------------------------------------------------------------------- retain
 
 @register_retain("nll")
@@ -133,6 +145,14 @@ def nll(fwd: Forward, cfg) -> torch.Tensor:
 def kl(fwd: Forward, cfg) -> torch.Tensor:
     """KL(reference || policy) over the vocabulary at answer positions, in fp32 (0 at step 0)."""
     return losses.kl_to_reference(fwd.logits, fwd.ref_logits, fwd.labels)
+
+
+@register_retain("rmu", needs_reference=True, needs_hidden=True)
+def rmu_retain(fwd: Forward, cfg) -> torch.Tensor:
+    """RMU's retain term (open-unlearning's EMBED_DIFF): the mean squared distance of layer l's
+    activations on retain tokens to the frozen reference's. Its weight, RMU's alpha, is retain_weight."""
+    h = fwd.hidden
+    return rmu.activation_loss(h.policy, h.reference, h.mask)
 
 
 @register_retain("random_mismatch")
