@@ -157,3 +157,19 @@ def test_resume_uses_the_saved_vector(demo_dir, tmp_path, dist_env, monkeypatch)
     assert torch.equal(made[-1].u, planted)
     assert torch.equal(torch.load(run_dir / "checkpoints" / "step-000004" / "engine" / "state_rank0.pt")["rmu"]["u"],
                        planted)
+
+
+def test_demo_rmu_config_runs_as_shipped(demo_dir, tmp_path, dist_env):
+    """configs/demo_rmu.yaml as shipped, on this session's demo assets and scaled down to 2 steps."""
+    from unlearn.config_io import load_config
+    from unlearn.train.loop import train
+
+    cfg, patch = load_config([str(ROOT / "configs" / "demo_rmu.yaml")], [
+        f"model.name_or_path={demo_dir / 'init'}", f"data.forget={demo_dir / 'forget.txt'}",
+        f"data.retain={demo_dir / 'retain.txt'}", "train.max_steps=2", "train.log_every_n_steps=1", "train.save_engine_state=false",
+        f"run.output_dir={tmp_path}"])
+    assert (cfg.method.forget_loss, cfg.method.retain_loss, cfg.method.schedule) == ("rmu", "rmu", "joint")
+    run_dir = train(cfg, str(ROOT / "ds_configs" / "zero2.json"), patch)
+    forget, retain = scalars(run_dir, "forget/loss"), scalars(run_dir, "retain/loss")
+    assert retain[0] == 0.0 and retain[1] > 0  # the policy equals the reference before the first step
+    assert forget[1] < forget[0]
