@@ -173,3 +173,9 @@ def test_demo_rmu_config_runs_as_shipped(demo_dir, tmp_path, dist_env):
     forget, retain = scalars(run_dir, "forget/loss"), scalars(run_dir, "retain/loss")
     assert retain[0] == 0.0 and retain[1] > 0  # the policy equals the reference before the first step
     assert forget[1] < forget[0]
+
+
+def test_a_bad_rmu_layer_fails_before_the_run_folder_exists(demo_dir, tmp_path, dist_env):
+    with pytest.raises(UserError, match="layer 7 does not exist"):
+        run(demo_dir, tmp_path, "method.forget_loss=rmu")  # open-unlearning's layer 7; the demo has 4
+    assert not (tmp_path / "run").exists()
