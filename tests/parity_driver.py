@@ -41,6 +41,11 @@ METHODS: dict[str, list[str]] = {
     # PDU: lambda moves every step (eps below the retain NLL), joint as in the paper
     "pdu+nll/joint": ["method.forget_loss=pdu", "method.pdu_eps=3.0", "method.pdu_warmup_epochs=0",
                       "method.schedule=joint"],
+    # RMU on the 4-layer model: steer layer 2, train fc2 of layers 1-2; its ZeRO-3 reference is an engine
+    "rmu+rmu/joint": ["method.forget_loss=rmu", "method.retain_loss=rmu", "method.schedule=joint",
+                      "method.rmu_layer=2", "method.rmu_train_layers=[1,2]"],
+    "lora/rmu+rmu": ["model.lora=true", "model.lora_target_modules=[q_proj,fc2]", "method.forget_loss=rmu",
+                     "method.retain_loss=rmu", "method.rmu_layer=2", "method.rmu_train_layers=[1,2]"],
     # lr 3e-3: at 1e-2 Adam amplifies the layouts' float noise to 1e-4 within 6 steps on some CPUs
     "lora/npo+kl/joint": ["model.lora=true", "method.forget_loss=npo", "method.retain_loss=kl",
                           "method.schedule=joint", "optim.lr=3e-3"],

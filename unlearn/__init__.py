@@ -5,6 +5,7 @@ Foundations (every phase imports them; they import no phase):
   sources, data, sets  rows -> samples -> a run's forget/retain sets     distributed  ranks (DistEnv)
   alternates           "I don't know" / column answers to forget prompts (IdkNLL, DPO, IdkDPO)
   losses, methods      loss math and the registry of forget/retain terms  model   policy, LoRA, reference
+  rmu                  RMU's layer taps, vector u and trainable-layer choice
   runs                 a run folder's layout (checkpoints, COMPLETE)      logger  TensorBoard/console
   demo                 the embedded demo (text, tokenizer, tiny OPT)
 Phases (launch/ calls them; a phase uses another only through its entry module):

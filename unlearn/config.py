@@ -110,12 +110,13 @@ class DataConfig:
 @dataclass(frozen=True)
 class MethodConfig:
     forget_loss: str = "ga"
-    """Forget objective: ga | npo | simnpo | wga | satimp | undial | ceu | idknll | dpo | idkdpo | pdu
-    (see unlearn.methods)."""
+    """Forget objective: ga | npo | simnpo | wga | satimp | undial | ceu | idknll | dpo | idkdpo | pdu |
+    rmu (see unlearn.methods)."""
     forget_weight: float = 1.0
     """Weight of the forget objective."""
     retain_loss: str = "nll"
-    """Retain objective: nll (GradDiff) | kl (to the reference model) | none."""
+    """Retain objective: nll (GradDiff) | kl (to the reference model) | rmu (layer activations held
+    to the reference's; RMU's alpha is retain_weight) | none."""
     retain_weight: float = 1.0
     """Weight of the retain objective (forget_loss=pdu: the starting value of its dual variable lambda)."""
     mismatch_weight: float = 0.0
@@ -148,6 +149,19 @@ class MethodConfig:
     PDU.yaml: 1.0). lambda starts at method.retain_weight (their alpha; the paper's runs use 50-100)."""
     pdu_warmup_epochs: float = 5.0
     """PDU: forget-set epochs before lambda starts to move (open-unlearning's PDU.yaml: 5)."""
+    rmu_layer: int = 7
+    """RMU: decoder layer l (0-based) whose output is steered (forget) and held to the reference's
+    (retain) (open-unlearning and the WMDP code: 7 on 32-layer 7B models)."""
+    rmu_steering_coeff: float = 2.0
+    """RMU: c, the length of the target c u of the forget activations (open-unlearning RMU.yaml: 2;
+    the WMDP paper used 6.5 on Zephyr-7B; it should grow with the layer's activation norm)."""
+    rmu_train_layers: tuple[int, ...] = (5, 6, 7)
+    """RMU: decoder layers whose parameters train, all others frozen (WMDP code and open-unlearning's
+    WMDP experiment: 5, 6, 7 = l-2..l); empty = every trainable parameter (open-unlearning RMU.yaml)."""
+    rmu_train_modules: tuple[str, ...] = ("down_proj", "fc2")
+    """RMU: modules inside those layers that train (WMDP: the MLP's output projection, Llama/Mistral
+    down_proj = OPT fc2; OPT's fc2 bias trains too); empty = the whole layers. With LoRA: the adapters
+    on these modules (model.lora_target_modules must include one)."""
     schedule: str = "alternate"
     """alternate: separate forget and retain optimizer steps; joint: one step on the weighted sum."""
     forget_steps_per_cycle: int = 1

@@ -12,19 +12,21 @@ from typing import Callable
 
 import torch
 
-from unlearn import losses
+from unlearn import losses, rmu
 from unlearn.errors import UserError
 
 
 @dataclass
 class Forward:
     """Logits of one micro-batch with its labels; `ref_logits` only when the method needs them;
-    `alt`: the same prompts with alternate answers (methods with an `alternate`, unlearn.alternates)."""
+    `alt`: the same prompts with alternate answers (methods with an `alternate`, unlearn.alternates);
+    `hidden` (a decoder layer's activations) only for an objective registered with needs_hidden."""
 
     logits: torch.Tensor
     labels: torch.Tensor
     ref_logits: torch.Tensor | None = None
     alt: Forward | None = None
+    hidden: rmu.Hidden | None = None
 
     _nll: torch.Tensor | None = field(default=None, repr=False)
 
@@ -49,6 +51,8 @@ class Objective:
     """"" | idk | column: the loss also reads `Forward.alt` (unlearn.alternates builds its samples)."""
     forget_grad: bool = True
     """False: the loss reads only `alt`, so the forget batch's pass runs without a graph (its NLL is logged)."""
+    needs_hidden: bool = False
+    """The loss reads `Forward.hidden` (RMU)."""
 
 
 FORGET: dict[str, Objective] = {}
@@ -62,12 +66,14 @@ def _register(table: dict[str, Objective], name: str, needs_reference: bool, **k
     return wrap
 
 
-def register_forget(name: str, needs_reference: bool = False, alternate: str = "", forget_grad: bool = True):
-    return _register(FORGET, name, needs_reference, alternate=alternate, forget_grad=forget_grad)
+def register_forget(name: str, needs_reference: bool = False, alternate: str = "", forget_grad: bool = True,
+                    needs_hidden: bool = False):
+    return _register(FORGET, name, needs_reference, alternate=alternate, forget_grad=forget_grad,
+                     needs_hidden=needs_hidden)
 
 
-def register_retain(name: str, needs_reference: bool = False):
-    return _register(RETAIN, name, needs_reference)
+def register_retain(name: str, needs_reference: bool = False, needs_hidden: bool = False):
+    return _register(RETAIN, name, needs_reference, needs_hidden=needs_hidden)
 
 
 # ----------------------------------------------------------------------------- forget
@@ -165,6 +171,13 @@ def pdu(fwd: Forward, cfg) -> torch.Tensor:
     predicting answer tokens); we use the predicting positions, as every other loss here. The retain
     weight is PDU's dual variable (unlearn.train.dual)."""
     return losses.logit_margin_flatness(fwd.logits, fwd.labels)
+@register_forget("rmu", needs_hidden=True)
+def rmu_forget(fwd: Forward, cfg) -> torch.Tensor:
+    """RMU's forget term (Li et al. 2024, "The WMDP Benchmark"; open-unlearning's RMU): the mean squared
+    distance of decoder layer l's activations on forget tokens to c u, a fixed random unit vector
+    scaled by method.rmu_steering_coeff (2.0). See unlearn.rmu for the reduction."""
+    h = fwd.hidden
+    return rmu.activation_loss(h.policy, h.target, h.mask)
 
 
 # ----------------------------------------------------------------------------- retain
@@ -179,6 +192,14 @@ def nll(fwd: Forward, cfg) -> torch.Tensor:
 def kl(fwd: Forward, cfg) -> torch.Tensor:
     """KL(reference || policy) over the vocabulary at answer positions, in fp32 (0 at step 0)."""
     return losses.kl_to_reference(fwd.logits, fwd.ref_logits, fwd.labels)
+
+
+@register_retain("rmu", needs_reference=True, needs_hidden=True)
+def rmu_retain(fwd: Forward, cfg) -> torch.Tensor:
+    """RMU's retain term (open-unlearning's EMBED_DIFF): the mean squared distance of layer l's
+    activations on retain tokens to the frozen reference's. Its weight, RMU's alpha, is retain_weight."""
+    h = fwd.hidden
+    return rmu.activation_loss(h.policy, h.reference, h.mask)
 
 
 @register_retain("random_mismatch")

@@ -15,7 +15,7 @@ from typing import Any
 
 import torch
 
-from unlearn import data, distributed, methods, runs
+from unlearn import data, distributed, methods, rmu, runs
 from unlearn import model as models
 from unlearn.config import Config
 from unlearn.distributed import DistEnv
@@ -59,6 +59,11 @@ class Reference:
             else:
                 self.model = ref.to(env.device)
 
+    @property
+    def module(self) -> torch.nn.Module:
+        """The reference network (for layer taps): under LoRA the policy's own, adapters off when it runs."""
+        return self.policy.module if self.model is None else getattr(self.model, "module", self.model)
+
     @torch.no_grad()
     def logits(self, batch: dict[str, torch.Tensor], keep: int = 0) -> torch.Tensor:
         if self.model is None:
@@ -70,7 +75,7 @@ class Reference:
 class Loop:
     def __init__(self, cfg: Config, engine, sets: Sets, tokenizer, env: DistEnv,
                  reference: Reference | None, writer: Writer, run_dir: Path, max_steps: int,
-                 phases: PhaseStates | None = None):
+                 phases: PhaseStates | None = None, steering: rmu.Steering | None = None):
         self.cfg, self.engine, self.sets, self.env = cfg, engine, sets, env
         self.phases = phases or PhaseStates(engine, cfg.optim.phase_state == SEPARATE)
         self.tokenizer, self.reference, self.writer = tokenizer, reference, writer
@@ -79,6 +84,7 @@ class Loop:
         self.retain_obj = methods.retain_objective(cfg.method.retain_loss)
         self.mismatch_obj = methods.RETAIN["random_mismatch"] if cfg.method.mismatch_weight else None
         self.dual = dual.RetainDual(cfg.method) if cfg.method.forget_loss == "pdu" else None
+        self.steering = steering or steering_for(cfg, engine, reference)
 
     def _micro_batches(self, state: State, names: set[str]) -> dict[str, list[dict[str, torch.Tensor]]]:
         """Collated micro-batches per set; mismatch = random answers to this step's forget prompts."""
@@ -125,10 +131,13 @@ class Loop:
 
     def _pass(self, obj: methods.Objective, batch: dict[str, torch.Tensor], grad: bool = True) -> Forward:
         keep = logits_span(batch["labels"])
-        with torch.set_grad_enabled(grad):
+        taps = self.steering if obj.needs_hidden else None  # RMU: decoder layer l's output too
+        with torch.set_grad_enabled(grad), rmu.tap(taps and taps.policy_layer) as hidden:
             logits = _forward(self.engine, batch, keep)
-        ref = self.reference.logits(batch, keep) if obj.needs_reference else None
-        return Forward(logits, batch["labels"][:, -keep:], ref)
+        with rmu.tap(taps and taps.reference_layer) as ref_hidden:
+            ref = self.reference.logits(batch, keep) if obj.needs_reference else None
+        return Forward(logits, batch["labels"][:, -keep:], ref,
+                       hidden=taps.hidden(hidden, ref_hidden, batch["labels"]) if taps else None)
 
     def step(self, state: State) -> dict[str, float]:
         """One optimizer step of the phase that `state.step` falls on; returns its metrics."""
@@ -188,6 +197,13 @@ class Loop:
         return metrics
 
 
+def steering_for(cfg: Config, engine, reference: Reference | None) -> rmu.Steering | None:
+    """RMU's layer taps and vector u when the method has an RMU term."""
+    if not rmu.selected(cfg.method):
+        return None
+    return rmu.Steering(cfg, engine.module, reference.module if reference is not None else None)
+
+
 def set_seed(seed: int, rank: int) -> None:
     import numpy as np
 
@@ -224,6 +240,7 @@ def _checked_inputs(cfg: Config, ds_config: str, ds_patch: dict[str, Any] | None
     model_config = models.load_model_config(cfg.model)
     check_lengths(sets, model_config, cfg)
     models.check_lora_targets(cfg.model, model_config)
+    rmu.check(cfg, model_config)
     max_steps = max_steps_for(cfg, sets)
     return cfg, ds, tokenizer, sets, max_steps
 
@@ -255,6 +272,7 @@ def _train_in(cfg: Config, ds: dict[str, Any], env: DistEnv, run_dir: Path, toke
     checkpoint.remove_partial(run_dir, env)  # .step-*.tmp left by a save that was killed
     dtype = engines.dtype_of(ds)
     policy = models.load_policy(cfg.model, dtype)
+    rmu.restrict_trainable(policy, cfg.method)  # RMU: only the chosen layers train (before ZeRO partitions)
     engine = engines.initialize(policy, ds, cfg, env, max_steps)
     # Training mode always (gradient checkpointing needs it); with model.dropout=false the policy's
     # dropout probabilities are 0 (unlearn.model.zero_dropout), so its passes are deterministic.
@@ -263,7 +281,8 @@ def _train_in(cfg: Config, ds: dict[str, Any], env: DistEnv, run_dir: Path, toke
 
     state = State(streams=make_streams(cfg, sets))
     phases = PhaseStates(engine, cfg.optim.phase_state == SEPARATE)
-    last_saved = resume_from_last(state, engine, cfg, run_dir, env, phases) if resume else -1
+    steering = steering_for(cfg, engine, reference)
+    last_saved = resume_from_last(state, engine, cfg, run_dir, env, phases, steering) if resume else -1
     # On resume, events past the restored step (logged before the crash) are dropped, so curves
     # do not double back; a resume without a checkpoint drops them all.
     writer = Writer(run_dir / "tb", env, purge_step=state.step + 1 if resume else None)
@@ -271,7 +290,7 @@ def _train_in(cfg: Config, ds: dict[str, Any], env: DistEnv, run_dir: Path, toke
         trainable, total = models.count_parameters(engine.module)
         print(f"run {run_dir} | {engines.describe(engine)} | {trainable:,}/{total:,} trainable params | "
               f"forget {len(sets.forget)} retain {len(sets.retain)} samples | {max_steps} steps", flush=True)
-    loop = Loop(cfg, engine, sets, tokenizer, env, reference, writer, run_dir, max_steps, phases)
+    loop = Loop(cfg, engine, sets, tokenizer, env, reference, writer, run_dir, max_steps, phases, steering)
     t = cfg.train
 
     def save() -> None:
@@ -280,7 +299,8 @@ def _train_in(cfg: Config, ds: dict[str, Any], env: DistEnv, run_dir: Path, toke
             return
         checkpoint.save(engine, tokenizer, cfg, run_dir, state.step, env, state.client_state(),
                         engine_state=t.save_engine_state,
-                        rank_state={"phase_state": phases.state_dict()} if phases.separate else None)
+                        rank_state={**({"phase_state": phases.state_dict()} if phases.separate else {}),
+                                    **({"rmu": steering.state_dict()} if steering else {})} or None)
         checkpoint.prune(run_dir, t.keep_last_n, env)
         last_saved = state.step
 

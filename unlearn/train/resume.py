@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from unlearn import data, runs
+from unlearn import data, rmu, runs
 from unlearn.config import Config
 from unlearn.distributed import DistEnv
 from unlearn.train import checkpoint
@@ -54,9 +54,9 @@ class State:
 
 
 def resume_from_last(state: State, engine, cfg: Config, run_dir: Path, env: DistEnv,
-                     phases: PhaseStates | None = None) -> int:
-    """Restore engine, RNG, `state` and the per-phase optimizer moments from the newest complete
-    checkpoint; returns its step (-1: none)."""
+                     phases: PhaseStates | None = None, steering: rmu.Steering | None = None) -> int:
+    """Restore engine, RNG, `state`, the per-phase optimizer moments and RMU's vector u from the
+    newest complete checkpoint; returns its step (-1: none)."""
     last = runs.complete_checkpoints(run_dir)
     if not last:
         say(env, f"--resume: no complete checkpoint in {run_dir}, starting at step 0")
@@ -65,8 +65,11 @@ def resume_from_last(state: State, engine, cfg: Config, run_dir: Path, env: Dist
     if changed:
         say(env, f"warning: resuming {last[-1].name} with changed settings: {', '.join(changed)}")
     state.restore(checkpoint.load_for_resume(engine, last[-1], env))
+    rank_state = checkpoint.load_rank_state(last[-1], env)
     if phases is not None:
-        phases.load_state_dict(checkpoint.load_rank_state(last[-1], env).get("phase_state", {}))
+        phases.load_state_dict(rank_state.get("phase_state", {}))
+    if steering is not None:
+        steering.load_state_dict(rank_state.get("rmu", {}))
     say(env, f"resumed from {last[-1]} at step {state.step}")
     return state.step
 
