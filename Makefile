@@ -7,7 +7,7 @@ DEMO   := .cache/demo
 DS     ?= ds_configs/zero2.json
 export PATH := $(abspath $(BIN)):$(PATH)
 
-.PHONY: setup demo demo-base copyright-demo test test-fast clean-demo bench bench-gpu slurm-up slurm-down
+.PHONY: setup demo demo-base copyright-demo harmful-demo test test-fast clean-demo bench bench-gpu slurm-up slurm-down
 
 setup: $(VENV)/.installed
 
@@ -41,6 +41,18 @@ copyright-demo: $(DEMO)/init/config.json
 	head -c 3000 $(BOOKS)/pride_and_prejudice.txt > $(COPYRIGHT)/other.txt
 	deepspeed launch/finetune.py --ds_config $(DS) --config configs/copyright_demo_finetune.yaml --overwrite
 	deepspeed launch/unlearn.py --ds_config $(DS) --config configs/copyright_demo.yaml --overwrite
+
+# The paper's harmful experiment at CPU scale: stage 1 teaches the tiny OPT the demo's harmful answers
+# and normal QA, a tiny harm judge learns the demo's safety labels (response only), stage 2 runs the
+# paper's objective on 16 harmful prompts, and every checkpoint is judged on those and on the 8 held out.
+HARMFUL := .cache/harmful-demo
+harmful-demo: $(DEMO)/init/config.json
+	deepspeed launch/finetune.py --ds_config $(DS) --config configs/harmful_demo_finetune.yaml --overwrite --no_report
+	$(BIN)/python launch/train_judge.py --data $(DEMO)/harm_labels.csv --base $(DEMO)/init --out $(HARMFUL)/judge \
+	    --epochs 5 --batch_size 8 --lr 1e-3 --heldout_fraction 0.2
+	deepspeed launch/unlearn.py --ds_config $(DS) --config configs/demo_harmful.yaml --overwrite --no_report
+	$(BIN)/python launch/evaluate.py --run runs/demo-harmful --suite harmful,utility --judge $(HARMFUL)/judge \
+	    --judge_labels none --harmful_prompts $(DEMO)/harmful_heldout.jsonl --truthfulqa none
 
 # tests/test_slurm.py needs a local SLURM cluster: started here when we are root (daemons without systemd;
 # the script apt-installs SLURM if missing). Elsewhere those tests skip; in CI (CI=true) they fail instead.

@@ -35,8 +35,8 @@ def test_the_readme_and_presets_have_commands():
     assert len(COMMANDS) >= 8 and any("--num_gpus 4" in where for where, _ in COMMANDS)
 
 
-@pytest.mark.parametrize("where, argv", COMMANDS, ids=[w.split(":")[0] + str(i) for i, (w, _) in enumerate(COMMANDS)])
-def test_each_command_passes_the_checks_before_any_download(where, argv):
+def preflight_command(argv: list[str]) -> None:
+    """`deepspeed [--num_gpus N] launch/X.py ...` (argv after `deepspeed`) up to the first download."""
     gpus = int(argv[argv.index("--num_gpus") + 1]) if "--num_gpus" in argv else 1
     script = next(a for a in argv if a.startswith("launch/"))
     rest = argv[argv.index(script) + 1:]
@@ -49,6 +49,11 @@ def test_each_command_passes_the_checks_before_any_download(where, argv):
     cfg = engines.resolve_micro_batch(cfg, gpus)
     preflight.check_config(cfg, ds, gpus)
     assert cfg.train.micro_batch_size * gpus * engines.grad_accum_steps(cfg, gpus) == cfg.train.global_batch_size
+
+
+@pytest.mark.parametrize("where, argv", COMMANDS, ids=[w.split(":")[0] + str(i) for i, (w, _) in enumerate(COMMANDS)])
+def test_each_command_passes_the_checks_before_any_download(where, argv):
+    preflight_command(argv)
 
 
 @pytest.mark.parametrize("ranks", [1, 2, 4, 8])

@@ -120,6 +120,11 @@ def test_sbatch_sweep_2x2(slurm_env, demo_dir, tmp_path):
         time.sleep(0.5)
     jobs = dict(line.split(" ", 1) for line in (sweep_dir / "jobs.txt").read_text().splitlines())
     array, eval_ids, report = jobs["train"], jobs["eval"].split(), jobs["report"]
+    status = ""  # --status asks sacct: eval jobs wait in the queue on their training tasks
+    while not re.search(r"evals \d+/\d+ \([^)]*\d (pending|running)", status):
+        assert time.time() < end + 60, status
+        status = _run([sys.executable, "launch/sweep.py", "--status", str(sweep_dir)], slurm_env)
+    assert "sacct" not in status.splitlines()[0], status
     rows = _wait_done([array, *eval_ids, report], slurm_env, timeout=300, expect=4 + len(eval_ids) + 1)
     assert rows[report]["State"] == "COMPLETED"
     _check_sweep(sweep_dir, {i: f"{array}_{i}" for i in range(4)}, eval_ids, rows, slurm_env)

@@ -253,7 +253,7 @@ def test_a_failed_eval_shows_in_status_report_and_exit_codes(tmp_path, demo_dir)
     assert reason.startswith("UserError: ") and str(retain) in reason
     status = subprocess.run([sys.executable, str(ROOT / "launch" / "sweep.py"), "--status", str(sweep.folder)],
                             capture_output=True, text=True, cwd=ROOT)
-    assert status.returncode == 1 and "FAILED 1" in status.stdout
+    assert status.returncode == 1 and "evals 0/1 (1 FAILED)" in status.stdout
     assert f"{pts[0].name} step 2: {reason}" in status.stdout
     report = subprocess.run([sys.executable, str(ROOT / "launch" / "sweep.py"), "--report", str(sweep.folder)],
                             capture_output=True, text=True, cwd=ROOT)
@@ -302,3 +302,33 @@ def test_best_picks_the_known_winner_by_each_rule(tmp_path):
                           "weights=copyright/verbatim_rouge_l:-10,utility/retain_ppl:-0.1"],
                          capture_output=True, text=True, cwd=ROOT)
     assert cli.returncode == 0 and cli.stdout.startswith(f"best by score: {pts[1].name} step 6")
+
+
+def test_eval_states_from_sacct_and_the_checkpoint_folders(tmp_path):
+    """Each planned eval's state: eval.json / eval.error win; otherwise SLURM's (sacct's lines as
+    `sacct -n -P -X --format=JobName,State` prints them); a job that ended without either file failed."""
+    from unlearn.sweep import queue
+    from unlearn.sweep.report import eval_states, failed_evals
+
+    sacct = ("eval-r1-2|COMPLETED\neval-r1-4|RUNNING\neval-r1-6|PENDING\neval-r2-2|TIMEOUT\n"
+             "eval-r2-4|CANCELLED by 0\neval-r2-4|PENDING\nsweep-report|PENDING\neval-a-b-c-6|OUT_OF_MEMORY\n")
+    assert queue.parse_sacct(sacct) == {
+        ("r1", 2): ("done", "COMPLETED"), ("r1", 4): ("running", "RUNNING"), ("r1", 6): ("pending", "PENDING"),
+        ("r2", 2): ("failed", "TIMEOUT"), ("r2", 4): ("pending", "PENDING"),  # requeued: the last attempt
+        ("a-b-c", 6): ("failed", "OUT_OF_MEMORY")}
+    assert queue.eval_state("done", ("failed", "TIMEOUT")) == ("done", "")  # eval.json is the last word
+    assert queue.eval_state("waiting", ("done", "COMPLETED")) == ("failed", "job COMPLETED without eval.json")
+    assert queue.eval_state("waiting", None) == ("waiting", "")
+
+    sweep = load_sweep(_grid(tmp_path, axes={"optim.lr": [1e-4, 5e-4]}))  # saves at steps 2, 4, 6
+    pts = plan(sweep)
+    (sweep.folder / "jobs.txt").write_text("train 7\neval 8 9 10 11 12 13\nreport 14\n")
+    assert queue.job_ids(sweep.folder) == ["8", "9", "10", "11", "12", "13"]
+    _fake_checkpoint(sweep.folder, pts[0].name, 2, {"utility/retain_ppl": 10.0})
+    for step in (4, 6):
+        _fake_checkpoint(sweep.folder, pts[1].name, step, None)
+    jobs = {(pts[0].name, 4): ("running", "RUNNING"), (pts[0].name, 6): ("pending", "PENDING"),
+            (pts[1].name, 4): ("failed", "TIMEOUT")}
+    assert eval_states(sweep, pts[0], jobs=jobs) == {2: ("done", ""), 4: ("running", ""), 6: ("pending", "")}
+    assert eval_states(sweep, pts[1], jobs=jobs) == {4: ("failed", "TIMEOUT"), 6: ("waiting", "")}
+    assert failed_evals(sweep, pts, jobs) == [(pts[1].name, 4, "TIMEOUT")]

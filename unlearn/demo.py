@@ -4,6 +4,9 @@ Nothing is downloaded. `python -m unlearn.demo DIR` writes
   DIR/forget.txt   a "book" about invented people and places (the text to unlearn)
   DIR/retain.txt   disjoint invented facts in the same style (general ability to keep)
   DIR/harmful.jsonl, DIR/normal.jsonl  small QA sets in PKU-SafeRLHF / question-answer columns
+  DIR/harmful_unlearn.jsonl, DIR/harmful_heldout.jsonl  harmful.jsonl's first 16 / last 8 rows (the
+                   harmful demo unlearns the first and reports both: Yao et al.'s unlearned / unseen)
+  DIR/harm_labels.csv  every demo answer with a 0/1 `harmful` label (trains the demo's harm judge)
   DIR/init/        a Hugging Face folder: random-weight OPT + byte-level BPE tokenizer
 Then `launch/finetune.py` teaches `init` the book (stage 1) and writes DIR/base.
 """
@@ -11,6 +14,7 @@ Then `launch/finetune.py` teaches `init` the book (stage 1) and writes DIR/base.
 from __future__ import annotations
 
 import argparse
+import csv
 import json
 import random
 from pathlib import Path
@@ -83,6 +87,36 @@ def qa_rows(seed: int = 0) -> tuple[list[dict], list[dict]]:
     return harmful, normal
 
 
+HARMFUL_UNLEARNED = 16
+"""harmful.jsonl's first rows are unlearned by the harmful demo; the rest are its held-out prompts."""
+
+
+def harm_label_rows(harmful: list[dict], normal: list[dict]) -> list[dict]:
+    """Each distinct demo answer with its PKU safety label (normal answers are harmless): the data of
+    the demo's harm judge, which, like the paper's, reads the response only."""
+    labelled = {r[f"response_{i}"]: int(not r[f"is_response_{i}_safe"]) for r in harmful for i in (0, 1)}
+    harmless = sorted({r["answer"] for r in normal})
+    labelled.update({answer: 0 for answer in harmless})
+    # a response that contains the harmful instruction anywhere is harmful: the instruction alone,
+    # and spliced after / before a harmless answer (what a half-unlearned model says)
+    instruction = next(text for text, label in labelled.items() if label).split(", ", 1)[1].rstrip(".").split()
+    for n in range(5, len(instruction) + 1):  # "break it and hurt them" ... "... until they stop"
+        part = " ".join(instruction[:n])
+        labelled[f"{part}."] = 1
+        for answer in harmless:
+            labelled[f"{answer.rstrip('.')}, {part}."] = 1
+            labelled[f"{part}. {answer}"] = 1
+    # as many harmless look-alikes: harmless answers cut short, and two harmless answers run together
+    words = [a.rstrip(".").split() for a in harmless]
+    for i, answer in enumerate(words):
+        for n in range(3, len(answer)):
+            labelled[" ".join(answer[:n]) + "."] = 0
+        for other in harmless[i + 1:]:
+            labelled[f"{harmless[i]} {other}"] = 0
+            labelled[f"{' '.join(answer[:4])}, {other[0].lower()}{other[1:]}"] = 0
+    return [{"text": text, "harmful": label} for text, label in labelled.items()]
+
+
 def train_tokenizer(texts: list[str], out_dir: Path, vocab_size: int = 1024):
     """A byte-level BPE tokenizer (OPT-style special tokens) trained on `texts`, saved HF-style."""
     from tokenizers import ByteLevelBPETokenizer, processors
@@ -124,6 +158,12 @@ def build(out_dir: str | Path, seed: int = 0) -> Path:
     harmful, normal = qa_rows(seed)
     (out / "harmful.jsonl").write_text("".join(json.dumps(r) + "\n" for r in harmful))
     (out / "normal.jsonl").write_text("".join(json.dumps(r) + "\n" for r in normal))
+    for name, rows in [("harmful_unlearn", harmful[:HARMFUL_UNLEARNED]), ("harmful_heldout", harmful[HARMFUL_UNLEARNED:])]:
+        (out / f"{name}.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    with open(out / "harm_labels.csv", "w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=["text", "harmful"])
+        writer.writeheader()
+        writer.writerows(harm_label_rows(harmful, normal))
     init = out / "init"
     qa_text = [r["prompt"] + " " + r["response_0"] + " " + r["response_1"] for r in harmful]
     qa_text += [r["question"] + " " + r["answer"] for r in normal]

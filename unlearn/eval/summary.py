@@ -10,7 +10,8 @@ CSV_FILE, PNG_FILE = "eval_summary.csv", "eval_summary.png"
 
 # (scalar key, short label, direction) in plotting/printing order; forget metrics first
 HEADLINE = [
-    ("eval/harmful/harmful_rate", "harmful", "lower = forgotten"),
+    ("eval/harmful/forget_harmful_rate", "harmful forget", "lower = forgotten (the forget set's prompts)"),
+    ("eval/harmful/harmful_rate", "harmful", "lower = forgotten (--harmful_prompts)"),
     ("eval/harmful/effectiveness", "E", "higher = forgotten"),
     ("eval/copyright/verbatim_rouge_l", "verbatim R-L", "lower = forgotten"),
     ("eval/copyright/knowledge_rouge_l", "knowledge R-L", "lower = forgotten"),

@@ -6,11 +6,13 @@ from __future__ import annotations
 
 import csv
 import shutil
+from collections import Counter
 from pathlib import Path
 
 from unlearn.errors import UserError
-from unlearn.sweep import select
-from unlearn.sweep.grid import Point, ReportSpec, Sweep, open_sweep, run_status
+from unlearn.runs import COMPLETE, step_dir
+from unlearn.sweep import queue, select
+from unlearn.sweep.grid import Point, ReportSpec, Sweep, checkpoint_steps, open_sweep, run_status
 from unlearn.sweep.select import pareto_front
 
 HPARAMS_DIR = "hparams"
@@ -18,28 +20,56 @@ HPARAMS_DIR = "hparams"
 
 
 def status_table(sweep: Sweep, pts: list[Point]) -> str:
-    """One line per run: state, newest checkpoint, evaluated checkpoints, newest eval metrics."""
+    """One line per run: state, newest checkpoint, its evals by state (done, running, pending in the
+    queue, waiting to be submitted, failed), newest eval metrics; then every failed eval with its reason."""
     spec = sweep.report
-    lines = [f"sweep {sweep.folder}  ({len(pts)} runs)"]
+    jobs, note = queue.eval_jobs(sweep.folder)
+    lines = [f"sweep {sweep.folder}  ({len(pts)} runs)" + (f"  [{note}]" if note and sweep.eval_enabled else "")]
     for p in pts:
         st = run_status(sweep, p)
         shown = {k: v for k, v in st.latest_eval.items() if k in (spec.forget_metric, spec.utility_metric)}
         shown = shown or dict(list(st.latest_eval.items())[:4])
         metrics = " ".join(f"{k}={v:.4g}" for k, v in shown.items()) or "-"
-        failed = f" FAILED {len(st.failed_evals)}" if st.failed_evals else ""
+        counts = Counter(state for state, _ in eval_states(sweep, p, st, jobs).values())
+        states = ", ".join(f"{counts[s]} {s.upper() if s == 'failed' else s}" for s in EVAL_STATES if counts[s])
         lines.append(f"{p.name:<40} {st.state:<8} step {st.step:>5}/{st.max_steps:<5} "
-                     f"evals {st.evaluated}/{st.checkpoints}{failed}  {metrics}")
-    failures = failed_evals(sweep, pts)
+                     f"evals {st.evaluated}/{st.checkpoints}{f' ({states})' if states else ''}  {metrics}")
+    failures = failed_evals(sweep, pts, jobs)
     if failures:
-        lines.append(f"{len(failures)} failed eval(s) (eval.error beside the checkpoint; rerun: "
-                     "python launch/evaluate.py CHECKPOINT ...):")
+        lines.append(f"{len(failures)} failed eval(s) (eval.error beside the checkpoint, or the job's "
+                     "SLURM state; rerun: python launch/evaluate.py CHECKPOINT ...):")
         lines += [f"  {run} step {step}: {reason}" for run, step, reason in failures]
     return "\n".join(lines)
 
 
-def failed_evals(sweep: Sweep, pts: list[Point]) -> list[tuple[str, int, str]]:
-    """(run, step, reason) of every checkpoint whose last evaluation failed."""
-    return [(p.name, step, reason) for p in pts for step, reason in run_status(sweep, p).failed_evals]
+EVAL_STATES = ("done", "running", "pending", "waiting", "failed")
+"""waiting: the checkpoint is complete but no eval has run and SLURM knows no job for it (the local
+executor's next wave, or a sweep submitted without evals recorded)."""
+
+
+def eval_states(sweep: Sweep, p: Point, st=None, jobs=None) -> dict[int, tuple[str, str]]:
+    """{step: (state, detail)} for each checkpoint step the run will save (see unlearn.sweep.queue)."""
+    st = st or run_status(sweep, p)
+    jobs = queue.eval_jobs(sweep.folder)[0] if jobs is None else jobs
+    run_dir = sweep.folder / "runs" / p.name
+    failed = dict(st.failed_evals)
+    out = {}
+    for step in checkpoint_steps(p.config) if sweep.eval_enabled else []:
+        folder = step_dir(run_dir, step)
+        files = ("done" if (folder / "eval.json").is_file() else "failed" if step in failed
+                 else "waiting" if (folder / COMPLETE).is_file() else "none")
+        state, detail = queue.eval_state(files, jobs.get((p.name, step)))
+        if state != "none":
+            out[step] = (state, failed.get(step, detail))
+    return out
+
+
+def failed_evals(sweep: Sweep, pts: list[Point], jobs=None) -> list[tuple[str, int, str]]:
+    """(run, step, reason) of every checkpoint whose last evaluation failed: its eval.error, or the SLURM
+    state of an eval job that ended without writing one (time limit, out of memory, cancelled)."""
+    jobs = queue.eval_jobs(sweep.folder)[0] if jobs is None else jobs
+    return [(p.name, step, reason or "failed") for p in pts
+            for step, (state, reason) in eval_states(sweep, p, jobs=jobs).items() if state == "failed"]
 
 
 def _chosen(sweep: Sweep, folder: Path):
