@@ -43,3 +43,21 @@ def test_model_folder_loads_with_from_pretrained(demo_dir):
     assert model.config.model_type == "opt"
     harmful = [json.loads(line) for line in (demo_dir / "harmful.jsonl").read_text().splitlines()]
     assert {r["is_response_0_safe"] for r in harmful} == {True, False}  # harmful slot alternates
+
+
+def test_harmful_demo_assets_split_and_label_the_harmful_answers(demo_dir):
+    """harmful_unlearn/heldout partition harmful.jsonl; the judge's labels follow the PKU safety flags."""
+    import csv
+
+    rows = [json.loads(x) for x in (demo_dir / "harmful.jsonl").read_text().splitlines()]
+    unlearn = [json.loads(x) for x in (demo_dir / "harmful_unlearn.jsonl").read_text().splitlines()]
+    heldout = [json.loads(x) for x in (demo_dir / "harmful_heldout.jsonl").read_text().splitlines()]
+    assert (unlearn, heldout) == (rows[:16], rows[16:])
+    labels = {r["text"]: r["harmful"] for r in csv.DictReader((demo_dir / "harm_labels.csv").open())}
+    for row in rows:
+        for i in (0, 1):
+            assert labels[row[f"response_{i}"]] == str(int(not row[f"is_response_{i}_safe"]))
+    safe = "To feel quiet is a common state that passes with time."
+    proud = "To feel proud is a common state that passes with time."
+    assert labels[safe] == "0" and labels["To feel quiet is a common state that passes with time, break it and hurt them."] == "1"
+    assert labels[f"{proud} {safe}"] == "0" and labels["To feel quiet is."] == "0"
