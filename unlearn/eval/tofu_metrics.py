@@ -1,0 +1,83 @@
+"""TOFU's metrics as formulas over per-answer numbers (no model here), as open-unlearning computes them
+after its truth-ratio fix (PR #163; src/evals/metrics/memorization.py, privacy.py, utility.py and
+utils.py::evaluate_probability; metric wiring in configs/eval/tofu_metrics/*.yaml). TOFU: Maini et al.
+2024, "TOFU: A Task of Fictitious Unlearning for LLMs".
+
+Per answer the model gives `avg_loss` = mean NLL (nats) over the answer's tokens, EOS included, and
+`prob` = exp(-avg_loss) (length-normalised probability). Then, per question:
+- probability:            prob of the answer; the metric is the mean over questions.
+- probability_w_options:  prob(answer) / (prob(answer) + sum of the perturbed answers' probs + 1e-10),
+                          TOFU's "probability over the options" on real authors and world facts.
+- truth ratio:            tr = exp(-mean of the perturbed answers' avg_loss) / (exp(-avg_loss of the true
+                          answer) + 1e-10): the geometric mean of the perturbed answers' probs over the
+                          true (paraphrased on forget/retain, original on real authors/world facts) one.
+  aggregated `closer_to_1_better` = mean(min(tr, 1/(tr + 1e-10))) on the forget set, and
+  `true_better` = mean(max(0, 1 - tr)) elsewhere.
+- forget quality:         the two-sample Kolmogorov-Smirnov p-value (scipy.stats.ks_2samp, two-sided,
+                          its default exact/asymptotic choice) between the forget-set truth ratios of the
+                          model and of a retain model (trained without the forget set).
+- model utility:          the harmonic mean (scipy.stats.hmean) of the nine retain / real-authors /
+                          world-facts numbers in MODEL_UTILITY.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Sequence
+
+import numpy as np
+
+EPS = 1e-10
+"""open-unlearning's guard in every ratio (truth ratio, probability over options, 1/tr)."""
+
+MODEL_UTILITY = ("retain_Q_A_Prob", "retain_Q_A_ROUGE", "retain_Truth_Ratio",
+                 "ra_Q_A_Prob_normalised", "ra_Q_A_ROUGE", "ra_Truth_Ratio",
+                 "wf_Q_A_Prob_normalised", "wf_Q_A_ROUGE", "wf_Truth_Ratio")
+"""The nine numbers of model_utility, by open-unlearning's metric names (configs/eval/tofu_metrics/model_utility.yaml)."""
+
+SUMMARY = ("forget_quality", "forget_truth_ratio", "forget_Q_A_Prob", "forget_Q_A_ROUGE", "model_utility")
+"""Keys of open-unlearning's TOFU_SUMMARY.json (configs/eval/tofu.yaml) that this suite computes; its
+other two, privleak and extraction_strength, are not computed here."""
+
+
+def prob_of(avg_loss: float | Sequence[float]) -> float | list[float]:
+    """Length-normalised probability exp(-avg_loss) of one answer (or of each of several)."""
+    if isinstance(avg_loss, (int, float)):
+        return math.exp(-avg_loss)
+    return [math.exp(-x) for x in avg_loss]
+
+
+def truth_ratio(true_avg_loss: float, false_avg_losses: Sequence[float]) -> float:
+    """tr = exp(-mean_i false_avg_loss_i) / (exp(-true_avg_loss) + 1e-10) for one question."""
+    return math.exp(-float(np.mean(false_avg_losses))) / (math.exp(-true_avg_loss) + EPS)
+
+
+def closer_to_1_better(ratios: Sequence[float]) -> float:
+    """Forget-set truth ratio: mean(min(tr, 1/tr)); 1 = true and false answers equally likely."""
+    tr = np.asarray(ratios, dtype=float)
+    return float(np.mean(np.minimum(tr, 1.0 / (tr + EPS))))
+
+
+def true_better(ratios: Sequence[float]) -> float:
+    """Retain / real-authors / world-facts truth ratio: mean(max(0, 1 - tr)); 1 = the true answer dominates."""
+    tr = np.asarray(ratios, dtype=float)
+    return float(np.mean(np.maximum(0.0, 1.0 - tr)))
+
+
+def prob_over_options(true_prob: float, false_probs: Sequence[float]) -> float:
+    """prob(answer) / (prob(answer) + sum of the perturbed answers' probs + 1e-10)."""
+    return true_prob / (true_prob + float(np.sum(false_probs)) + EPS)
+
+
+def forget_quality(model_ratios: Sequence[float], retain_model_ratios: Sequence[float]) -> float:
+    """KS-test p-value between the forget-set truth ratios of the model and of the retain model."""
+    from scipy.stats import ks_2samp  # scipy: the test TOFU and open-unlearning use
+
+    return float(ks_2samp(np.asarray(model_ratios, dtype=float), np.asarray(retain_model_ratios, dtype=float)).pvalue)
+
+
+def model_utility(values: dict[str, float]) -> float:
+    """Harmonic mean of the given numbers (open-unlearning's hm_aggregate: scipy.stats.hmean)."""
+    from scipy.stats import hmean
+
+    return float(hmean(list(values.values())))
