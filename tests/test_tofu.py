@@ -172,3 +172,94 @@ def test_bad_split_names_are_one_line_errors(tmp_path, demo_dir, shared_data):
     with pytest.raises(UserError, match="TOFU split 'forget01_perturbed' not found in"):
         evaluate_checkpoint(ckpt, EvalOptions(tofu_data=str(tmp_path), **FAST))
     assert tofu.load_split(str(shared_data / "tofu"), "retain_perturbed") is None
+
+
+# ----------------------------------------------------------------------------- sweeps
+
+def test_a_tofu_grid_reports_forget_quality_against_model_utility_by_default(tmp_path):
+    import csv
+
+    import yaml
+
+    from tests.test_sweep_grid import _fake_checkpoint
+    from unlearn.sweep.grid import load_sweep, plan
+    from unlearn.sweep.report import write_report
+
+    doc = {"name": "t", "output_dir": str(tmp_path / "sweeps"), "base": {"train": {"max_steps": 2}},
+           "axes": {"method.forget_loss": ["ga", "npo", "simnpo"]},
+           "eval": {"args": ["--suite", "tofu", "--tofu_forget", "forget01", "--retain_model", "retain/eval.json"]}}
+    (tmp_path / "grid.yaml").write_text(yaml.safe_dump(doc))
+    sweep = load_sweep(tmp_path / "grid.yaml")
+    assert (sweep.report.forget_metric, sweep.report.forget_goal) == ("tofu/forget_quality", "max")
+    assert (sweep.report.utility_metric, sweep.report.utility_goal) == ("tofu/model_utility", "max")
+    pts = plan(sweep)
+    # (forget quality, model utility): ga (0.9, 0.1) and npo (0.5, 0.4) are both on the front; simnpo
+    # (0.4, 0.3) is dominated by npo
+    for p, (fq, mu) in zip(pts, [(0.9, 0.1), (0.5, 0.4), (0.4, 0.3)]):
+        _fake_checkpoint(sweep.folder, p.name, 2, {"tofu/forget_quality": fq, "tofu/model_utility": mu})
+    csv_path, png = write_report(sweep, pts)
+    assert [r["pareto"] for r in csv.DictReader(csv_path.open())] == ["1", "1", "0"]
+    assert png is not None
+    with pytest.raises(UserError, match="unknown; expected one of forget01"):
+        from unlearn.eval.job import check_args  # the eval args are checked by evaluate.py's parser at planning
+
+        check_args(["--suite", "tofu", "--tofu_forget", "forget20"])
+
+
+# ----------------------------------------------------------------------------- configs/tofu
+
+SPLITS = {"forget01": "retain99", "forget05": "retain95", "forget10": "retain90"}
+
+
+@pytest.mark.parametrize("split", sorted(SPLITS))
+@pytest.mark.parametrize("loss", ["ga", "npo", "simnpo"])
+def test_every_unlearning_preset_passes_preflight(split, loss):
+    from tests.conftest import ROOT
+    from unlearn.config_io import load_config
+    from unlearn.train import engine as engines
+    from unlearn.train import preflight
+
+    tofu_dir = ROOT / "configs" / "tofu"
+    cfg, patch = load_config([str(tofu_dir / f) for f in ("unlearn.yaml", f"{split}.yaml", f"{loss}.yaml")])
+    ds = engines.read_ds_config(ROOT / "ds_configs" / "zero2.json", patch)
+    preflight.check_config(engines.resolve_micro_batch(cfg, 1), ds, 1)
+    d = cfg.data
+    assert (d.forget, d.forget_subset, d.retain_subset) == (tofu.HUB_ID, split, SPLITS[split])
+    assert d.forget_revision == d.retain_revision == tofu.HUB_REVISION
+    assert cfg.method.forget_loss == loss and cfg.train.epochs == 10 and cfg.train.global_batch_size == 32
+    n_forget = {"forget01": 40, "forget05": 200, "forget10": 400}[split]
+    assert cfg.optim.warmup_steps == math.ceil(n_forget / 32)  # one epoch, as open-unlearning's warmup_epochs: 1
+
+
+@pytest.mark.parametrize("retain", ["retain90", "retain95", "retain99"])
+def test_retain_models_train_on_the_retain_split_only(retain):
+    from tests.conftest import ROOT
+    from unlearn.config import FINETUNE_DEFAULTS
+    from unlearn.config_io import load_config
+
+    tofu_dir = ROOT / "configs" / "tofu"
+    cfg, _ = load_config([str(tofu_dir / "finetune.yaml"), str(tofu_dir / f"{retain}.yaml")],
+                         defaults=FINETUNE_DEFAULTS)
+    assert (cfg.data.retain, cfg.data.retain_subset, cfg.method.forget_loss) == (tofu.HUB_ID, retain, "none")
+    assert cfg.run.export_dir != load_config([str(tofu_dir / "finetune.yaml")])[0].run.export_dir
+
+
+def test_local_tofu_files_train_on_answer_tokens_only(shared_data, demo_dir):
+    """The presets' data with the README's local-file override: question/answer rows, labels on the answer + EOS."""
+    from transformers import AutoTokenizer
+
+    from tests.conftest import ROOT
+    from unlearn import data
+    from unlearn.config_io import load_config
+
+    tofu_dir = ROOT / "configs" / "tofu"
+    cfg, _ = load_config([str(tofu_dir / "unlearn.yaml"), str(tofu_dir / "forget01.yaml")],
+                         [f"data.forget={shared_data / 'tofu' / 'forget01.json'}"])
+    tok = AutoTokenizer.from_pretrained(demo_dir / "init")
+    samples = data.build_samples(cfg.data.forget, "forget", tok, cfg.data)
+    assert len(samples) == 40
+    row = json.loads((shared_data / "tofu" / "forget01.json").read_text())[0]
+    labelled = [t for t in samples[0]["labels"] if t != data.IGNORE]
+    assert labelled == tok(" " + row["answer"], add_special_tokens=False)["input_ids"] + [tok.eos_token_id]
+    assert tok.decode(samples[0]["input_ids"][:len(samples[0]["input_ids"]) - len(labelled)],
+                      skip_special_tokens=True) == f"Question: {row['question']}\nAnswer:"

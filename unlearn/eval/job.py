@@ -149,6 +149,9 @@ def check_args(args: list[str]) -> None:
         raise UserError(f"eval args {' '.join(args)!r}: {exc}; expected launch/evaluate.py options, one list "
                         "item per word (quote a comma list in YAML: [--suite, \"harmful,utility\"])") from None
     parse_suites(parsed.suite)
+    from unlearn.eval.tofu_metrics import check_forget_split
+
+    check_forget_split(parsed.tofu_forget)
 
 
 def evaluate_checkpoint(ckpt: str | Path, opts: EvalOptions) -> dict:

@@ -47,7 +47,6 @@ from unlearn.eval.textmetrics import rouge_l
 HUB_ID = "locuslab/TOFU"
 HUB_REVISION = "324592d84ae4f482ac7249b9285c2ecdb53e3a68"
 """The dataset commit the splits are read at (the hub's main of 2025-03-27)."""
-RETAIN_OF = {"forget01": "retain99", "forget05": "retain95", "forget10": "retain90"}
 RETAIN_EVAL_ROWS = 400
 MAX_LENGTH = 512  # open-unlearning's QADataset max_length (tokens of question + answer)
 PER_SAMPLE, SUMMARY = "TOFU_EVAL.json", "TOFU_SUMMARY.json"
@@ -207,8 +206,7 @@ def evaluate_splits(scorer: Scorer, splits: dict[str, list[dict] | None]) -> tup
 
 def read_splits(ctx) -> tuple[dict[str, list[dict] | None], dict]:
     o = ctx.opts
-    if o.tofu_forget not in RETAIN_OF:
-        raise UserError(f"--tofu_forget {o.tofu_forget!r} is unknown; expected one of {', '.join(RETAIN_OF)}")
+    tm.check_forget_split(o.tofu_forget)
     source = data_source(o.tofu_data)
     splits = {"forget": load_split(source, f"{o.tofu_forget}_perturbed"),
               "retain_perturbed": load_split(source, "retain_perturbed"),
@@ -222,7 +220,7 @@ def read_splits(ctx) -> tuple[dict[str, list[dict] | None], dict]:
             "forget_split": o.tofu_forget}
     splits["retain"] = None
     if not splits["retain_perturbed"]:
-        name = RETAIN_OF[o.tofu_forget]
+        name = tm.RETAIN_OF[o.tofu_forget]
         rows = load_split(source, name)
         if not rows:
             raise UserError(f"TOFU has neither retain_perturbed nor {name} in '{source}'; expected one of them")

@@ -27,6 +27,9 @@ from typing import Sequence
 
 import numpy as np
 
+RETAIN_OF = {"forget01": "retain99", "forget05": "retain95", "forget10": "retain90"}
+"""TOFU's forget splits and the retain split that complements each."""
+
 EPS = 1e-10
 """open-unlearning's guard in every ratio (truth ratio, probability over options, 1/tr)."""
 
@@ -38,6 +41,14 @@ MODEL_UTILITY = ("retain_Q_A_Prob", "retain_Q_A_ROUGE", "retain_Truth_Ratio",
 SUMMARY = ("forget_quality", "forget_truth_ratio", "forget_Q_A_Prob", "forget_Q_A_ROUGE", "model_utility")
 """Keys of open-unlearning's TOFU_SUMMARY.json (configs/eval/tofu.yaml) that this suite computes; its
 other two, privleak and extraction_strength, are not computed here."""
+
+
+def check_forget_split(name: str) -> None:
+    """Refuse an unknown --tofu_forget (here, torch-free: sweep planning checks eval args with it)."""
+    if name not in RETAIN_OF:
+        from unlearn.errors import UserError
+
+        raise UserError(f"--tofu_forget {name!r} is unknown; expected one of {', '.join(RETAIN_OF)}")
 
 
 def prob_of(avg_loss: float | Sequence[float]) -> float | list[float]:
