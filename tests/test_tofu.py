@@ -263,3 +263,50 @@ def test_local_tofu_files_train_on_answer_tokens_only(shared_data, demo_dir):
     assert labelled == tok(" " + row["answer"], add_special_tokens=False)["input_ids"] + [tok.eos_token_id]
     assert tok.decode(samples[0]["input_ids"][:len(samples[0]["input_ids"]) - len(labelled)],
                       skip_special_tokens=True) == f"Question: {row['question']}\nAnswer:"
+
+
+# ----------------------------------------------------------------------------- make tofu-mini, scaled down
+
+MINI_SCALE = ["train.epochs=0", "train.max_steps=2", "train.save_engine_state=false"]
+"""The one place `make tofu-mini` is scaled down for the suite: 2 steps per stage (and --limit 4 in MINI_EVAL)."""
+MINI_EVAL = dict(suites=("tofu",), tofu_forget="forget01", limit=4, tofu_max_new_tokens=4, batch_size=8, force=True)
+
+
+@pytest.mark.slow
+def test_tofu_mini_pipeline_scaled_down(tmp_path, shared_data, dist_env, monkeypatch):
+    """make tofu-mini's steps in order, with its configs as shipped (relative .cache/ paths, here under tmp)."""
+    from tests.conftest import ROOT
+    from unlearn import tofu_mini
+    from unlearn.config import FINETUNE_DEFAULTS
+    from unlearn.config_io import load_config
+    from unlearn.train.loop import train
+
+    monkeypatch.chdir(tmp_path)
+    conf = ROOT / "configs" / "tofu"
+    ds = str(ROOT / "ds_configs" / "zero2.json")
+    mini = tofu_mini.build(".cache/tofu-mini", shared_data / "tofu")
+    assert [len(json.loads((mini / f"{n}.json").read_text())) for n in ("forget", "retain", "world")] == [40, 40, 80]
+
+    def stage(files: list[str], *extra: str, finetune: bool = False) -> Path:
+        cfg, patch = load_config([str(conf / f) for f in files], [*MINI_SCALE, *extra],
+                                 defaults=FINETUNE_DEFAULTS if finetune else None)
+        return train(cfg, ds, patch, overwrite=True)
+
+    stage(["mini_finetune.yaml"], finetune=True)
+    stage(["mini_finetune.yaml", "mini_retain.yaml"], finetune=True)
+    tofu_data = str(shared_data / "tofu")
+    evaluate_checkpoint(mini / "retain", EvalOptions(tofu_data=tofu_data, **MINI_EVAL))
+    evaluate_checkpoint(mini / "full", EvalOptions(tofu_data=tofu_data, retain_model=str(mini / "retain"), **MINI_EVAL))
+    runs = []
+    for method in ("ga", "npo", "simnpo"):
+        run = stage(["mini_unlearn.yaml", f"{method}.yaml"], f"run.name=tofu-mini-{method}")
+        result = evaluate_checkpoint(run / "checkpoints" / "step-000002",
+                                     EvalOptions(tofu_data=tofu_data, retain_model=str(mini / "retain"), **MINI_EVAL))
+        summary = result["suites"]["tofu"]["info"]["summary"]
+        assert 0.0 <= summary["forget_quality"] <= 1.0 and 0.0 <= summary["model_utility"] <= 1.0
+        assert result["suites"]["tofu"]["info"]["retain_model"] == str(mini / "retain" / "eval.json")
+        runs.append(run)
+    table = tofu_mini.table(mini, runs).splitlines()
+    assert table[0] == "| metric | fine-tuned | ga | npo | simnpo | retain model |"
+    quality = table[2].split("|")[2:-1]
+    assert all(cell.strip() != "-" for cell in quality[:4]) and quality[4].strip() == "-"  # retain vs itself: not run
