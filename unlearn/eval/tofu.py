@@ -229,36 +229,15 @@ def read_splits(ctx) -> tuple[dict[str, list[dict] | None], dict]:
     return {k: ctx.limited(v) if v else v for k, v in splits.items()}, info
 
 
-def read_ratios(path: Path, n: int, split: str) -> list[float]:
-    """Forget truth ratios from a TOFU_EVAL.json (ours or open-unlearning's) or an eval.json of ours."""
-    logs = json.loads(path.read_text())
-    if "suites" in logs:  # our eval.json: its tofu suite names the per-sample file beside it
-        tofu = logs["suites"].get("tofu")
-        if not tofu:
-            raise UserError(f"--retain_model '{path}' has no tofu suite; expected an eval.json with --suite tofu")
-        if tofu.get("info", {}).get("forget_split", split) != split:
-            raise UserError(f"--retain_model '{path}' was evaluated on {tofu['info']['forget_split']}; expected {split}")
-        return read_ratios(path.parent / tofu["files"][0], n, split)
-    entries = (logs.get("forget_truth_ratio") or {}).get("value_by_index")
-    if not entries:
-        raise UserError(f"--retain_model '{path}' holds no forget_truth_ratio values; expected a TOFU_EVAL.json "
-                        "or an eval.json of a TOFU evaluation")
-    ratios = [e["score"] for _, e in sorted(entries.items(), key=lambda kv: int(kv[0]))]
-    if len(ratios) != n:
-        raise UserError(f"--retain_model '{path}' has {len(ratios)} forget truth ratios; expected {n} "
-                        f"({split}, same --limit)")
-    return ratios
-
-
 def retain_model_ratios(ctx, forget: list[dict]) -> tuple[list[float], str]:
     """The retain model's forget-set truth ratios and where they came from."""
     o = ctx.opts
     given = Path(o.retain_model)
     if given.is_file():
-        return read_ratios(given, len(forget), o.tofu_forget), str(given)
+        return tm.read_ratios(given, len(forget), o.tofu_forget), str(given)
     saved = given / "eval.json"
     if saved.is_file() and "tofu" in json.loads(saved.read_text()).get("suites", {}):
-        return read_ratios(saved, len(forget), o.tofu_forget), str(saved)
+        return tm.read_ratios(saved, len(forget), o.tofu_forget), str(saved)
 
     def compute() -> list[float]:
         from unlearn.model import load_for_eval

@@ -18,14 +18,19 @@ Per answer the model gives `avg_loss` = mean NLL (nats) over the answer's tokens
                           model and of a retain model (trained without the forget set).
 - model utility:          the harmonic mean (scipy.stats.hmean) of the nine retain / real-authors /
                           world-facts numbers in MODEL_UTILITY.
+`read_ratios` reads a retain model's forget truth ratios from a saved evaluation (ours or open-unlearning's).
 """
 
 from __future__ import annotations
 
+import json
 import math
+from pathlib import Path
 from typing import Sequence
 
 import numpy as np
+
+from unlearn.errors import UserError
 
 RETAIN_OF = {"forget01": "retain99", "forget05": "retain95", "forget10": "retain90"}
 """TOFU's forget splits and the retain split that complements each."""
@@ -46,8 +51,6 @@ other two, privleak and extraction_strength, are not computed here."""
 def check_forget_split(name: str) -> None:
     """Refuse an unknown --tofu_forget (here, torch-free: sweep planning checks eval args with it)."""
     if name not in RETAIN_OF:
-        from unlearn.errors import UserError
-
         raise UserError(f"--tofu_forget {name!r} is unknown; expected one of {', '.join(RETAIN_OF)}")
 
 
@@ -92,3 +95,26 @@ def model_utility(values: dict[str, float]) -> float:
     from scipy.stats import hmean
 
     return float(hmean(list(values.values())))
+
+
+def read_ratios(path: Path, n: int, split: str) -> list[float]:
+    """Forget truth ratios from a TOFU_EVAL.json (ours or open-unlearning's) or an eval.json of ours."""
+    logs = json.loads(path.read_text())
+    if "suites" in logs:  # our eval.json: its tofu suite names the per-sample file beside it
+        tofu = logs["suites"].get("tofu")
+        if not tofu:
+            raise UserError(f"--retain_model '{path}' has no tofu suite; expected an eval.json with --suite tofu")
+        if tofu.get("info", {}).get("forget_split", split) != split:
+            raise UserError(f"--retain_model '{path}' was evaluated on {tofu['info']['forget_split']}; expected {split}")
+        return read_ratios(path.parent / tofu["files"][0], n, split)
+    if logs.get("forget_split", split) != split:  # ours say which split; open-unlearning's do not
+        raise UserError(f"--retain_model '{path}' holds {logs['forget_split']} truth ratios; expected {split}")
+    entries = (logs.get("forget_truth_ratio") or {}).get("value_by_index")
+    if not entries:
+        raise UserError(f"--retain_model '{path}' holds no forget_truth_ratio values; expected a TOFU_EVAL.json "
+                        "or an eval.json of a TOFU evaluation")
+    ratios = [e["score"] for _, e in sorted(entries.items(), key=lambda kv: int(kv[0]))]
+    if len(ratios) != n:
+        raise UserError(f"--retain_model '{path}' has {len(ratios)} forget truth ratios; expected {n} "
+                        f"({split}, same --limit)")
+    return ratios
