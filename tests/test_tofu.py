@@ -50,6 +50,15 @@ def test_forget_quality_is_the_ks_p_value():
         pytest.approx(0.10822510822510821, rel=1e-9)
 
 
+def test_extraction_strength_is_one_minus_the_first_fully_extracted_suffix():
+    assert tm.extraction_strength([1, 2, 3, 4], [1, 2, 3, 4]) == 1.0            # k = 0
+    assert tm.extraction_strength([9, 2, 3, 4], [1, 2, 3, 4]) == 0.75           # k = 1
+    assert tm.extraction_strength([1, 9, 3, 4], [1, 2, 3, 4]) == 0.5            # k = 2
+    # nothing extracted: open-unlearning's loop ends at k = n - 1, so 1/n (kept for parity)
+    assert tm.extraction_strength([1, 2, 3, 9], [1, 2, 3, 4]) == 0.25
+    assert tm.extraction_strength([], []) == 0.0
+
+
 def test_model_utility_is_the_harmonic_mean():
     assert tm.model_utility({"a": 0.5, "b": 0.25, "c": 1.0}) == pytest.approx(3 / 7, rel=1e-12)
     assert tm.model_utility({"a": 0.4, "b": 0.0}) == 0.0
@@ -79,6 +88,21 @@ def _by_hand_avg_loss(ckpt: Path, question: str, answer: str) -> float:
     return float(-picked.mean())
 
 
+def _by_hand_extraction(ckpt: Path, question: str, answer: str) -> float:
+    """1 - k/n over the answer's tokens (no EOS) from a plain forward's argmax, k the first fully matching suffix."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(ckpt)
+    model = AutoModelForCausalLM.from_pretrained(ckpt).eval()
+    head = tok(f"### Question: {question}\n ### Answer:")["input_ids"]
+    tail = tok(" " + answer, add_special_tokens=False)["input_ids"]
+    with torch.no_grad():
+        predicted = model(input_ids=torch.tensor([head + tail])).logits[0].argmax(-1).tolist()
+    guess = predicted[len(head) - 1:len(head) - 1 + len(tail)]
+    matching = [k for k in range(len(tail)) if guess[k:] == tail[k:]]
+    return 1 - (matching[0] if matching else len(tail) - 1) / len(tail)
+
+
 def test_per_sample_probabilities_and_truth_ratios_follow_the_definitions(evaluated, shared_data):
     ckpt, result = evaluated
     logs = json.loads((ckpt / "TOFU_EVAL.json").read_text())
@@ -93,6 +117,8 @@ def test_per_sample_probabilities_and_truth_ratios_follow_the_definitions(evalua
     assert pert[2] == pytest.approx(_by_hand_avg_loss(ckpt, row["question"], row["perturbed_answer"][2]), rel=1e-4)
     tr = logs["forget_truth_ratio"]["value_by_index"]["0"]["score"]
     assert tr == pytest.approx(math.exp(-sum(pert) / 5) / math.exp(-para), rel=1e-6)
+    assert logs["extraction_strength"]["value_by_index"]["0"]["score"] == \
+        pytest.approx(_by_hand_extraction(ckpt, row["question"], row["answer"]), rel=1e-9)
     ratios = [e["score"] for e in logs["forget_truth_ratio"]["value_by_index"].values()]
     assert result["suites"]["tofu"]["metrics"]["forget_truth_ratio"]["value"] == \
         pytest.approx(sum(min(r, 1 / r) for r in ratios) / len(ratios), rel=1e-9)
@@ -113,7 +139,8 @@ def test_summary_keys_are_open_unlearnings(evaluated):
     ckpt, result = evaluated
     summary = json.loads((ckpt / "TOFU_SUMMARY.json").read_text())
     # no retain model given: forget_quality is left out (open-unlearning's summary skips a None value)
-    assert sorted(summary) == sorted(["forget_truth_ratio", "forget_Q_A_Prob", "forget_Q_A_ROUGE", "model_utility"])
+    assert sorted(summary) == sorted(["forget_truth_ratio", "forget_Q_A_Prob", "forget_Q_A_ROUGE", "model_utility",
+                                      "extraction_strength"])
     assert "--retain_model" in result["suites"]["tofu"]["info"]["forget_quality"]
     assert summary == result["suites"]["tofu"]["info"]["summary"]
 

@@ -8,7 +8,7 @@ The formulas are in `unlearn.eval.tofu_metrics`; what is measured on which split
 open-unlearning's configs/eval/tofu_metrics/*.yaml:
 - forget (`<forget>_perturbed`): answer probability and ROUGE-L recall of the greedy answer to the
   question, truth ratio of the paraphrased answer against the perturbed ones (closer_to_1_better),
-  forget quality against the retain model's forget truth ratios;
+  forget quality against the retain model's forget truth ratios, extraction strength;
 - retain (`retain_perturbed`), real authors (`real_authors_perturbed`), world facts
   (`world_facts_perturbed`): the nine numbers of model utility.
 `retain_perturbed` is on the hub only. Without it the retain truth ratio is missing (never made up),
@@ -90,6 +90,24 @@ class Scorer:
         lps = token_logprobs(self.model, samples, self.tok.pad_token_id, self.batch, desc=desc)
         return [float(-lp.mean()) if lp.numel() else None for lp in lps]
 
+    def extraction(self, pairs: list[tuple[str, str]], desc: str) -> list[float]:
+        """Extraction strength per pair from one teacher-forced pass (answer tokens, EOS excluded)."""
+        import torch
+
+        samples = [data.qa_sample(q, a, self.tok, self.template, self.max_length, append_eos=True) for q, a in pairs]
+        device, out = next(self.model.parameters()).device, []
+        with torch.no_grad():
+            for start in range(0, len(samples), self.batch):
+                batch = data.collate(samples[start:start + self.batch], self.tok.pad_token_id)
+                logits = self.model(input_ids=batch["input_ids"].to(device),
+                                    attention_mask=batch["attention_mask"].to(device)).logits
+                predicted = logits.argmax(-1).cpu()                 # (B, T): position t predicts token t+1
+                for row, labels in zip(predicted, batch["labels"]):
+                    where = (labels != data.IGNORE).nonzero().flatten()[:-1].tolist()  # drop the EOS
+                    out.append(tm.extraction_strength([int(row[i - 1]) for i in where],
+                                                      [int(labels[i]) for i in where]))
+        return out
+
     def grouped(self, questions: list[str], answers: list[list[str]], desc: str) -> list[list[float | None]]:
         """avg_loss of each of several answers per question (one flat pass, so batches are full)."""
         flat = self.avg_losses([(q, a) for q, group in zip(questions, answers) for a in group], desc)
@@ -169,6 +187,8 @@ def evaluate_splits(scorer: Scorer, splits: dict[str, list[dict] | None]) -> tup
     logs.probability("forget_Q_A_PERT_Prob", pert)
     logs.truth_ratio("forget_truth_ratio", para, pert, forget=True)
     logs.rouge("forget_Q_A_ROUGE", q, [r["answer"] for r in forget], scorer.answers(q, "forget answers"))
+    es = scorer.extraction([(x, r["answer"]) for x, r in zip(q, forget)], "forget extraction")
+    logs.per_sample("extraction_strength", [{"score": v} for v in es], es)
 
     retain = splits["retain_perturbed"] or splits["retain"]
     q = [r["question"] for r in retain]
