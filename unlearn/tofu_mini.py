@@ -60,7 +60,8 @@ TABLE_ROWS = (("forget_quality", "forget quality (KS p; higher = closer to the r
         ("model_utility", "model utility (harmonic mean of 8)"),
         ("forget_truth_ratio", "forget truth ratio (closer_to_1_better)"),
         ("forget_Q_A_Prob", "forget answer probability"),
-        ("forget_Q_A_ROUGE", "forget ROUGE-L recall"))
+        ("forget_Q_A_ROUGE", "forget ROUGE-L recall"),
+        ("extraction_strength", "forget extraction strength"))
 
 
 def _summary(path: Path) -> dict:
