@@ -7,7 +7,7 @@ DEMO   := .cache/demo
 DS     ?= ds_configs/zero2.json
 export PATH := $(abspath $(BIN)):$(PATH)
 
-.PHONY: setup demo demo-base copyright-demo harmful-demo test test-fast clean-demo bench bench-gpu slurm-up slurm-down
+.PHONY: setup demo demo-base copyright-demo harmful-demo tofu-mini test test-fast clean-demo bench bench-gpu slurm-up slurm-down
 
 setup: $(VENV)/.installed
 
@@ -53,6 +53,27 @@ harmful-demo: $(DEMO)/init/config.json
 	deepspeed launch/unlearn.py --ds_config $(DS) --config configs/demo_harmful.yaml --overwrite --no_report
 	$(BIN)/python launch/evaluate.py --run runs/demo-harmful --suite harmful,utility --judge $(HARMFUL)/judge \
 	    --judge_labels none --harmful_prompts $(DEMO)/harmful_heldout.jsonl --truthfulqa none
+# TOFU at CPU scale (unlearn/tofu_mini.py): the tiny OPT learns forget01 + a retain subset, a retain model
+# learns the subset alone, then GA, NPO and SimNPO unlearn forget01; each eval.json carries forget_quality and
+# model_utility, and the last line prints the README table. Scaled down here only: --limit 40 in TOFU_EVAL.
+TOFU ?= ../shared/data/tofu
+TOFU_MINI := .cache/tofu-mini
+TOFU_EVAL = --suite tofu --tofu_forget forget01 --tofu_data $(TOFU) --limit 40 --force
+DEEPSPEED ?= deepspeed
+tofu-mini: $(VENV)/.installed
+	@test -f $(TOFU)/forget01.json || { echo "tofu-mini needs $(TOFU) (the TOFU JSON files; TOFU=...)"; exit 2; }
+	$(BIN)/python -m unlearn.tofu_mini $(TOFU_MINI) --tofu $(TOFU)
+	$(DEEPSPEED) launch/finetune.py --ds_config $(DS) --config configs/tofu/mini_finetune.yaml --overwrite --no_report
+	$(DEEPSPEED) launch/finetune.py --ds_config $(DS) --config configs/tofu/mini_finetune.yaml \
+	    --config configs/tofu/mini_retain.yaml --overwrite --no_report
+	$(BIN)/python launch/evaluate.py $(TOFU_MINI)/retain $(TOFU_EVAL)
+	$(BIN)/python launch/evaluate.py $(TOFU_MINI)/full $(TOFU_EVAL) --retain_model $(TOFU_MINI)/retain
+	for m in ga npo simnpo; do \
+	  $(DEEPSPEED) launch/unlearn.py --ds_config $(DS) --config configs/tofu/mini_unlearn.yaml \
+	    --config configs/tofu/$$m.yaml run.name=tofu-mini-$$m --overwrite --no_report && \
+	  $(BIN)/python launch/evaluate.py $$(ls -d runs/tofu-mini-$$m/checkpoints/step-* | tail -1) $(TOFU_EVAL) \
+	    --retain_model $(TOFU_MINI)/retain || exit 1; done
+	$(BIN)/python -m unlearn.tofu_mini --table $(TOFU_MINI) runs/tofu-mini-ga runs/tofu-mini-npo runs/tofu-mini-simnpo
 
 # tests/test_slurm.py needs a local SLURM cluster: started here when we are root (daemons without systemd;
 # the script apt-installs SLURM if missing). Elsewhere those tests skip; in CI (CI=true) they fail instead.

@@ -1,6 +1,6 @@
-"""Evaluate checkpoints: harmful rate, copyright memorisation, utility, privacy, multiple choice, MUSE.
+"""Evaluate checkpoints: harmful rate, copyright memorisation, utility, privacy, multiple choice, MUSE, TOFU.
 
-    python launch/evaluate.py CHECKPOINT_DIR [--suite harmful,copyright,utility,privacy,mc,muse] [--force]
+    python launch/evaluate.py CHECKPOINT_DIR [--suite harmful,copyright,utility,privacy,mc,muse,tofu] [--force]
     python launch/evaluate.py --run RUN_DIR        # every complete checkpoint not yet evaluated + summary
 
 Writes CHECKPOINT_DIR/eval.json and `eval/...` scalars in RUN_DIR/tb at the checkpoint's step.

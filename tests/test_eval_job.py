@@ -203,3 +203,6 @@ def test_privleak_against_a_retrained_model(tmp_path, demo_dir):
     again = evaluate_checkpoint(ckpt, given)["suites"]["privacy"]
     assert again["metrics"]["privleak"]["value"] == pytest.approx(100.0)
     assert again["info"]["retrain_auc_from"] == "--reference_auc"
+    zero = EvalOptions(suites=("privacy",), holdout=str(holdout), reference_auc=0.0, force=True, **FAST)
+    none = evaluate_checkpoint(ckpt, zero)["suites"]["privacy"]
+    assert "privleak" not in none["metrics"] and "AUC is 0" in none["info"]["privleak"]

@@ -19,7 +19,8 @@ from unlearn.train import preflight
 def _commands() -> list[tuple[str, list[str]]]:
     """(where, argv after `deepspeed`) for every deepspeed command line, continuation lines joined."""
     found = []
-    for path in [ROOT / "README.md", *sorted((ROOT / "configs").glob("*.yaml"))]:
+    for path in [ROOT / "README.md", *sorted((ROOT / "configs").glob("*.yaml")),
+                 *sorted((ROOT / "configs" / "tofu").glob("*.yaml"))]:
         text = path.read_text().replace("\\\n", " ")
         for line in text.splitlines():
             line = line.lstrip("# ").strip()

@@ -7,7 +7,7 @@ Foundations (every phase imports them; they import no phase):
   losses, methods      loss math and the registry of forget/retain terms  model   policy, LoRA, reference
   rmu                  RMU's layer taps, vector u and trainable-layer choice
   runs                 a run folder's layout (checkpoints, COMPLETE)      logger  TensorBoard/console
-  demo                 the embedded demo (text, tokenizer, tiny OPT)
+  demo                 the embedded demo (text, tokenizer, tiny OPT)       tofu_mini  make tofu-mini's data + model
 Phases (launch/ calls them; a phase uses another only through its entry module):
   train/  the loop on a DeepSpeed engine: main (entry), loop, engine, checkpoint, resume, guards, ...
   eval/   one module per suite, judges, generation, text metrics, stats; job (entry) writes eval.json

@@ -72,6 +72,16 @@ class EvalOptions:
     stage-1 model, say, is measured on the text a later stage will unlearn."""
     retain: str = ""
     """Retain data for every suite (file or hub id, format detected); empty = the run's data.retain."""
+    tofu_forget: str = "forget10"
+    """TOFU suite: the forget split (forget01 | forget05 | forget10) whose forget quality is measured."""
+    retain_model: str = ""
+    """TOFU suite: a retain model (never trained on the forget split) for forget quality: its checkpoint or
+    model folder, its eval.json, or a TOFU_EVAL.json (ours or open-unlearning's); empty = no forget quality."""
+    tofu_data: str = ""
+    """TOFU suite: a folder of <split>.json files or a hub id; empty = ../shared/data/tofu when present, else
+    locuslab/TOFU (at the pinned revision)."""
+    tofu_max_new_tokens: int = 200
+    """TOFU suite: greedy tokens per answer for ROUGE (open-unlearning's generation default: 200)."""
     max_new_tokens: int = 64
     """Greedy tokens generated per response (harmful, knowledge, normal prompts)."""
     prefix_tokens: int = 32
@@ -234,5 +244,5 @@ def _folder_version(name: str) -> float:
 
 def _cache_options(opts: EvalOptions) -> dict[str, Any]:
     keep = ("judge", "judge_threshold", "max_new_tokens", "prefix_tokens", "continuation_tokens", "min_k",
-            "limit", "dtype")
+            "limit", "dtype", "tofu_forget", "tofu_data")
     return {k: v for k, v in asdict(opts).items() if k in keep}

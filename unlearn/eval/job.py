@@ -25,7 +25,7 @@ from unlearn.eval.context import Context, EvalOptions, add_option_flags, device_
 EVAL_FILE = "eval.json"
 
 
-SUITES = ("harmful", "copyright", "utility", "privacy", "mc", "muse")
+SUITES = ("harmful", "copyright", "utility", "privacy", "mc", "muse", "tofu")
 """Each suite is `unlearn.eval_<name>.run(ctx) -> {"metrics", "info", "examples"}`."""
 
 
@@ -149,6 +149,9 @@ def check_args(args: list[str]) -> None:
         raise UserError(f"eval args {' '.join(args)!r}: {exc}; expected launch/evaluate.py options, one list "
                         "item per word (quote a comma list in YAML: [--suite, \"harmful,utility\"])") from None
     parse_suites(parsed.suite)
+    from unlearn.eval.tofu_metrics import check_forget_split
+
+    check_forget_split(parsed.tofu_forget)
 
 
 def evaluate_checkpoint(ckpt: str | Path, opts: EvalOptions) -> dict:
@@ -190,6 +193,8 @@ def _evaluate_model(model: Path, cfg: Config, opts: EvalOptions, out: Path, step
         # options per suite too: a merged eval.json may hold suites run with different flags
         fresh[name] = {**suite_fn(name)(ctx), "seconds": round(time.time() - t0, 1),
                        "options": asdict(replace(opts, suites=(name,)))}
+        if "files" in fresh[name]:  # e.g. the tofu suite's per-sample values, beside eval.json
+            fresh[name]["files"] = [write_side_file(out, f, v) for f, v in fresh[name]["files"].items()]
     # re-read: another eval job may have added suites to this checkpoint while these ran
     suites = {**_read_json(out).get("suites", {}), **fresh}
     result = {
@@ -241,6 +246,13 @@ def write_json(path: Path, value: dict) -> None:
     tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
     tmp.write_text(json.dumps(_finite(value), indent=2, allow_nan=False) + "\n")
     os.replace(tmp, path)  # a reader never sees half a file
+
+
+def write_side_file(out: Path, name: str, value: dict) -> str:
+    """Write `name` beside `out` (eval.json -> NAME, eval_start.json -> eval_start.NAME); its file name."""
+    side = out.with_name(name if out.name == EVAL_FILE else f"{out.stem}.{name}")
+    write_json(side, value)
+    return side.name
 
 
 def log_tensorboard(run_dir: Path, values: dict[str, float], step: int) -> None:

@@ -83,7 +83,12 @@ def run(ctx) -> dict:
     else:
         info["privleak"] = ("not computed: PrivLeak compares with a model retrained without the forget set; "
                             "expected --retrained MODEL or --reference_auc AUC (open-unlearning's default: 0.5)")
-    if ref_auc is not None:
+    if ref_auc is not None and ref_auc <= 0:
+        info["retrain_auc"] = ref_auc
+        info["privleak"] = ("not computed: the retrained model's AUC is 0 (it ranks every forget text above every "
+                            "held-out one), and PrivLeak divides by it; expected held-out text the retrained model "
+                            "does not find more likely than the forget set")
+    elif ref_auc is not None:
         info["retrain_auc"] = ref_auc
         m = metrics["min_k_auc"]  # the AUC's interval carried through (PrivLeak rises with the AUC)
         metrics["privleak"] = {"value": privleak(value, ref_auc), "ci_low": privleak(m["ci_low"], ref_auc),

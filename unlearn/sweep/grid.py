@@ -8,6 +8,7 @@
     axes: {optim.lr: [1e-4, 5e-4], method.forget_loss: [ga, npo]}
     eval: {args: [--suite, utility]}   # extra arguments of launch/evaluate.py; enabled: false = no evals
     report: {forget_metric: copyright/verbatim_rouge_l, utility_metric: utility/retain_ppl}
+                                       # default with --suite tofu: tofu/forget_quality vs tofu/model_utility
 
 Folder layout (`plan` writes it; launchers and `status` read it; nothing here talks to SLURM):
 
@@ -136,7 +137,7 @@ def load_sweep(path: str | Path, overrides: list[str] | None = None) -> Sweep:
         from unlearn.eval.job import check_args
 
         check_args([str(a) for a in ev.get("args") or ()])
-    report = raw.get("report") or {}
+    report = raw.get("report") or _default_report([str(a) for a in ev.get("args") or ()])
     try:
         report_spec = ReportSpec(**report)
     except TypeError:
@@ -154,6 +155,17 @@ def load_sweep(path: str | Path, overrides: list[str] | None = None) -> Sweep:
                   eval_enabled=ev.get("enabled", True), report=report_spec, select=_select_spec(raw.get("select")))
     points(sweep)  # validate every grid point now, not in a job an hour later
     return sweep
+
+
+TOFU_REPORT = {"forget_metric": "tofu/forget_quality", "forget_goal": "max",
+               "utility_metric": "tofu/model_utility", "utility_goal": "max"}
+"""A grid evaluated with the tofu suite and no report: TOFU's forget quality vs model utility (both higher = better)."""
+
+
+def _default_report(eval_args: list[str]) -> dict:
+    suites = [eval_args[i + 1] for i, a in enumerate(eval_args[:-1]) if a == "--suite"]
+    suites += [a.split("=", 1)[1] for a in eval_args if a.startswith("--suite=")]
+    return dict(TOFU_REPORT) if any("tofu" in s.split(",") for s in suites) else {}
 
 
 def _select_spec(raw: Any):

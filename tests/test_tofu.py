@@ -1,0 +1,339 @@
+"""TOFU metrics pinned to their definitions (open-unlearning after PR #163) and the suite end to end on
+the demo's tiny OPT and the shared TOFU files: per-sample values, the summary keys, forget quality
+against a retain model's saved evaluation, model utility without retain_perturbed."""
+
+from __future__ import annotations
+
+import json
+import math
+import shutil
+from pathlib import Path
+
+import pytest
+import torch
+
+from tests.test_eval_job import make_checkpoint
+from unlearn.errors import UserError
+from unlearn.eval import tofu
+from unlearn.eval import tofu_metrics as tm
+from unlearn.eval.context import EvalOptions
+from unlearn.eval.job import evaluate_checkpoint
+
+FAST = dict(suites=("tofu",), tofu_forget="forget01", limit=4, tofu_max_new_tokens=4, batch_size=8)
+
+
+# ----------------------------------------------------------------------------- formulas, by hand
+
+def test_truth_ratio_is_the_geometric_mean_of_false_probs_over_the_true_prob():
+    # exp(-mean(0.5, 1.5, 2.5)) / exp(-1.0) = exp(-0.5)
+    assert tm.truth_ratio(1.0, [0.5, 1.5, 2.5]) == pytest.approx(0.6065306597126334, rel=1e-9)
+    assert tm.truth_ratio(2.0, [2.0]) == pytest.approx(1.0, rel=1e-9)
+
+
+def test_truth_ratio_aggregators():
+    # forget: min(tr, 1/tr) -> 0.5, 0.5, 1.0; others: max(0, 1 - tr) -> 0.75, 0, 0.5
+    assert tm.closer_to_1_better([0.5, 2.0, 1.0]) == pytest.approx(2 / 3, rel=1e-9)
+    assert tm.true_better([0.25, 1.5, 0.5]) == pytest.approx(5 / 12, rel=1e-9)
+
+
+def test_probability_over_options_and_length_normalised_probability():
+    assert tm.prob_over_options(0.5, [0.25, 0.25]) == pytest.approx(0.5, rel=1e-9)
+    assert tm.prob_over_options(0.6, [0.1, 0.05, 0.05]) == pytest.approx(0.75, rel=1e-9)
+    assert tm.prob_of(math.log(4)) == pytest.approx(0.25, rel=1e-12)
+
+
+def test_forget_quality_is_the_ks_p_value():
+    # disjoint samples of 5 and 5: D = 1, exact p = 2 / C(10, 5) = 2 / 252
+    assert tm.forget_quality([0.1, 0.2, 0.3, 0.4, 0.5], [0.6, 0.7, 0.8, 0.9, 1.0]) == pytest.approx(2 / 252, rel=1e-9)
+    # overlapping samples of 5 and 6 (scipy.stats.ks_2samp, exact mode): D = 3/5
+    assert tm.forget_quality([0.2, 0.5, 0.9, 1.3, 0.7], [0.4, 1.1, 1.6, 2.0, 2.4, 3.1]) == \
+        pytest.approx(0.10822510822510821, rel=1e-9)
+
+
+def test_extraction_strength_is_one_minus_the_first_fully_extracted_suffix():
+    assert tm.extraction_strength([1, 2, 3, 4], [1, 2, 3, 4]) == 1.0            # k = 0
+    assert tm.extraction_strength([9, 2, 3, 4], [1, 2, 3, 4]) == 0.75           # k = 1
+    assert tm.extraction_strength([1, 9, 3, 4], [1, 2, 3, 4]) == 0.5            # k = 2
+    # nothing extracted: open-unlearning's loop ends at k = n - 1, so 1/n (kept for parity)
+    assert tm.extraction_strength([1, 2, 3, 9], [1, 2, 3, 4]) == 0.25
+    assert tm.extraction_strength([], []) == 0.0
+
+
+def test_model_utility_is_the_harmonic_mean():
+    assert tm.model_utility({"a": 0.5, "b": 0.25, "c": 1.0}) == pytest.approx(3 / 7, rel=1e-12)
+    assert tm.model_utility({"a": 0.4, "b": 0.0}) == 0.0
+
+
+# ----------------------------------------------------------------------------- the suite on a tiny model
+
+@pytest.fixture(scope="module")
+def evaluated(tmp_path_factory, demo_dir, shared_data):
+    ckpt = make_checkpoint(tmp_path_factory.mktemp("tofu") / "run", 3, demo_dir)
+    result = evaluate_checkpoint(ckpt, EvalOptions(tofu_data=str(shared_data / "tofu"), **FAST))
+    return ckpt, result
+
+
+def _by_hand_avg_loss(ckpt: Path, question: str, answer: str) -> float:
+    """Mean NLL of ' answer</s>' after the demo template's '### Question: q\\n ### Answer:', by a plain forward."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(ckpt)
+    model = AutoModelForCausalLM.from_pretrained(ckpt).eval()
+    head = tok(f"### Question: {question}\n ### Answer:")["input_ids"]
+    tail = tok(" " + answer, add_special_tokens=False)["input_ids"] + [tok.eos_token_id]
+    ids = torch.tensor([head + tail])
+    with torch.no_grad():
+        logp = torch.log_softmax(model(input_ids=ids).logits[0, :-1].float(), -1)
+    picked = logp[len(head) - 1:, :].gather(-1, ids[0, len(head):, None]).squeeze(-1)
+    return float(-picked.mean())
+
+
+def _by_hand_extraction(ckpt: Path, question: str, answer: str) -> float:
+    """1 - k/n over the answer's tokens (no EOS) from a plain forward's argmax, k the first fully matching suffix."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(ckpt)
+    model = AutoModelForCausalLM.from_pretrained(ckpt).eval()
+    head = tok(f"### Question: {question}\n ### Answer:")["input_ids"]
+    tail = tok(" " + answer, add_special_tokens=False)["input_ids"]
+    with torch.no_grad():
+        predicted = model(input_ids=torch.tensor([head + tail])).logits[0].argmax(-1).tolist()
+    guess = predicted[len(head) - 1:len(head) - 1 + len(tail)]
+    matching = [k for k in range(len(tail)) if guess[k:] == tail[k:]]
+    return 1 - (matching[0] if matching else len(tail) - 1) / len(tail)
+
+
+def test_per_sample_probabilities_and_truth_ratios_follow_the_definitions(evaluated, shared_data):
+    ckpt, result = evaluated
+    logs = json.loads((ckpt / "TOFU_EVAL.json").read_text())
+    row = json.loads((shared_data / "tofu" / "forget01.json").read_text())[0]
+    first = logs["forget_Q_A_Prob"]["value_by_index"]["0"]
+    assert first["avg_loss"] == pytest.approx(_by_hand_avg_loss(ckpt, row["question"], row["answer"]), rel=1e-4)
+    assert first["prob"] == pytest.approx(math.exp(-first["avg_loss"]), rel=1e-9)
+    para = logs["forget_Q_A_PARA_Prob"]["value_by_index"]["0"]["avg_loss"]
+    assert para == pytest.approx(_by_hand_avg_loss(ckpt, row["question"], row["paraphrased_answer"]), rel=1e-4)
+    pert = logs["forget_Q_A_PERT_Prob"]["value_by_index"]["0"]["avg_loss"]
+    assert len(pert) == 5
+    assert pert[2] == pytest.approx(_by_hand_avg_loss(ckpt, row["question"], row["perturbed_answer"][2]), rel=1e-4)
+    tr = logs["forget_truth_ratio"]["value_by_index"]["0"]["score"]
+    assert tr == pytest.approx(math.exp(-sum(pert) / 5) / math.exp(-para), rel=1e-6)
+    assert logs["extraction_strength"]["value_by_index"]["0"]["score"] == \
+        pytest.approx(_by_hand_extraction(ckpt, row["question"], row["answer"]), rel=1e-9)
+    ratios = [e["score"] for e in logs["forget_truth_ratio"]["value_by_index"].values()]
+    assert result["suites"]["tofu"]["metrics"]["forget_truth_ratio"]["value"] == \
+        pytest.approx(sum(min(r, 1 / r) for r in ratios) / len(ratios), rel=1e-9)
+
+
+def test_model_utility_without_retain_perturbed_is_the_mean_of_eight_and_names_the_ninth(evaluated):
+    ckpt, result = evaluated
+    suite = result["suites"]["tofu"]
+    parts = [suite["metrics"][k]["value"] for k in tm.MODEL_UTILITY if k != "retain_Truth_Ratio"]
+    assert len(parts) == 8 and "retain_Truth_Ratio" not in suite["metrics"]
+    expected = 0.0 if min(parts) == 0 else len(parts) / sum(1 / p for p in parts)
+    assert suite["metrics"]["model_utility"]["value"] == pytest.approx(expected, rel=1e-9)
+    assert list(suite["info"]["model_utility_missing"]) == ["retain_Truth_Ratio"]
+    assert "retain99" in suite["info"]["retain_questions"]
+
+
+def test_summary_keys_are_open_unlearnings(evaluated):
+    ckpt, result = evaluated
+    summary = json.loads((ckpt / "TOFU_SUMMARY.json").read_text())
+    # no retain model given: forget_quality is left out (open-unlearning's summary skips a None value)
+    assert sorted(summary) == sorted(["forget_truth_ratio", "forget_Q_A_Prob", "forget_Q_A_ROUGE", "model_utility",
+                                      "extraction_strength"])
+    assert "--retain_model" in result["suites"]["tofu"]["info"]["forget_quality"]
+    assert summary == result["suites"]["tofu"]["info"]["summary"]
+
+
+def test_forget_quality_against_a_saved_open_unlearning_eval(evaluated, tmp_path, shared_data):
+    ckpt, _ = evaluated
+    # a retain model whose 4 truth ratios all exceed every ratio of this model: D = 1, p = 2 / C(8, 4)
+    theirs = {"forget_truth_ratio": {"agg_value": 0.5, "value_by_index": {str(i): {"score": 1e9} for i in range(4)}}}
+    (tmp_path / "TOFU_EVAL.json").write_text(json.dumps(theirs))
+    result = evaluate_checkpoint(ckpt, EvalOptions(tofu_data=str(shared_data / "tofu"), force=True,
+                                                   retain_model=str(tmp_path / "TOFU_EVAL.json"), **FAST))
+    assert result["suites"]["tofu"]["metrics"]["forget_quality"]["value"] == pytest.approx(2 / 70, rel=1e-9)
+    assert json.loads((ckpt / "TOFU_SUMMARY.json").read_text())["forget_quality"] == pytest.approx(2 / 70, rel=1e-9)
+    assert result["scalars"]["eval/tofu/forget_quality"] == pytest.approx(2 / 70, rel=1e-9)
+    theirs["forget_truth_ratio"]["value_by_index"].pop("3")
+    (tmp_path / "TOFU_EVAL.json").write_text(json.dumps(theirs))
+    with pytest.raises(UserError, match="has 3 forget truth ratios; expected 4"):
+        evaluate_checkpoint(ckpt, EvalOptions(tofu_data=str(shared_data / "tofu"), force=True,
+                                              retain_model=str(tmp_path / "TOFU_EVAL.json"), **FAST))
+
+
+def test_the_model_as_its_own_retain_model_has_forget_quality_one(evaluated, shared_data, tmp_path):
+    ckpt, _ = evaluated
+    other = tmp_path / "retain-model"
+    shutil.copytree(ckpt, other, ignore=shutil.ignore_patterns("eval.json", "TOFU_*"))
+    result = evaluate_checkpoint(ckpt, EvalOptions(tofu_data=str(shared_data / "tofu"), force=True,
+                                                   retain_model=str(other), **FAST))
+    assert result["suites"]["tofu"]["metrics"]["forget_quality"]["value"] == 1.0
+    assert result["suites"]["tofu"]["info"]["retain_model"] == str(other)
+
+
+def test_retain_perturbed_when_present_gives_the_ninth_number(tmp_path, demo_dir, shared_data):
+    """A folder laid out as the hub's configs, with a retain_perturbed.json (made up here for the test)."""
+    folder = tmp_path / "tofu"
+    folder.mkdir()
+    for name in ("forget01.json", "real_authors_perturbed.json", "world_facts_perturbed.json"):
+        shutil.copy(shared_data / "tofu" / name, folder / name)
+    rows = [{"question": "Who wrote the test?", "answer": "Ann wrote it.", "paraphrased_answer": "It was Ann.",
+             "perturbed_answer": ["It was Bob.", "It was Cy."]}] * 2
+    (folder / "retain_perturbed.json").write_text(json.dumps(rows))
+    ckpt = make_checkpoint(tmp_path / "run", 1, demo_dir)
+    result = evaluate_checkpoint(ckpt, EvalOptions(tofu_data=str(folder), **FAST))
+    suite = result["suites"]["tofu"]
+    assert "model_utility_missing" not in suite["info"] and suite["metrics"]["model_utility"]["n"] == 9
+    logs = json.loads((ckpt / "TOFU_EVAL.json").read_text())
+    para = logs["retain_Q_A_PARA_Prob"]["value_by_index"]["0"]["avg_loss"]
+    pert = logs["retain_Q_A_PERT_Prob"]["value_by_index"]["0"]["avg_loss"]
+    tr = math.exp(-(pert[0] + pert[1]) / 2) / math.exp(-para)
+    assert suite["metrics"]["retain_Truth_Ratio"]["value"] == pytest.approx(max(0.0, 1 - tr), rel=1e-6)
+
+
+def test_bad_split_names_are_one_line_errors(tmp_path, demo_dir, shared_data):
+    ckpt = make_checkpoint(tmp_path / "run", 1, demo_dir)
+    with pytest.raises(UserError, match="--tofu_forget 'forget20' is unknown; expected one of forget01, forget05"):
+        evaluate_checkpoint(ckpt, EvalOptions(**{**FAST, "tofu_forget": "forget20"}))
+    with pytest.raises(UserError, match="TOFU split 'forget01_perturbed' not found in"):
+        evaluate_checkpoint(ckpt, EvalOptions(tofu_data=str(tmp_path), **FAST))
+    assert tofu.load_split(str(shared_data / "tofu"), "retain_perturbed") is None
+
+
+# ----------------------------------------------------------------------------- sweeps
+
+def test_a_tofu_grid_reports_forget_quality_against_model_utility_by_default(tmp_path):
+    import csv
+
+    import yaml
+
+    from tests.test_sweep_grid import _fake_checkpoint
+    from unlearn.sweep.grid import load_sweep, plan
+    from unlearn.sweep.report import write_report
+
+    doc = {"name": "t", "output_dir": str(tmp_path / "sweeps"), "base": {"train": {"max_steps": 2}},
+           "axes": {"method.forget_loss": ["ga", "npo", "simnpo"]},
+           "eval": {"args": ["--suite", "tofu", "--tofu_forget", "forget01", "--retain_model", "retain/eval.json"]}}
+    (tmp_path / "grid.yaml").write_text(yaml.safe_dump(doc))
+    sweep = load_sweep(tmp_path / "grid.yaml")
+    assert (sweep.report.forget_metric, sweep.report.forget_goal) == ("tofu/forget_quality", "max")
+    assert (sweep.report.utility_metric, sweep.report.utility_goal) == ("tofu/model_utility", "max")
+    pts = plan(sweep)
+    # (forget quality, model utility): ga (0.9, 0.1) and npo (0.5, 0.4) are both on the front; simnpo
+    # (0.4, 0.3) is dominated by npo
+    for p, (fq, mu) in zip(pts, [(0.9, 0.1), (0.5, 0.4), (0.4, 0.3)]):
+        _fake_checkpoint(sweep.folder, p.name, 2, {"tofu/forget_quality": fq, "tofu/model_utility": mu})
+    csv_path, png = write_report(sweep, pts)
+    assert [r["pareto"] for r in csv.DictReader(csv_path.open())] == ["1", "1", "0"]
+    assert png is not None
+    with pytest.raises(UserError, match="unknown; expected one of forget01"):
+        from unlearn.eval.job import check_args  # the eval args are checked by evaluate.py's parser at planning
+
+        check_args(["--suite", "tofu", "--tofu_forget", "forget20"])
+
+
+# ----------------------------------------------------------------------------- configs/tofu
+
+SPLITS = {"forget01": "retain99", "forget05": "retain95", "forget10": "retain90"}
+
+
+@pytest.mark.parametrize("split", sorted(SPLITS))
+@pytest.mark.parametrize("loss", ["ga", "npo", "simnpo"])
+def test_every_unlearning_preset_passes_preflight(split, loss):
+    from tests.conftest import ROOT
+    from unlearn.config_io import load_config
+    from unlearn.train import engine as engines
+    from unlearn.train import preflight
+
+    tofu_dir = ROOT / "configs" / "tofu"
+    cfg, patch = load_config([str(tofu_dir / f) for f in ("unlearn.yaml", f"{split}.yaml", f"{loss}.yaml")])
+    ds = engines.read_ds_config(ROOT / "ds_configs" / "zero2.json", patch)
+    preflight.check_config(engines.resolve_micro_batch(cfg, 1), ds, 1)
+    d = cfg.data
+    assert (d.forget, d.forget_subset, d.retain_subset) == (tofu.HUB_ID, split, SPLITS[split])
+    assert d.forget_revision == d.retain_revision == tofu.HUB_REVISION
+    assert cfg.method.forget_loss == loss and cfg.train.epochs == 10 and cfg.train.global_batch_size == 32
+    n_forget = {"forget01": 40, "forget05": 200, "forget10": 400}[split]
+    assert cfg.optim.warmup_steps == math.ceil(n_forget / 32)  # one epoch, as open-unlearning's warmup_epochs: 1
+
+
+@pytest.mark.parametrize("retain", ["retain90", "retain95", "retain99"])
+def test_retain_models_train_on_the_retain_split_only(retain):
+    from tests.conftest import ROOT
+    from unlearn.config import FINETUNE_DEFAULTS
+    from unlearn.config_io import load_config
+
+    tofu_dir = ROOT / "configs" / "tofu"
+    cfg, _ = load_config([str(tofu_dir / "finetune.yaml"), str(tofu_dir / f"{retain}.yaml")],
+                         defaults=FINETUNE_DEFAULTS)
+    assert (cfg.data.retain, cfg.data.retain_subset, cfg.method.forget_loss) == (tofu.HUB_ID, retain, "none")
+    assert cfg.run.export_dir != load_config([str(tofu_dir / "finetune.yaml")])[0].run.export_dir
+
+
+def test_local_tofu_files_train_on_answer_tokens_only(shared_data, demo_dir):
+    """The presets' data with the README's local-file override: question/answer rows, labels on the answer + EOS."""
+    from transformers import AutoTokenizer
+
+    from tests.conftest import ROOT
+    from unlearn import data
+    from unlearn.config_io import load_config
+
+    tofu_dir = ROOT / "configs" / "tofu"
+    cfg, _ = load_config([str(tofu_dir / "unlearn.yaml"), str(tofu_dir / "forget01.yaml")],
+                         [f"data.forget={shared_data / 'tofu' / 'forget01.json'}"])
+    tok = AutoTokenizer.from_pretrained(demo_dir / "init")
+    samples = data.build_samples(cfg.data.forget, "forget", tok, cfg.data)
+    assert len(samples) == 40
+    row = json.loads((shared_data / "tofu" / "forget01.json").read_text())[0]
+    labelled = [t for t in samples[0]["labels"] if t != data.IGNORE]
+    assert labelled == tok(" " + row["answer"], add_special_tokens=False)["input_ids"] + [tok.eos_token_id]
+    assert tok.decode(samples[0]["input_ids"][:len(samples[0]["input_ids"]) - len(labelled)],
+                      skip_special_tokens=True) == f"Question: {row['question']}\nAnswer:"
+
+
+# ----------------------------------------------------------------------------- make tofu-mini, scaled down
+
+MINI_SCALE = ["train.epochs=0", "train.max_steps=2", "train.save_engine_state=false"]
+"""The one place `make tofu-mini` is scaled down for the suite: 2 steps per stage (and --limit 4 in MINI_EVAL)."""
+MINI_EVAL = dict(suites=("tofu",), tofu_forget="forget01", limit=4, tofu_max_new_tokens=4, batch_size=8, force=True)
+
+
+@pytest.mark.slow
+def test_tofu_mini_pipeline_scaled_down(tmp_path, shared_data, dist_env, monkeypatch):
+    """make tofu-mini's steps in order, with its configs as shipped (relative .cache/ paths, here under tmp)."""
+    from tests.conftest import ROOT
+    from unlearn import tofu_mini
+    from unlearn.config import FINETUNE_DEFAULTS
+    from unlearn.config_io import load_config
+    from unlearn.train.loop import train
+
+    monkeypatch.chdir(tmp_path)
+    conf = ROOT / "configs" / "tofu"
+    ds = str(ROOT / "ds_configs" / "zero2.json")
+    mini = tofu_mini.build(".cache/tofu-mini", shared_data / "tofu")
+    assert [len(json.loads((mini / f"{n}.json").read_text())) for n in ("forget", "retain", "world")] == [40, 40, 80]
+
+    def stage(files: list[str], *extra: str, finetune: bool = False) -> Path:
+        cfg, patch = load_config([str(conf / f) for f in files], [*MINI_SCALE, *extra],
+                                 defaults=FINETUNE_DEFAULTS if finetune else None)
+        return train(cfg, ds, patch, overwrite=True)
+
+    stage(["mini_finetune.yaml"], finetune=True)
+    stage(["mini_finetune.yaml", "mini_retain.yaml"], finetune=True)
+    tofu_data = str(shared_data / "tofu")
+    evaluate_checkpoint(mini / "retain", EvalOptions(tofu_data=tofu_data, **MINI_EVAL))
+    evaluate_checkpoint(mini / "full", EvalOptions(tofu_data=tofu_data, retain_model=str(mini / "retain"), **MINI_EVAL))
+    runs = []
+    for method in ("ga", "npo", "simnpo"):
+        run = stage(["mini_unlearn.yaml", f"{method}.yaml"], f"run.name=tofu-mini-{method}")
+        result = evaluate_checkpoint(run / "checkpoints" / "step-000002",
+                                     EvalOptions(tofu_data=tofu_data, retain_model=str(mini / "retain"), **MINI_EVAL))
+        summary = result["suites"]["tofu"]["info"]["summary"]
+        assert 0.0 <= summary["forget_quality"] <= 1.0 and 0.0 <= summary["model_utility"] <= 1.0
+        assert result["suites"]["tofu"]["info"]["retain_model"] == str(mini / "retain" / "eval.json")
+        runs.append(run)
+    table = tofu_mini.table(mini, runs).splitlines()
+    assert table[0] == "| metric | fine-tuned | ga | npo | simnpo | retain model |"
+    quality = table[2].split("|")[2:-1]
+    assert all(cell.strip() != "-" for cell in quality[:4]) and quality[4].strip() == "-"  # retain vs itself: not run
