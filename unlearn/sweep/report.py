@@ -9,7 +9,7 @@ import shutil
 from pathlib import Path
 
 from unlearn.errors import UserError
-from unlearn.sweep import select
+from unlearn.sweep import halving, select
 from unlearn.sweep.grid import Point, ReportSpec, Sweep, open_sweep, run_status
 from unlearn.sweep.select import pareto_front
 
@@ -21,20 +21,23 @@ def status_table(sweep: Sweep, pts: list[Point]) -> str:
     """One line per run: state, newest checkpoint, evaluated checkpoints, newest eval metrics."""
     spec = sweep.report
     lines = [f"sweep {sweep.folder}  ({len(pts)} runs)"]
+    stopped = halving.stopped_at(sweep.folder)
     for p in pts:
         st = run_status(sweep, p)
         shown = {k: v for k, v in st.latest_eval.items() if k in (spec.forget_metric, spec.utility_metric)}
         shown = shown or dict(list(st.latest_eval.items())[:4])
         metrics = " ".join(f"{k}={v:.4g}" for k, v in shown.items()) or "-"
         failed = f" FAILED {len(st.failed_evals)}" if st.failed_evals else ""
-        lines.append(f"{p.name:<40} {st.state:<8} step {st.step:>5}/{st.max_steps:<5} "
+        state = "stopped" if p.name in stopped and st.state != "done" else st.state
+        failed += f" STOPPED r{stopped[p.name]}" if p.name in stopped else ""
+        lines.append(f"{p.name:<40} {state:<8} step {st.step:>5}/{st.max_steps:<5} "
                      f"evals {st.evaluated}/{st.checkpoints}{failed}  {metrics}")
     failures = failed_evals(sweep, pts)
     if failures:
         lines.append(f"{len(failures)} failed eval(s) (eval.error beside the checkpoint; rerun: "
                      "python launch/evaluate.py CHECKPOINT ...):")
         lines += [f"  {run} step {step}: {reason}" for run, step, reason in failures]
-    return "\n".join(lines)
+    return "\n".join(lines + halving.status_lines(sweep.folder))
 
 
 def failed_evals(sweep: Sweep, pts: list[Point]) -> list[tuple[str, int, str]]:

@@ -41,6 +41,9 @@ def submit(grid: str, overrides: list[str], *, executor_kind: str = "slurm", pro
     configure("train")
     with executor.batch():  # one job array
         train_jobs = [executor.submit(TrainJob(folder, p.name, sweep.ds_config)) for p in pts]
+    if executor_kind == "local" and sweep.search == "halving":  # evals as checkpoints appear
+        _local_halving(sweep, prof, pts, train_jobs, executor, configure)
+        return
     if executor_kind == "local":  # no dependencies locally: wait for each run before its evals
         for job in train_jobs:
             job.result()
@@ -79,6 +82,40 @@ def submit(grid: str, overrides: list[str], *, executor_kind: str = "slurm", pro
         for job in [*train_jobs, *eval_jobs, report_job]:
             job.result()  # raises if a job failed
         print(f"sweep {sweep.folder} finished", flush=True)
+
+
+def _local_halving(sweep, prof, pts, train_jobs, executor, configure) -> None:
+    """The local executor under search: halving: each checkpoint's eval starts once it is written (at
+    most array_parallelism at once), so the rounds are decided while the runs train; evals of steps a
+    stopped run never reached end at once (EvalJob). Then the report; raises if a run or eval failed."""
+    import time
+
+    from unlearn.runs import COMPLETE, step_dir
+
+    wanted = [(p, tj, step) for p, tj in zip(pts, train_jobs) for step in checkpoint_steps(p.config)]
+    width = prof.array_parallelism or len(wanted)
+    running, failed = [], []
+    while wanted or running:
+        for job in [j for j in running if j.done()]:
+            running.remove(job)
+            try:
+                job.result()
+            except Exception as exc:  # submitit's FailedJobState: one line of it is the error
+                failed.append(str(exc).strip().splitlines()[-1][:300])
+        for w in list(wanted):
+            p, tj, step = w
+            ckpt = step_dir(sweep.folder.resolve() / "runs" / p.name, step)
+            if len(running) < width and ((ckpt / COMPLETE).is_file() or tj.done()):
+                configure("eval", name=f"eval-{p.name}-{step}")
+                running.append(executor.submit(EvalJob(str(ckpt), list(sweep.eval_args))))
+                wanted.remove(w)
+        time.sleep(0.5)
+    for job in train_jobs:
+        job.result()  # raises if a run failed
+    report_folder(str(sweep.folder.resolve()))
+    if failed:
+        raise UserError(f"{len(failed)} eval jobs failed (first: {failed[0]}); see python launch/sweep.py "
+                        f"--status {sweep.folder}")
 
 
 def plan_shell(grid: str, overrides: list[str], profile: str = "") -> None:
