@@ -11,6 +11,10 @@ rule and, from round `min_rounds` on (never after the last round), the worst sto
 ceil(n / eta), at least `min_points`, go on. A point whose eval failed is not ranked and goes on;
 a run that ended is out.
 
+Evaluation while training: on SLURM a halving sweep's eval jobs are submitted held, not `afterok` on
+their run; the training task releases each as soon as its checkpoint is written (`watch`), and the
+rest when it ends. (The local executor starts each eval once its checkpoint is written.)
+
 Stopping: runs/<name>/STOP holds the reason; the training loop checks it at every step boundary
 (unlearn.train.guards.stop_file), saves a final checkpoint and ends normally (exit 0). Its eval jobs
 for steps it never reached end at once without evaluating. Checkpoints and evals stay.
@@ -183,12 +187,55 @@ def stopped_at(folder: str | Path) -> dict[str, int]:
 
 def skip_eval(ckpt: str | Path) -> str:
     """Why an eval job need not run ("" = run it): its checkpoint was never written because halving
-    (or a user's STOP) stopped the run before that step."""
+    (or a user's STOP) stopped the run before that step, or the run ended (train.exit) without it."""
     ckpt = Path(ckpt)
     run_dir = ckpt.parent.parent
-    if ckpt.is_dir() or not (run_dir / STOP).is_file():
+    if ckpt.is_dir():
         return ""
-    return f"skipped {ckpt.name}: the run stopped before it ({(run_dir / STOP).read_text().strip()})"
+    if (run_dir / STOP).is_file():
+        return f"skipped {ckpt.name}: the run stopped before it ({(run_dir / STOP).read_text().strip()})"
+    if (run_dir / TRAIN_EXIT).is_file():
+        return f"skipped {ckpt.name}: the run ended before it (exit status {(run_dir / TRAIN_EXIT).read_text().strip()})"
+    return ""
+
+
+def _eval_ids(folder: Path) -> list[str]:
+    """Eval job ids in evals.tsv order (jobs.txt of slurm/sweep.sh or submitit_jobs.txt); [] until written."""
+    for name in ("jobs.txt", "submitit_jobs.txt"):
+        path = folder / name
+        if path.is_file():
+            rows = dict(line.split(" ", 1) for line in path.read_text().splitlines() if " " in line)
+            return rows.get("eval", "").split()
+    return []
+
+
+def release(folder: str | Path, name: str, released: set[str], final: bool = False) -> None:
+    """`scontrol release` the held eval jobs of run `name` whose checkpoint is complete (all when `final`:
+    the run is over); `released` remembers them between calls."""
+    import subprocess
+
+    folder = Path(folder)
+    rows = [line.split("\t") for line in (folder / "evals.tsv").read_text().splitlines()]
+    ids = _eval_ids(folder)
+    if len(ids) != len(rows):  # submission still under way
+        return
+    for job, (_, run, _, ckpt) in zip(ids, rows):
+        if run == name and job not in released and (final or (Path(ckpt) / COMPLETE).is_file()):
+            subprocess.run(["scontrol", "release", job], capture_output=True)  # fails harmlessly if not held
+            released.add(job)
+
+
+def watch(folder: str | Path, name: str, every_s: float = 2.0) -> None:
+    """Release run `name`'s eval jobs as its checkpoints appear, and all the rest once the run is over
+    (runs/NAME/train.exit, written by its training task)."""
+    released: set[str] = set()
+    while not (Path(folder) / "runs" / name / TRAIN_EXIT).is_file():
+        release(folder, name, released)
+        time.sleep(every_s)
+    while len(released) < sum(1 for line in (Path(folder) / "evals.tsv").read_text().splitlines()
+                              if line.split("\t")[1] == name):
+        release(folder, name, released, final=True)  # retried until the submission wrote the ids
+        time.sleep(every_s)
 
 
 def sweep_of(ckpt: str | Path) -> Path | None:
@@ -198,8 +245,9 @@ def sweep_of(ckpt: str | Path) -> Path | None:
 
 
 def main(argv: list[str] | None = None) -> None:
-    """`python -m unlearn.sweep.halving SWEEP_DIR | --skip CHECKPOINT`: what the sweep's jobs call.
-    SWEEP_DIR: decide the complete rounds; --skip: print why and exit 0 if the eval need not run, else exit 1."""
+    """`python -m unlearn.sweep.halving SWEEP_DIR | --skip CHECKPOINT | --watch SWEEP_DIR RUN`: what the
+    sweep's jobs call. SWEEP_DIR: decide the complete rounds; --skip: print why and exit 0 if the eval
+    need not run, else exit 1; --watch: release RUN's held eval jobs (see `watch`)."""
     import sys
 
     from unlearn.errors import guarded
@@ -211,8 +259,12 @@ def main(argv: list[str] | None = None) -> None:
             why = skip_eval(args[1])
             print(why or f"{args[1]}: evaluate")
             raise SystemExit(0 if why else 1)
+        if args[:1] == ["--watch"] and len(args) == 3:
+            watch(args[1], args[2])
+            return
         if len(args) != 1:
-            raise UserError("usage: python -m unlearn.sweep.halving SWEEP_DIR | --skip CHECKPOINT")
+            raise UserError("usage: python -m unlearn.sweep.halving SWEEP_DIR | --skip CHECKPOINT | "
+                            "--watch SWEEP_DIR RUN")
         for r in decide(args[0]):
             print(f"halving round {r['round']} (step {r['step']}): kept {r['kept']}, stopped "
                   f"{[e['run'] for e in r['stopped']] or 'none'}", flush=True)

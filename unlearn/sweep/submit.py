@@ -34,6 +34,8 @@ def submit(grid: str, overrides: list[str], *, executor_kind: str = "slurm", pro
         params = submitit_params(prof, kind)
         if executor_kind != "slurm":  # the local executor knows no SLURM options
             params = {k: v for k, v in params.items() if not k.startswith("slurm_")}
+        elif dependency == "hold":  # search: halving: TrainJob releases it once its checkpoint is written
+            params["slurm_additional_parameters"] = {"hold": True}
         elif dependency:
             params["slurm_additional_parameters"] = {"dependency": dependency}
         executor.update_parameters(name=name or f"{sweep.name}-{kind}", **params)
@@ -51,7 +53,7 @@ def submit(grid: str, overrides: list[str], *, executor_kind: str = "slurm", pro
               for step in (checkpoint_steps(p.config) if sweep.eval_enabled else [])]
 
     def submit_eval(p, tj, step):
-        configure("eval", f"afterok:{tj.job_id}", f"eval-{p.name}-{step}")
+        configure("eval", "hold" if sweep.search == "halving" else f"afterok:{tj.job_id}", f"eval-{p.name}-{step}")
         ckpt = str(sweep.folder.resolve() / "runs" / p.name / "checkpoints" / f"step-{step:06d}")
         return executor.submit(EvalJob(ckpt, list(sweep.eval_args)))
 
@@ -124,6 +126,7 @@ def plan_shell(grid: str, overrides: list[str], profile: str = "") -> None:
     values = {"SWEEP_DIR": str(sweep.folder.resolve()), "N_TASKS": str(len(pts)),
               "PARALLEL": str(prof.array_parallelism or len(pts)), "DS_CONFIG": sweep.ds_config,
               "SWEEP_NAME": sweep.name, "TRAIN_SBATCH": " ".join(sbatch_args(prof, "train")),
-              "EVAL_SBATCH": " ".join(sbatch_args(prof, "eval")), "EVAL_ARGS": " ".join(sweep.eval_args)}
+              "EVAL_SBATCH": " ".join(sbatch_args(prof, "eval")), "EVAL_ARGS": " ".join(sweep.eval_args),
+              "HALVING": "1" if sweep.search == "halving" else "0"}
     for key, value in values.items():
         print(f"{key}={shlex.quote(value)}")
