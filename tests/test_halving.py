@@ -152,6 +152,10 @@ def test_skip_eval_only_for_checkpoints_a_stopped_run_never_wrote(tmp_path):
                                        "(step 2): rank 2 of 2)")
     ckpt.mkdir(parents=True)
     assert halving.skip_eval(ckpt) == ""  # written before the stop: evaluate it
+    (tmp_path / "runs" / "a" / STOP).unlink()
+    (tmp_path / "runs" / "a" / TRAIN_EXIT).write_text("1\n")
+    assert halving.skip_eval(step_dir(tmp_path / "runs" / "a", 6)) == ("skipped step-000006: the run ended "
+                                                                        "before it (exit status 1)")
 
 
 def test_stop_file_stops_a_real_run_at_the_next_step_with_a_final_checkpoint(demo_dir, tmp_path):

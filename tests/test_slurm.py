@@ -266,8 +266,12 @@ def _check_halving(sweep_dir: Path, env: dict[str, str]) -> dict:
 
 
 def _no_jobs_left(ids: list[str], env: dict[str, str]) -> None:
-    queued = _run(["squeue", "-h", "-j", ",".join(ids), "-o", "%i %T"], env).strip()
-    assert queued == "", f"jobs of the sweep still queued: {queued}"
+    """No job of the sweep left in the queue (a job whose result submitit already read may take a
+    few seconds to leave it; a held or pending one never would)."""
+    end = time.time() + 30
+    while queued := _run(["squeue", "-h", "-j", ",".join(ids), "-o", "%i %T"], env).strip():
+        assert time.time() < end, f"jobs of the sweep still queued: {queued}"
+        time.sleep(1)
 
 
 def test_sbatch_halving_stops_the_worst_half_each_round(slurm_env, demo_dir, tmp_path):
@@ -299,16 +303,16 @@ def test_sbatch_halving_stops_the_worst_half_each_round(slurm_env, demo_dir, tmp
     assert steps_run < 4 * 300
 
 
-def test_submitit_halving_slurm_and_local(slurm_env, demo_dir, tmp_path):
+@pytest.mark.parametrize("executor", ["slurm", "local"])
+def test_submitit_halving(slurm_env, demo_dir, tmp_path, executor):
     """The same cuts through launch/sweep.py, on SLURM and with the local executor (tiny rounds: the
     decisions, not the timing, are checked here)."""
-    for executor in ("slurm", "local"):
-        grid = _halving_grid(tmp_path, f"hv-{executor}", max_steps=6, every=2)
-        _run([sys.executable, "launch/sweep.py", str(grid), "--executor", executor, "--wait",
-              *_demo_overrides(demo_dir)], slurm_env, timeout_s=600)
-        sweep_dir = tmp_path / f"hv-{executor}"
-        _check_halving(sweep_dir, slurm_env)
-        assert (sweep_dir / "report.csv").is_file() and (sweep_dir / "best.json").is_file()
-        if executor == "slurm":
-            jobs = dict(line.split(" ", 1) for line in (sweep_dir / "submitit_jobs.txt").read_text().splitlines())
-            _no_jobs_left([j for v in jobs.values() for j in v.split()], slurm_env)
+    grid = _halving_grid(tmp_path, f"hv-{executor}", max_steps=6, every=2)
+    _run([sys.executable, "launch/sweep.py", str(grid), "--executor", executor, "--wait",
+          *_demo_overrides(demo_dir)], slurm_env, timeout_s=600)
+    sweep_dir = tmp_path / f"hv-{executor}"
+    _check_halving(sweep_dir, slurm_env)
+    assert (sweep_dir / "report.csv").is_file() and (sweep_dir / "best.json").is_file()
+    if executor == "slurm":
+        jobs = dict(line.split(" ", 1) for line in (sweep_dir / "submitit_jobs.txt").read_text().splitlines())
+        _no_jobs_left([j for v in jobs.values() for j in v.split()], slurm_env)

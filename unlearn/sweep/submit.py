@@ -94,7 +94,9 @@ def _local_halving(sweep, prof, pts, train_jobs, executor, configure) -> None:
 
     from unlearn.runs import COMPLETE, step_dir
 
-    wanted = [(p, tj, step) for p, tj in zip(pts, train_jobs) for step in checkpoint_steps(p.config)]
+    # round by round: a round is decided once all its points are evaluated, before later rounds' evals
+    wanted = sorted(((p, tj, step) for p, tj in zip(pts, train_jobs) for step in checkpoint_steps(p.config)),
+                    key=lambda w: w[2])
     width = prof.array_parallelism or len(wanted)
     running, failed = [], []
     while wanted or running:
