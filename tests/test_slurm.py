@@ -309,7 +309,7 @@ def test_submitit_halving(slurm_env, demo_dir, tmp_path, executor):
     decisions, not the timing, are checked here)."""
     grid = _halving_grid(tmp_path, f"hv-{executor}", max_steps=6, every=2)
     _run([sys.executable, "launch/sweep.py", str(grid), "--executor", executor, "--wait",
-          *_demo_overrides(demo_dir)], slurm_env, timeout_s=600)
+          *_demo_overrides(demo_dir)], slurm_env, timeout_s=900)
     sweep_dir = tmp_path / f"hv-{executor}"
     _check_halving(sweep_dir, slurm_env)
     assert (sweep_dir / "report.csv").is_file() and (sweep_dir / "best.json").is_file()
