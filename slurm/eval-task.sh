@@ -3,13 +3,21 @@
 #   slurm/eval-task.sh CHECKPOINT_DIR [launch/evaluate.py options]
 # A failure leaves its reason in CHECKPOINT_DIR/eval.error (evaluate.py writes it for errors it
 # catches; this script for a signal or any other exit), which `launch/sweep.py --status` shows.
+# In a sweep with `search: halving` it then decides the rounds its result completes (STOP files,
+# halving.json); a checkpoint its run never wrote because halving stopped it is skipped (exit 0).
 set -uo pipefail
+PY=${UNLEARN_PYTHON:-python}
 echo "eval job ${SLURM_JOB_ID:-local} on $(hostname): $1"
+if [ ! -d "$1" ] && "$PY" -m unlearn.sweep.halving --skip "$1"; then exit 0; fi
 trap 'echo "stopped by a signal (time limit or scancel) in job ${SLURM_JOB_ID:-?}" > "$1/eval.error"; exit 143' TERM
-"${UNLEARN_PYTHON:-python}" launch/evaluate.py "$@" &
+"$PY" launch/evaluate.py "$@" &
 wait $!
 rc=$?
 if [ "$rc" -ne 0 ] && [ ! -f "$1/eval.error" ]; then
   echo "evaluate.py exited with status $rc (see the job's log)" > "$1/eval.error"
+fi
+sweep=$(dirname "$(dirname "$(dirname "$(dirname "$1")")")")   # SWEEP/runs/NAME/checkpoints/step-X
+if grep -qx 'search: halving' "$sweep/sweep.yaml" 2>/dev/null; then
+  "$PY" -m unlearn.sweep.halving "$sweep" || echo "halving decision failed (the next eval retries it)" >&2
 fi
 exit "$rc"

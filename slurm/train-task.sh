@@ -5,6 +5,9 @@
 # Always --resume auto: a requeued task continues from its run's newest complete checkpoint.
 # SIGUSR1 (sent before the time limit, --signal) or SIGTERM (preemption, scontrol requeue) makes the
 # run save at its next step and exit 3; then this task requeues itself (same job id: afterok holds).
+# In a `search: halving` sweep it releases the run's held eval jobs as checkpoints appear, and at the
+# end writes the exit status to runs/NAME/train.exit (the run is over: halving counts it out of
+# later rounds and decides them now; its eval jobs still held are released).
 set -uo pipefail
 SWEEP_DIR=$1 DS_CONFIG=$2
 PY=${UNLEARN_PYTHON:-python}
@@ -22,7 +25,11 @@ echo "task $SLURM_ARRAY_TASK_ID ($name): job $SLURM_JOB_ID, $SLURM_NTASKS rank(s
 # A rank that exits 3 (unlearn.errors.EXIT_REQUEUE: checkpoint saved) leaves this flag: srun's own
 # status is not enough, since --kill-on-bad-exit may kill the other ranks before they exit 3 too.
 export REQUEUE_FLAG=$SWEEP_DIR/logs/.requeue-$SLURM_JOB_ID
-rm -f "$REQUEUE_FLAG"
+rm -f "$REQUEUE_FLAG" "$SWEEP_DIR/runs/$name/train.exit"
+halving=0; grep -qx 'search: halving' "$SWEEP_DIR/sweep.yaml" && halving=1
+if [ "$halving" = 1 ]; then   # evaluation while training: release held eval jobs as checkpoints appear
+  "$PY" -m unlearn.sweep.halving --watch "$SWEEP_DIR" "$name" & watcher=$!
+fi
 # RANK etc. per srun task; unlearn/distributed.py reads them.
 srun --kill-on-bad-exit=1 bash -c \
   'export RANK=$SLURM_PROCID LOCAL_RANK=$SLURM_LOCALID WORLD_SIZE=$SLURM_NTASKS
@@ -32,7 +39,12 @@ srun --kill-on-bad-exit=1 bash -c \
 rc=$?
 if [ -e "$REQUEUE_FLAG" ]; then   # checkpoint saved: run me again
   rm -f "$REQUEUE_FLAG"
+  [ "$halving" = 1 ] && kill "$watcher"   # the next incarnation watches again
   echo "task $SLURM_ARRAY_TASK_ID saved after a preemption signal; requeueing job $SLURM_JOB_ID"
   scontrol requeue "$SLURM_JOB_ID"
+elif [ "$halving" = 1 ]; then
+  mkdir -p "$SWEEP_DIR/runs/$name" && echo "$rc" > "$SWEEP_DIR/runs/$name/train.exit"
+  wait "$watcher"   # it releases the eval jobs still held, then ends
+  "$PY" -m unlearn.sweep.halving "$SWEEP_DIR" || echo "halving decision failed" >&2
 fi
 exit "$rc"

@@ -45,8 +45,8 @@ def _demo_overrides(demo_dir: Path) -> list[str]:
             f"data.retain={demo_dir / 'retain.txt'}"]
 
 
-def _run(cmd: list[str], env: dict[str, str], **kw) -> str:
-    out = subprocess.run(cmd, env=env, cwd=ROOT, capture_output=True, text=True, timeout=120, **kw)
+def _run(cmd: list[str], env: dict[str, str], timeout_s: float = 120, **kw) -> str:
+    out = subprocess.run(cmd, env=env, cwd=ROOT, capture_output=True, text=True, timeout=timeout_s, **kw)
     assert out.returncode == 0, f"{cmd}: {out.stdout}\n{out.stderr}"
     return out.stdout
 
@@ -225,3 +225,99 @@ def test_submitit_preempted_job_requeues_and_resumes(slurm_env, demo_dir, tmp_pa
     assert len(resumed) == 1 and 4 <= int(resumed[0]) < 40, log[-3000:]
     assert (ckpts / f"step-{int(resumed[0]):06d}" / "COMPLETE").exists()
     assert (ckpts / "step-000040" / "COMPLETE").exists()
+
+
+def _halving_grid(tmp_path: Path, name: str, max_steps: int, every: int) -> Path:
+    """configs/sweeps/demo_halving.yaml scaled down here only: 4 points (2 lr x 2 losses), local profile."""
+    doc = yaml.safe_load((ROOT / "configs/sweeps/demo_halving.yaml").read_text())
+    doc.update(name=name, output_dir=str(tmp_path), profile="slurm/profiles/local.yaml",
+               axes={"optim.lr": [5e-5, 2e-4], "method.forget_loss": ["ga", "npo"]})
+    doc["base"]["train"].update(max_steps=max_steps, save_every_n_steps=every)
+    doc["eval"]["args"][3] = "2"  # --limit
+    path = tmp_path / f"{name}.yaml"
+    path.write_text(yaml.safe_dump(doc, sort_keys=False))
+    return path
+
+
+def _check_halving(sweep_dir: Path, env: dict[str, str]) -> dict:
+    """The cuts are the worst half by the grid's score, computed here from the eval files; round 2 ranks
+    only round 1's survivors; every stopped run has its STOP file and ended at its last checkpoint; the
+    status shows who stopped and why. Returns halving.json."""
+    grid = yaml.safe_load((sweep_dir / "sweep.yaml").read_text())
+    weights, every = grid["select"]["weights"], grid["base"]["train"]["save_every_n_steps"]
+    names = (sweep_dir / "tasks.txt").read_text().split()
+    record = json.loads((sweep_dir / "halving.json").read_text())
+    assert [r["round"] for r in record["rounds"]] == [1, 2]
+
+    def score(name: str, step: int) -> float:
+        scalars = json.loads((sweep_dir / "runs" / name / "checkpoints" / f"step-{step:06d}" / "eval.json")
+                             .read_text())["scalars"]
+        return sum(w * scalars[f"eval/{k}"] for k, w in weights.items())
+
+    alive = names
+    for r, keep in zip(record["rounds"], (2, 1)):
+        by_score = sorted(alive, key=lambda n: -score(n, r["step"]))
+        assert r["step"] == r["round"] * every and [row["run"] for row in r["ranked"]] == by_score
+        assert [e["run"] for e in r["stopped"]] == by_score[keep:]
+        alive = by_score[:keep]
+    stopped = [e["run"] for r in record["rounds"] for e in r["stopped"]]
+    assert sorted(p.parent.name for p in (sweep_dir / "runs").glob("*/STOP")) == sorted(stopped)
+    for name in names:
+        assert (sweep_dir / "runs" / name / "train.exit").read_text().strip() == "0"
+    status = _run([sys.executable, "launch/sweep.py", "--status", str(sweep_dir)], env)
+    assert status.count("STOPPED r1") == 2 and status.count("STOPPED r2") == 1, status
+    assert "below the cut" in status and "round 1 (step" in status
+    return record
+
+
+def _no_jobs_left(ids: list[str], env: dict[str, str]) -> None:
+    """No job of the sweep left in the queue (a job whose result submitit already read may take a
+    few seconds to leave it; a held or pending one never would)."""
+    end = time.time() + 30
+    while queued := _run(["squeue", "-h", "-j", ",".join(ids), "-o", "%i %T"], env).strip():
+        assert time.time() < end, f"jobs of the sweep still queued: {queued}"
+        time.sleep(1)
+
+
+def test_sbatch_halving_stops_the_worst_half_each_round(slurm_env, demo_dir, tmp_path):
+    """4 points, rounds at steps 100, 200, 300: the round-1 losers are told to stop while they train
+    (an eval lands in tens of seconds; 200 more steps take longer on 2 shared cores), save a final
+    checkpoint, and their eval jobs for steps never reached end without evaluating."""
+    grid = _halving_grid(tmp_path, "hv", max_steps=300, every=100)
+    _run(["bash", "slurm/sweep.sh", str(grid), *_demo_overrides(demo_dir)], slurm_env)
+    sweep_dir = tmp_path / "hv"
+    jobs = dict(line.split(" ", 1) for line in (sweep_dir / "jobs.txt").read_text().splitlines())
+    array, eval_ids, report = jobs["train"], jobs["eval"].split(), jobs["report"]
+    rows = _wait_done([array, *eval_ids, report], slurm_env, timeout=600, expect=4 + len(eval_ids) + 1)
+    assert all(r["State"] == "COMPLETED" for r in rows.values()), rows
+    _no_jobs_left([array, *eval_ids, report], slurm_env)
+    record = _check_halving(sweep_dir, slurm_env)
+    first = [e["run"] for e in record["rounds"][0]["stopped"]]
+    names = (sweep_dir / "tasks.txt").read_text().split()
+    for name in first:
+        run = sweep_dir / "runs" / name
+        last = max(int(p.name[5:]) for p in (run / "checkpoints").glob("step-*") if (p / "COMPLETE").exists())
+        assert 100 < last < 300, (name, last)  # stopped mid-run, with a final checkpoint
+        log = (sweep_dir / "logs" / f"train-{array}_{names.index(name)}.out").read_text()
+        assert f"stopped early at step {last}: {run / 'STOP'}: halving round 1" in log
+        assert not (run / "checkpoints" / "step-000300").exists()
+    skipped = [p.read_text() for p in (sweep_dir / "logs").glob("eval-*-step300-*.out") if "skipped" in p.read_text()]
+    assert len(skipped) == 2, skipped  # the round-1 losers' step-300 evals
+    steps_run = sum(max(int(p.name[5:]) for p in (sweep_dir / "runs" / n / "checkpoints").glob("step-*"))
+                    for n in names)
+    assert steps_run < 4 * 300
+
+
+@pytest.mark.parametrize("executor", ["slurm", "local"])
+def test_submitit_halving(slurm_env, demo_dir, tmp_path, executor):
+    """The same cuts through launch/sweep.py, on SLURM and with the local executor (tiny rounds: the
+    decisions, not the timing, are checked here)."""
+    grid = _halving_grid(tmp_path, f"hv-{executor}", max_steps=6, every=2)
+    _run([sys.executable, "launch/sweep.py", str(grid), "--executor", executor, "--wait",
+          *_demo_overrides(demo_dir)], slurm_env, timeout_s=900)
+    sweep_dir = tmp_path / f"hv-{executor}"
+    _check_halving(sweep_dir, slurm_env)
+    assert (sweep_dir / "report.csv").is_file() and (sweep_dir / "best.json").is_file()
+    if executor == "slurm":
+        jobs = dict(line.split(" ", 1) for line in (sweep_dir / "submitit_jobs.txt").read_text().splitlines())
+        _no_jobs_left([j for v in jobs.values() for j in v.split()], slurm_env)

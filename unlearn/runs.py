@@ -1,6 +1,7 @@
 """Where a run's files live, read by every phase (no torch import, so sweep planning stays light).
 
     runs/<name>/config.yaml                     the resolved run config
+                STOP                            (optional) stop at the next step boundary, and why
                 tb/                             TensorBoard
                 checkpoints/step-XXXXXX/        weights or adapter, tokenizer, config.yaml, meta.json,
                                                 engine/ (DeepSpeed state), eval.json, COMPLETE (last)
@@ -19,6 +20,12 @@ from unlearn.errors import UserError
 COMPLETE = "COMPLETE"
 EVAL_ERROR = "eval.error"
 """Beside a checkpoint: the one-line reason its last evaluation failed (removed by a success)."""
+STOP = "STOP"
+"""In a run folder: the run stops at its next step boundary with a final checkpoint; holds the reason
+(successive halving writes it; `touch` works too)."""
+TRAIN_EXIT = "train.exit"
+"""In a sweep's run folder: the exit status of its training task, written when the task ends for good
+(not on a requeue); successive halving counts a run that ended before a round as out of it."""
 
 
 def step_dir(run_dir: Path, step: int) -> Path:

@@ -5,4 +5,6 @@ profile.py  cluster profiles (slurm/profiles/*.yaml) as sbatch options or submit
 jobs.py     submitit job classes: TrainJob (requeues itself), EvalJob, ReportJob
 submit.py   plan + submit through submitit, or print the plan for slurm/sweep.sh (entry)
 report.py   status table, report.csv/png, TensorBoard HParams sessions
+select.py   choosing a checkpoint by rule (--best)
+halving.py  successive halving (search: halving): rank each eval round, stop the worst (STOP files)
 """

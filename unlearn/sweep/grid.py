@@ -9,6 +9,8 @@
     eval: {args: [--suite, utility]}   # extra arguments of launch/evaluate.py; enabled: false = no evals
     report: {forget_metric: copyright/verbatim_rouge_l, utility_metric: utility/retain_ppl}
                                        # default with --suite tofu: tofu/forget_quality vs tofu/model_utility
+    search: halving                    # grid (default: every point runs to the end) | halving
+    halving: {eta: 2, min_rounds: 1}   # successive halving after each eval round (unlearn.sweep.halving)
 
 Folder layout (`plan` writes it; launchers and `status` read it; nothing here talks to SLURM):
 
@@ -18,6 +20,7 @@ Folder layout (`plan` writes it; launchers and `status` read it; nothing here ta
                         jobs.txt         job ids (sbatch route; submitit_jobs.txt for launch/sweep.py)
                         configs/<run>.yaml   the full run config of each grid point
                         runs/<run>/      run folders (checkpoints/, tb/) = the TensorBoard logdir
+                        halving.json     search: halving: each decided round, its ranking and cut
                         logs/            scheduler output
 """
 
@@ -37,7 +40,7 @@ from unlearn.errors import UserError
 from unlearn.runs import COMPLETE, EVAL_ERROR, step_dir
 
 SWEEP_KEYS = {"name", "output_dir", "ds_config", "profile", "base", "base_configs", "axes", "eval", "report",
-              "select"}
+              "select", "search", "halving"}
 SWEEP_PREFIX = "sweep."
 """Command-line overrides under this prefix set sweep keys (sweep.output_dir=/tmp/s); others patch `base`."""
 
@@ -70,6 +73,20 @@ class SelectSpec:
     """score: metric -> weight; the score is the weighted sum, highest wins."""
 
 
+SEARCHES = ("grid", "halving")
+"""grid: every point runs to max_steps; halving: successive halving over eval rounds (unlearn.sweep.halving)."""
+
+
+@dataclass(frozen=True)
+class HalvingSpec:
+    eta: float = 2.0
+    """After a cut, the best ceil(n / eta) of the n ranked running points go on (2 = halve each round)."""
+    min_rounds: int = 1
+    """The first cut comes after this eval round (1 = after the first checkpoint's evals)."""
+    min_points: int = 1
+    """A cut never leaves fewer running points than this."""
+
+
 @dataclass(frozen=True)
 class Sweep:
     name: str
@@ -83,6 +100,9 @@ class Sweep:
     report: ReportSpec = field(default_factory=ReportSpec)
     select: SelectSpec = field(default_factory=SelectSpec)
     """How `launch/sweep.py --best` chooses (unlearn.sweep.select)."""
+    search: str = "grid"
+    """grid | halving (SEARCHES)."""
+    halving: HalvingSpec = field(default_factory=HalvingSpec)
 
     @property
     def folder(self) -> Path:
@@ -152,8 +172,10 @@ def load_sweep(path: str | Path, overrides: list[str] | None = None) -> Sweep:
                   profile=str(raw.get("profile") or "slurm/profiles/local.yaml"),
                   base=base, axes=tuple((k, tuple(v)) for k, v in axes.items()),
                   eval_args=tuple(str(a) for a in ev.get("args") or ()),
-                  eval_enabled=ev.get("enabled", True), report=report_spec, select=_select_spec(raw.get("select")))
-    points(sweep)  # validate every grid point now, not in a job an hour later
+                  eval_enabled=ev.get("enabled", True), report=report_spec, select=_select_spec(raw.get("select")),
+                  search=str(raw.get("search") or "grid"), halving=_halving_spec(raw.get("halving")))
+    pts = points(sweep)  # validate every grid point now, not in a job an hour later
+    _check_search(sweep, pts)
     return sweep
 
 
@@ -166,6 +188,47 @@ def _default_report(eval_args: list[str]) -> dict:
     suites = [eval_args[i + 1] for i, a in enumerate(eval_args[:-1]) if a == "--suite"]
     suites += [a.split("=", 1)[1] for a in eval_args if a.startswith("--suite=")]
     return dict(TOFU_REPORT) if any("tofu" in s.split(",") for s in suites) else {}
+def _halving_spec(raw: Any) -> HalvingSpec:
+    try:
+        spec = HalvingSpec(**(raw or {}))
+    except TypeError:
+        raise UserError(f"sweep key 'halving' accepts {sorted(HalvingSpec.__dataclass_fields__)}, got "
+                        f"{sorted(raw)}") from None
+    try:
+        spec = HalvingSpec(float(spec.eta), int(spec.min_rounds), int(spec.min_points))
+    except (TypeError, ValueError):
+        raise UserError(f"sweep key 'halving' needs numbers, got {raw}") from None
+    if spec.eta <= 1 or spec.min_rounds < 1 or spec.min_points < 1:
+        raise UserError(f"sweep halving: eta={spec.eta:g}, min_rounds={spec.min_rounds}, min_points="
+                        f"{spec.min_points}; expected eta > 1, min_rounds >= 1, min_points >= 1")
+    return spec
+
+
+def _check_search(sweep: Sweep, pts: list[Point]) -> None:
+    """search: halving needs evals, the same checkpoint steps in every point, and a rule it can rank by."""
+    if sweep.search not in SEARCHES:
+        raise UserError(f"sweep search '{sweep.search}' is unknown; expected one of: {', '.join(SEARCHES)}")
+    if sweep.search != "halving":
+        return
+    if not sweep.eval_enabled:
+        raise UserError("sweep search: halving ranks eval results; expected eval.enabled: true")
+    rounds = {tuple(checkpoint_steps(p.config)) for p in pts}
+    if len(rounds) != 1:
+        raise UserError("sweep search: halving needs the same eval rounds in every point; the axes vary "
+                        "train.max_steps or train.save_every_n_steps (expected them fixed)")
+    steps = rounds.pop()
+    if len(steps) <= sweep.halving.min_rounds:
+        raise UserError(f"sweep search: halving cuts after eval rounds {sweep.halving.min_rounds}..{len(steps) - 1}, "
+                        f"but the runs save at steps {list(steps)} only; expected train.save_every_n_steps below "
+                        f"train.max_steps (e.g. max_steps / 3) or a lower halving.min_rounds")
+    sel, rep = sweep.select, sweep.report
+    if sel.rule == "score" and not sel.weights:
+        raise UserError("sweep search: halving with select.rule score needs select.weights (metric: weight)")
+    if sel.rule != "score" and not (rep.forget_metric and rep.utility_metric):
+        raise UserError(f"sweep search: halving with select.rule {sel.rule} needs report.forget_metric and "
+                        "report.utility_metric")
+    if sel.rule == "threshold" and sel.forget_target is None:
+        raise UserError("sweep search: halving with select.rule threshold needs select.forget_target")
 
 
 def _select_spec(raw: Any):
@@ -272,7 +335,9 @@ def sweep_dict(sweep: Sweep) -> dict[str, Any]:
     return {"name": sweep.name, "output_dir": sweep.output_dir, "ds_config": sweep.ds_config,
             "profile": sweep.profile, "base": sweep.base, "axes": {k: list(v) for k, v in sweep.axes},
             "eval": {"args": list(sweep.eval_args), "enabled": sweep.eval_enabled}, "report": dict(sweep.report.__dict__),
-            "select": dict(sweep.select.__dict__)}
+            "select": dict(sweep.select.__dict__),
+            # only for halving, so the resolved sweep.yaml of a plain grid stays as it was
+            **({"search": sweep.search, "halving": dict(sweep.halving.__dict__)} if sweep.search != "grid" else {})}
 
 
 def open_sweep(folder: str | Path) -> tuple[Sweep, list[Point]]:

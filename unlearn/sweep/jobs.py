@@ -35,6 +35,18 @@ class TrainJob:
     def __call__(self) -> str:
         import submitit  # only inside a submitit job
 
+        from unlearn.runs import TRAIN_EXIT
+
+        (Path(self.sweep_dir) / "runs" / self.name / TRAIN_EXIT).unlink(missing_ok=True)  # running (again)
+        watcher = None
+        if _halving(Path(self.sweep_dir)) and os.environ.get("SUBMITIT_EXECUTOR") == "slurm":
+            import threading
+
+            from unlearn.sweep import halving
+
+            # evaluation while training: release this run's held eval jobs as its checkpoints appear
+            watcher = threading.Thread(target=halving.watch, args=(self.sweep_dir, self.name), daemon=True)
+            watcher.start()
         job = submitit.JobEnvironment()
         addr = _node_addr(job.hostnames[0]) if job.num_nodes > 1 else "127.0.0.1"
         env = {**os.environ, "RANK": str(job.global_rank), "LOCAL_RANK": str(job.local_rank),
@@ -48,6 +60,8 @@ class TrainJob:
         self._proc = subprocess.Popen(cmd, cwd=ROOT, env=env,
                                       preexec_fn=lambda: signal.signal(signal.SIGUSR2, signal.SIG_IGN))
         rc = self._proc.wait()
+        if rc != EXIT_REQUEUE:
+            _halving_after_run(Path(self.sweep_dir), self.name, rc, watcher)
         if rc == EXIT_REQUEUE:
             raise RuntimeError(f"run {self.name} was preempted (saved, exit {rc}) without submitit's signal")
         if rc:
@@ -75,8 +89,17 @@ class EvalJob:
         self.ckpt, self.args = ckpt, list(args)  # not `checkpoint`: that name is submitit's requeue hook
 
     def __call__(self) -> str:
+        from unlearn.sweep import halving
+
+        why = halving.skip_eval(self.ckpt)  # halving stopped the run before this checkpoint
+        if why:
+            print(why, flush=True)
+            return self.ckpt
         cmd = [sys.executable, str(ROOT / "launch" / "evaluate.py"), self.ckpt, *self.args]
         rc = subprocess.run(cmd, cwd=ROOT).returncode
+        sweep = halving.sweep_of(self.ckpt)
+        if sweep is not None:
+            halving.decide(sweep)  # search: halving: the rounds this result completes (no-op otherwise)
         if rc:
             error = Path(self.ckpt) / "eval.error"  # written by the evaluation itself when it could
             if not error.is_file():
@@ -98,6 +121,25 @@ class ReportJob:
         from unlearn.sweep.report import report_folder
 
         return str(report_folder(self.sweep_dir))
+
+
+def _halving(sweep_dir: Path) -> bool:
+    return "search: halving" in (sweep_dir / "sweep.yaml").read_text().splitlines()
+
+
+def _halving_after_run(sweep_dir: Path, name: str, rc: int, watcher) -> None:
+    """A run that is over (not requeued), in a search: halving sweep: record its exit status
+    (runs/NAME/train.exit), let the watcher release the eval jobs still held, decide the rounds
+    the run no longer holds up."""
+    from unlearn.runs import TRAIN_EXIT
+    from unlearn.sweep import halving
+
+    if _halving(sweep_dir):
+        (sweep_dir / "runs" / name).mkdir(parents=True, exist_ok=True)
+        (sweep_dir / "runs" / name / TRAIN_EXIT).write_text(f"{rc}\n")
+        if watcher is not None:
+            watcher.join()
+        halving.decide(sweep_dir)
 
 
 def _node_addr(node: str) -> str:

@@ -74,6 +74,8 @@ def eval_state(files_state: str, slurm: tuple[str, str] | None) -> tuple[str, st
     if slurm is None:
         return files_state, ""
     state, word = slurm
+    if state == "done" and files_state == "none":  # no checkpoint at that step: the run stopped before it
+        return "skipped", ""
     if state == "done":  # the job ended well but left no eval.json: say so rather than call it done
         return "failed", f"job {word} without eval.json"
     return state, word if state == "failed" else ""

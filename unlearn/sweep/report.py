@@ -11,7 +11,7 @@ from pathlib import Path
 
 from unlearn.errors import UserError
 from unlearn.runs import COMPLETE, step_dir
-from unlearn.sweep import queue, select
+from unlearn.sweep import halving, queue, select
 from unlearn.sweep.grid import Point, ReportSpec, Sweep, checkpoint_steps, open_sweep, run_status
 from unlearn.sweep.select import pareto_front
 
@@ -25,6 +25,7 @@ def status_table(sweep: Sweep, pts: list[Point]) -> str:
     spec = sweep.report
     jobs, note = queue.eval_jobs(sweep.folder)
     lines = [f"sweep {sweep.folder}  ({len(pts)} runs)" + (f"  [{note}]" if note and sweep.eval_enabled else "")]
+    stopped = halving.stopped_at(sweep.folder)
     for p in pts:
         st = run_status(sweep, p)
         shown = {k: v for k, v in st.latest_eval.items() if k in (spec.forget_metric, spec.utility_metric)}
@@ -32,19 +33,22 @@ def status_table(sweep: Sweep, pts: list[Point]) -> str:
         metrics = " ".join(f"{k}={v:.4g}" for k, v in shown.items()) or "-"
         counts = Counter(state for state, _ in eval_states(sweep, p, st, jobs).values())
         states = ", ".join(f"{counts[s]} {s.upper() if s == 'failed' else s}" for s in EVAL_STATES if counts[s])
-        lines.append(f"{p.name:<40} {st.state:<8} step {st.step:>5}/{st.max_steps:<5} "
-                     f"evals {st.evaluated}/{st.checkpoints}{f' ({states})' if states else ''}  {metrics}")
+        state = "stopped" if p.name in stopped and st.state != "done" else st.state
+        cut = f" STOPPED r{stopped[p.name]}" if p.name in stopped else ""
+        lines.append(f"{p.name:<40} {state:<8} step {st.step:>5}/{st.max_steps:<5} "
+                     f"evals {st.evaluated}/{st.checkpoints}{f' ({states})' if states else ''}{cut}  {metrics}")
     failures = failed_evals(sweep, pts, jobs)
     if failures:
         lines.append(f"{len(failures)} failed eval(s) (eval.error beside the checkpoint, or the job's "
                      "SLURM state; rerun: python launch/evaluate.py CHECKPOINT ...):")
         lines += [f"  {run} step {step}: {reason}" for run, step, reason in failures]
-    return "\n".join(lines)
+    return "\n".join(lines + halving.status_lines(sweep.folder))
 
 
-EVAL_STATES = ("done", "running", "pending", "waiting", "failed")
+EVAL_STATES = ("done", "running", "pending", "waiting", "skipped", "failed")
 """waiting: the checkpoint is complete but no eval has run and SLURM knows no job for it (the local
-executor's next wave, or a sweep submitted without evals recorded)."""
+executor's next wave, or a sweep submitted without evals recorded); skipped: the eval job ended
+without a checkpoint to evaluate (its run stopped or ended before that step: successive halving)."""
 
 
 def eval_states(sweep: Sweep, p: Point, st=None, jobs=None) -> dict[int, tuple[str, str]]:

@@ -34,6 +34,8 @@ def submit(grid: str, overrides: list[str], *, executor_kind: str = "slurm", pro
         params = submitit_params(prof, kind)
         if executor_kind != "slurm":  # the local executor knows no SLURM options
             params = {k: v for k, v in params.items() if not k.startswith("slurm_")}
+        elif dependency == "hold":  # search: halving: TrainJob releases it once its checkpoint is written
+            params["slurm_additional_parameters"] = {"hold": True}
         elif dependency:
             params["slurm_additional_parameters"] = {"dependency": dependency}
         executor.update_parameters(name=name or f"{sweep.name}-{kind}", **params)
@@ -41,6 +43,9 @@ def submit(grid: str, overrides: list[str], *, executor_kind: str = "slurm", pro
     configure("train")
     with executor.batch():  # one job array
         train_jobs = [executor.submit(TrainJob(folder, p.name, sweep.ds_config)) for p in pts]
+    if executor_kind == "local" and sweep.search == "halving":  # evals as checkpoints appear
+        _local_halving(sweep, prof, pts, train_jobs, executor, configure)
+        return
     if executor_kind == "local":  # no dependencies locally: wait for each run before its evals
         for job in train_jobs:
             job.result()
@@ -48,7 +53,7 @@ def submit(grid: str, overrides: list[str], *, executor_kind: str = "slurm", pro
               for step in (checkpoint_steps(p.config) if sweep.eval_enabled else [])]
 
     def submit_eval(p, tj, step):
-        configure("eval", f"afterok:{tj.job_id}", f"eval-{p.name}-{step}")
+        configure("eval", "hold" if sweep.search == "halving" else f"afterok:{tj.job_id}", f"eval-{p.name}-{step}")
         ckpt = str(sweep.folder.resolve() / "runs" / p.name / "checkpoints" / f"step-{step:06d}")
         return executor.submit(EvalJob(ckpt, list(sweep.eval_args)))
 
@@ -81,12 +86,49 @@ def submit(grid: str, overrides: list[str], *, executor_kind: str = "slurm", pro
         print(f"sweep {sweep.folder} finished", flush=True)
 
 
+def _local_halving(sweep, prof, pts, train_jobs, executor, configure) -> None:
+    """The local executor under search: halving: each checkpoint's eval starts once it is written (at
+    most array_parallelism at once), so the rounds are decided while the runs train; evals of steps a
+    stopped run never reached end at once (EvalJob). Then the report; raises if a run or eval failed."""
+    import time
+
+    from unlearn.runs import COMPLETE, step_dir
+
+    # round by round: a round is decided once all its points are evaluated, before later rounds' evals
+    wanted = sorted(((p, tj, step) for p, tj in zip(pts, train_jobs) for step in checkpoint_steps(p.config)),
+                    key=lambda w: w[2])
+    width = prof.array_parallelism or len(wanted)
+    running, failed = [], []
+    while wanted or running:
+        for job in [j for j in running if j.done()]:
+            running.remove(job)
+            try:
+                job.result()
+            except Exception as exc:  # submitit's FailedJobState: one line of it is the error
+                failed.append(str(exc).strip().splitlines()[-1][:300])
+        for w in list(wanted):
+            p, tj, step = w
+            ckpt = step_dir(sweep.folder.resolve() / "runs" / p.name, step)
+            if len(running) < width and ((ckpt / COMPLETE).is_file() or tj.done()):
+                configure("eval", name=f"eval-{p.name}-{step}")
+                running.append(executor.submit(EvalJob(str(ckpt), list(sweep.eval_args))))
+                wanted.remove(w)
+        time.sleep(0.5)
+    for job in train_jobs:
+        job.result()  # raises if a run failed
+    report_folder(str(sweep.folder.resolve()))
+    if failed:
+        raise UserError(f"{len(failed)} eval jobs failed (first: {failed[0]}); see python launch/sweep.py "
+                        f"--status {sweep.folder}")
+
+
 def plan_shell(grid: str, overrides: list[str], profile: str = "") -> None:
     """Plan the sweep folder; print shell assignments that slurm/sweep.sh evaluates."""
     sweep, prof, pts = load(grid, overrides, profile)
     values = {"SWEEP_DIR": str(sweep.folder.resolve()), "N_TASKS": str(len(pts)),
               "PARALLEL": str(prof.array_parallelism or len(pts)), "DS_CONFIG": sweep.ds_config,
               "SWEEP_NAME": sweep.name, "TRAIN_SBATCH": " ".join(sbatch_args(prof, "train")),
-              "EVAL_SBATCH": " ".join(sbatch_args(prof, "eval")), "EVAL_ARGS": " ".join(sweep.eval_args)}
+              "EVAL_SBATCH": " ".join(sbatch_args(prof, "eval")), "EVAL_ARGS": " ".join(sweep.eval_args),
+              "HALVING": "1" if sweep.search == "halving" else "0"}
     for key, value in values.items():
         print(f"{key}={shlex.quote(value)}")

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import math
 import signal
+from pathlib import Path
 
 import torch
 
@@ -92,3 +93,19 @@ def forget_ceiling(metrics: dict[str, float], ceiling: float) -> str:
     if ceiling > 0 and nll > ceiling:
         return f"forget NLL {nll:.3f} exceeded method.max_forget_loss={ceiling}"
     return ""
+
+
+def stop_file(run_dir, env: DistEnv) -> str:
+    """Why the run stops at this step boundary ("" = go on): RUN_DIR/STOP exists on some rank (one
+    all-reduce, so every rank stops at the same step); its text is the reason. The loop then saves
+    a final checkpoint and ends normally (successive halving in sweeps writes it)."""
+    from unlearn.runs import STOP
+
+    path = Path(run_dir) / STOP
+    if not on_any_rank(path.is_file(), env):
+        return ""
+    try:
+        reason = " ".join(path.read_text().split())
+    except OSError:  # seen by another rank only
+        reason = ""
+    return f"{path}: {reason or 'stop requested'}"

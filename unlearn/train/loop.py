@@ -310,7 +310,7 @@ def _train_in(cfg: Config, ds: dict[str, Any], env: DistEnv, run_dir: Path, toke
         skipped = metrics["skipped"] > 0
         state.record_step(skipped)
         progress["steps"] += 1
-        stop = guards.forget_ceiling(metrics, cfg.method.max_forget_loss)
+        stop = guards.forget_ceiling(metrics, cfg.method.max_forget_loss) or guards.stop_file(run_dir, env)
         window.add(metrics)
         if state.step % t.log_every_n_steps == 0 or state.step == max_steps or stop or skipped:
             logged = window.pop_means()  # "skipped" becomes the fraction of skipped steps since the last log
