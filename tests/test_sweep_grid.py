@@ -319,6 +319,7 @@ def test_eval_states_from_sacct_and_the_checkpoint_folders(tmp_path):
     assert queue.eval_state("done", ("failed", "TIMEOUT")) == ("done", "")  # eval.json is the last word
     assert queue.eval_state("waiting", ("done", "COMPLETED")) == ("failed", "job COMPLETED without eval.json")
     assert queue.eval_state("waiting", None) == ("waiting", "")
+    assert queue.eval_state("none", ("done", "COMPLETED")) == ("skipped", "")  # halving stopped the run first
 
     sweep = load_sweep(_grid(tmp_path, axes={"optim.lr": [1e-4, 5e-4]}))  # saves at steps 2, 4, 6
     pts = plan(sweep)
