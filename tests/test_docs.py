@@ -31,6 +31,7 @@ from tests.conftest import ROOT
 STAND_INS = {
     # README text -> what the check uses here (the only scaled-down values of this file)
     "sweeps/demo-2x2": "{scratch}/sweeps/demo-2x2",  # the folder `sweep.py configs/sweeps/demo_2x2.yaml` plans
+    "sweeps/demo-halving": "{scratch}/sweeps/demo-halving",  # ... and configs/sweeps/demo_halving.yaml
 }
 """Everything else runs as written: hub ids and placeholder paths (runs/NAME, FILE.csv) are only parsed,
 never opened, because every check stops before the first download or file read of a job."""
@@ -163,9 +164,10 @@ def test_variants_of_a_usage_line():
 
 @pytest.fixture(scope="module")
 def scratch(tmp_path_factory) -> Path:
-    """A scratch folder holding the planned demo_2x2 sweep that `--status sweeps/demo-2x2` reads."""
+    """A scratch folder holding the planned sweeps that `--status sweeps/NAME` reads."""
     folder = tmp_path_factory.mktemp("docs")
     plan("configs/sweeps/demo_2x2.yaml", folder, [])
+    plan("configs/sweeps/demo_halving.yaml", folder, [])
     return folder
 
 
