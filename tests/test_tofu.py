@@ -250,6 +250,12 @@ def test_mia_min_k_and_privleak_with_a_holdout_split(tmp_path, demo_dir, shared_
     assert result["suites"]["tofu"]["metrics"]["privleak"]["value"] == \
         pytest.approx(((1 - auc) - 0.7) / 0.7 * 100, rel=1e-6)
     assert result["suites"]["tofu"]["info"]["privleak_reference"]["mia_min_k"] == 0.3
+    # a retain model folder without a saved evaluation: its mia_min_k is computed (here the same model: privleak 0)
+    other = tmp_path / "retain-model"
+    shutil.copytree(ckpt, other, ignore=shutil.ignore_patterns("eval.json", "TOFU_*"))
+    result = evaluate_checkpoint(ckpt, EvalOptions(tofu_data=str(folder), force=True, retain_model=str(other), **FAST))
+    assert result["suites"]["tofu"]["info"]["privleak_reference"]["mia_min_k"] == pytest.approx(auc, abs=1e-12)
+    assert result["suites"]["tofu"]["metrics"]["privleak"]["value"] == pytest.approx(0.0, abs=1e-9)
 
 
 def test_privleak_without_the_holdout_split_says_why(evaluated):
