@@ -33,7 +33,8 @@ from unlearn.eval.privacy import min_k_scores
 from unlearn.eval.stats import auc, auc_ci
 
 K = 0.4
-"""open-unlearning's mia_min_k.yaml `k` (the fraction of lowest-probability answer tokens averaged)."""
+"""open-unlearning's mia_min_k.yaml `k` (the fraction of lowest-probability answer tokens averaged); fixed
+here so the number diffs with theirs (`--min_k` belongs to the MUSE-style privacy suite)."""
 
 
 def answer_min_k(scorer, rows: list[dict], desc: str) -> list[float]:
