@@ -192,6 +192,80 @@ def test_retain_perturbed_when_present_gives_the_ninth_number(tmp_path, demo_dir
     assert suite["metrics"]["retain_Truth_Ratio"]["value"] == pytest.approx(max(0.0, 1 - tr), rel=1e-6)
 
 
+def _by_hand_min_k_score(ckpt: Path, question: str, answer: str) -> float:
+    """open-unlearning's Min-k score: -(mean of the floor(0.4 T) lowest log-probs of the answer's T tokens, no EOS)."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(ckpt)
+    model = AutoModelForCausalLM.from_pretrained(ckpt).eval()
+    head = tok(f"### Question: {question}\n ### Answer:")["input_ids"]
+    tail = tok(" " + answer, add_special_tokens=False)["input_ids"]
+    ids = torch.tensor([head + tail])
+    with torch.no_grad():
+        logp = torch.log_softmax(model(input_ids=ids).logits[0, :-1].float(), -1)
+    picked = sorted(logp[len(head) - 1:].gather(-1, ids[0, len(head):, None]).squeeze(-1).tolist())
+    lowest = picked[:max(1, int(0.4 * len(picked)))]
+    return -sum(lowest) / len(lowest)
+
+
+def _auc_by_counting(class0: list[float], class1: list[float]) -> float:
+    """ROC AUC with class 1 positive: the share of (class0, class1) pairs where class 1 scores higher, ties half."""
+    wins = sum((b > a) + 0.5 * (b == a) for a in class0 for b in class1)
+    return wins / (len(class0) * len(class1))
+
+
+def test_mia_min_k_and_privleak_with_a_holdout_split(tmp_path, demo_dir, shared_data):
+    """A folder laid out as the hub's configs, with a holdout01.json (made-up questions, TOFU's schema)."""
+    folder = tmp_path / "tofu"
+    folder.mkdir()
+    for name in ("forget01.json", "retain99.json", "real_authors_perturbed.json", "world_facts_perturbed.json"):
+        (folder / name).symlink_to(shared_data / "tofu" / name)
+    holdout = [{"question": f"Where was the author {n} born?", "answer": f"{n} was born in {town}, in the year {year}."}
+               for n, town, year in (("Ada Kern", "Lyon", 1961), ("Bo Lindqvist", "Uppsala", 1974),
+                                     ("Caro Mbeki", "Durban", 1958), ("Dan Ruiz", "Cusco", 1990))]
+    (folder / "holdout01.json").write_text(json.dumps(holdout))
+    forget = json.loads((shared_data / "tofu" / "forget01.json").read_text())[:4]
+    ckpt = make_checkpoint(tmp_path / "run", 1, demo_dir)
+
+    result = evaluate_checkpoint(ckpt, EvalOptions(tofu_data=str(folder), **FAST))
+    f = [_by_hand_min_k_score(ckpt, r["question"], r["answer"]) for r in forget]
+    h = [_by_hand_min_k_score(ckpt, r["question"], r["answer"]) for r in holdout]
+    auc = _auc_by_counting(f, h)  # open-unlearning's labels: forget 0, holdout 1, on their score
+    suite = result["suites"]["tofu"]
+    assert suite["metrics"]["mia_min_k"]["value"] == pytest.approx(auc, abs=1e-12)
+    # no retain model: open-unlearning's ref_value 0.5
+    assert suite["metrics"]["privleak"]["value"] == pytest.approx(((1 - auc) - 0.5) / 0.5 * 100, rel=1e-6)
+    logs = json.loads((ckpt / "TOFU_EVAL.json").read_text())
+    assert logs["mia_min_k"]["forget"]["value_by_index"]["2"]["score"] == pytest.approx(f[2], rel=1e-4)
+    assert logs["mia_min_k"]["holdout"]["value_by_index"]["1"]["score"] == pytest.approx(h[1], rel=1e-4)
+    summary = json.loads((ckpt / "TOFU_SUMMARY.json").read_text())
+    assert summary["privleak"] == suite["metrics"]["privleak"]["value"] and "mia_min_k" not in summary
+
+    # the retain model's mia_min_k from its saved TOFU_EVAL.json (open-unlearning's layout)
+    theirs = {"forget_truth_ratio": {"value_by_index": {str(i): {"score": 0.5} for i in range(4)}},
+              "mia_min_k": {"agg_value": 0.3}}
+    (tmp_path / "TOFU_EVAL.json").write_text(json.dumps(theirs))
+    result = evaluate_checkpoint(ckpt, EvalOptions(tofu_data=str(folder), force=True,
+                                                   retain_model=str(tmp_path / "TOFU_EVAL.json"), **FAST))
+    assert result["suites"]["tofu"]["metrics"]["privleak"]["value"] == \
+        pytest.approx(((1 - auc) - 0.7) / 0.7 * 100, rel=1e-6)
+    assert result["suites"]["tofu"]["info"]["privleak_reference"]["mia_min_k"] == 0.3
+    # a retain model folder without a saved evaluation: its mia_min_k is computed (here the same model: privleak 0)
+    other = tmp_path / "retain-model"
+    shutil.copytree(ckpt, other, ignore=shutil.ignore_patterns("eval.json", "TOFU_*"))
+    result = evaluate_checkpoint(ckpt, EvalOptions(tofu_data=str(folder), force=True, retain_model=str(other), **FAST))
+    assert result["suites"]["tofu"]["info"]["privleak_reference"]["mia_min_k"] == pytest.approx(auc, abs=1e-12)
+    assert result["suites"]["tofu"]["metrics"]["privleak"]["value"] == pytest.approx(0.0, abs=1e-9)
+
+
+def test_privleak_without_the_holdout_split_says_why(evaluated):
+    _, result = evaluated
+    suite = result["suites"]["tofu"]
+    assert "privleak" not in suite["metrics"] and "mia_min_k" not in suite["metrics"]
+    assert "needs TOFU's holdout01 split" in suite["info"]["privleak"]
+    assert "expected holdout01.json in" in suite["info"]["privleak"]
+
+
 def test_bad_split_names_are_one_line_errors(tmp_path, demo_dir, shared_data):
     ckpt = make_checkpoint(tmp_path / "run", 1, demo_dir)
     with pytest.raises(UserError, match="--tofu_forget 'forget20' is unknown; expected one of forget01, forget05"):

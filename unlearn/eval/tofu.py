@@ -8,7 +8,8 @@ The formulas are in `unlearn.eval.tofu_metrics`; what is measured on which split
 open-unlearning's configs/eval/tofu_metrics/*.yaml:
 - forget (`<forget>_perturbed`): answer probability and ROUGE-L recall of the greedy answer to the
   question, truth ratio of the paraphrased answer against the perturbed ones (closer_to_1_better),
-  forget quality against the retain model's forget truth ratios, extraction strength;
+  forget quality against the retain model's forget truth ratios, extraction strength, and with TOFU's
+  holdout split (`holdoutNN`, hub only) mia_min_k and privleak (`unlearn.eval.tofu_mia`);
 - retain (`retain_perturbed`), real authors (`real_authors_perturbed`), world facts
   (`world_facts_perturbed`): the nine numbers of model utility.
 `retain_perturbed` is on the hub only. Without it the retain truth ratio is missing (never made up),
@@ -39,6 +40,7 @@ import numpy as np
 from unlearn import data, sources
 from unlearn.errors import UserError
 from unlearn.eval import tofu_metrics as tm
+from unlearn.eval import tofu_mia
 from unlearn.eval.context import SHARED_DATA
 from unlearn.eval.generation import generate_text, token_logprobs
 from unlearn.eval.stats import mean_ci
@@ -239,6 +241,7 @@ def read_splits(ctx) -> tuple[dict[str, list[dict] | None], dict]:
     info = {"source": source, "revision": "" if Path(source).is_dir() else HUB_REVISION,
             "forget_split": o.tofu_forget}
     splits["retain"] = None
+    splits["holdout"] = load_split(source, tm.HOLDOUT_OF[o.tofu_forget])
     if not splits["retain_perturbed"]:
         name = tm.RETAIN_OF[o.tofu_forget]
         rows = load_split(source, name)
@@ -247,6 +250,21 @@ def read_splits(ctx) -> tuple[dict[str, list[dict] | None], dict]:
         splits["retain"] = rows[:RETAIN_EVAL_ROWS]
         info["retain_questions"] = f"first {RETAIN_EVAL_ROWS} of {name} (retain_perturbed is not in {source})"
     return {k: ctx.limited(v) if v else v for k, v in splits.items()}, info
+
+
+def retain_scorer(ctx) -> Scorer:
+    """A Scorer of the --retain_model's model, in the template it was trained with when it is ours."""
+    from unlearn.model import load_for_eval
+
+    o = ctx.opts
+    model, tok = load_for_eval(o.retain_model)
+    cfg = Path(o.retain_model) / "config.yaml"
+    template = ctx.cfg.data.prompt_template
+    if cfg.is_file():
+        from unlearn.config_io import load_config
+
+        template = load_config([str(cfg)])[0].data.prompt_template
+    return Scorer(model, tok, template, o.batch_size, o.tofu_max_new_tokens)
 
 
 def retain_model_ratios(ctx, forget: list[dict]) -> tuple[list[float], str]:
@@ -260,16 +278,7 @@ def retain_model_ratios(ctx, forget: list[dict]) -> tuple[list[float], str]:
         return tm.read_ratios(saved, len(forget), o.tofu_forget), str(saved)
 
     def compute() -> list[float]:
-        from unlearn.model import load_for_eval
-
-        model, tok = load_for_eval(o.retain_model)
-        cfg = given / "config.yaml"
-        template = ctx.cfg.data.prompt_template
-        if cfg.is_file():  # a checkpoint of ours: score it in the template it was trained with
-            from unlearn.config_io import load_config
-
-            template = load_config([str(cfg)])[0].data.prompt_template
-        scorer = Scorer(model, tok, template, o.batch_size, o.tofu_max_new_tokens)
+        scorer = retain_scorer(ctx)
         q = [r["question"] for r in forget]
         para = scorer.avg_losses([(x, r["paraphrased_answer"]) for x, r in zip(q, forget)], "retain model")
         pert = scorer.grouped(q, [r["perturbed_answer"] for r in forget], "retain model perturbed")
@@ -296,6 +305,7 @@ def run(ctx) -> dict:
     else:
         info["forget_quality"] = ("not computed: forget quality compares with a retain model (never trained on "
                                   f"{o.tofu_forget}); expected --retain_model CKPT_OR_EVAL")
+    tofu_mia.privleak_into(ctx, scorer, splits, logs, info, retain_scorer)
     summary = {k: logs.metrics[k]["value"] for k in tm.SUMMARY if k in logs.metrics}
     info["summary"] = summary
     examples = [{k: e[k] for k in ("input", "ground_truth", "generation")}

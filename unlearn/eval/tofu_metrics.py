@@ -18,6 +18,9 @@ Per answer the model gives `avg_loss` = mean NLL (nats) over the answer's tokens
                           model and of a retain model (trained without the forget set).
 - model utility:          the harmonic mean (scipy.stats.hmean) of the nine retain / real-authors /
                           world-facts numbers in MODEL_UTILITY.
+- privleak:               ((1 - mia_min_k) - (1 - ref)) / ((1 - ref) + 1e-10) x 100, ref = the retain
+                          model's mia_min_k or 0.5 (src/evals/metrics/privacy.py::privleak; the AUC and its
+                          orientation are in `unlearn.eval.tofu_mia`).
 `read_ratios` reads a retain model's forget truth ratios from a saved evaluation (ours or open-unlearning's).
 """
 
@@ -35,6 +38,13 @@ from unlearn.errors import UserError
 RETAIN_OF = {"forget01": "retain99", "forget05": "retain95", "forget10": "retain90"}
 """TOFU's forget splits and the retain split that complements each."""
 
+HOLDOUT_OF = {"forget01": "holdout01", "forget05": "holdout05", "forget10": "holdout10"}
+"""TOFU's held-out split (never trained on, same size and schema) set against each forget split."""
+
+PRIVLEAK_REF = 0.5
+"""open-unlearning's privleak `ref_value` (configs/eval/tofu_metrics/privleak.yaml): the retain model's
+mia_min_k assumed when none is given."""
+
 EPS = 1e-10
 """open-unlearning's guard in every ratio (truth ratio, probability over options, 1/tr)."""
 
@@ -44,9 +54,9 @@ MODEL_UTILITY = ("retain_Q_A_Prob", "retain_Q_A_ROUGE", "retain_Truth_Ratio",
 """The nine numbers of model_utility, by open-unlearning's metric names (configs/eval/tofu_metrics/model_utility.yaml)."""
 
 SUMMARY = ("forget_quality", "forget_truth_ratio", "forget_Q_A_Prob", "forget_Q_A_ROUGE", "model_utility",
-           "extraction_strength")
-"""Keys of open-unlearning's TOFU_SUMMARY.json (configs/eval/tofu.yaml) that this suite computes; its
-seventh, privleak, needs the holdout split and is not computed here."""
+           "privleak", "extraction_strength")
+"""Keys of open-unlearning's TOFU_SUMMARY.json (configs/eval/tofu.yaml's metrics). privleak needs the
+holdout split; mia_min_k, its pre-computed AUC, is in TOFU_EVAL.json only, as there."""
 
 
 def check_forget_split(name: str) -> None:
@@ -109,6 +119,11 @@ def model_utility(values: dict[str, float]) -> float:
     from scipy.stats import hmean
 
     return float(hmean(list(values.values())))
+
+
+def privleak(mia_min_k: float, ref: float) -> float:
+    """open-unlearning's TOFU privleak in percent: MUSE's relative AUC change on the flipped AUCs (1 - AUC)."""
+    return ((1.0 - mia_min_k) - (1.0 - ref)) / ((1.0 - ref) + EPS) * 100.0
 
 
 def read_ratios(path: Path, n: int, split: str) -> list[float]:
