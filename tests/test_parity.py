@@ -21,7 +21,7 @@ def trajectories(demo_dir, tmp_path_factory) -> dict[tuple[str, int], dict]:
         work = tmp_path_factory.mktemp(f"{stage}x{ranks}")
         result = launch("tests/parity_driver.py", ["--ds_config", str(ROOT / "ds_configs" / f"{stage}.json"),
                                                    "--demo", str(demo_dir), "--out", str(work / "out.json")],
-                        nprocs=ranks, timeout=600)
+                        nprocs=ranks, timeout=900)
         assert result.returncode == 0, result.stderr[-3000:]
         out[(stage, ranks)] = json.loads((work / "out.json").read_text())
     return out
