@@ -1,6 +1,6 @@
-"""The packed step (`train.pack=true`): one policy pass per micro-batch over every term's sequences,
-each shared prompt computed once, no padding beyond what bin packing leaves, and vocabulary logits
-only at the positions a loss reads.
+"""The packed step (`train.pack=true`): one policy pass per micro-batch over every term's sequences
+(two when a term needs the reference model), each shared prompt computed once, no padding beyond
+what bin packing leaves, and vocabulary logits only at the positions a loss reads.
 
 The unpacked step (`train.pack=false`, kept as the reference) collates each term on its own, pads
 it to its longest sample, runs the prompt of a forget sample again for each of its K random
@@ -13,6 +13,8 @@ answers, and projects every position from the first answer token on onto the voc
   its gradient flows back through the one copy of the prompt.
 * Units go into rows by first-fit decreasing, each row at most the longest unit long, so
   attention never spans more than that unit and padding is what the packing leaves.
+* Terms that need the reference model (KL, NPO, UNDIAL) are packed apart, and the policy and the
+  reference run the very same rows for them, so the two agree exactly while their weights do.
 * The LM head runs only at read positions (`logits_to_keep` as a boolean mask): position t is read
   when labels[t+1] != -100. Each term then sees a compact batch, row b holding sequence b's read
   positions in order with its labels shifted as `unlearn.losses` expects, so every loss in
@@ -133,31 +135,29 @@ def compact(kept: torch.Tensor, packed: Packed, seqs: list[int]) -> tuple[torch.
 def forwards(policy_logits, reference_logits, samples: dict[str, list[Sample]], needs_reference: dict[str, bool],
              pad_id: int, dtype: torch.dtype, device) -> tuple[dict[str, Forward], int, int]:
     """Per term name, its Forward over the packed passes; plus (real tokens, positions computed)
-    through the policy. `policy_logits(batch, keep)` / `reference_logits(batch, keep)` run a pass."""
-    names = list(samples)
-    flat = [s for n in names for s in samples[n]]
-    spans, start = {}, 0
-    for n in names:
-        spans[n] = list(range(start, start + len(samples[n])))
-        start += len(samples[n])
-    packed = pack(flat, pad_id, dtype)
-    kept = policy_logits(_to(packed.batch, device), packed.keep.to(device))
-    ref_names = [n for n in names if needs_reference[n]]
-    ref_kept, ref_packed, ref_spans = None, None, {}
-    if ref_names:
-        ref_flat = [s for n in ref_names for s in samples[n]]
+    through the policy. `policy_logits(batch, keep)` / `reference_logits(batch, keep)` run a pass.
+
+    Terms that need the reference get a policy pass of their own, over exactly the rows the
+    reference pass sees: the two compute the same thing while the weights agree (KL is exactly 0
+    at step 0, as unpacked). The other terms share the second pass."""
+    out, tokens, positions = {}, 0, 0
+    for with_ref in (True, False):
+        names = [n for n in samples if needs_reference[n] == with_ref]
+        if not names:
+            continue
+        flat = [s for n in names for s in samples[n]]
+        packed = pack(flat, pad_id, dtype)
+        batch, keep = _to(packed.batch, device), packed.keep.to(device)
+        kept = policy_logits(batch, keep)
+        ref_kept = reference_logits(batch, keep) if with_ref else None
         start = 0
-        for n in ref_names:
-            ref_spans[n] = list(range(start, start + len(samples[n])))
-            start += len(samples[n])
-        ref_packed = pack(ref_flat, pad_id, dtype)
-        ref_kept = reference_logits(_to(ref_packed.batch, device), ref_packed.keep.to(device))
-    out = {}
-    for n in names:
-        logits, labels = compact(kept, packed, spans[n])
-        ref = compact(ref_kept, ref_packed, ref_spans[n])[0] if n in ref_spans else None
-        out[n] = Forward(logits, labels, ref)
-    return out, packed.real_tokens, packed.positions
+        for n in names:
+            seqs = list(range(start, start + len(samples[n])))
+            start += len(seqs)
+            logits, labels = compact(kept, packed, seqs)
+            out[n] = Forward(logits, labels, compact(ref_kept, packed, seqs)[0] if with_ref else None)
+        tokens, positions = tokens + packed.real_tokens, positions + packed.positions
+    return {n: out[n] for n in samples}, tokens, positions
 
 
 def _to(batch: dict[str, torch.Tensor], device) -> dict[str, torch.Tensor]:
