@@ -50,6 +50,9 @@ METHODS: dict[str, list[str]] = {
     "lora/npo+kl/joint": ["model.lora=true", "method.forget_loss=npo", "method.retain_loss=kl",
                           "method.schedule=joint", "optim.lr=3e-3"],
 }
+# the unpacked step (train.pack=false), which the packed default must equal in every layout
+UNPACKED = ("ga+kl+mismatch/joint", "lora/npo+kl/joint")
+METHODS.update({f"unpacked/{name}": [*METHODS[name], "train.pack=false"] for name in UNPACKED})
 TAGS = ("forget/loss", "retain/loss", "mismatch/loss", "grad_norm", "pdu/lambda")
 
 

@@ -144,7 +144,8 @@ def test_harmful_preset_runs_on_real_local_data(demo_dir, shared_data, tmp_path,
 
 def test_mismatch_batch_cut_into_length_chunks_gives_the_one_pass_loss(demo_dir, tmp_path, dist_env, monkeypatch):
     """data.mismatch_pass_cost=0 runs every distinct length in its own pass; the chunks' losses
-    weighted by answer tokens give the one-pass loss, so losses and gradient norms of 3 steps agree."""
+    weighted by answer tokens give the one-pass loss, so losses and gradient norms of 3 steps agree.
+    (The unpacked step, train.pack=false: the packed one runs every term in one pass.)"""
     import json
 
     from unlearn.train import loop as train_mod
@@ -166,7 +167,7 @@ def test_mismatch_batch_cut_into_length_chunks_gives_the_one_pass_loss(demo_dir,
         passes.clear()
         run_dir = run(demo_dir, tmp_path / str(cost), "method.forget_loss=ga", "method.retain_loss=none",
                       "method.mismatch_weight=1", "method.schedule=joint", "data.num_random_answers=5",
-                      f"data.retain={retain}", f"data.mismatch_pass_cost={cost}")
+                      f"data.retain={retain}", f"data.mismatch_pass_cost={cost}", "train.pack=false")
         series[cost] = {tag: scalars(run_dir, tag) for tag in ("mismatch/loss", "grad_norm", "padding")}
         per_step = passes.count("random_mismatch") / 3
         assert passes.count("ga") == 3 and (per_step > 3 if cost == 0 else per_step == 1), (cost, passes)

@@ -37,10 +37,11 @@ def _count_layer_forwards(monkeypatch) -> dict[str, int]:
                                                 (3, True, False)])
 def test_gradient_checkpointing_recomputes_every_layer(demo_dir, dist_env, tmp_path, monkeypatch, stage, lora,
                                                        dropout):
-    # one joint GA + NLL step: two policy passes (forget, retain) through the demo's 4 layers
+    # one joint GA + NLL step: one policy pass (forget and retain packed together, train.pack) through
+    # the demo's 4 layers; the unpacked step makes two (forget, retain)
     args = ["train.max_steps=1", "method.forget_loss=ga", "method.retain_loss=nll", "method.schedule=joint",
             f"model.lora={str(lora).lower()}", f"model.dropout={str(dropout).lower()}"]
-    layers, passes = 4, 2
+    layers, passes = 4, 1
     calls = _count_layer_forwards(monkeypatch)
     run(demo_dir, tmp_path / "plain", *args, ds=f"zero{stage}.json")
     assert calls["n"] == passes * layers

@@ -221,6 +221,10 @@ class TrainConfig:
     """Store optimizer/LR/RNG/data position in checkpoints (needed for --resume; ~3x the weights)."""
     max_nonfinite_steps: int = 5
     """Consecutive non-finite losses/gradients (steps skipped) before the run stops."""
+    pack: bool = True
+    """One policy pass per micro-batch over every term, each shared prompt once, no padding, logits
+    only where a loss reads them (unlearn.train.packing); false = one padded pass per term (the
+    reference the packed step is tested against)."""
 
 
 @dataclass(frozen=True)

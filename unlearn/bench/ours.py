@@ -34,4 +34,6 @@ class OurStep:
     def step(self) -> dict[str, float]:
         metrics = self.loop.step(self.state)
         self.state.step += 1
+        tokens = metrics["tokens_per_s"] * metrics["step_time_s"]  # one rank: this step's real tokens
+        metrics["padded_tokens"] = round(tokens * (1 + metrics["padding"]))  # positions the policy computed
         return metrics

@@ -43,12 +43,15 @@ class Variant:
     """ours only: model.gradient_checkpointing."""
     optimizer: str = "adamw"
     """ours only: optim.name (adamw8bit: bitsandbytes' 8-bit moments, 6 bytes per parameter fewer)."""
+    pack: bool = True
+    """ours only: train.pack (false: the unpacked step, one padded pass per term, the packed one's reference)."""
 
 
 VARIANTS = {
     "baseline": Variant("baseline"),
     "baseline-dynpad": Variant("baseline", padding="longest"),
     "ours-fp32": Variant("ours"),
+    "ours-fp32-unpacked": Variant("ours", pack=False),
     "ours-bf16": Variant("ours", bf16=True),
     "ours-bf16-ckpt": Variant("ours", bf16=True, gradient_checkpointing=True),
     "ours-fp32-ckpt": Variant("ours", gradient_checkpointing=True),
@@ -61,7 +64,7 @@ VARIANTS = {
     "ours-lora-8bit": Variant("ours", bf16=True, lora=True, load_in_8bit=True),
 }
 
-CPU_DEFAULT = ("baseline", "baseline-dynpad", "ours-fp32", "ours-bf16")
+CPU_DEFAULT = ("baseline", "baseline-dynpad", "ours-fp32-unpacked", "ours-fp32", "ours-bf16")
 GPU_DEFAULT = {
     "tiny": ("baseline", "ours-bf16", "ours-zero3", "ours-lora", "ours-lora-8bit"),
     "opt-125m": ("baseline", "ours-bf16", "ours-zero3", "ours-lora", "ours-lora-8bit"),

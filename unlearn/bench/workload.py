@@ -54,7 +54,7 @@ def run_config(spec: Spec, v: Variant) -> Config:
         method=MethodConfig(forget_loss="ga", retain_loss="kl", mismatch_weight=1.0, schedule="joint"),
         optim=OptimConfig(name=v.optimizer, lr=spec.lr, schedule="constant"),
         train=TrainConfig(micro_batch_size=spec.batch, global_batch_size=spec.batch, seed=spec.seed,
-                          max_steps=spec.warmup + spec.steps),
+                          max_steps=spec.warmup + spec.steps, pack=v.pack),
         run=RunConfig(name="bench", output_dir=str(Path(spec.model_dir).parent / "runs")))
 
 

@@ -150,8 +150,8 @@ def full_ds_config(ds: dict[str, Any], cfg: Config, env: DistEnv) -> dict[str, A
     full["optimizer"] = {"type": "AdamW", "params": {
         **_adamw_args(cfg),
         # torch's AdamW: DeepSpeed's fused/CPU Adam need a ~100 s JIT build on first use; torch's
-        # own fused kernel (one pass over the optimizer state) where that state lives on a GPU
-        "torch_adam": True, "fused": optimizer_on_gpu(ds)}}
+        # own fused kernel (one pass over the optimizer state, on GPUs and CPUs alike)
+        "torch_adam": True, "fused": FUSED_ADAMW}}
     return full
 
 
@@ -175,6 +175,12 @@ def optimizer_on_device(ds: dict[str, Any]) -> bool:
     """Whether the optimizer state stays with the weights (no ZeRO offload_optimizer)."""
     offload = ds.get("zero_optimization", {}).get("offload_optimizer") or {}
     return offload.get("device", "none") in ("none", None)
+
+
+FUSED_ADAMW = True
+"""torch's fused AdamW: one pass over parameters, gradients and moments. The unfused one makes
+full-size temporaries (sqrt, division) of the flat ZeRO partition: 0.76 s vs 0.09 s a step for
+125M fp32 parameters on one CPU thread, the same update to rounding."""
 
 
 def optimizer_on_gpu(ds: dict[str, Any]) -> bool:

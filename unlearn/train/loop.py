@@ -23,7 +23,7 @@ from unlearn.errors import EXIT_REQUEUE, Diverged, UserError
 from unlearn.logger import Window, Writer
 from unlearn.methods import Forward
 from unlearn.sets import Sets, check_lengths, load_sets, make_streams, max_steps_for
-from unlearn.train import checkpoint, dual, guards, preflight
+from unlearn.train import checkpoint, dual, guards, packing, preflight
 from unlearn.train import engine as engines
 from unlearn.train.phase_state import SEPARATE, PhaseStates
 from unlearn.train.resume import State, resume_from_last, say
@@ -39,9 +39,12 @@ def logits_span(labels: torch.Tensor) -> int:
     return labels.size(1) - max(first - 1, 0)
 
 
-def _forward(engine, batch: dict[str, torch.Tensor], keep: int = 0) -> torch.Tensor:
-    """Logits (B, keep, V) of the last `keep` positions (0 or T: all; the LM head skips the rest)."""
-    kwargs = {"logits_to_keep": keep} if 0 < keep < batch["input_ids"].size(1) else {}
+def _forward(engine, batch: dict[str, torch.Tensor], keep: int | torch.Tensor = 0) -> torch.Tensor:
+    """Logits (B, keep, V) of the last `keep` positions (0 or T: all; the LM head skips the rest), or
+    (N, V) at the N True cells of a (B, T) bool `keep` (a packed batch, which brings position_ids)."""
+    kwargs = {"logits_to_keep": keep} if torch.is_tensor(keep) or 0 < keep < batch["input_ids"].size(1) else {}
+    if "position_ids" in batch:
+        kwargs["position_ids"] = batch["position_ids"]
     return engine(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], **kwargs).logits
 
 
@@ -65,7 +68,7 @@ class Reference:
         return self.policy.module if self.model is None else getattr(self.model, "module", self.model)
 
     @torch.no_grad()
-    def logits(self, batch: dict[str, torch.Tensor], keep: int = 0) -> torch.Tensor:
+    def logits(self, batch: dict[str, torch.Tensor], keep: int | torch.Tensor = 0) -> torch.Tensor:
         if self.model is None:
             with models.adapters_disabled(self.policy.module, eval_mode=self.dropout):
                 return _forward(self.policy, batch, keep)
@@ -85,28 +88,57 @@ class Loop:
         self.mismatch_obj = methods.RETAIN["random_mismatch"] if cfg.method.mismatch_weight else None
         self.dual = dual.RetainDual(cfg.method) if cfg.method.forget_loss == "pdu" else None
         self.steering = steering or steering_for(cfg, engine, reference)
+        objs = [o for o in (self.forget_obj, self.retain_obj, self.mismatch_obj) if o is not None]
+        self.packed = cfg.train.pack and all(o.name in packing.PACKABLE for o in objs)
+        self.dtype = engine.module.get_input_embeddings().weight.dtype  # a packed batch's attention mask
 
-    def _micro_batches(self, state: State, names: set[str]) -> dict[str, list[dict[str, torch.Tensor]]]:
-        """Collated micro-batches per set; mismatch = random answers to this step's forget prompts."""
+    def _micro_samples(self, state: State, names: set[str]) -> dict[str, list[list[data.Sample]]]:
+        """Micro-batches (sample lists) per set; mismatch = random answers to this step's forget prompts."""
         t = self.cfg.train
         streams = {"forget" if n == "mismatch" else n for n in names}
         idx = {n: state.streams[n].take(t.micro_batch_size, self.env.rank, self.env.world_size) for n in streams}
-        pad = self.tokenizer.pad_token_id
-        out = {n: [[data.collate([getattr(self.sets, n)[i] for i in g], pad)] for g in idx[n]]
-               for n in names if n != "mismatch"}
+        out = {n: [[getattr(self.sets, n)[i] for i in g] for g in idx[n]] for n in names if n != "mismatch"}
         if "mismatch" in names:
-            out["mismatch"] = [self._mismatch_chunks(g, state.step) for g in idx["forget"]]
-        if "forget" in out and self.sets.alternate is not None:  # idknll, dpo, idkdpo: alt_* keys
-            for (chunk,), g in zip(out["forget"], idx["forget"]):
-                alt = data.collate(self.sets.alternate.samples([self.sets.forget[i] for i in g], g, state.step), pad)
-                chunk.update({f"alt_{k}": v for k, v in alt.items()})
+            out["mismatch"] = [self.sets.mismatch.samples([self.sets.forget[i] for i in g], g, state.step)
+                               for g in idx["forget"]]
+        if "forget" in out and self.sets.alternate is not None:  # idknll, dpo, idkdpo: their alternate answers
+            out["alternate"] = [self.sets.alternate.samples([self.sets.forget[i] for i in g], g, state.step)
+                                for g in idx["forget"]]
         return out
 
-    def _mismatch_chunks(self, forget_ids: list[int], step: int) -> list[dict[str, torch.Tensor]]:
-        """The random-mismatch micro-batch of these forget samples, cut into length-sorted chunks."""
-        samples = self.sets.mismatch.samples([self.sets.forget[i] for i in forget_ids], forget_ids, step)
+    def _chunks(self, name: str, samples: list[data.Sample]) -> list[dict[str, torch.Tensor]]:
+        """A micro-batch collated; the random-mismatch one cut into length-sorted chunks."""
+        pad = self.tokenizer.pad_token_id
+        if name != "mismatch":
+            return [data.collate(samples, pad)]
         chunks = data.length_chunks([len(s["input_ids"]) for s in samples], self.cfg.data.mismatch_pass_cost)
-        return [data.collate([samples[i] for i in c], self.tokenizer.pad_token_id) for c in chunks]
+        return [data.collate([samples[i] for i in c], pad) for c in chunks]
+
+    def _losses(self, parts, micro: dict[str, list[data.Sample]]) -> tuple[list, int, int]:
+        """([(loss, detached answer NLL)] per part, real tokens, positions computed) of one micro-batch."""
+        if not self.packed:
+            out, tokens, padded = [], 0, 0
+            for *_, obj, name in parts:
+                chunks = self._chunks(name, micro[name])
+                if name == "forget" and "alternate" in micro:  # the same prompts, alternate answers: alt_* keys
+                    alt = data.collate(micro["alternate"], self.tokenizer.pad_token_id)
+                    chunks[0].update({f"alt_{k}": v for k, v in alt.items()})
+                out.append(self._term(obj, chunks))
+                tokens += sum(int(c["attention_mask"].sum()) for c in chunks)
+                padded += sum(c["attention_mask"].numel() for c in chunks)
+            return out, tokens, padded
+        objs = {name: obj for *_, obj, name in parts}
+        fwds, tokens, padded = packing.forwards(
+            lambda b, keep: _forward(self.engine, b, keep), lambda b, keep: self.reference.logits(b, keep),
+            {n: micro[n] for n in objs}, {n: o.needs_reference for n, o in objs.items()}, self.tokenizer.pad_token_id,
+            self.dtype,
+            self.env.device)
+        out = []
+        for name, obj in objs.items():
+            loss = obj.fn(fwds[name], self.cfg.method)
+            with torch.no_grad():  # logged only: no graph, and free when the loss computed it
+                out.append((loss, fwds[name].nll().detach()))
+        return out, tokens, padded
 
     def _term(self, obj: methods.Objective, chunks: list[dict[str, torch.Tensor]]) -> tuple[torch.Tensor, torch.Tensor]:
         """(loss, detached answer-token NLL) of one micro-batch, given as chunks of its samples.
@@ -153,7 +185,7 @@ class Loop:
         if phase in (RETAIN, JOINT) and self.retain_obj:
             weight = self.dual.weight(state.dual) if self.dual else m.retain_weight  # PDU: lambda
             parts.append(("retain", weight, self.retain_obj, "retain"))
-        batches = self._micro_batches(state, {name for *_, name in parts})
+        batches = self._micro_samples(state, {name for *_, name in parts})
         n_micro = len(next(iter(batches.values())))
         sums: dict[str, float] = {}
         tokens = padded = 0  # real and padded tokens through the policy (this rank)
@@ -162,13 +194,12 @@ class Loop:
         t0 = time.time()
         for k in range(n_micro):
             total = 0.0
-            for metric, weight, obj, name in parts:
-                loss, nll = self._term(obj, batches[name][k])
+            terms, n_tokens, n_padded = self._losses(parts, {name: b[k] for name, b in batches.items()})
+            for (metric, weight, _, _), (loss, nll) in zip(parts, terms):
                 total = total + weight * loss
                 sums[f"{metric}/loss"] = sums.get(f"{metric}/loss", 0.0) + loss.item() / n_micro
                 sums[f"{metric}/nll"] = sums.get(f"{metric}/nll", 0.0) + nll.item() / n_micro
-                tokens += sum(int(c["attention_mask"].sum()) for c in batches[name][k])
-                padded += sum(c["attention_mask"].numel() for c in batches[name][k])
+            tokens, padded = tokens + n_tokens, padded + n_padded
             # A non-finite loss on any rank spoils the whole optimizer step: NaN gradients make
             # DeepSpeed discard it while its micro-step counters stay in step (see unlearn.guards).
             bad_loss = bad_loss or not guards.finite_everywhere(total, self.env)
@@ -188,7 +219,8 @@ class Loop:
         seconds = max(time.time() - t0, 1e-9)
         metrics["tokens_per_s"] = tokens * self.env.world_size / seconds
         metrics["step_time_s"] = seconds
-        metrics["padding"] = padded / tokens - 1 if tokens else 0.0  # compute spent on pad tokens
+        # compute spent on pad tokens (packed: negative where shared prompts save more than padding costs)
+        metrics["padding"] = padded / tokens - 1 if tokens else 0.0
         metrics["phase"] = {FORGET: 0.0, RETAIN: 1.0, JOINT: 2.0}[phase]
         if self.dual:  # log the lambda this step used, then move it by this step's retain loss
             metrics[dual.METRIC] = self.dual.weight(state.dual)

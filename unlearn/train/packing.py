@@ -1,0 +1,164 @@
+"""The packed step (`train.pack=true`): one policy pass per micro-batch over every term's sequences
+(two when a term needs the reference model), each shared prompt computed once, no padding beyond
+what bin packing leaves, and vocabulary logits only at the positions a loss reads.
+
+The unpacked step (`train.pack=false`, kept as the reference) collates each term on its own, pads
+it to its longest sample, runs the prompt of a forget sample again for each of its K random
+answers, and projects every position from the first answer token on onto the vocabulary. Here:
+
+* Sequences that begin with the same prompt (a forget sample and its K random-mismatch answers)
+  form one unit: the prompt's tokens sit once in a row and each answer follows with its own
+  positions (continuing the prompt's) and attends to the prompt and causally to itself (a
+  tree-shaped attention mask). Each answer sees exactly the keys and values it sees alone, and
+  its gradient flows back through the one copy of the prompt.
+* Units go into rows by first-fit decreasing, each row at most the longest unit long, so
+  attention never spans more than that unit and padding is what the packing leaves.
+* Terms that need the reference model (KL, NPO, UNDIAL) are packed apart, and the policy and the
+  reference run the very same rows for them, so the two agree exactly while their weights do.
+* The LM head runs only at read positions (`logits_to_keep` as a boolean mask): position t is read
+  when labels[t+1] != -100. Each term then sees a compact batch, row b holding sequence b's read
+  positions in order with its labels shifted as `unlearn.losses` expects, so every loss in
+  PACKABLE (each reads logits only at those positions) has the unpacked step's value.
+
+Dropout (model.dropout=true) draws one mask for a shared prompt instead of one per sequence.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from unlearn.data import IGNORE, Sample
+from unlearn.methods import Forward
+
+PACKABLE = frozenset({"ga", "npo", "simnpo", "wga", "satimp", "undial", "ceu", "nll", "kl", "random_mismatch"})
+"""Objectives whose loss reads logits only at positions t with labels[t+1] != -100 (checked against
+the unpacked step in tests/test_packing.py). Any other objective runs the unpacked step."""
+
+
+@dataclass
+class Packed:
+    """Rows for one forward pass and where each sequence's read positions land in its output."""
+
+    batch: dict[str, torch.Tensor]
+    """input_ids and position_ids (R, W); attention_mask (R, 1, W, W) additive (0 attend, min not)."""
+    keep: torch.Tensor
+    """(R, W) bool: the read positions, whose logits come back flattened in row-major order."""
+    reads: list[list[int]]
+    """Per sequence (input order): the index of each read position among the kept logits."""
+    targets: list[list[int]]
+    """Per sequence: the token each read position predicts."""
+    real_tokens: int
+    """Tokens of the sequences as given (shared prompts counted once per sequence)."""
+
+    @property
+    def positions(self) -> int:
+        return self.keep.numel()
+
+
+def prompt_length(labels: list[int]) -> int:
+    """The first position >= 1 with a label: tokens before it are the sequence's prompt."""
+    return next((t for t in range(1, len(labels)) if labels[t] != IGNORE), len(labels))
+
+
+def pack(samples: list[Sample], pad_id: int, dtype: torch.dtype) -> Packed:
+    """Pack `samples` into rows (see the module docstring); `dtype` is the attention mask's."""
+    units: dict[tuple[int, ...], list[int]] = {}
+    for i, s in enumerate(samples):
+        units.setdefault(tuple(s["input_ids"][:prompt_length(s["labels"])]), []).append(i)
+    size = {k: len(k) + sum(len(samples[i]["input_ids"]) - len(k) for i in members) for k, members in units.items()}
+    width = max(size.values())
+    rows: list[list[tuple[int, ...]]] = []
+    fill: list[int] = []
+    for key in sorted(units, key=lambda k: -size[k]):  # first-fit decreasing
+        r = next((r for r, f in enumerate(fill) if f + size[key] <= width), len(rows))
+        if r == len(rows):
+            rows.append([])
+            fill.append(0)
+        rows[r].append(key)
+        fill[r] += size[key]
+    n_rows = len(rows)
+    ids = torch.full((n_rows, width), pad_id, dtype=torch.long)
+    pos = torch.zeros((n_rows, width), dtype=torch.long)
+    allowed = torch.zeros((n_rows, width, width), dtype=torch.bool)
+    keep = torch.zeros((n_rows, width), dtype=torch.bool)
+    cells: list[list[tuple[int, int]]] = [[] for _ in samples]  # (row, column) of each read
+    targets: list[list[int]] = [[] for _ in samples]
+    for r, keys in enumerate(rows):
+        c = 0
+        for key in keys:
+            a, start = len(key), c
+            ids[r, c:c + a] = torch.tensor(key)
+            pos[r, c:c + a] = torch.arange(a)
+            allowed[r, c:c + a, c:c + a] = torch.ones(a, a, dtype=torch.bool).tril()
+            c += a
+            for i in units[key]:
+                tail = samples[i]["input_ids"][a:]
+                n = len(tail)
+                if n:
+                    ids[r, c:c + n] = torch.tensor(tail)
+                    pos[r, c:c + n] = torch.arange(a, a + n)
+                    allowed[r, c:c + n, start:start + a] = True
+                    allowed[r, c:c + n, c:c + n] = torch.ones(n, n, dtype=torch.bool).tril()
+                labels = samples[i]["labels"]
+                for t in range(len(labels) - 1):
+                    if labels[t + 1] != IGNORE:
+                        col = start + t if t < a else c + t - a
+                        cells[i].append((r, col))
+                        targets[i].append(labels[t + 1])
+                        keep[r, col] = True
+                c += n
+        idle = torch.arange(c, width)
+        allowed[r, idle, idle] = True  # padding attends to itself: no empty softmax row
+    order = keep.flatten().cumsum(0) - 1  # index among the kept logits, by flat position
+    reads = [[int(order[r * width + col]) for r, col in cell] for cell in cells]
+    mask = torch.zeros(allowed.shape, dtype=dtype).masked_fill_(~allowed, torch.finfo(dtype).min)
+    return Packed({"input_ids": ids, "position_ids": pos, "attention_mask": mask[:, None]}, keep, reads, targets,
+                  sum(len(s["input_ids"]) for s in samples))
+
+
+def compact(kept: torch.Tensor, packed: Packed, seqs: list[int]) -> tuple[torch.Tensor, torch.Tensor]:
+    """(logits (B, L+1, V), labels (B, L+1)) of sequences `seqs` from the kept logits (N, V): row b
+    holds sequence b's read positions in order; labels[b, j+1] is what position j predicts. Unused
+    cells repeat kept row 0 under label -100, as padding sits under -100 in the unpacked batch."""
+    longest = max(len(packed.reads[i]) for i in seqs)
+    idx = torch.zeros((len(seqs), longest + 1), dtype=torch.long)
+    labels = torch.full((len(seqs), longest + 1), IGNORE, dtype=torch.long)
+    for b, i in enumerate(seqs):
+        n = len(packed.reads[i])
+        idx[b, :n] = torch.tensor(packed.reads[i], dtype=torch.long)
+        labels[b, 1:n + 1] = torch.tensor(packed.targets[i], dtype=torch.long)
+    return kept[idx.to(kept.device)], labels.to(kept.device)
+
+
+def forwards(policy_logits, reference_logits, samples: dict[str, list[Sample]], needs_reference: dict[str, bool],
+             pad_id: int, dtype: torch.dtype, device) -> tuple[dict[str, Forward], int, int]:
+    """Per term name, its Forward over the packed passes; plus (real tokens, positions computed)
+    through the policy. `policy_logits(batch, keep)` / `reference_logits(batch, keep)` run a pass.
+
+    Terms that need the reference get a policy pass of their own, over exactly the rows the
+    reference pass sees: the two compute the same thing while the weights agree (KL is exactly 0
+    at step 0, as unpacked). The other terms share the second pass."""
+    out, tokens, positions = {}, 0, 0
+    for with_ref in (True, False):
+        names = [n for n in samples if needs_reference[n] == with_ref]
+        if not names:
+            continue
+        flat = [s for n in names for s in samples[n]]
+        packed = pack(flat, pad_id, dtype)
+        batch, keep = _to(packed.batch, device), packed.keep.to(device)
+        kept = policy_logits(batch, keep)
+        ref_kept = reference_logits(batch, keep) if with_ref else None
+        start = 0
+        for n in names:
+            seqs = list(range(start, start + len(samples[n])))
+            start += len(seqs)
+            logits, labels = compact(kept, packed, seqs)
+            out[n] = Forward(logits, labels, compact(ref_kept, packed, seqs)[0] if with_ref else None)
+        tokens, positions = tokens + packed.real_tokens, positions + packed.positions
+    return {n: out[n] for n in samples}, tokens, positions
+
+
+def _to(batch: dict[str, torch.Tensor], device) -> dict[str, torch.Tensor]:
+    return {k: v.to(device) for k, v in batch.items()}
