@@ -34,8 +34,8 @@ METHODS: dict[str, list[str]] = {
     "ceu+nll/joint": ["method.forget_loss=ceu", "method.retain_loss=nll", "method.schedule=joint"],
     # alternate answers to the forget prompts: "I don't know" (idk) or a column's (dpo; written by the driver)
     "idknll+nll": ["method.forget_loss=idknll", "data.forget={demo}/harmful.jsonl", "data.retain={demo}/normal.jsonl"],
-    # lr 3e-4: DPO's 2/beta = 20 scales the layouts' optimizer rounding (fused AdamW on flat ZeRO-2 vs
-    # per-parameter ZeRO-3 partitions); at 1e-3 it reached 3e-5 by step 6 (CI), at 3e-4 it stays 5e-7
+    # lr 3e-4: DPO's 2/beta = 20 scales the layouts' float rounding (reduction order, partitioned
+    # optimizer state) step after step; at 1e-3 it reached 3e-5 by step 6 (CI), at 3e-4 it stays 5e-7
     "idkdpo+nll/joint": ["method.forget_loss=idkdpo", "method.schedule=joint", "method.forget_weight=0.1",
                          "optim.lr=3e-4", "data.forget={demo}/harmful.jsonl", "data.retain={demo}/normal.jsonl"],
     "dpo+kl": ["method.forget_loss=dpo", "method.forget_weight=0.1", "method.retain_loss=kl",
