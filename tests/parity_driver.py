@@ -34,10 +34,13 @@ METHODS: dict[str, list[str]] = {
     "ceu+nll/joint": ["method.forget_loss=ceu", "method.retain_loss=nll", "method.schedule=joint"],
     # alternate answers to the forget prompts: "I don't know" (idk) or a column's (dpo; written by the driver)
     "idknll+nll": ["method.forget_loss=idknll", "data.forget={demo}/harmful.jsonl", "data.retain={demo}/normal.jsonl"],
-    # lr 3e-4: DPO's 2/beta = 20 scales the layouts' float rounding (reduction order, partitioned
-    # optimizer state) step after step; at 1e-3 it reached 3e-5 by step 6 (CI), at 3e-4 it stays 5e-7
+    # IdkDPO's gradient is a near-cancelling difference of two answers' gradients, scaled by 2/beta = 20:
+    # it amplifies fused AdamW's last-bit differences between layouts (the kernel's vector/tail split
+    # follows each rank's partition; the unfused optimizer gives identical ZeRO-2 x1/x2 trajectories)
+    # to 3e-5 by step 6 at lr 1e-3 and 4e-5 (grad norm) at step 5 at 3e-4; 4 steps at 3e-4 stay under 5e-7
     "idkdpo+nll/joint": ["method.forget_loss=idkdpo", "method.schedule=joint", "method.forget_weight=0.1",
-                         "optim.lr=3e-4", "data.forget={demo}/harmful.jsonl", "data.retain={demo}/normal.jsonl"],
+                         "optim.lr=3e-4", "train.max_steps=4", "data.forget={demo}/harmful.jsonl",
+                         "data.retain={demo}/normal.jsonl"],
     "dpo+kl": ["method.forget_loss=dpo", "method.forget_weight=0.1", "method.retain_loss=kl",
                "data.forget={out}/dpo.jsonl", "data.forget_alternate=alternate", "data.retain={demo}/normal.jsonl"],
     # PDU: lambda moves every step (eps below the retain NLL), joint as in the paper
