@@ -127,12 +127,9 @@ def compact(kept: torch.Tensor, packed: Packed, seqs: list[int]) -> tuple[torch.
     holds sequence b's read positions in order; labels[b, j+1] is what position j predicts. Unused
     cells repeat kept row 0 under label -100, as padding sits under -100 in the unpacked batch."""
     longest = max(len(packed.reads[i]) for i in seqs)
-    idx = torch.zeros((len(seqs), longest + 1), dtype=torch.long)
-    labels = torch.full((len(seqs), longest + 1), IGNORE, dtype=torch.long)
-    for b, i in enumerate(seqs):
-        n = len(packed.reads[i])
-        idx[b, :n] = torch.tensor(packed.reads[i], dtype=torch.long)
-        labels[b, 1:n + 1] = torch.tensor(packed.targets[i], dtype=torch.long)
+    idx = [packed.reads[i] + [0] * (longest + 1 - len(packed.reads[i])) for i in seqs]
+    labels = [[IGNORE] + packed.targets[i] + [IGNORE] * (longest - len(packed.targets[i])) for i in seqs]
+    idx, labels = torch.tensor(idx, dtype=torch.long), torch.tensor(labels, dtype=torch.long)
     return kept[idx.to(kept.device)], labels.to(kept.device)
 
 
