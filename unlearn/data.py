@@ -238,15 +238,31 @@ class RandomAnswers:
     max_length: int
     append_eos: bool = True
 
+    def __post_init__(self):
+        self._encode = _Memo(self.tokenizer)  # each step re-encodes the same prompts and pool answers
+
     def samples(self, forget: list[Sample], ids: list[int], step: int) -> list[Sample]:
         """len(forget) * k samples for forget samples `forget` (dataset indices `ids`) at `step`."""
         out = []
         for i, sample in zip(ids, forget):
             rng = random.Random(f"{self.seed}/{step}/{i}")
             for answer in rng.sample(self.pool, min(self.k, len(self.pool))):
-                out.append(qa_sample(sample["prompt"], answer, self.tokenizer, self.template,
+                out.append(qa_sample(sample["prompt"], answer, self._encode, self.template,
                                      self.max_length, self.append_eos))
         return out
+
+
+class _Memo:
+    """`tokenizer`'s encodings as `qa_sample` asks for them, each text encoded once."""
+
+    def __init__(self, tokenizer):
+        self.tokenizer, self.eos_token_id, self.seen = tokenizer, tokenizer.eos_token_id, {}
+
+    def __call__(self, text: str, add_special_tokens: bool) -> dict[str, list[int]]:
+        key = (text, add_special_tokens)
+        if key not in self.seen:
+            self.seen[key] = {"input_ids": self.tokenizer(text, add_special_tokens=add_special_tokens)["input_ids"]}
+        return self.seen[key]
 
 
 def random_answers(cfg, tokenizer, forget: list[Sample]) -> RandomAnswers:

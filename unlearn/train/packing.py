@@ -78,44 +78,48 @@ def pack(samples: list[Sample], pad_id: int, dtype: torch.dtype) -> Packed:
             fill.append(0)
         rows[r].append(key)
         fill[r] += size[key]
-    n_rows = len(rows)
-    ids = torch.full((n_rows, width), pad_id, dtype=torch.long)
-    pos = torch.zeros((n_rows, width), dtype=torch.long)
-    allowed = torch.zeros((n_rows, width, width), dtype=torch.bool)
-    keep = torch.zeros((n_rows, width), dtype=torch.bool)
+    ids: list[list[int]] = []
+    pos: list[list[int]] = []
+    seg: list[list[int]] = []  # the block (a prompt, an answer, one pad cell) each cell belongs to
+    parent: list[list[int]] = []  # an answer's cells: its prompt's block; -1 elsewhere
     cells: list[list[tuple[int, int]]] = [[] for _ in samples]  # (row, column) of each read
     targets: list[list[int]] = [[] for _ in samples]
     for r, keys in enumerate(rows):
-        c = 0
+        ids_r, pos_r, seg_r, parent_r = [], [], [], []
         for key in keys:
-            a, start = len(key), c
-            ids[r, c:c + a] = torch.tensor(key)
-            pos[r, c:c + a] = torch.arange(a)
-            allowed[r, c:c + a, c:c + a] = torch.ones(a, a, dtype=torch.bool).tril()
-            c += a
-            for i in units[key]:
-                tail = samples[i]["input_ids"][a:]
-                n = len(tail)
-                if n:
-                    ids[r, c:c + n] = torch.tensor(tail)
-                    pos[r, c:c + n] = torch.arange(a, a + n)
-                    allowed[r, c:c + n, start:start + a] = True
-                    allowed[r, c:c + n, c:c + n] = torch.ones(n, n, dtype=torch.bool).tril()
+            a, start, prompt = len(key), len(ids_r), len(seg_r) and seg_r[-1] + 1
+            ids_r += key
+            pos_r += range(a)
+            seg_r += [prompt] * a
+            parent_r += [-1] * a
+            for block, i in enumerate(units[key], prompt + 1):
+                c, tail = len(ids_r), samples[i]["input_ids"][a:]
+                ids_r += tail
+                pos_r += range(a, a + len(tail))
+                seg_r += [block] * len(tail)
+                parent_r += [prompt] * len(tail)
                 labels = samples[i]["labels"]
                 for t in range(len(labels) - 1):
                     if labels[t + 1] != IGNORE:
-                        col = start + t if t < a else c + t - a
-                        cells[i].append((r, col))
+                        cells[i].append((r, start + t if t < a else c + t - a))
                         targets[i].append(labels[t + 1])
-                        keep[r, col] = True
-                c += n
-        idle = torch.arange(c, width)
-        allowed[r, idle, idle] = True  # padding attends to itself: no empty softmax row
-    order = keep.flatten().cumsum(0) - 1  # index among the kept logits, by flat position
-    reads = [[int(order[r * width + col]) for r, col in cell] for cell in cells]
+        pad = width - len(ids_r)  # padding attends to itself only: no empty softmax row
+        first = len(seg_r) and seg_r[-1] + 1
+        ids.append(ids_r + [pad_id] * pad)
+        pos.append(pos_r + [0] * pad)
+        seg.append(seg_r + list(range(first, first + pad)))
+        parent.append(parent_r + [-1] * pad)
+    segs, parents = torch.tensor(seg), torch.tensor(parent)
+    allowed = ((segs[:, :, None] == segs[:, None, :]) & torch.ones(width, width, dtype=torch.bool).tril()) | \
+        (parents[:, :, None] == segs[:, None, :])
+    keep = torch.zeros((len(rows), width), dtype=torch.bool)
+    flat = [r * width + col for cell in cells for r, col in cell]
+    keep.view(-1)[flat] = True
+    order = (keep.flatten().cumsum(0) - 1).tolist()  # index among the kept logits, by flat position
+    reads = [[order[r * width + col] for r, col in cell] for cell in cells]
     mask = torch.zeros(allowed.shape, dtype=dtype).masked_fill_(~allowed, torch.finfo(dtype).min)
-    return Packed({"input_ids": ids, "position_ids": pos, "attention_mask": mask[:, None]}, keep, reads, targets,
-                  sum(len(s["input_ids"]) for s in samples))
+    return Packed({"input_ids": torch.tensor(ids), "position_ids": torch.tensor(pos), "attention_mask": mask[:, None]},
+                  keep, reads, targets, sum(len(s["input_ids"]) for s in samples))
 
 
 def compact(kept: torch.Tensor, packed: Packed, seqs: list[int]) -> tuple[torch.Tensor, torch.Tensor]:
@@ -123,12 +127,9 @@ def compact(kept: torch.Tensor, packed: Packed, seqs: list[int]) -> tuple[torch.
     holds sequence b's read positions in order; labels[b, j+1] is what position j predicts. Unused
     cells repeat kept row 0 under label -100, as padding sits under -100 in the unpacked batch."""
     longest = max(len(packed.reads[i]) for i in seqs)
-    idx = torch.zeros((len(seqs), longest + 1), dtype=torch.long)
-    labels = torch.full((len(seqs), longest + 1), IGNORE, dtype=torch.long)
-    for b, i in enumerate(seqs):
-        n = len(packed.reads[i])
-        idx[b, :n] = torch.tensor(packed.reads[i], dtype=torch.long)
-        labels[b, 1:n + 1] = torch.tensor(packed.targets[i], dtype=torch.long)
+    idx = [packed.reads[i] + [0] * (longest + 1 - len(packed.reads[i])) for i in seqs]
+    labels = [[IGNORE] + packed.targets[i] + [IGNORE] * (longest - len(packed.targets[i])) for i in seqs]
+    idx, labels = torch.tensor(idx, dtype=torch.long), torch.tensor(labels, dtype=torch.long)
     return kept[idx.to(kept.device)], labels.to(kept.device)
 
 
