@@ -115,14 +115,19 @@ JUDGE_ROWS = [  # text, violent, insult
 ]
 
 
-def test_trained_multilabel_judge_on_known_rows(demo_dir, tmp_path):
-    from unlearn.eval.judges import load_judge
-
-    csv_path = tmp_path / "labelled.csv"
+def write_judge_rows(csv_path: Path) -> Path:
+    """JUDGE_ROWS as a labelled CSV (text + one 0/1 column per label), as launch/train_judge.py reads it."""
     with open(csv_path, "w", newline="") as fh:
         writer = csv.writer(fh)
         writer.writerow(["text", "violent", "insult"])
         writer.writerows(JUDGE_ROWS)
+    return csv_path
+
+
+def test_trained_multilabel_judge_on_known_rows(demo_dir, tmp_path):
+    from unlearn.eval.judges import load_judge
+
+    csv_path = write_judge_rows(tmp_path / "labelled.csv")
     base = tiny_bert_base(demo_dir, tmp_path / "bert")
     spec = importlib.util.spec_from_file_location("train_judge_cli", ROOT / "launch" / "train_judge.py")
     cli = importlib.util.module_from_spec(spec)

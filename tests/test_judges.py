@@ -304,15 +304,11 @@ def test_without_labels_eval_json_says_the_accuracy_is_unknown(monkeypatch):
 # --- train_judge -------------------------------------------------------------------------------------
 
 def test_train_judge_reports_held_out_accuracy_from_batched_scoring(demo_dir, tmp_path):
-    from test_eval_models import JUDGE_ROWS, tiny_bert_base
+    from test_eval_models import JUDGE_ROWS, tiny_bert_base, write_judge_rows
 
     from unlearn.eval.judge_training import heldout_split, predict, train_judge
 
-    csv_path = tmp_path / "labelled.csv"
-    with open(csv_path, "w", newline="") as fh:
-        writer = csv.writer(fh)
-        writer.writerow(["text", "violent", "insult"])
-        writer.writerows(JUDGE_ROWS)
+    csv_path = write_judge_rows(tmp_path / "labelled.csv")
     train, held = heldout_split(10, 0.3, seed=0)
     assert len(held) == 3 and sorted(train + held) == list(range(10))
     info = train_judge(str(csv_path), str(tiny_bert_base(demo_dir, tmp_path / "bert")), str(tmp_path / "judge"),

@@ -11,6 +11,18 @@ from __future__ import annotations
 import torch
 
 from unlearn import data
+from unlearn.errors import UserError
+
+
+def load_judge_model(auto_class, name: str, shown: str, expected: str, device: str):
+    """(tokenizer, model in eval mode on `device`) of a judge; a load failure is one UserError line."""
+    from transformers import AutoTokenizer
+
+    try:
+        return AutoTokenizer.from_pretrained(name), auto_class.from_pretrained(name).to(device).eval()
+    except Exception as exc:  # OSError, ValueError...: all mean "cannot load this judge"
+        raise UserError(f"judge '{shown}' could not be loaded ({str(exc).strip().splitlines()[0][:160]}); "
+                        f"expected {expected}") from None
 
 
 def _progress(total: int, desc: str | None):

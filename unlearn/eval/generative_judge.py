@@ -71,16 +71,15 @@ def parse(answer: str) -> tuple[str, str]:
 class GenerativeJudge:
     def __init__(self, path: str, template: str = "llama-guard", device: str = "cpu", batch_size: int = 8,
                  max_new_tokens: int = 10, max_length: int = 4096):
-        from transformers import AutoModelForCausalLM, AutoTokenizer
+        from transformers import AutoModelForCausalLM
+
+        from unlearn.eval.generation import load_judge_model
 
         if template not in TEMPLATES:
             raise UserError(f"--judge_template '{template}' is unknown; expected one of {', '.join(TEMPLATES)}")
-        try:
-            self.tokenizer = AutoTokenizer.from_pretrained(path)
-            self.model = AutoModelForCausalLM.from_pretrained(path).to(device).eval()
-        except Exception as exc:  # OSError, ValueError...: all mean "cannot load this judge"
-            raise UserError(f"judge 'generative:{path}' could not be loaded ({str(exc).strip().splitlines()[0][:160]}); "
-                            "expected a causal LM folder or cached hub id after 'generative:'") from None
+        self.tokenizer, self.model = load_judge_model(
+            AutoModelForCausalLM, path, f"generative:{path}",
+            "a causal LM folder or cached hub id after 'generative:'", device)
         positions = getattr(self.model.config, "max_position_embeddings", None) or max_length
         self.max_length = min(max_length, positions) - max_new_tokens  # prompt tokens that fit
         self.template, self.batch_size, self.max_new_tokens = template, batch_size, max_new_tokens

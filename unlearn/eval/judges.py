@@ -49,14 +49,13 @@ def harm_index(labels: list[str], chosen: str = "") -> int:
 class ClassifierJudge:
     def __init__(self, name: str, threshold: float = 0.5, device: str = "cpu", batch_size: int = 32,
                  max_length: int = 512, label: str = ""):
-        from transformers import AutoModelForSequenceClassification, AutoTokenizer
+        from transformers import AutoModelForSequenceClassification
 
-        try:
-            self.tokenizer = AutoTokenizer.from_pretrained(name)
-            self.model = AutoModelForSequenceClassification.from_pretrained(name).to(device).eval()
-        except Exception as exc:  # OSError, ValueError...: all mean "cannot load this judge"
-            raise UserError(f"judge '{name}' could not be loaded ({str(exc).strip().splitlines()[0][:160]}); "
-                            "expected 'keyword' or a sequence-classification model folder / cached hub id") from None
+        from unlearn.eval.generation import load_judge_model
+
+        self.tokenizer, self.model = load_judge_model(
+            AutoModelForSequenceClassification, name, name,
+            "'keyword' or a sequence-classification model folder / cached hub id", device)
         cfg = self.model.config
         self.multi_label = cfg.problem_type == "multi_label_classification" or cfg.num_labels == 1
         self.labels = [cfg.id2label[i] for i in range(cfg.num_labels)]
