@@ -229,6 +229,7 @@ def test_an_error_on_one_rank_does_not_hang_the_other(tmp_path):
     assert time.time() - t0 < 90, "the launcher should end rank 0 (SIGTERM, SIGKILL after 30 s)"
 
 
+@pytest.mark.multirank
 def test_a_config_error_on_two_ranks_prints_one_line(tmp_path, demo_dir):
     """Both ranks find the same bad value before start-up; only rank 0 says so."""
     from tests.conftest import launch
