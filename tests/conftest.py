@@ -62,6 +62,25 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
+@pytest.fixture(autouse=True)
+def fp32_engines(monkeypatch):
+    """In-process engines train in fp32 on GPU machines too. The suite pins fp32 numbers (losses equal
+    within 1e-5, bit-exact resumes, frozen weights bit-equal to the base); a DeepSpeed JSON that leaves
+    precision unsaid means bf16 where the GPU has it (engine.read_ds_config), under which those pins do
+    not hold. Processes the tests launch keep that default: slurm/gpu_checks.sh runs them in bf16."""
+    import torch
+
+    if torch.cuda.is_available():
+        from unlearn.train import engine
+
+        monkeypatch.setattr(engine, "bf16_supported", lambda: False)
+
+
+def on_device(engine, batch: dict) -> dict:
+    """A collated CPU batch on the engine's device (cuda:N on a GPU machine)."""
+    return {k: v.to(engine.device) for k, v in batch.items()}
+
+
 @pytest.fixture(scope="session")
 def dist_env():
     """torch.distributed (gloo) for in-process single-rank DeepSpeed engines, started once."""

@@ -216,6 +216,7 @@ guarded(job)
 
 
 @pytest.mark.slow
+@pytest.mark.multirank
 def test_an_error_on_one_rank_does_not_hang_the_other(tmp_path):
     script = tmp_path / "one_rank_fails.py"
     script.write_text(ONE_RANK_FAILS.format(root=str(ROOT)))

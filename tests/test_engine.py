@@ -7,7 +7,7 @@ import json
 import pytest
 import torch
 
-from tests.conftest import ROOT
+from tests.conftest import ROOT, on_device
 from unlearn import data
 from unlearn import model as models
 from unlearn.config_io import load_config
@@ -31,6 +31,7 @@ def test_checkpoint_reloads_with_the_engines_logits(demo_dir, dist_env, tmp_path
     tok = models.load_tokenizer(cfg.model)
     samples = data.text_samples([(demo_dir / "forget.txt").read_text()], tok, 32)
     batch = data.collate(samples[:2], tok.pad_token_id)
+    cpu_batch, batch = batch, on_device(eng, batch)
     for _ in range(2):  # move the weights away from the init so a stale save would be caught
         loss = eng(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], labels=batch["labels"]).loss
         eng.backward(loss)
@@ -45,11 +46,12 @@ def test_checkpoint_reloads_with_the_engines_logits(demo_dir, dist_env, tmp_path
     assert meta["dtype"] == "float32" and "torch" in meta["versions"]
     reloaded = AutoModelForCausalLM.from_pretrained(ckpt).eval()
     with torch.no_grad():
-        got = reloaded(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
+        got = reloaded(input_ids=cpu_batch["input_ids"], attention_mask=cpu_batch["attention_mask"]).logits
+    expected = expected.cpu()
     assert torch.allclose(got, expected, atol=1e-5), (got - expected).abs().max()
     initial = AutoModelForCausalLM.from_pretrained(demo_dir / "init").eval()
     with torch.no_grad():
-        assert not torch.allclose(initial(input_ids=batch["input_ids"]).logits, got, atol=1e-3)
+        assert not torch.allclose(initial(input_ids=cpu_batch["input_ids"]).logits, got, atol=1e-3)
 
 
 def test_ds_config_receives_batch_and_clipping_from_run_config(demo_dir, dist_env):
@@ -72,8 +74,8 @@ def test_fused_adamw_path_gives_the_same_step(demo_dir, dist_env, monkeypatch):
         assert eng.optimizer.optimizer.defaults["fused"] is fused
         initial = torch.cat([p.detach().flatten() for p in eng.module.parameters()])
         tok = models.load_tokenizer(cfg.model)
-        batch = data.collate(data.text_samples([(demo_dir / "forget.txt").read_text()], tok, 32)[:2],
-                             tok.pad_token_id)
+        batch = on_device(eng, data.collate(data.text_samples([(demo_dir / "forget.txt").read_text()], tok, 32)[:2],
+                                            tok.pad_token_id))
         for _ in range(2):
             eng.backward(eng(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"],
                              labels=batch["labels"]).loss)
@@ -87,8 +89,9 @@ def test_fused_adamw_path_gives_the_same_step(demo_dir, dist_env, monkeypatch):
 
 
 def test_precision_left_out_means_bf16_where_the_hardware_has_it(monkeypatch):
+    monkeypatch.setattr(engines, "bf16_supported", lambda: False)  # as on a CPU
     for name in ("zero2", "zero3", "zero3_offload"):
-        assert engines.read_ds_config(ROOT / "ds_configs" / f"{name}.json")["bf16"] == {"enabled": False}  # CPU
+        assert engines.read_ds_config(ROOT / "ds_configs" / f"{name}.json")["bf16"] == {"enabled": False}  # no bf16
     monkeypatch.setattr(engines, "bf16_supported", lambda: True)  # as on an H100
     ds = engines.read_ds_config(ROOT / "ds_configs" / "zero2.json")
     assert ds["bf16"] == {"enabled": True} and engines.dtype_of(ds) == torch.bfloat16
@@ -102,6 +105,7 @@ def _flat_weights(eng) -> torch.Tensor:
 
 
 def _train(eng, batch, steps: int) -> list[float]:
+    batch = on_device(eng, batch)
     losses = []
     for _ in range(steps):
         loss = eng(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], labels=batch["labels"]).loss

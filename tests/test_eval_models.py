@@ -94,7 +94,8 @@ def tiny_bert_base(demo_dir, out):
 
     tok = _tokenizer(demo_dir)
     cfg = BertConfig(vocab_size=len(tok), hidden_size=32, num_hidden_layers=1, num_attention_heads=2,
-                     intermediate_size=64, max_position_embeddings=128, pad_token_id=tok.pad_token_id)
+                     intermediate_size=64, max_position_embeddings=128, pad_token_id=tok.pad_token_id,
+                     hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0)  # CPU and GPU train alike
     torch.manual_seed(0)
     BertForSequenceClassification(cfg).save_pretrained(out)
     tok.save_pretrained(out)

@@ -21,7 +21,7 @@ PRESETS = ["harmful_opt1.3b.yaml", "harmful_opt2.7b.yaml", "copyright_opt1.3b_fi
 
 
 def _params(module) -> dict[str, torch.Tensor]:
-    return {k: v.detach().clone() for k, v in module.state_dict().items()}
+    return {k: v.detach().to("cpu", copy=True) for k, v in module.state_dict().items()}
 
 
 

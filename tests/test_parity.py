@@ -7,6 +7,8 @@ import math
 
 import pytest
 
+pytestmark = pytest.mark.multirank  # 1 and 2 ranks: 2 GPUs where CUDA is present
+
 from tests.conftest import ROOT, launch
 from tests.parity_driver import METHODS, UNPACKED
 

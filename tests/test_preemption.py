@@ -32,6 +32,7 @@ def test_handler_records_the_signal_and_restores(sig):
 
 
 @pytest.mark.slow
+@pytest.mark.multirank
 def test_signal_to_one_rank_saves_on_all_ranks_and_exits_3(demo_dir, tmp_path):
     run = tmp_path / "runs" / "pre2"
     cmd = [str(Path(sys.executable).parent / "deepspeed"), "--num_gpus", "2", "--master_port", str(_free_port()),
