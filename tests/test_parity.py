@@ -7,10 +7,10 @@ import math
 
 import pytest
 
-pytestmark = pytest.mark.multirank  # 1 and 2 ranks: 2 GPUs where CUDA is present
-
 from tests.conftest import ROOT, launch
 from tests.parity_driver import METHODS, UNPACKED
+
+pytestmark = pytest.mark.multirank  # 1 and 2 ranks: 2 GPUs where CUDA is present
 
 LAYOUTS = [("zero2", 1), ("zero2", 2), ("zero3", 1), ("zero3", 2)]
 TOLERANCE = 1e-5
