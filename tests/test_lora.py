@@ -7,7 +7,7 @@ import warnings
 import pytest
 import torch
 
-from tests.conftest import ROOT
+from tests.conftest import ROOT, on_device
 from tests.unlearn_runs import run, scalars, weights
 from unlearn import data
 from unlearn import model as models
@@ -56,8 +56,9 @@ def test_lora_trains_only_adapters_and_the_reference_is_the_base(demo_dir, tmp_p
     fresh, _ = models.load_for_eval(str(demo_dir / "init"))
     with torch.no_grad():
         base_logits = fresh(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
-        policy_logits = engine(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
-    assert torch.allclose(ref.logits(batch), base_logits, atol=1e-5)
+        batch = on_device(engine, batch)
+        policy_logits = engine(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits.cpu()
+    assert torch.allclose(ref.logits(batch).cpu(), base_logits, atol=1e-5)
     assert not torch.allclose(policy_logits, base_logits, atol=1e-3)
     assert scalars(run_dir, "retain/loss")[0] == 0.0 and scalars(run_dir, "forget/loss")[0] == pytest.approx(
         20 * torch.log(torch.tensor(2.0)).item(), rel=1e-5)  # NPO at step 0 = (2/beta) log 2, beta 0.1
