@@ -7,9 +7,10 @@
 #   tests       the fast suite (-m "not slow and not slurm and not multirank"): every path that picks CUDA
 #               when it is there (packed step's 4D mask under sdpa, generative judge, RMU in bf16, ...)
 #   bench       OPT-1.3b shape, batch 2: the reference loop vs ours in bf16 and LoRA on an 8-bit base
-# Usage: bash slurm/gpu_checks.sh | sbatch slurm/gpu_checks.sh
+# Usage: bash slurm/gpu_checks.sh | sbatch slurm/gpu_checks.sh | bash slurm/gpu_checks.sh --dry-run (print the
+#   commands, run nothing: tests/test_docs.py checks each one through its launcher's parser)
 # Environment: GPU_OUT (logs, default runs/gpu-checks), CHECKS (space list, default all of the above),
-#   FORGET / RETAIN (bench data, default the demo's), PYTEST_WORKERS (default 8; needs pytest-xdist).
+#   FORGET / RETAIN (bench data, default the demo's), PYTEST_WORKERS (default 8, where pytest-xdist is installed).
 # Each check writes GPU_OUT/<name>.log and prints one line; a check that fails prints its log's tail and
 # the next one still runs; the exit status says whether any failed.
 #SBATCH --job-name=unlearn-gpu-checks
@@ -22,13 +23,19 @@ PY=${PYTHON:-.venv/bin/python}
 [ -x "$PY" ] || PY=python3
 export PATH="$(dirname "$(command -v "$PY")"):$PATH"
 OUT_DIR=${GPU_OUT:-runs/gpu-checks}
-mkdir -p "$OUT_DIR"
 DEMO=.cache/demo
 DS2=ds_configs/zero2.json
 failed=0
+DRY=0
+[ "${1:-}" = --dry-run ] && DRY=1
+if [ $DRY = 0 ] && ! "$PY" -c "import sys, torch; sys.exit(not torch.cuda.is_available())" 2>/dev/null; then
+    echo "error: slurm/gpu_checks.sh needs a CUDA GPU; expected torch under $PY to see one" >&2; exit 2
+fi
+[ $DRY = 1 ] || mkdir -p "$OUT_DIR"
 
 check() {  # name, timeout in seconds, command...
     local name=$1 limit=$2; shift 2
+    if [ $DRY = 1 ]; then echo "$*"; return; fi
     local t0=$SECONDS
     if timeout "$limit" "$@" > "$OUT_DIR/$name.log" 2>&1; then
         echo "$name: ok ($((SECONDS - t0)) s)"
@@ -37,20 +44,24 @@ check() {  # name, timeout in seconds, command...
     fi
 }
 
+show() {  # a check's log lines worth reading: sed arguments, then the check's name
+    [ $DRY = 1 ] || sed -n "$1" "$OUT_DIR/$2.log"
+}
+
 wanted() { [[ " ${CHECKS:-demo lora-8bit judge tests bench} " == *" $1 "* ]]; }
 
 check env 60 "$PY" -c "import torch, deepspeed, transformers, peft, bitsandbytes
 print('torch', torch.__version__, 'cuda', torch.version.cuda, torch.cuda.get_device_name(0),
       'bf16', torch.cuda.is_bf16_supported(), 'deepspeed', deepspeed.__version__,
       'transformers', transformers.__version__, 'peft', peft.__version__, 'bitsandbytes', bitsandbytes.__version__)"
-cat "$OUT_DIR/env.log"
+show p env
 check demo-assets 120 "$PY" -m unlearn.demo "$DEMO"
 
 if wanted demo; then
     check demo-finetune 300 deepspeed launch/finetune.py --ds_config "$DS2" --config configs/demo_finetune.yaml \
         --overwrite --no_report
-    check demo-unlearn-zero2 300 deepspeed launch/unlearn.py --ds_config "$DS2" --overwrite
-    sed -n '/^metric/,/^$/p' "$OUT_DIR/demo-unlearn-zero2.log"
+    check demo-unlearn-zero2 300 deepspeed launch/unlearn.py --ds_config "$DS2"   # the README's main command
+    show '/^metric/,/^$/p' demo-unlearn-zero2
     check demo-unlearn-zero3 300 deepspeed launch/unlearn.py --ds_config ds_configs/zero3.json \
         run.name=demo-zero3 --overwrite --no_report
 fi
@@ -68,9 +79,11 @@ if wanted judge; then
 fi
 
 if wanted tests; then
+    WORKERS=()  # pytest-xdist where it is installed (not one of our dependencies)
+    "$PY" -c "import xdist" 2>/dev/null && WORKERS=(-n "${PYTEST_WORKERS:-8}")
     check tests 240 "$PY" -m pytest -q -p no:cacheprovider -m "not slow and not slurm and not multirank" \
-        -n "${PYTEST_WORKERS:-8}" --timeout 240 -rfE
-    tail -n 40 "$OUT_DIR/tests.log"
+        "${WORKERS[@]}" --timeout 240 -rfE
+    show '/short test summary/,$p' tests
 fi
 
 if wanted bench; then
@@ -79,6 +92,6 @@ if wanted bench; then
     [ -n "${RETAIN:-}" ] && DATA+=(--retain "$RETAIN")
     check bench 240 "$PY" launch/bench.py --preset opt-1.3b --variants baseline,ours-bf16,ours-lora-8bit \
         --steps 3 --warmup 1 "${DATA[@]}" --json "$OUT_DIR/bench.json"
-    sed -n '/^opt-[0-9.]*b (x1\//,$p' "$OUT_DIR/bench.log"
+    show '/^opt-[0-9.]*b (x1\//,$p' bench
 fi
 exit $failed

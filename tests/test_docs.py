@@ -6,6 +6,7 @@ up to the first download, device call or job submission:
   python launch/*.py      the launcher's own argument parser; evaluate.py's arguments also through the
                           check a sweep makes before submitting (suite names, flags)
   make TARGET             `make -n` prints its recipe; each deepspeed / python line of it as above
+  bash slurm/gpu_checks.sh  its --dry-run prints the commands it would run; each deepspeed / python line as above
   sbatch slurm/sweep.sh,  the sweep is planned (every grid point's config written and checked, the
   launch/sweep.py GRID    profile read, eval args checked) into a scratch folder: no job is submitted
   --status on a sweep     run for real on that planned sweep
@@ -18,6 +19,7 @@ from __future__ import annotations
 
 import glob
 import importlib.util
+import os
 import re
 import shlex
 import subprocess
@@ -36,7 +38,7 @@ STAND_INS = {
 """Everything else runs as written: hub ids and placeholder paths (runs/NAME, FILE.csv) are only parsed,
 never opened, because every check stops before the first download or file read of a job."""
 
-PROGRAMS = ("make", "deepspeed", "python", "sbatch", "tensorboard")
+PROGRAMS = ("make", "deepspeed", "python", "sbatch", "tensorboard", "bash")
 
 
 def readme_commands() -> list[str]:
@@ -96,20 +98,29 @@ def check(argv: list[str], scratch: Path) -> str:
     if program == "make":
         recipe = subprocess.run(["make", "-n", *argv[1:]], cwd=ROOT, capture_output=True, text=True)
         assert recipe.returncode == 0, recipe.stderr
-        lines = [" ".join(line.replace("\\\n", " ").split()) for line in recipe.stdout.replace("\\\n", " ").splitlines()]
-        inner = [line for line in lines if re.match(r"(\S*/)?(deepspeed|python\S*) (-m pytest|launch/)", line)]
-        for line in inner:
-            words = shlex.split(line)
-            words[0] = "python" if "python" in words[0] else Path(words[0]).name
-            if words[1:3] != ["-m", "pytest"]:
-                check(words, scratch)
-        return f"make -n ({len(inner)} inner commands)"
+        return f"make -n ({check_inner(recipe.stdout, scratch)} inner commands)"
+    if program == "bash" and argv[1] == "slurm/gpu_checks.sh":
+        dry = subprocess.run(["bash", argv[1], "--dry-run"], cwd=ROOT, capture_output=True, text=True)
+        assert dry.returncode == 0, dry.stderr
+        return f"--dry-run ({check_inner(dry.stdout, scratch)} inner commands)"
     if program == "tensorboard":
         version = subprocess.run([str(Path(sys.executable).parent / "tensorboard"), "--version"],
                                  capture_output=True, text=True)
         assert version.returncode == 0 and version.stdout.strip(), version.stderr
         return "installed"
     raise AssertionError(f"no check for README command {' '.join(argv)!r}")
+
+
+def check_inner(printed: str, scratch: Path) -> int:
+    """Check each deepspeed / python launch/ line that a recipe prints (pytest lines are the suite itself)."""
+    lines = [" ".join(line.split()) for line in printed.replace("\\\n", " ").splitlines()]
+    inner = [line for line in lines if re.match(r"(\S*/)?(deepspeed|python\S*) (-m pytest|launch/)", line)]
+    for line in inner:
+        words = shlex.split(line)
+        words[0] = "python" if "python" in words[0] else Path(words[0]).name
+        if words[1:3] != ["-m", "pytest"]:
+            check(words, scratch)
+    return len(inner)
 
 
 def _launcher(script: str):
@@ -184,6 +195,18 @@ def test_a_parse_check_can_fail(scratch):
 
     with pytest.raises(UserError, match="suite"):
         check(["python", "launch/evaluate.py", "runs/x/checkpoints/step-000001", "--suite", "harmfull"], scratch)
+
+
+def test_gpu_checks_without_a_gpu_exit_2_with_one_line():
+    import torch
+
+    if torch.cuda.is_available():
+        pytest.skip("a GPU is present: the script would run its checks")
+    out = ROOT / "runs" / "gpu-checks-never-written"
+    proc = subprocess.run(["bash", "slurm/gpu_checks.sh"], cwd=ROOT, capture_output=True, text=True,
+                          env={**os.environ, "GPU_OUT": str(out)})
+    assert proc.returncode == 2 and proc.stdout == "" and not out.exists(), proc.stdout
+    assert proc.stderr.startswith("error: slurm/gpu_checks.sh needs a CUDA GPU;") and proc.stderr.count("\n") == 1
 
 
 def test_every_config_and_profile_is_checked():

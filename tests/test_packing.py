@@ -9,7 +9,7 @@ import torch
 from unlearn import data, methods
 from unlearn.config import MethodConfig
 from unlearn.train import loop as train
-from unlearn.train import packing
+from unlearn.train import packing, tree_attention
 
 TEMPLATE = "### Question: {prompt}\n ### Answer: {response}"
 
@@ -37,6 +37,9 @@ def _models(demo_dir):
 
     policy = AutoModelForCausalLM.from_pretrained(demo_dir / "init", dtype=torch.float32).train()
     ref = AutoModelForCausalLM.from_pretrained(demo_dir / "init", dtype=torch.float32).eval()
+    for model in (policy, ref):  # as train() loads them with train.pack=true
+        tree_attention.install(model)
+        assert model.config._attn_implementation == tree_attention.NAME
     with torch.no_grad():
         ref.lm_head.weight.mul_(1.1)  # a reference that differs from the policy
         for p in policy.parameters():  # and a policy whose answer log-probs are not uniform noise
@@ -55,6 +58,38 @@ def _samples(demo_dir, tok):
     retain = [data.qa_sample("How is bread made at home?", "Flour, water, salt and time.", tok, TEMPLATE, 64),
               data.qa_sample("Why?", "Because it rained all night long.", tok, TEMPLATE, 64)]
     return {"forget": forget, "mismatch": mismatch, "retain": retain}
+
+
+def test_tree_attention_equals_the_dense_masked_attention(demo_dir):
+    """Attention over each block's cells (its prompt, then itself causally) gives the tree-masked dense
+    SDPA's outputs at every real position, and the same gradients for queries, keys and values."""
+    from transformers import AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(demo_dir / "init")
+    samples = [s for v in _samples(demo_dir, tok).values() for s in v]
+    packed = packing.pack(samples, tok.pad_token_id, torch.float32)
+    rows, width = packed.batch["input_ids"].shape
+    assert packed.tree.queries.size(0) == 2 + 2 * 4 + 2 * 2  # forget: 2 prompts, 8 answers; retain: 2 + 2
+    torch.manual_seed(0)
+    qkv = [torch.randn(rows, 4, width, 8, requires_grad=True) for _ in range(3)]
+    weight = torch.randn(rows * width, 4, 8)[packed.tree.targets]
+    outs, grads = [], []
+    for tree in (False, True):
+        if tree:
+            out, _ = tree_attention.attention_forward(None, *qkv, None, tree=packed.tree)
+        else:
+            out = torch.nn.functional.scaled_dot_product_attention(*qkv, attn_mask=packed.batch["attention_mask"])
+            out = out.transpose(1, 2)
+        real = out.reshape(rows * width, 4, 8)[packed.tree.targets]
+        outs.append(real)
+        grads.append(torch.autograd.grad((real * weight).sum(), qkv))
+    assert torch.allclose(outs[1], outs[0], atol=1e-6), (outs[1] - outs[0]).abs().max()
+    assert packed.tree.targets.numel() == len(set(packed.tree.targets.tolist())) == int(packed.tree.valid.sum())
+    for got, want in zip(grads[1], grads[0]):
+        assert want.abs().max() > 1e-2 and torch.allclose(got, want, atol=1e-6), (got - want).abs().max()
+    allowed = int((packed.batch["attention_mask"] == 0).sum())  # pads attend themselves there
+    pads = rows * width - packed.tree.targets.numel()
+    assert int(packed.tree.mask[packed.tree.valid].sum()) == allowed - pads  # the real queries' cells, no other
 
 
 @pytest.mark.parametrize("forget,retain", [(f, "kl") for f in ("ga", "npo", "simnpo", "wga", "satimp", "undial", "ceu")]

@@ -23,7 +23,7 @@ from unlearn.errors import EXIT_REQUEUE, Diverged, UserError
 from unlearn.logger import Window, Writer
 from unlearn.methods import Forward
 from unlearn.sets import Sets, check_lengths, load_sets, make_streams, max_steps_for
-from unlearn.train import checkpoint, dual, guards, packing, preflight
+from unlearn.train import checkpoint, dual, guards, packing, preflight, tree_attention
 from unlearn.train import engine as engines
 from unlearn.train.phase_state import SEPARATE, PhaseStates
 from unlearn.train.resume import State, resume_from_last, say
@@ -45,6 +45,8 @@ def _forward(engine, batch: dict[str, torch.Tensor], keep: int | torch.Tensor = 
     kwargs = {"logits_to_keep": keep} if torch.is_tensor(keep) or 0 < keep < batch["input_ids"].size(1) else {}
     if "position_ids" in batch:
         kwargs["position_ids"] = batch["position_ids"]
+    if "tree" in batch:  # a packed batch's blocks: attention over their cells only (unlearn.train.tree_attention)
+        kwargs["tree"] = batch["tree"]
     return engine(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], **kwargs).logits
 
 
@@ -57,6 +59,8 @@ class Reference:
         self.model = None
         if not cfg.model.lora:
             ref = models.load_reference(cfg.model, dtype)
+            if cfg.train.pack:  # the same attention as the policy's on packed rows (KL exactly 0 at step 0)
+                tree_attention.install(ref)
             if engines.zero_stage(ds) == 3:
                 self.model = engines.reference_engine(ref, ds)
             else:
@@ -304,6 +308,8 @@ def _train_in(cfg: Config, ds: dict[str, Any], env: DistEnv, run_dir: Path, toke
     checkpoint.remove_partial(run_dir, env)  # .step-*.tmp left by a save that was killed
     dtype = engines.dtype_of(ds)
     policy = models.load_policy(cfg.model, dtype)
+    if cfg.train.pack:
+        tree_attention.install(policy)
     rmu.restrict_trainable(policy, cfg.method)  # RMU: only the chosen layers train (before ZeRO partitions)
     engine = engines.initialize(policy, ds, cfg, env, max_steps)
     # Training mode always (gradient checkpointing needs it); with model.dropout=false the policy's
