@@ -52,8 +52,11 @@ class Packed:
     """Per sequence: the token each read position predicts."""
     real_tokens: int
     """Tokens of the sequences as given (shared prompts counted once per sequence)."""
-    tree: Tree
-    """The rows' blocks, for tree attention (the cells of attention_mask that are not masked out)."""
+    blocks: list[tuple[int, int, int, int]]
+    """(flat start, length, its prompt's flat start, length) of each prompt or answer block (flat = r W + column)."""
+    tree: Tree | None
+    """The rows' blocks, for tree attention (the cells of attention_mask that are not masked out);
+    None where dense attention computes fewer cells."""
 
     @property
     def positions(self) -> int:
@@ -126,7 +129,8 @@ def pack(samples: list[Sample], pad_id: int, dtype: torch.dtype) -> Packed:
     reads = [[order[r * width + col] for r, col in cell] for cell in cells]
     mask = torch.zeros(allowed.shape, dtype=dtype).masked_fill_(~allowed, torch.finfo(dtype).min)
     return Packed({"input_ids": torch.tensor(ids), "position_ids": torch.tensor(pos), "attention_mask": mask[:, None]},
-                  keep, reads, targets, sum(len(s["input_ids"]) for s in samples), blocks_tree(blocks))
+                  keep, reads, targets, sum(len(s["input_ids"]) for s in samples), blocks,
+                  blocks_tree(blocks, len(rows) * width * width))
 
 
 def compact(kept: torch.Tensor, packed: Packed, seqs: list[int]) -> tuple[torch.Tensor, torch.Tensor]:
@@ -155,7 +159,9 @@ def forwards(policy_logits, reference_logits, samples: dict[str, list[Sample]], 
             continue
         flat = [s for n in names for s in samples[n]]
         packed = pack(flat, pad_id, dtype)
-        batch, keep = {**_to(packed.batch, device), "tree": packed.tree.to(device)}, packed.keep.to(device)
+        batch, keep = _to(packed.batch, device), packed.keep.to(device)
+        if packed.tree is not None:
+            batch["tree"] = packed.tree.to(device)
         kept = policy_logits(batch, keep)
         ref_kept = reference_logits(batch, keep) if with_ref else None
         start = 0

@@ -4,10 +4,13 @@ A packed row (unlearn.train.packing) holds blocks: a prompt, the answers that co
 sequences. A block attends causally to itself and, for an answer, to its prompt; every other cell of
 the row's W x W mask is masked out. Dense attention under that mask still computes all W^2 scores: on
 the paper's data (XSTest pairs, a prompt and 6 answers in one row) most of them. Here each block is
-one small attention problem, queries = the block, keys = its prompt then itself, and the blocks of
-every row run as one batched SDPA call: gather the block's queries, keys and values from the row,
-attend, scatter the outputs back to their positions. The result equals the masked dense attention up
-to float summation order (softmax over the same allowed keys; a masked cell contributes exactly 0).
+one small attention problem, queries = the block, keys = its prompt then itself. Blocks of similar
+length run as one batched SDPA call (each padded to its group's longest): gather the blocks' queries,
+keys and values from the rows, attend, scatter the outputs back to their positions. The groups are cut
+to minimise the cells computed plus GROUP_COST cells per call, and where that is not below the dense
+W^2 per row (short rows, e.g. the demo's), the packed batch keeps dense attention (no Tree). The result
+equals the masked dense attention up to float summation order (softmax over the same allowed keys; a
+masked cell contributes exactly 0).
 
 Installed as the attention implementation "unlearn_tree" of the training models (policy and reference)
 where they would use SDPA; a forward without `tree=` (the unpacked step, evaluation) is plain SDPA.
@@ -20,11 +23,14 @@ from dataclasses import dataclass
 import torch
 
 NAME = "unlearn_tree"
+GROUP_COST = 4096
+"""Cells one more SDPA call is worth (its gathers, scatter and launch), measured on the tiny and
+OPT-125m shapes on a CPU: with fewer, a batch of mixed block lengths runs slower than dense."""
 
 
 @dataclass
-class Tree:
-    """Blocks of a packed batch (R rows of width W), as indices into its R*W flattened positions."""
+class Group:
+    """Blocks of a packed batch (R rows of width W) run in one call, as indices into its R*W positions."""
 
     queries: torch.Tensor
     """(S, A) long: block s's positions (padded with its first position)."""
@@ -37,13 +43,52 @@ class Tree:
     valid: torch.Tensor
     """(S, A) bool: the real queries."""
 
+    def to(self, device) -> Group:
+        return Group(*(t.to(device) for t in (self.queries, self.keys, self.mask, self.targets, self.valid)))
+
+
+@dataclass
+class Tree:
+    groups: list[Group]
+
+    @property
+    def targets(self) -> torch.Tensor:
+        """Every real position once, in the order the groups' outputs come."""
+        return torch.cat([g.targets for g in self.groups])
+
     def to(self, device) -> Tree:
-        return Tree(*(t.to(device) for t in (self.queries, self.keys, self.mask, self.targets, self.valid)))
+        return Tree([g.to(device) for g in self.groups])
 
 
-def blocks_tree(blocks: list[tuple[int, int, int, int]]) -> Tree:
+def cells(blocks: list[tuple[int, int, int, int]]) -> int:
+    """Scores one call computes for `blocks`: each padded to the longest block and the longest prompt."""
+    return len(blocks) * max(b[1] for b in blocks) * (max(b[1] for b in blocks) + max(b[3] for b in blocks))
+
+
+def blocks_tree(blocks: list[tuple[int, int, int, int]], dense_cells: int) -> Tree | None:
     """The Tree of blocks given as (flat start of the block, its length, flat start of its prompt, the
-    prompt's length; 0 where it has none), flat = row * W + column."""
+    prompt's length; 0 where it has none), flat = row * W + column: sorted by length and cut into the
+    groups of least cells + GROUP_COST per group. None where that is not below `dense_cells` (R W^2)."""
+    order = sorted(blocks, key=lambda b: (b[1], b[3]))
+    best = [0] + [None] * len(order)  # best[j]: least cost of the first j blocks, with cut[j] its last group start
+    cut = [0] * (len(order) + 1)
+    for j in range(1, len(order) + 1):
+        longest, prompt = order[j - 1][1], 0
+        for i in range(j - 1, -1, -1):  # the group order[i:j]; its longest block is order[j - 1]
+            prompt = max(prompt, order[i][3])
+            cost = best[i] + (j - i) * longest * (longest + prompt) + GROUP_COST
+            if best[j] is None or cost < best[j]:
+                best[j], cut[j] = cost, i
+    if best[-1] >= dense_cells:
+        return None
+    groups, j = [], len(order)
+    while j:
+        groups.append(group(order[cut[j]:j]))
+        j = cut[j]
+    return Tree(groups[::-1])
+
+
+def group(blocks: list[tuple[int, int, int, int]]) -> Group:
     start, length, pstart, plength = torch.tensor(blocks, dtype=torch.long).unbind(1)
     width, prefix = int(length.max()), int(plength.max())
     i = torch.arange(width)
@@ -56,7 +101,7 @@ def blocks_tree(blocks: list[tuple[int, int, int, int]]) -> Tree:
     keys = torch.where(in_prompt, pstart[:, None] + j, start[:, None] + torch.where(in_block, own, 0))
     mask = in_prompt[:, None, :] | (in_block[:, None, :] & (own <= i[:, None]))
     mask |= ~valid[:, :, None] & (j == prefix)  # a padded query attends its block's first key: no empty softmax
-    return Tree(queries, keys, mask, queries[valid], valid)
+    return Group(queries, keys, mask, queries[valid], valid)
 
 
 def attention_forward(module, query, key, value, attention_mask, dropout: float = 0.0, scaling=None,
@@ -68,15 +113,15 @@ def attention_forward(module, query, key, value, attention_mask, dropout: float 
         return sdpa_attention_forward(module, query, key, value, attention_mask, dropout=dropout, scaling=scaling,
                                       **kwargs)
     rows, heads, width, dim = query.shape
-
-    def gather(t: torch.Tensor, index: torch.Tensor) -> torch.Tensor:  # (R, H, W, D) -> (S, H, len, D)
-        return t.transpose(1, 2).reshape(rows * width, heads, dim)[index].transpose(1, 2)
-
-    out = torch.nn.functional.scaled_dot_product_attention(
-        gather(query, tree.queries), gather(key, tree.keys), gather(value, tree.keys), attn_mask=tree.mask[:, None],
-        dropout_p=dropout, scale=scaling)
-    out = out.transpose(1, 2)[tree.valid]  # (N, H, D)
-    full = out.new_zeros(rows * width, heads, dim).index_copy(0, tree.targets, out)
+    query, key, value = (t.transpose(1, 2).reshape(rows * width, heads, dim) for t in (query, key, value))
+    outs, targets = [], []
+    for g in tree.groups:  # (S, H, len, D) per group
+        out = torch.nn.functional.scaled_dot_product_attention(
+            query[g.queries].transpose(1, 2), key[g.keys].transpose(1, 2), value[g.keys].transpose(1, 2),
+            attn_mask=g.mask[:, None], dropout_p=dropout, scale=scaling)
+        outs.append(out.transpose(1, 2)[g.valid])  # (N, H, D)
+        targets.append(g.targets)
+    full = query.new_zeros(rows * width, heads, dim).index_copy(0, torch.cat(targets), torch.cat(outs))
     return full.view(rows, width, heads, dim), None
 
 
