@@ -9,7 +9,7 @@ import torch
 from unlearn import data, methods
 from unlearn.config import MethodConfig
 from unlearn.train import loop as train
-from unlearn.train import packing, tree_attention
+from unlearn.train import packing
 
 TEMPLATE = "### Question: {prompt}\n ### Answer: {response}"
 
@@ -37,9 +37,6 @@ def _models(demo_dir):
 
     policy = AutoModelForCausalLM.from_pretrained(demo_dir / "init", dtype=torch.float32).train()
     ref = AutoModelForCausalLM.from_pretrained(demo_dir / "init", dtype=torch.float32).eval()
-    for model in (policy, ref):  # as train() loads them with train.pack=true
-        tree_attention.install(model)
-        assert model.config._attn_implementation == tree_attention.NAME
     with torch.no_grad():
         ref.lm_head.weight.mul_(1.1)  # a reference that differs from the policy
         for p in policy.parameters():  # and a policy whose answer log-probs are not uniform noise
@@ -60,65 +57,10 @@ def _samples(demo_dir, tok):
     return {"forget": forget, "mismatch": mismatch, "retain": retain}
 
 
-def test_tree_attention_equals_the_dense_masked_attention(demo_dir):
-    """Attention over each block's cells (its prompt, then itself causally), blocks grouped by length,
-    gives the tree-masked dense SDPA's outputs at every real position, and the same gradients for
-    queries, keys and values."""
-    from transformers import AutoTokenizer
-
-    tok = AutoTokenizer.from_pretrained(demo_dir / "init")
-    samples = [s for v in _samples(demo_dir, tok).values() for s in v]
-    packed = packing.pack(samples, tok.pad_token_id, torch.float32)
-    rows, width = packed.batch["input_ids"].shape
-    assert len(packed.blocks) == 2 + 2 * 4 + 2 * 2  # forget: 2 prompts, 8 answers; retain: 2 prompts, 2 answers
-    tree = tree_attention.blocks_tree(packed.blocks, dense_cells=10**12)  # short rows: pack() keeps dense
-    assert len(tree.groups) > 1 and sum(g.queries.size(0) for g in tree.groups) == len(packed.blocks)
-    torch.manual_seed(0)
-    qkv = [torch.randn(rows, 4, width, 8, requires_grad=True) for _ in range(3)]
-    targets = tree.targets
-    weight = torch.randn(rows * width, 4, 8)[targets]
-    outs, grads = [], []
-    for use_tree in (False, True):
-        if use_tree:
-            out, _ = tree_attention.attention_forward(None, *qkv, None, tree=tree)
-        else:
-            out = torch.nn.functional.scaled_dot_product_attention(*qkv, attn_mask=packed.batch["attention_mask"])
-            out = out.transpose(1, 2)
-        real = out.reshape(rows * width, 4, 8)[targets]
-        outs.append(real)
-        grads.append(torch.autograd.grad((real * weight).sum(), qkv))
-    assert torch.allclose(outs[1], outs[0], atol=1e-6), (outs[1] - outs[0]).abs().max()
-    for got, want in zip(grads[1], grads[0]):
-        assert want.abs().max() > 1e-2 and torch.allclose(got, want, atol=1e-6), (got - want).abs().max()
-    allowed = int((packed.batch["attention_mask"] == 0).sum())  # pads attend themselves there
-    pads = rows * width - targets.numel()
-    assert targets.numel() == len(set(targets.tolist()))  # every real position once
-    assert sum(int(g.mask[g.valid].sum()) for g in tree.groups) == allowed - pads  # their cells, no other
-
-
-def test_pack_keeps_dense_attention_where_it_computes_fewer_cells():
-    """Blocks grouped by length cost their cells plus GROUP_COST per group: a row of one long prompt with
-    six long answers (the paper's data) takes tree attention, short rows keep the dense mask."""
-    def samples(prompt: int, answer: int, answers: int) -> list[dict]:
-        ids = list(range(10, 10 + prompt))
-        return [{"input_ids": ids + [100 + k] * answer, "labels": [-100] * prompt + [100 + k] * answer}
-                for k in range(answers)]
-
-    long = packing.pack(samples(40, 100, 6), 0, torch.float32)
-    assert long.tree is not None and long.batch["input_ids"].shape == (1, 640)
-    assert tree_attention.cells(long.blocks[1:]) + tree_attention.cells(long.blocks[:1]) < 640 * 640 // 4
-    assert packing.pack(samples(5, 3, 2), 0, torch.float32).tree is None
-
-
-@pytest.mark.parametrize("tree", [False, True])
 @pytest.mark.parametrize("forget,retain", [(f, "kl") for f in ("ga", "npo", "simnpo", "wga", "satimp", "undial", "ceu")]
                          + [("ga", "nll")])
-def test_packed_losses_and_gradients_equal_the_unpacked_step(demo_dir, monkeypatch, forget, retain, tree):
-    """tree=True: the demo's short rows take tree attention too (pack() would keep them dense)."""
+def test_packed_losses_and_gradients_equal_the_unpacked_step(demo_dir, forget, retain):
     from transformers import AutoTokenizer
-
-    if tree:
-        monkeypatch.setattr(packing, "blocks_tree", lambda blocks, _: tree_attention.blocks_tree(blocks, 10**12))
 
     torch.manual_seed(0)
     tok = AutoTokenizer.from_pretrained(demo_dir / "init")

@@ -24,7 +24,7 @@ class OurStep:
         tokenizer = models.load_tokenizer(cfg.model)
         self.sets = sample_sets.load_sets(cfg, tokenizer, env)
         dtype = engines.dtype_of(ds)
-        policy = models.load_policy(cfg.model, dtype)
+        policy = train.load_policy(cfg, dtype)
         self.engine = engines.initialize(policy, ds, cfg, env, cfg.train.max_steps)
         reference = train.Reference(cfg, self.engine, ds, env, dtype)
         self.state = train.State(streams=streams(cfg, self.sets))

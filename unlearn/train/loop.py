@@ -23,7 +23,7 @@ from unlearn.errors import EXIT_REQUEUE, Diverged, UserError
 from unlearn.logger import Window, Writer
 from unlearn.methods import Forward
 from unlearn.sets import Sets, check_lengths, load_sets, make_streams, max_steps_for
-from unlearn.train import checkpoint, dual, guards, packing, preflight, tree_attention
+from unlearn.train import checkpoint, dual, guards, packing, preflight
 from unlearn.train import engine as engines
 from unlearn.train.phase_state import SEPARATE, PhaseStates
 from unlearn.train.resume import State, resume_from_last, say
@@ -45,8 +45,6 @@ def _forward(engine, batch: dict[str, torch.Tensor], keep: int | torch.Tensor = 
     kwargs = {"logits_to_keep": keep} if torch.is_tensor(keep) or 0 < keep < batch["input_ids"].size(1) else {}
     if "position_ids" in batch:
         kwargs["position_ids"] = batch["position_ids"]
-    if "tree" in batch:  # a packed batch's blocks: attention over their cells only (unlearn.train.tree_attention)
-        kwargs["tree"] = batch["tree"]
     return engine(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], **kwargs).logits
 
 
@@ -59,8 +57,6 @@ class Reference:
         self.model = None
         if not cfg.model.lora:
             ref = models.load_reference(cfg.model, dtype)
-            if cfg.train.pack:  # the same attention as the policy's on packed rows (KL exactly 0 at step 0)
-                tree_attention.install(ref)
             if engines.zero_stage(ds) == 3:
                 self.model = engines.reference_engine(ref, ds)
             else:
@@ -303,14 +299,18 @@ def _train(cfg: Config, ds_config: str, ds_patch: dict[str, Any] | None, resume:
         raise
 
 
+def load_policy(cfg: Config, dtype: torch.dtype):
+    """The model to train (RMU: only its chosen layers trainable, set before ZeRO partitions them)."""
+    policy = models.load_policy(cfg.model, dtype)
+    rmu.restrict_trainable(policy, cfg.method)
+    return policy
+
+
 def _train_in(cfg: Config, ds: dict[str, Any], env: DistEnv, run_dir: Path, tokenizer, sets: Sets, max_steps: int,
               resume: bool | str, preempt: guards.Preemption, progress: dict[str, int]) -> Path:
     checkpoint.remove_partial(run_dir, env)  # .step-*.tmp left by a save that was killed
     dtype = engines.dtype_of(ds)
-    policy = models.load_policy(cfg.model, dtype)
-    if cfg.train.pack:
-        tree_attention.install(policy)
-    rmu.restrict_trainable(policy, cfg.method)  # RMU: only the chosen layers train (before ZeRO partitions)
+    policy = load_policy(cfg, dtype)
     engine = engines.initialize(policy, ds, cfg, env, max_steps)
     # Training mode always (gradient checkpointing needs it); with model.dropout=false the policy's
     # dropout probabilities are 0 (unlearn.model.zero_dropout), so its passes are deterministic.

@@ -31,7 +31,6 @@ import torch
 
 from unlearn.data import IGNORE, Sample
 from unlearn.methods import Forward
-from unlearn.train.tree_attention import Tree, blocks_tree
 
 PACKABLE = frozenset({"ga", "npo", "simnpo", "wga", "satimp", "undial", "ceu", "nll", "kl", "random_mismatch"})
 """Objectives whose loss reads logits only at positions t with labels[t+1] != -100 (checked against
@@ -52,11 +51,6 @@ class Packed:
     """Per sequence: the token each read position predicts."""
     real_tokens: int
     """Tokens of the sequences as given (shared prompts counted once per sequence)."""
-    blocks: list[tuple[int, int, int, int]]
-    """(flat start, length, its prompt's flat start, length) of each prompt or answer block (flat = r W + column)."""
-    tree: Tree | None
-    """The rows' blocks, for tree attention (the cells of attention_mask that are not masked out);
-    None where dense attention computes fewer cells."""
 
     @property
     def positions(self) -> int:
@@ -90,7 +84,6 @@ def pack(samples: list[Sample], pad_id: int, dtype: torch.dtype) -> Packed:
     parent: list[list[int]] = []  # an answer's cells: its prompt's block; -1 elsewhere
     cells: list[list[tuple[int, int]]] = [[] for _ in samples]  # (row, column) of each read
     targets: list[list[int]] = [[] for _ in samples]
-    blocks: list[tuple[int, int, int, int]] = []  # (flat start, length, its prompt's flat start, length)
     for r, keys in enumerate(rows):
         ids_r, pos_r, seg_r, parent_r = [], [], [], []
         for key in keys:
@@ -99,11 +92,8 @@ def pack(samples: list[Sample], pad_id: int, dtype: torch.dtype) -> Packed:
             pos_r += range(a)
             seg_r += [prompt] * a
             parent_r += [-1] * a
-            blocks.append((r * width + start, a, 0, 0))
             for block, i in enumerate(units[key], prompt + 1):
                 c, tail = len(ids_r), samples[i]["input_ids"][a:]
-                if tail:
-                    blocks.append((r * width + c, len(tail), r * width + start, a))
                 ids_r += tail
                 pos_r += range(a, a + len(tail))
                 seg_r += [block] * len(tail)
@@ -129,8 +119,7 @@ def pack(samples: list[Sample], pad_id: int, dtype: torch.dtype) -> Packed:
     reads = [[order[r * width + col] for r, col in cell] for cell in cells]
     mask = torch.zeros(allowed.shape, dtype=dtype).masked_fill_(~allowed, torch.finfo(dtype).min)
     return Packed({"input_ids": torch.tensor(ids), "position_ids": torch.tensor(pos), "attention_mask": mask[:, None]},
-                  keep, reads, targets, sum(len(s["input_ids"]) for s in samples), blocks,
-                  blocks_tree(blocks, len(rows) * width * width))
+                  keep, reads, targets, sum(len(s["input_ids"]) for s in samples))
 
 
 def compact(kept: torch.Tensor, packed: Packed, seqs: list[int]) -> tuple[torch.Tensor, torch.Tensor]:
@@ -160,8 +149,6 @@ def forwards(policy_logits, reference_logits, samples: dict[str, list[Sample]], 
         flat = [s for n in names for s in samples[n]]
         packed = pack(flat, pad_id, dtype)
         batch, keep = _to(packed.batch, device), packed.keep.to(device)
-        if packed.tree is not None:
-            batch["tree"] = packed.tree.to(device)
         kept = policy_logits(batch, keep)
         ref_kept = reference_logits(batch, keep) if with_ref else None
         start = 0
