@@ -1,9 +1,9 @@
 #!/bin/bash
-# The GPU paths on one GPU, end to end (about 5 minutes on an H200):
+# The GPU paths on one GPU, end to end (about 6 minutes on an H200):
 #   demo        `make demo`'s recipe: demo assets, stage 1, then the README's main command on ZeRO-2 and
 #               ZeRO-3 (bf16, the default where the GPU has it)
-#   lora-8bit   the copyright recipe's stage 2 shape: LoRA on an 8-bit (bitsandbytes) base, with evaluation
-#   judge       train_judge.py on the GPU, then evaluate.py --run judging every checkpoint with it
+#   lora-8bit   stage 2 with LoRA adapters on a frozen 8-bit (bitsandbytes) base, then its evaluation
+#   judge       train_judge.py on the GPU, then evaluate.py --run judging lora-8bit's checkpoints with it
 #   tests       the fast suite (-m "not slow and not slurm and not multirank"): every path that picks CUDA
 #               when it is there (packed step's 4D mask under sdpa, generative judge, RMU in bf16, ...)
 #   bench       OPT-1.3b shape, batch 2: the reference loop vs ours in bf16 and LoRA on an 8-bit base
@@ -66,7 +66,7 @@ if wanted demo; then
         run.name=demo-zero3 --overwrite --no_report
 fi
 
-if wanted lora-8bit; then  # stage 2 on the demo base: LoRA adapters over a frozen 8-bit base, then its evaluation
+if wanted lora-8bit; then  # on the demo base (stage 1 of `demo`)
     check lora-8bit 300 deepspeed launch/unlearn.py --ds_config "$DS2" run.name=gpu-lora-8bit model.lora=true \
         model.load_in_8bit=true model.name_or_path="$DEMO/base" optim.lr=1e-3 train.max_steps=20 --overwrite
 fi
