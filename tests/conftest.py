@@ -76,11 +76,6 @@ def fp32_engines(monkeypatch):
         monkeypatch.setattr(engine, "bf16_supported", lambda: False)
 
 
-def on_device(engine, batch: dict) -> dict:
-    """A collated CPU batch on the engine's device (cuda:N on a GPU machine)."""
-    return {k: v.to(engine.device) for k, v in batch.items()}
-
-
 @pytest.fixture(scope="session")
 def dist_env():
     """torch.distributed (gloo) for in-process single-rank DeepSpeed engines, started once."""

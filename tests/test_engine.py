@@ -7,7 +7,7 @@ import json
 import pytest
 import torch
 
-from tests.conftest import ROOT, on_device
+from tests.conftest import ROOT
 from unlearn import data
 from unlearn import model as models
 from unlearn.config_io import load_config
@@ -31,7 +31,7 @@ def test_checkpoint_reloads_with_the_engines_logits(demo_dir, dist_env, tmp_path
     tok = models.load_tokenizer(cfg.model)
     samples = data.text_samples([(demo_dir / "forget.txt").read_text()], tok, 32)
     batch = data.collate(samples[:2], tok.pad_token_id)
-    cpu_batch, batch = batch, on_device(eng, batch)
+    cpu_batch, batch = batch, data.to_device(batch, eng.device)
     for _ in range(2):  # move the weights away from the init so a stale save would be caught
         loss = eng(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], labels=batch["labels"]).loss
         eng.backward(loss)
@@ -74,8 +74,8 @@ def test_fused_adamw_path_gives_the_same_step(demo_dir, dist_env, monkeypatch):
         assert eng.optimizer.optimizer.defaults["fused"] is fused
         initial = torch.cat([p.detach().flatten() for p in eng.module.parameters()])
         tok = models.load_tokenizer(cfg.model)
-        batch = on_device(eng, data.collate(data.text_samples([(demo_dir / "forget.txt").read_text()], tok, 32)[:2],
-                                            tok.pad_token_id))
+        samples = data.text_samples([(demo_dir / "forget.txt").read_text()], tok, 32)[:2]
+        batch = data.to_device(data.collate(samples, tok.pad_token_id), eng.device)
         for _ in range(2):
             eng.backward(eng(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"],
                              labels=batch["labels"]).loss)
@@ -105,7 +105,7 @@ def _flat_weights(eng) -> torch.Tensor:
 
 
 def _train(eng, batch, steps: int) -> list[float]:
-    batch = on_device(eng, batch)
+    batch = data.to_device(batch, eng.device)
     losses = []
     for _ in range(steps):
         loss = eng(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], labels=batch["labels"]).loss

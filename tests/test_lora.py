@@ -7,7 +7,7 @@ import warnings
 import pytest
 import torch
 
-from tests.conftest import ROOT, on_device
+from tests.conftest import ROOT
 from tests.unlearn_runs import run, scalars, weights
 from unlearn import data
 from unlearn import model as models
@@ -56,7 +56,7 @@ def test_lora_trains_only_adapters_and_the_reference_is_the_base(demo_dir, tmp_p
     fresh, _ = models.load_for_eval(str(demo_dir / "init"))
     with torch.no_grad():
         base_logits = fresh(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
-        batch = on_device(engine, batch)
+        batch = data.to_device(batch, engine.device)
         policy_logits = engine(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits.cpu()
     assert torch.allclose(ref.logits(batch).cpu(), base_logits, atol=1e-5)
     assert not torch.allclose(policy_logits, base_logits, atol=1e-3)

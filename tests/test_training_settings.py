@@ -9,7 +9,6 @@ import copy
 import pytest
 import torch
 
-from tests.conftest import on_device
 from tests.unlearn_runs import make_loop, run
 from unlearn import data, losses
 
@@ -52,7 +51,7 @@ def test_gradient_checkpointing_recomputes_every_layer(demo_dir, dist_env, tmp_p
 
 
 def _nll(engine, samples: list[data.Sample], pad: int) -> float:
-    batch = on_device(engine, data.collate(samples, pad))
+    batch = data.to_device(data.collate(samples, pad), engine.device)
     with torch.no_grad():
         logits = engine.module(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
     return losses.nll(logits, batch["labels"]).item()

@@ -108,6 +108,11 @@ def collate(samples: list[Sample], pad_id: int) -> dict[str, torch.Tensor]:
     return {"input_ids": ids, "labels": labels, "attention_mask": mask}
 
 
+def to_device(batch: dict[str, torch.Tensor], device) -> dict[str, torch.Tensor]:
+    """A collated batch on `device` (a model's or engine's)."""
+    return {k: v.to(device) for k, v in batch.items()}
+
+
 GROUP_BATCHES = 50
 """Length grouping sorts runs of this many global batches at a time (Hugging Face's mega-batch)."""
 

@@ -62,7 +62,7 @@ def mean_nll(model, tokenizer, samples: list[data.Sample], batch_size: int = 16)
     device = next(model.parameters()).device
     total, count = 0.0, 0
     for i in range(0, len(samples), batch_size):
-        batch = {k: v.to(device) for k, v in data.collate(samples[i:i + batch_size], tokenizer.pad_token_id).items()}
+        batch = data.to_device(data.collate(samples[i:i + batch_size], tokenizer.pad_token_id), device)
         logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
         n = int((batch["labels"][:, 1:] != data.IGNORE).sum())
         total += losses.nll(logits, batch["labels"]).item() * n

@@ -154,7 +154,7 @@ class Loop:
                 sum(n / total * nll for n, (_, nll) in zip(counts, parts)))
 
     def _chunk_term(self, obj: methods.Objective, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
-        batch = {k: v.to(self.env.device) for k, v in batch.items()}
+        batch = data.to_device(batch, self.env.device)
         fwd = self._pass(obj, batch, grad=obj.forget_grad)
         if obj.alternate:  # the same prompts with alternate answers (unlearn.alternates)
             fwd.alt = self._pass(obj, {k[4:]: v for k, v in batch.items() if k.startswith("alt_")})

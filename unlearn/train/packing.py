@@ -29,7 +29,7 @@ from dataclasses import dataclass
 
 import torch
 
-from unlearn.data import IGNORE, Sample
+from unlearn.data import IGNORE, Sample, to_device
 from unlearn.methods import Forward
 
 PACKABLE = frozenset({"ga", "npo", "simnpo", "wga", "satimp", "undial", "ceu", "nll", "kl", "random_mismatch"})
@@ -148,7 +148,7 @@ def forwards(policy_logits, reference_logits, samples: dict[str, list[Sample]], 
             continue
         flat = [s for n in names for s in samples[n]]
         packed = pack(flat, pad_id, dtype)
-        batch, keep = _to(packed.batch, device), packed.keep.to(device)
+        batch, keep = to_device(packed.batch, device), packed.keep.to(device)
         kept = policy_logits(batch, keep)
         ref_kept = reference_logits(batch, keep) if with_ref else None
         start = 0
@@ -159,7 +159,3 @@ def forwards(policy_logits, reference_logits, samples: dict[str, list[Sample]], 
             out[n] = Forward(logits, labels, compact(ref_kept, packed, seqs)[0] if with_ref else None)
         tokens, positions = tokens + packed.real_tokens, positions + packed.positions
     return {n: out[n] for n in samples}, tokens, positions
-
-
-def _to(batch: dict[str, torch.Tensor], device) -> dict[str, torch.Tensor]:
-    return {k: v.to(device) for k, v in batch.items()}
