@@ -54,6 +54,15 @@ def test_checkpoint_reloads_with_the_engines_logits(demo_dir, dist_env, tmp_path
         assert not torch.allclose(initial(input_ids=cpu_batch["input_ids"]).logits, got, atol=1e-3)
 
 
+def test_policy_and_reference_passes_build_no_kv_cache(demo_dir):
+    # a training pass reads logits only: a cache of every layer's keys and values is wasted memory
+    cfg, _ = load_config(overrides=[f"model.name_or_path={demo_dir / 'init'}"])
+    ids = torch.tensor([[2, 5, 6, 7]])
+    for model in (models.load_policy(cfg.model), models.load_reference(cfg.model)):
+        with torch.no_grad():
+            assert model(input_ids=ids).past_key_values is None
+
+
 def test_ds_config_receives_batch_and_clipping_from_run_config(demo_dir, dist_env):
     cfg, eng = _engine(demo_dir, 2, dist_env, ["optim.grad_clip=0.5", "train.global_batch_size=6"])
     assert eng.train_micro_batch_size_per_gpu() == 2

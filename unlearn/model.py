@@ -211,6 +211,7 @@ def load_reference(cfg: ModelConfig, dtype: torch.dtype = torch.float32):
     """A frozen copy of the starting weights (only for full-parameter runs that need a reference)."""
     model = _load_causal_lm(cfg, dtype, quantized=False)
     model.requires_grad_(False)
+    model.config.use_cache = False  # it only scores: no KV cache of every layer per pass
     model.eval()
     return model
 
