@@ -41,6 +41,9 @@ def parse(argv: list[str] | None):
     p.add_argument("--retain", default="", help="normal QA file (default: the demo's normal.jsonl)")
     p.add_argument("--work-dir", default=".cache/bench", help="demo data and random-weight models")
     p.add_argument("--in-process", action="store_true", help="all variants in this process (no memory isolation)")
+    p.add_argument("--interleave", action="store_true",
+                   help="all variants in this process, taking turns step by step; ratios per step (precise "
+                        "on a shared machine; peak memory is then cumulative)")
     p.add_argument("--smoke", action="store_true", help="CI: all variants, 1 step, no warm-up, in-process")
     p.add_argument("--json", default="", help="also write the report here")
     return p.parse_args(argv)

@@ -118,3 +118,35 @@ def test_speedups_are_same_round_ratios_and_spread_is_range_over_median():
     assert runner._paired(ours, base, "tokens_per_s") == pytest.approx((2.1 + 2.5) / 2)  # not 155 / 70
     assert runner._paired(ours, [{"status": "failed"}] * 2, "tokens_per_s") is None
     assert runner._spread([1.0, 1.2, 0.9]) == pytest.approx(0.3)
+
+
+def test_per_step_speedup_pairs_the_steps_that_ran_back_to_back():
+    from unlearn.bench import runner
+
+    base = [{"status": "ok", "cpu_step_s_all": [0.2, 0.4]}, {"status": "ok", "cpu_step_s_all": [0.3]}]
+    ours = [{"status": "ok", "cpu_step_s_all": [0.1, 0.25]}, {"status": "ok", "cpu_step_s_all": [0.2]}]
+    assert runner._paired(ours, base, "tokens_per_cpu_s", per_step=True) == pytest.approx(1.6)  # of 2, 1.6, 1.5
+
+
+def test_interleaved_variants_take_turns_step_by_step(tmp_path, demo_dir, dist_env, monkeypatch):
+    from unlearn.bench import measure, runner
+    from unlearn.bench.workload import Spec
+
+    (tmp_path / "work").mkdir()
+    (tmp_path / "work" / "demo").symlink_to(demo_dir)  # the demo assets, built once per session
+    order = []
+    run = measure.Session.run
+    monkeypatch.setattr(measure.Session, "run", lambda self, i: (order.append((self.spec.variant, i)), run(self, i)))
+    opts = runner.Options(variants=("baseline-dynpad", "ours-fp32"), interleave=True, work_dir=str(tmp_path / "work"))
+    report = runner.run(opts, Spec(variant="", model_dir="", forget="", retain="", max_length=64, steps=2, warmup=1,
+                                   threads=1))
+    assert order == [("baseline-dynpad", 0), ("ours-fp32", 0), ("ours-fp32", 1), ("baseline-dynpad", 1),
+                     ("baseline-dynpad", 2), ("ours-fp32", 2)]
+    rows = {r["variant"]: r for r in report["results"]}
+    assert report["interleaved_steps"] is True and report["isolated"] is False
+    base, ours = rows["baseline-dynpad"]["repeats"][0], rows["ours-fp32"]["repeats"][0]
+    assert len(base["cpu_step_s_all"]) == len(ours["cpu_step_s_all"]) == 2  # the warm-up step is not timed
+    assert base["tokens_per_step"] == ours["tokens_per_step"]  # the same samples at each step
+    expected = sorted(b / o for b, o in zip(base["cpu_step_s_all"], ours["cpu_step_s_all"]))
+    assert rows["ours-fp32"]["cpu_speedup_vs_dynpad"] == pytest.approx(sum(expected) / 2)
+    assert "same-step ratios" in runner.table(report).splitlines()[0]

@@ -75,51 +75,79 @@ def _setup(spec: Spec):
     return (lambda b: base.step(b["forget"], b["mismatch"], b["retain"])), cfg, sets, base.optimizer
 
 
-def measure(spec: Spec) -> dict:
-    """Warm-up steps, then `spec.steps` timed optimizer steps; tokens are real (unpadded) tokens."""
-    torch.set_num_threads(spec.threads or os.cpu_count() or 1)
-    train.set_seed(spec.seed, 0)
-    cuda = torch.cuda.is_available()
-    t_setup = time.perf_counter()
-    step, cfg, sets, optimizer = _setup(spec)
-    setup_s = time.perf_counter() - t_setup
-    rss_setup = _rss_peak_gib()
-    shadow = workload.streams(cfg, sets)  # the same order the step's own streams follow
-    if cuda:
-        torch.cuda.reset_peak_memory_stats()
-    # wall time, and this process's CPU time: on a shared machine with one thread per worker, the
-    # CPU seconds of a step stay close to its wall time on a quiet machine while waits do not count
-    times, cpu_times, train_tokens, ref_tokens, padded = [], [], 0, 0, 0
-    for i in range(spec.warmup + spec.steps):
-        batches = workload.next_batches(cfg, sets, shadow, i)
+class Session:
+    """One variant set up for timing; `run(i)` takes step i of its workload (timed after warm-up)."""
+
+    def __init__(self, spec: Spec):
+        torch.set_num_threads(spec.threads or os.cpu_count() or 1)
+        train.set_seed(spec.seed, 0)
+        self.spec, self.cuda = spec, torch.cuda.is_available()
+        t_setup = time.perf_counter()
+        self.step, self.cfg, self.sets, self.optimizer = _setup(spec)
+        self.setup_s = time.perf_counter() - t_setup
+        self.rss_setup = _rss_peak_gib()
+        self.shadow = workload.streams(self.cfg, self.sets)  # the same order the step's own streams follow
+        if self.cuda:
+            torch.cuda.reset_peak_memory_stats()
+        # wall time, and this process's CPU time: on a shared machine with one thread per worker, the
+        # CPU seconds of a step stay close to its wall time on a quiet machine while waits do not count
+        self.times, self.cpu_times, self.train_tokens, self.ref_tokens, self.padded = [], [], 0, 0, 0
+
+    def run(self, i: int) -> None:
+        batches = workload.next_batches(self.cfg, self.sets, self.shadow, i)
         _sync()
         t0, c0 = time.perf_counter(), time.process_time()
-        out = step(batches)
+        out = self.step(batches)
         _sync()
-        if i < spec.warmup:
-            continue
-        times.append(time.perf_counter() - t0)
-        cpu_times.append(time.process_time() - c0)
+        if i < self.spec.warmup:
+            return
+        self.times.append(time.perf_counter() - t0)
+        self.cpu_times.append(time.process_time() - c0)
         n, n_ref, n_padded = workload.tokens(
-            batches, cfg.data.mismatch_pass_cost if variant(spec.variant).loop == "ours" else None)
-        train_tokens, ref_tokens = train_tokens + n, ref_tokens + n_ref
-        padded += int(out.get("padded_tokens", n_padded))
-    total = sum(times)
-    result = {
-        "variant": spec.variant, "status": "ok", "setup_s": round(setup_s, 2),
-        "step_s": statistics.median(times), "step_s_all": [round(t, 4) for t in times],
-        "cpu_step_s": statistics.median(cpu_times), "tokens_per_cpu_s": train_tokens / sum(cpu_times),
-        "tokens_per_s": train_tokens / total, "tokens_per_step": train_tokens / len(times),
-        "ref_tokens_per_step": ref_tokens / len(times), "padded_tokens_per_step": padded / len(times),
-        "rss_peak_setup_gib": round(rss_setup, 3), "rss_peak_gib": round(_rss_peak_gib(), 3),
-        "optimizer_state_gib": optimizer_state_bytes(optimizer) / 2**30,
-        "threads": torch.get_num_threads(), "device": "cuda" if cuda else "cpu",
-    }
-    if cuda:
-        result["gpu_peak_gib"] = torch.cuda.max_memory_allocated() / 2**30
-        result["gpu_reserved_gib"] = torch.cuda.max_memory_reserved() / 2**30
-        result["gpu_name"] = torch.cuda.get_device_name()
-    return result
+            batches, self.cfg.data.mismatch_pass_cost if variant(self.spec.variant).loop == "ours" else None)
+        self.train_tokens, self.ref_tokens = self.train_tokens + n, self.ref_tokens + n_ref
+        self.padded += int(out.get("padded_tokens", n_padded))
+
+    def result(self) -> dict:
+        times, cpu_times = self.times, self.cpu_times
+        result = {
+            "variant": self.spec.variant, "status": "ok", "setup_s": round(self.setup_s, 2),
+            "step_s": statistics.median(times), "step_s_all": [round(t, 4) for t in times],
+            "cpu_step_s": statistics.median(cpu_times), "cpu_step_s_all": [round(t, 4) for t in cpu_times],
+            "tokens_per_cpu_s": self.train_tokens / sum(cpu_times), "tokens_per_s": self.train_tokens / sum(times),
+            "tokens_per_step": self.train_tokens / len(times), "ref_tokens_per_step": self.ref_tokens / len(times),
+            "padded_tokens_per_step": self.padded / len(times),
+            "rss_peak_setup_gib": round(self.rss_setup, 3), "rss_peak_gib": round(_rss_peak_gib(), 3),
+            "optimizer_state_gib": optimizer_state_bytes(self.optimizer) / 2**30,
+            "threads": torch.get_num_threads(), "device": "cuda" if self.cuda else "cpu",
+        }
+        if self.cuda:
+            result["gpu_peak_gib"] = torch.cuda.max_memory_allocated() / 2**30
+            result["gpu_reserved_gib"] = torch.cuda.max_memory_reserved() / 2**30
+            result["gpu_name"] = torch.cuda.get_device_name()
+        return result
+
+
+def measure(spec: Spec) -> dict:
+    """Warm-up steps, then `spec.steps` timed optimizer steps; tokens are real (unpadded) tokens."""
+    session = Session(spec)
+    for i in range(spec.warmup + spec.steps):
+        session.run(i)
+    return session.result()
+
+
+def measure_interleaved(specs: list[Spec]) -> list[dict]:
+    """Every spec's variant set up in this process, then taking turns step by step (A B, B A, ...):
+    step i of each runs back to back with the others' on the same samples, so a slow spell of the
+    machine hits them alike. Peak memory is then the process's, not a variant's own."""
+    try:
+        sessions = [Session(s) for s in specs]
+        for i in range(specs[0].warmup + specs[0].steps):
+            for session in (sessions if i % 2 == 0 else sessions[::-1]):
+                session.run(i)
+        return [session.result() for session in sessions]
+    except torch.cuda.OutOfMemoryError as exc:
+        return [{"variant": s.variant, "status": "oom", "error": str(exc).splitlines()[0][:200]} for s in specs]
 
 
 def safe_measure(spec: Spec) -> dict:

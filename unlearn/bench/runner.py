@@ -2,7 +2,9 @@
 
 Each (repeat, variant) runs in a fresh worker process (`python -m unlearn.bench.measure`) so its
 peak memory is its own; repeats go round the variant list, so slow spells on a shared machine hit
-every variant alike, and the table shows each variant's median.
+every variant alike, and the table shows each variant's median. With `interleave` the variants share
+one process and take turns step by step, and the ratios are per step: the precise comparison of
+step time on a shared machine, where one process can run 20-40% slower than the next.
 """
 
 from __future__ import annotations
@@ -34,6 +36,8 @@ class Options:
     repeats: int = 1
     in_process: bool = False
     """Measure every variant in this process (fast smoke runs; peak RSS is then cumulative)."""
+    interleave: bool = False
+    """Every variant in this process, taking turns step by step; ratios per step (peak RSS cumulative)."""
     work_dir: str = ".cache/bench"
     forget: str = ""
     """Harmful QA file; empty = the demo's harmful.jsonl (built under work_dir)."""
@@ -114,10 +118,19 @@ def _spread(values: list[float]) -> float:
     return (max(values) - min(values)) / statistics.median(values) if values else 0.0
 
 
-def _paired(runs: list[dict], base: list[dict], key: str) -> float | None:
+STEP_TIMES = {"tokens_per_s": "step_s_all", "tokens_per_cpu_s": "cpu_step_s_all"}
+"""A throughput key and the per-step times it comes from (every variant takes the same samples)."""
+
+
+def _paired(runs: list[dict], base: list[dict], key: str, per_step: bool = False) -> float | None:
     """Median over rounds of this variant's `key` / the baseline's in the same round: the two ran
-    back to back, so a slow spell of the machine divides out."""
-    ratios = [r[key] / b[key] for r, b in zip(runs, base) if r.get("status") == "ok" and b.get("status") == "ok"]
+    back to back, so a slow spell of the machine divides out. `per_step` (interleaved runs): the
+    median over steps of the baseline's step time / this variant's, step i of each back to back."""
+    pairs = [(r, b) for r, b in zip(runs, base) if r.get("status") == "ok" and b.get("status") == "ok"]
+    if per_step:
+        ratios = [tb / tr for r, b in pairs for tr, tb in zip(r[STEP_TIMES[key]], b[STEP_TIMES[key]])]
+    else:
+        ratios = [r[key] / b[key] for r, b in pairs]
     return statistics.median(ratios) if ratios else None
 
 
@@ -137,11 +150,20 @@ def run(opts: Options, spec: Spec) -> dict:
     peak = presets.peak_flops(gpu_name) if cuda else None
     runs: dict[str, list[dict]] = {n: [] for n in names}
     for r in range(opts.repeats):  # rounds A B C, C B A, ...: load drift hits every variant alike
+        todo = []
         for name in (names if r % 2 == 0 else names[::-1]):
             reason = _skip_reason(name, n_params, gpu_bytes)
             if reason:
                 runs[name].append({"variant": name, "status": "skipped", "error": reason})
-                continue
+            else:
+                todo.append(name)
+        if opts.interleave:
+            from unlearn.bench.measure import measure_interleaved
+
+            for name, result in zip(todo, measure_interleaved([replace(spec, variant=n) for n in todo])):
+                runs[name].append(result)
+            continue
+        for name in todo:
             s = replace(spec, variant=name)
             if opts.in_process:
                 from unlearn.bench.measure import safe_measure
@@ -153,19 +175,20 @@ def run(opts: Options, spec: Spec) -> dict:
     base, dynpad = runs.get("baseline"), runs.get("baseline-dynpad")
     for row in rows:
         if dynpad and row["status"] == "ok":  # against a competent loop: dynamic padding, as HF's Trainer
-            ratio = _paired(runs[row["variant"]], dynpad, "tokens_per_cpu_s")
+            ratio = _paired(runs[row["variant"]], dynpad, "tokens_per_cpu_s", opts.interleave)
             if ratio is not None:
                 row["cpu_speedup_vs_dynpad"] = ratio
         if base and row["status"] == "ok":
             for key, out in (("tokens_per_s", "speedup_vs_baseline"), ("tokens_per_cpu_s", "cpu_speedup_vs_baseline")):
-                ratio = _paired(runs[row["variant"]], base, key)
+                ratio = _paired(runs[row["variant"]], base, key, opts.interleave)
                 if ratio is not None:
                     row[out] = ratio
         if opts.preset == "opt-1.3b" and opts.scale_down == 1 and row["status"] == "ok" and cuda:
             row["speedup_vs_paper_step"] = PAPER_OPT13B_STEP_S / row["step_s"]
     return {"preset": opts.preset, "scale_down": opts.scale_down, "parameters": n_params,
             "device": gpu_name or "cpu", "peak_bf16_flops": peak, "spec": spec.to_json(),
-            "repeats": opts.repeats, "isolated": not opts.in_process, "padding": pads, "results": rows}
+            "repeats": opts.repeats, "isolated": not (opts.in_process or opts.interleave),
+            "interleaved_steps": opts.interleave, "padding": pads, "results": rows}
 
 
 def _padding(spec: Spec) -> dict[str, dict[str, float]]:
@@ -184,9 +207,12 @@ def table(report: dict) -> str:
     mem = "gpu_peak_gib" if any("gpu_peak_gib" in r for r in report["results"]) else "rss_peak_gib"
     head = (f"{'variant':<20} {'status':<8} {'s/step':>8} {'tokens/s':>10} {'x base':>7} {'cpu s/step':>10} "
             f"{'spread':>7} {'x base':>7} {'x dynpad':>8} {mem:>13} {'optimizer_gib':>13} {'MFU':>6}")
+    how = ("variants took turns step by step in one process (peak memory cumulative), x base / x dynpad = "
+           "median of same-step ratios" if report.get("interleaved_steps") else
+           "x base / x dynpad = median of same-round ratios")
     lines = [f"{report['preset']} (x1/{report['scale_down']}, {report['parameters'] / 1e6:.1f}M params) on "
              f"{report['device']}, batch {report['spec']['batch']}; medians of {report['repeats']} interleaved "
-             "rounds, spread = (max - min) / median, x base / x dynpad = median of same-round ratios (CPU time)", head]
+             f"rounds, spread = (max - min) / median, {how} (CPU time)", head]
     for r in report["results"]:
         if r["status"] != "ok":
             lines.append(f"{r['variant']:<20} {r['status']:<8} {r.get('error', '')[:80]}")
@@ -217,7 +243,8 @@ def main(args) -> None:
         raise UserError("--batch, --steps, --repeats and --max-length must be >= 1; "
                         "--warmup and --mismatch-pass-cost >= 0")
     opts = Options(preset=args.preset, scale_down=args.scale_down, variants=names, repeats=repeats,
-                   in_process=in_process, work_dir=args.work_dir, forget=args.forget, retain=args.retain)
+                   in_process=in_process, interleave=args.interleave, work_dir=args.work_dir, forget=args.forget,
+                   retain=args.retain)
     spec = Spec(variant="", model_dir="", forget="", retain="", batch=args.batch, max_length=args.max_length,
                 steps=steps, warmup=warmup, threads=args.threads, group_by_length=not args.no_group_by_length,
                 mismatch_pass_cost=args.mismatch_pass_cost)
