@@ -147,7 +147,12 @@ def measure_interleaved(specs: list[Spec]) -> list[dict]:
                 session.run(i)
         return [session.result() for session in sessions]
     except torch.cuda.OutOfMemoryError as exc:
-        return [{"variant": s.variant, "status": "oom", "error": str(exc).splitlines()[0][:200]} for s in specs]
+        return [_oom(s, exc) for s in specs]
+
+
+def _oom(spec: Spec, exc: Exception) -> dict:
+    """An out-of-memory GPU recorded as the variant's result rather than a crash."""
+    return {"variant": spec.variant, "status": "oom", "error": str(exc).splitlines()[0][:200]}
 
 
 def safe_measure(spec: Spec) -> dict:
@@ -155,7 +160,7 @@ def safe_measure(spec: Spec) -> dict:
     try:
         return measure(spec)
     except torch.cuda.OutOfMemoryError as exc:
-        return {"variant": spec.variant, "status": "oom", "error": str(exc).splitlines()[0][:200]}
+        return _oom(spec, exc)
 
 
 def main(argv: list[str] | None = None) -> None:
