@@ -150,3 +150,32 @@ def test_interleaved_variants_take_turns_step_by_step(tmp_path, demo_dir, dist_e
     expected = sorted(b / o for b, o in zip(base["cpu_step_s_all"], ours["cpu_step_s_all"]))
     assert rows["ours-fp32"]["cpu_speedup_vs_dynpad"] == pytest.approx(sum(expected) / 2)
     assert "same-step ratios" in runner.table(report).splitlines()[0]
+
+
+def test_every_variants_step_time_includes_drawing_its_samples(tmp_path, demo_dir, dist_env, monkeypatch):
+    """Our Loop draws its samples inside its step; the baseline is handed them, so its draw is timed
+    with its step (a clock that jumps 100 s during every draw shows which draws were timed)."""
+    import time
+
+    from unlearn.bench import measure, presets
+    from unlearn.bench.workload import Spec
+
+    jumps = [0.0]
+    clock, draw = time.process_time, measure.workload.next_batches
+    monkeypatch.setattr(measure.time, "process_time", lambda: clock() + jumps[0])
+    monkeypatch.setattr(measure.workload, "next_batches",
+                        lambda *a: (jumps.__setitem__(0, jumps[0] + 100), draw(*a))[1])
+    timed = {}
+    for name in ("baseline-dynpad", "ours-fp32"):
+        spec = Spec(variant=name, model_dir=str(demo_dir / "init"), forget=str(demo_dir / "harmful.jsonl"),
+                    retain=str(demo_dir / "normal.jsonl"), max_length=64, steps=2, warmup=1, threads=1)
+        session = measure.Session(spec)
+        for i in range(3):
+            session.run(i)
+        timed[name] = session.result()["cpu_step_s_all"]
+        if name == "ours-fp32":  # the Loop tokenized its random answers itself, not the untimed draw
+            loop_memo, draw_memo = session.sets.mismatch._encode.seen, session.shadow_sets.mismatch._encode.seen
+            assert loop_memo is not draw_memo and len(loop_memo) == len(draw_memo) > 0
+    assert presets.variant("ours-fp32").loop == "ours"
+    assert all(100 <= t < 110 for t in timed["baseline-dynpad"]), timed  # the draw, then the step
+    assert all(0 < t < 10 for t in timed["ours-fp32"]), timed             # its own draw is inside the step

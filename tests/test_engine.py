@@ -108,6 +108,33 @@ def test_precision_left_out_means_bf16_where_the_hardware_has_it(monkeypatch):
     assert said["bf16"] == {"enabled": False}                      # a precision the user says is kept
 
 
+def test_contiguous_gradients_left_out_means_deepspeeds_default_on_a_gpu_and_off_on_a_cpu():
+    for name in ("zero2", "zero3", "zero3_offload"):
+        zero = engines.read_ds_config(ROOT / "ds_configs" / f"{name}.json")["zero_optimization"]
+        assert zero["contiguous_gradients"] is torch.cuda.is_available(), name
+    said = engines.read_ds_config(ROOT / "ds_configs" / "zero2.json",
+                                  {"zero_optimization": {"contiguous_gradients": True}})
+    assert said["zero_optimization"]["contiguous_gradients"] is True  # a value the user says is kept
+    assert said["zero_optimization"]["stage"] == 2
+
+
+@pytest.mark.parametrize("stage", [2, 3])
+def test_contiguous_gradients_changes_no_loss_and_no_weight(demo_dir, dist_env, stage):
+    """The CPU default (off) must train exactly like DeepSpeed's (on): it only skips a copy."""
+    got = {}
+    for contiguous in (True, False):
+        patch = {"zero_optimization": {"contiguous_gradients": contiguous}}
+        cfg, eng = _engine(demo_dir, stage, dist_env, ds_patch=patch)
+        assert eng.zero_contiguous_gradients() is contiguous
+        tok = models.load_tokenizer(cfg.model)
+        batch = data.collate(data.text_samples([(demo_dir / "forget.txt").read_text()], tok, 32)[:2], tok.pad_token_id)
+        losses = _train(eng, batch, 3)
+        got[contiguous] = losses, _flat_weights(eng)
+        eng.destroy()
+    assert got[True][0] == got[False][0] and got[True][0][0] != got[True][0][2]  # the weights moved
+    assert torch.equal(got[True][1], got[False][1])
+
+
 def _flat_weights(eng) -> torch.Tensor:
     with checkpoint._gathered(eng):
         return torch.cat([p.detach().flatten().clone() for p in eng.module.parameters()])

@@ -14,6 +14,7 @@ import socket
 import statistics
 import sys
 import time
+from dataclasses import replace
 
 import torch
 
@@ -76,7 +77,8 @@ def _setup(spec: Spec):
 
 
 class Session:
-    """One variant set up for timing; `run(i)` takes step i of its workload (timed after warm-up)."""
+    """One variant set up for timing; `run(i)` takes step i of its workload (timed after warm-up).
+    Every variant's time includes drawing the step's samples (the random-mismatch answers too)."""
 
     def __init__(self, spec: Spec):
         torch.set_num_threads(spec.threads or os.cpu_count() or 1)
@@ -87,6 +89,12 @@ class Session:
         self.setup_s = time.perf_counter() - t_setup
         self.rss_setup = _rss_peak_gib()
         self.shadow = workload.streams(self.cfg, self.sets)  # the same order the step's own streams follow
+        # our Loop draws its samples inside its step, and the draw here only counts them: it gets a
+        # tokenizer memo of its own, so the Loop's draw tokenizes its random answers as the baseline's does
+        self.own_draw = variant(spec.variant).loop == "ours"
+        self.shadow_sets = self.sets
+        if self.own_draw and self.sets.mismatch is not None:
+            self.shadow_sets = replace(self.sets, mismatch=replace(self.sets.mismatch))
         if self.cuda:
             torch.cuda.reset_peak_memory_stats()
         # wall time, and this process's CPU time: on a shared machine with one thread per worker, the
@@ -94,9 +102,11 @@ class Session:
         self.times, self.cpu_times, self.train_tokens, self.ref_tokens, self.padded = [], [], 0, 0, 0
 
     def run(self, i: int) -> None:
-        batches = workload.next_batches(self.cfg, self.sets, self.shadow, i)
         _sync()
         t0, c0 = time.perf_counter(), time.process_time()
+        batches = workload.next_batches(self.cfg, self.shadow_sets, self.shadow, i)
+        if self.own_draw:
+            t0, c0 = time.perf_counter(), time.process_time()
         out = self.step(batches)
         _sync()
         if i < self.spec.warmup:

@@ -1,8 +1,8 @@
 """DeepSpeed engine from a declarative JSON (ZeRO, precision, offload) plus our run config.
 
 The JSON in ds_configs/ says *how* to shard and in which precision (unsaid: bf16 where the GPU
-has it, else fp32). Batch sizes, gradient
-clipping, optimizer and LR schedule come from the run config (one source of truth): a JSON that
+has it, else fp32; ZeRO's contiguous_gradients unsaid: on for GPUs, off for CPUs). Batch sizes,
+gradient clipping, optimizer and LR schedule come from the run config (one source of truth): a JSON that
 sets them too is an error, as is DeepSpeed's "auto" (only HF's Trainer resolves it).
 """
 
@@ -56,6 +56,9 @@ def read_ds_config(path: str | Path, patch: dict[str, Any] | None = None) -> dic
     ds = deep_merge(ds, patch or {})
     if "bf16" not in ds and "fp16" not in ds:  # precision unsaid: bf16 where the hardware has it
         ds["bf16"] = {"enabled": bf16_supported()}
+    zero = ds.get("zero_optimization")
+    if isinstance(zero, dict) and "contiguous_gradients" not in zero:
+        ds["zero_optimization"] = {**zero, "contiguous_gradients": contiguous_gradients_default()}
     for key, owner in OWNED_BY_RUN_CONFIG.items():
         if key in ds:
             raise UserError(f"DeepSpeed config '{path}' sets '{key}'; expected it unset: it comes from the "
@@ -81,6 +84,15 @@ def bf16_supported() -> bool:
     """A GPU with bf16 arithmetic (Ampere or later). CPUs without bf16 instructions run it ~7x
     slower than fp32 (measured on this project's CI machine), so the CPU default is fp32."""
     return torch.cuda.is_available() and torch.cuda.is_bf16_supported()
+
+
+def contiguous_gradients_default() -> bool:
+    """ZeRO's contiguous_gradients where the JSON leaves it out: DeepSpeed's own default (true) on a
+    GPU, where copying each gradient into one buffer keeps the allocator from fragmenting; false on
+    a CPU, where there is no such allocator to protect and the copies are pure work: the tiny step
+    runs 1.05x (XSTest + TruthfulQA) and 1.08x (demo) faster without them, losses bit-equal
+    (ZeRO-2, interleaved A/B, 40 and 60 steps)."""
+    return torch.cuda.is_available()
 
 
 def zero_stage(ds: dict[str, Any]) -> int:
