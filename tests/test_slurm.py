@@ -279,21 +279,50 @@ def _no_jobs_left(ids: list[str], env: dict[str, str]) -> None:
         time.sleep(1)
 
 
+def _hold_until_round_1(sweep_dir: Path, names: list[str], array: str, step1_evals: list[str],
+                        env: dict[str, str], timeout: float = 300) -> None:
+    """Suspend each training task once its step-100 checkpoint is complete and its training task has
+    released that eval (held evals are released by the task itself, so it must not be suspended
+    before), then resume them all once halving.json records round 1."""
+    held, end = set(), time.time() + timeout
+    while len(held) < len(names):
+        for i, name in enumerate(names):
+            done = (sweep_dir / "runs" / name / "checkpoints" / "step-000100" / "COMPLETE").exists()
+            reason = subprocess.run(["squeue", "-h", "-j", step1_evals[i], "-o", "%r"], env=env,
+                                    capture_output=True, text=True).stdout.strip()  # "" once it left the queue
+            if i not in held and done and not reason.startswith("JobHeld"):
+                _run(["scontrol", "suspend", f"{array}_{i}"], env)
+                held.add(i)
+        assert time.time() < end, f"step-100 checkpoints or eval releases missing after {timeout} s: {held}"
+        time.sleep(0.5)
+    record = sweep_dir / "halving.json"
+    while not (record.exists() and json.loads(record.read_text())["rounds"]):
+        assert time.time() < end, f"round 1 not decided after {timeout} s"
+        time.sleep(1)
+    for i in held:
+        _run(["scontrol", "resume", f"{array}_{i}"], env)
+
+
 def test_sbatch_halving_stops_the_worst_half_each_round(slurm_env, demo_dir, tmp_path):
-    """4 points, rounds at steps 100, 200, 300: the round-1 losers are told to stop while they train
-    (an eval lands in tens of seconds; 200 more steps take longer on 2 shared cores), save a final
-    checkpoint, and their eval jobs for steps never reached end without evaluating."""
+    """4 points, rounds at steps 100, 200, 300: the round-1 losers are told to stop while they train,
+    save a final checkpoint, and their eval jobs for steps never reached end without evaluating.
+
+    Whether a loser is still training when its round is decided is a race between the evals (tens of
+    seconds) and 200 more steps, which a faster step can lose. So the test holds each run with SLURM
+    (`scontrol suspend`) once its step-100 eval is released, until round 1 is decided, then resumes it:
+    the outcome no longer depends on step speed, and runs survive a suspend/resume on the way."""
     grid = _halving_grid(tmp_path, "hv", max_steps=300, every=100)
     _run(["bash", "slurm/sweep.sh", str(grid), *_demo_overrides(demo_dir)], slurm_env)
     sweep_dir = tmp_path / "hv"
     jobs = dict(line.split(" ", 1) for line in (sweep_dir / "jobs.txt").read_text().splitlines())
     array, eval_ids, report = jobs["train"], jobs["eval"].split(), jobs["report"]
+    names = (sweep_dir / "tasks.txt").read_text().split()
+    _hold_until_round_1(sweep_dir, names, array, eval_ids[::3], slurm_env)
     rows = _wait_done([array, *eval_ids, report], slurm_env, timeout=600, expect=4 + len(eval_ids) + 1)
     assert all(r["State"] == "COMPLETED" for r in rows.values()), rows
     _no_jobs_left([array, *eval_ids, report], slurm_env)
     record = _check_halving(sweep_dir, slurm_env)
     first = [e["run"] for e in record["rounds"][0]["stopped"]]
-    names = (sweep_dir / "tasks.txt").read_text().split()
     for name in first:
         run = sweep_dir / "runs" / name
         last = max(int(p.name[5:]) for p in (run / "checkpoints").glob("step-*") if (p / "COMPLETE").exists())
