@@ -287,10 +287,11 @@ def _hold_until_round_1(sweep_dir: Path, names: list[str], array: str, step1_eva
     held, end = set(), time.time() + timeout
     while len(held) < len(names):
         for i, name in enumerate(names):
-            done = (sweep_dir / "runs" / name / "checkpoints" / "step-000100" / "COMPLETE").exists()
+            if i in held or not (sweep_dir / "runs" / name / "checkpoints" / "step-000100" / "COMPLETE").exists():
+                continue
             reason = subprocess.run(["squeue", "-h", "-j", step1_evals[i], "-o", "%r"], env=env,
                                     capture_output=True, text=True).stdout.strip()  # "" once it left the queue
-            if i not in held and done and not reason.startswith("JobHeld"):
+            if not reason.startswith("JobHeld"):
                 _run(["scontrol", "suspend", f"{array}_{i}"], env)
                 held.add(i)
         assert time.time() < end, f"step-100 checkpoints or eval releases missing after {timeout} s: {held}"
@@ -317,7 +318,7 @@ def test_sbatch_halving_stops_the_worst_half_each_round(slurm_env, demo_dir, tmp
     jobs = dict(line.split(" ", 1) for line in (sweep_dir / "jobs.txt").read_text().splitlines())
     array, eval_ids, report = jobs["train"], jobs["eval"].split(), jobs["report"]
     names = (sweep_dir / "tasks.txt").read_text().split()
-    _hold_until_round_1(sweep_dir, names, array, eval_ids[::3], slurm_env)
+    _hold_until_round_1(sweep_dir, names, array, eval_ids[::len(eval_ids) // len(names)], slurm_env)  # run-major
     rows = _wait_done([array, *eval_ids, report], slurm_env, timeout=600, expect=4 + len(eval_ids) + 1)
     assert all(r["State"] == "COMPLETED" for r in rows.values()), rows
     _no_jobs_left([array, *eval_ids, report], slurm_env)
