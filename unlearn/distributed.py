@@ -13,6 +13,7 @@ import torch
 
 from unlearn.errors import UserError
 
+
 @dataclass(frozen=True)
 class DistEnv:
     rank: int
