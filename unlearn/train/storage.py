@@ -45,9 +45,10 @@ def full_disk(exc: BaseException, partial: Path, run_dir: Path, step: int) -> No
     root = partial.parent
     if not (_says_full(exc) or (root.is_dir() and shutil.disk_usage(root).free < _FULL)):
         return None
-    done = runs.complete_checkpoints(run_dir)
-    need = (f"needs {_mb(folder_bytes(done[-1]))} (as {done[-1].name})" if done else
-            f"needs more than the {_mb(folder_bytes(partial))} written before the disk filled")
+    done, written = runs.complete_checkpoints(run_dir), folder_bytes(partial)
+    last = folder_bytes(done[-1]) if done else 0
+    need = (f"needs {_mb(last)} (as {done[-1].name})" if last > written else
+            f"needs more than the {_mb(written)} written before the disk filled")
     return NoSpace(f"no space left on {root} while saving step-{step:06d}: a checkpoint of this run {need}; "
                    f"the partial save was removed; {_WHAT_NOW}")
 
