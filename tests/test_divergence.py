@@ -169,13 +169,12 @@ def test_divergence_names_a_last_good_checkpoint_with_finite_weights_outside_the
     assert exit_info.value.code == EXIT_DIVERGED
     errors = [line for line in capsys.readouterr().err.splitlines() if line.startswith("error:")]
     run = tmp_path / "runs" / "lr"
-    done = runs.complete_checkpoints(run)
-    metas = [json.loads((p / "meta.json").read_text()) for p in done]
-    assert [(m["step"], m["nonfinite_in_row"], m["weights_finite"]) for m in metas] == [
-        (1, 0, finite), (2, 1, finite), (3, 2, finite)]
     good = runs.step_dir(run, 1) if last_good != "none" else "none"
     assert len(errors) == 1 and f"3 non-finite steps in a row up to step 4 (train.max_nonfinite_steps=3); last good " \
                                 f"checkpoint: {good};" in errors[0]
+    metas = [json.loads((p / "meta.json").read_text()) for p in runs.complete_checkpoints(run)]
+    assert [(m["step"], m["nonfinite_in_row"], m["weights_finite"]) for m in metas] == [
+        (1, 0, finite), (2, 1, finite), (3, 2, finite)]
 
 
 def test_forget_loss_ceiling_stops_cleanly(demo_dir, dist_env, tmp_path, capsys):
