@@ -20,7 +20,13 @@ _WHAT_NOW = ("expected free space for one more checkpoint (free some, set train.
 
 
 def folder_bytes(folder: Path) -> int:
-    return sum(p.stat().st_size for p in Path(folder).rglob("*") if p.is_file())
+    total = 0
+    for path in Path(folder).rglob("*"):
+        try:
+            total += path.stat().st_size if path.is_file() else 0
+        except FileNotFoundError:  # an evaluation's temporary eval.json, renamed meanwhile
+            pass
+    return total
 
 
 def _mb(n: int) -> str:
