@@ -4,6 +4,7 @@
   python launch/bench.py --preset opt-125m --repeats 3   # CPU: OPT-125m's shape, random weights
   python launch/bench.py --preset opt-1.3b               # one GPU: baseline, ZeRO-2/3, LoRA, 8-bit
   python launch/bench.py --smoke                         # CI: every variant, one step, in-process
+  python launch/bench.py --checksums --preset opt-125m --repeats 3   # checkpoint hashing vs save (CPU)
 
 Prints the JSON report, then a table (tokens/s, s/step, peak memory, x baseline, MFU on GPUs).
 """
@@ -45,6 +46,9 @@ def parse(argv: list[str] | None):
                    help="all variants in this process, taking turns step by step; ratios per step (precise "
                         "on a shared machine; peak memory is then cumulative)")
     p.add_argument("--smoke", action="store_true", help="CI: all variants, 1 step, no warm-up, in-process")
+    p.add_argument("--checksums", action="store_true",
+                   help="instead: GB/s of checkpoint checksums (xxh3, crc32, blake2b, sha256) vs saving a real "
+                        "checkpoint of --preset, and the projection onto OPT-1.3b (unlearn.bench.checksums)")
     p.add_argument("--json", default="", help="also write the report here")
     return p.parse_args(argv)
 
@@ -53,6 +57,11 @@ def main(argv: list[str] | None = None) -> None:
     args = parse(argv)
 
     def job() -> None:
+        if args.checksums:
+            from unlearn.bench import checksums
+
+            checksums.main(args.preset, args.work_dir, args.repeats, args.json)
+            return
         from unlearn.bench import runner
 
         runner.main(args)

@@ -109,3 +109,46 @@ def test_make_harmful_demo_recipe_runs_scaled_down(demo_dir, tmp_path):
         assert utility["similarity_to_reference_rouge_l"]["n"] > 0
         assert metrics["harmful"]["info"]["judge"]["kind"] == "classifier", metrics["harmful"]["info"]["judge"]
     assert "harmful forget" in out.stdout
+
+
+DEFAULT_PORT = 29500
+"""DeepSpeed's default rendezvous port (deepspeed.constants.TORCH_DISTRIBUTED_DEFAULT_PORT)."""
+
+
+def test_make_demo_while_another_program_holds_port_29500(demo_dir, tmp_path):
+    """A real listening socket on 29500: `make demo` gives each deepspeed command a free port of its own,
+    and a deepspeed command pinned to the taken port stops with one line naming it, exit 2, nothing created."""
+    import socket
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    from tests.conftest import ROOT, child_env
+
+    other = socket.socket()
+    try:
+        try:
+            other.bind(("", DEFAULT_PORT))
+            other.listen()
+        except OSError:  # some other program on this machine holds it already: the same situation
+            pass
+        proc = subprocess.run(
+            [str(Path(sys.executable).parent / "deepspeed"), "--num_gpus", "1", "--master_port", str(DEFAULT_PORT),
+             str(ROOT / "launch" / "unlearn.py"), "--ds_config", str(ROOT / "ds_configs" / "zero2.json"), "--no_report",
+             f"model.name_or_path={demo_dir / 'init'}", f"data.forget={demo_dir / 'forget.txt'}",
+             f"data.retain={demo_dir / 'retain.txt'}", f"run.output_dir={tmp_path / 'runs'}", "run.name=port"],
+            capture_output=True, text=True, timeout=300, cwd=ROOT, env=child_env())
+        errors = [line for line in proc.stderr.splitlines() if line.startswith("error:")]
+        assert proc.returncode == 2, proc.stderr[-3000:]
+        assert errors == [f"error: port {DEFAULT_PORT} (MASTER_PORT, where the ranks meet) is in use by another "
+                          "program; expected a free port: deepspeed --master_port N ... (make demo PORT=N; make picks "
+                          "a free one itself)"] and "Traceback" not in proc.stderr
+        assert not (tmp_path / "runs" / "port").exists()
+        recipe = subprocess.run(["make", "-n", "demo"], cwd=ROOT, capture_output=True, text=True, check=True).stdout
+        commands = [line.split() for line in recipe.splitlines() if line.split()[:1] == ["deepspeed"]]
+        assert [c[c.index("--master_port") + 2] for c in commands] == ["launch/finetune.py", "launch/unlearn.py"]
+        for words in commands:
+            with socket.socket() as probe:  # the port make chose is free while 29500 is taken
+                probe.bind(("", int(words[words.index("--master_port") + 1])))
+    finally:
+        other.close()

@@ -1,6 +1,7 @@
 """Non-finite losses and gradients never reach the weights (real single-rank DeepSpeed engines);
-too many in a row stop the run with the last good checkpoint intact; the forget-loss ceiling stops
-a run cleanly. NaNs are injected with forward hooks on the real model."""
+too many in a row stop the run with the last good checkpoint intact, and the stop names as last good
+only a checkpoint with finite weights saved outside the non-finite run; the forget-loss ceiling stops
+a run cleanly. NaNs are injected with forward hooks on the real model, or by a learning rate of 1e8."""
 
 from __future__ import annotations
 
@@ -148,10 +149,32 @@ def test_run_stops_after_max_nonfinite_steps_and_keeps_last_good_checkpoint(
     # steps 4-6 were skipped (weights untouched); the save at step 4 holds the step-3 weights
     assert [p.name for p in done] == ["step-000002", "step-000004"]
     assert json.loads((done[-1] / "meta.json").read_text())["skipped_steps"] == 1
-    assert errors[0].endswith("(lower optim.lr or check the data)") and str(done[-1]) in errors[0]
+    # step-4 was saved inside the non-finite run (its step was skipped): the last good one is step-2
+    assert errors[0].endswith("(lower optim.lr or check the data)") and f"last good checkpoint: {done[0]};" in errors[0]
     # logged at every skipped step despite log_every=100; "skipped" is the fraction since the last log
     assert _scalars(run / "tb", "skipped") == {4: 0.25, 5: 1.0, 6: 1.0}
     assert _scalars(run / "tb", "skipped_steps") == {4: 1.0, 5: 2.0, 6: 3.0}
+
+
+@pytest.mark.parametrize("lr, last_good, finite", [("1e8", "step-000001", True), ("1e39", "none", False)])
+def test_divergence_names_a_last_good_checkpoint_with_finite_weights_outside_the_nonfinite_run(
+        demo_dir, dist_env, tmp_path, capsys, lr, last_good, finite):
+    """Step 1 applies lr x ~1 to every weight (AdamW): at 1e8 they stay finite, at 1e39 they become inf;
+    steps 2-4 are then non-finite. Saved at every step, step-2 and step-3 lie inside that run."""
+    argv = ["--ds_config", str(ROOT / "ds_configs" / "zero2.json"), "--no_report",
+            *_overrides(demo_dir, tmp_path, "run.name=lr", f"optim.lr={lr}", "train.max_steps=20",
+                        "train.save_every_n_steps=1", "train.max_nonfinite_steps=3", "train.log_every_n_steps=100")]
+    with pytest.raises(SystemExit) as exit_info:
+        train_main("test", argv)
+    assert exit_info.value.code == EXIT_DIVERGED
+    errors = [line for line in capsys.readouterr().err.splitlines() if line.startswith("error:")]
+    run = tmp_path / "runs" / "lr"
+    good = runs.step_dir(run, 1) if last_good != "none" else "none"
+    assert len(errors) == 1 and f"3 non-finite steps in a row up to step 4 (train.max_nonfinite_steps=3); last good " \
+                                f"checkpoint: {good};" in errors[0]
+    metas = [json.loads((p / "meta.json").read_text()) for p in runs.complete_checkpoints(run)]
+    assert [(m["step"], m["nonfinite_in_row"], m["weights_finite"]) for m in metas] == [
+        (1, 0, finite), (2, 1, finite), (3, 2, finite)]
 
 
 def test_forget_loss_ceiling_stops_cleanly(demo_dir, dist_env, tmp_path, capsys):

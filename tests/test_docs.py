@@ -114,7 +114,8 @@ def check(argv: list[str], scratch: Path) -> str:
 def check_inner(printed: str, scratch: Path) -> int:
     """Check each deepspeed / python launch/ line that a recipe prints (pytest lines are the suite itself)."""
     lines = [" ".join(line.split()) for line in printed.replace("\\\n", " ").splitlines()]
-    inner = [line for line in lines if re.match(r"(\S*/)?(deepspeed|python\S*) (-m pytest|launch/)", line)]
+    inner = [line for line in lines if re.match(r"(\S*/)?(deepspeed( --master_port \d+)?|python\S*) (-m pytest|launch/)",
+                                               line)]
     for line in inner:
         words = shlex.split(line)
         words[0] = "python" if "python" in words[0] else Path(words[0]).name

@@ -11,6 +11,8 @@ from dataclasses import dataclass
 
 import torch
 
+from unlearn.errors import UserError
+
 
 @dataclass(frozen=True)
 class DistEnv:
@@ -53,7 +55,15 @@ def init(env: DistEnv | None = None) -> DistEnv:
     os.environ.setdefault("WORLD_SIZE", str(env.world_size))
     if torch.cuda.is_available():
         torch.cuda.set_device(env.local_rank)
-    deepspeed.init_distributed(dist_backend="nccl" if torch.cuda.is_available() else "gloo")
+    try:
+        deepspeed.init_distributed(dist_backend="nccl" if torch.cuda.is_available() else "gloo")
+    except torch.distributed.DistNetworkError as exc:
+        if "EADDRINUSE" not in str(exc):
+            raise
+        port = os.environ["MASTER_PORT"]
+        raise UserError(f"port {port} (MASTER_PORT, where the ranks meet) is in use by another program; expected a "
+                        f"free port: deepspeed --master_port N ... (make demo PORT=N; make picks a free one "
+                        "itself)") from None
     return env
 
 

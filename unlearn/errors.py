@@ -1,9 +1,9 @@
 """Exceptions that end a run with a one-line message, and the exit statuses the launchers use.
 
-`UserError`: a mistake the user can fix (config, paths, data, checkpoints). `Diverged`: the loss or
-gradients stayed non-finite for train.max_nonfinite_steps steps in a row. The launchers print either
-as a single `error: ...` line, without a traceback. Everything else is a bug in this project and
-keeps its traceback.
+`UserError`: a mistake the user can fix (config, paths, data, checkpoints); `NoSpace`, one of them:
+a checkpoint did not fit on its disk. `Diverged`: the loss or gradients stayed non-finite for
+train.max_nonfinite_steps steps in a row. The launchers print each as a single `error: ...` line,
+without a traceback. Everything else is a bug in this project and keeps its traceback.
 """
 
 from __future__ import annotations
@@ -12,35 +12,43 @@ import os
 import sys
 from typing import Callable
 
+EXIT_USER_ERROR = 2
+EXIT_REQUEUE = 3
+"""Exit status after a preemption signal was handled and a checkpoint saved: requeue me."""
+EXIT_DIVERGED = 4
+"""Exit status after a divergence stop: do not requeue (the same settings would diverge again)."""
+EXIT_NO_SPACE = 5
+"""Exit status when a checkpoint did not fit on its disk (the partial save removed, older ones intact)."""
+
 
 class UserError(Exception):
     """A problem with the user's input; the message names what is wrong and what was expected."""
 
     every_rank = False
     """True when every rank raises it alike (config checks before start-up): only rank 0 prints it."""
+    exit_status = EXIT_USER_ERROR
+
+
+class NoSpace(UserError):
+    """The disk holding the checkpoints is full; the message names the folder and the space needed."""
+
+    exit_status = EXIT_NO_SPACE
 
 
 class Diverged(Exception):
     """Training produced only non-finite losses/gradients for too long; the last good checkpoint stays."""
 
 
-EXIT_USER_ERROR = 2
-EXIT_REQUEUE = 3
-"""Exit status after a preemption signal was handled and a checkpoint saved: requeue me."""
-EXIT_DIVERGED = 4
-"""Exit status after a divergence stop: do not requeue (the same settings would diverge again)."""
-
-
 def guarded(fn: Callable[[], object]) -> None:
-    """Run `fn`; a UserError becomes one `error:` line on stderr and exit status 2, a divergence
-    stop one line and status 4 (no traceback). In a multi-rank run the launcher (deepspeed,
+    """Run `fn`; a UserError becomes one `error:` line on stderr and exit status 2 (5 for NoSpace), a
+    divergence stop one line and status 4 (no traceback). In a multi-rank run the launcher (deepspeed,
     torchrun, srun --kill-on-bad-exit) then ends the other ranks, so none waits in a collective."""
     try:
         fn()
     except UserError as exc:
         if not exc.every_rank or os.environ.get("RANK", "0") == "0":
             print(f"error: {_one_line(exc)}", file=sys.stderr, flush=True)
-        raise SystemExit(EXIT_USER_ERROR) from None
+        raise SystemExit(exc.exit_status) from None
     except Diverged as exc:
         print(f"error: {_one_line(exc)}", file=sys.stderr, flush=True)
         raise SystemExit(EXIT_DIVERGED) from None

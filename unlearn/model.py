@@ -13,6 +13,7 @@ from pathlib import Path
 
 import torch
 
+from unlearn import manifest
 from unlearn.config import ModelConfig
 from unlearn.errors import UserError
 
@@ -86,6 +87,7 @@ def _merged(name: str, kwargs: dict):
     stage-2 adapter is the stage-1 adapter it was trained on)."""
     from transformers import AutoModelForCausalLM
 
+    manifest.verify(Path(name), engine=False)  # a checkpoint folder: its files as saved
     if not is_adapter(name):
         try:
             return AutoModelForCausalLM.from_pretrained(name, **kwargs)
@@ -269,6 +271,7 @@ def load_for_eval(path: str, dtype: torch.dtype = torch.float32, device: str | t
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     folder = Path(path)
+    manifest.verify(folder, engine=False)  # a checkpoint folder: its files as saved
     try:
         if is_adapter(path):
             from peft import PeftModel  # peft: LoRA checkpoints only

@@ -7,13 +7,18 @@
                                                 engine/ (DeepSpeed state), eval.json, COMPLETE (last)
 
 Training writes checkpoints (`unlearn.train.checkpoint`); evaluation, sweeps and resume only read
-folders that carry the COMPLETE marker.
+folders that carry the COMPLETE marker. An evaluation holds a shared lock on that marker while it
+reads (`reading`), and train.keep_last_n's pruning removes only checkpoints it can lock exclusively
+(`removable`), so a checkpoint is never deleted under its evaluation.
 """
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import subprocess
 from pathlib import Path
+from typing import Iterator
 
 from unlearn.errors import UserError
 
@@ -47,6 +52,47 @@ def require_complete(path: Path) -> None:
     if not (path / COMPLETE).is_file():
         raise UserError(f"checkpoint '{path}' has no {COMPLETE} marker (unfinished or crashed save); "
                         "expected a completely written checkpoint")
+
+
+def removed_message(path: Path) -> str:
+    return (f"checkpoint '{path}' was removed while being evaluated (by train.keep_last_n, or by hand); nothing "
+            "was written; expected it to stay until its evaluation ends (train.keep_last_n=0 keeps all)")
+
+
+@contextlib.contextmanager
+def reading(path: Path) -> Iterator[None]:
+    """Hold a shared lock on the checkpoint's COMPLETE marker for the block (released when the process
+    ends, however it ends). Raises UserError if the checkpoint was removed before the lock was taken.
+    Where the filesystem has no flock (some Lustre mounts) the block runs unlocked."""
+    marker = Path(path) / COMPLETE
+    try:
+        fh = open(marker, "rb")
+    except FileNotFoundError:
+        raise UserError(removed_message(path)) from None
+    with fh:
+        _lock(fh, fcntl.LOCK_SH)  # waits while a pruner holds it (it is removing the folder)
+        if not marker.is_file():  # the pruner won: the marker we opened was unlinked
+            raise UserError(removed_message(path))
+        yield
+
+
+@contextlib.contextmanager
+def removable(path: Path) -> Iterator[bool]:
+    """True inside the block when no evaluation reads the checkpoint; it then holds an exclusive lock
+    on COMPLETE, so an evaluation that starts meanwhile waits, then finds the checkpoint gone."""
+    with open(Path(path) / COMPLETE, "rb+") as fh:
+        yield _lock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
+
+
+def _lock(fh, how: int) -> bool:
+    """flock(2); False when it would block (LOCK_NB), True when taken or when the filesystem has none."""
+    try:
+        fcntl.flock(fh.fileno(), how)
+    except BlockingIOError:
+        return False
+    except OSError:  # ENOLCK/EINVAL/ENOTSUP: no flock on this filesystem
+        pass
+    return True
 
 
 def git_commit() -> str:

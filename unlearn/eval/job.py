@@ -17,7 +17,7 @@ from dataclasses import asdict, replace
 from pathlib import Path
 from typing import Callable
 
-from unlearn import runs
+from unlearn import manifest, runs
 from unlearn.config import Config
 from unlearn.errors import UserError
 from unlearn.eval.context import Context, EvalOptions, add_option_flags, device_of, role_format
@@ -156,12 +156,18 @@ def check_args(args: list[str]) -> None:
 
 def evaluate_checkpoint(ckpt: str | Path, opts: EvalOptions) -> dict:
     """Run the requested suites on one complete checkpoint; returns the (merged) eval.json content.
-    A failure leaves its one-line reason in eval.error beside the weights (then re-raises)."""
+    Files that differ from the checkpoint's manifest are refused before anything is read. A failure
+    leaves its one-line reason in eval.error beside the weights (then re-raises); a checkpoint removed
+    meanwhile (train.keep_last_n) is said so, and nothing is written."""
     ckpt = Path(ckpt)
     runs.require_complete(ckpt)
     try:
-        result = _evaluate(ckpt, opts)
+        with runs.reading(ckpt):  # keep_last_n leaves it alone meanwhile
+            manifest.verify(ckpt, engine=False)
+            result = _evaluate(ckpt, opts)
     except BaseException as exc:
+        if not (ckpt / runs.COMPLETE).is_file():
+            raise UserError(runs.removed_message(ckpt)) from None
         if not isinstance(exc, KeyboardInterrupt):
             reason = " ".join(str(exc).split()) or type(exc).__name__
             (ckpt / ERROR_FILE).write_text(f"{type(exc).__name__}: {reason}"[:500] + "\n")

@@ -18,7 +18,8 @@ parameters its `select:`; `key=value` words set either for this call, e.g. on a 
   <= the retrained model's): forget_metric muse/knowmem_forget (goal min), utility_metric
   muse/knowmem_retain (goal max, unbounded), forget_target = the retrained model's value, given as
   forget_target=X or read with forget_target_from=PATH (its eval.json, or the folder holding it).
-Writes best.json in the folder: run, step, checkpoint, metrics, rule, parameters and why it won.
+Writes best.json in the folder: run, step, checkpoint, metrics, rule, parameters and why it won;
+a winner whose files no longer match its manifest is refused instead (one line naming the file).
 """
 
 from __future__ import annotations
@@ -29,6 +30,7 @@ from dataclasses import asdict, dataclass, fields, replace
 from pathlib import Path
 from typing import Any
 
+from unlearn import manifest
 from unlearn.errors import UserError
 from unlearn.runs import complete_checkpoints
 from unlearn.sweep.grid import RULES, ReportSpec, SelectSpec, flat_metrics
@@ -170,8 +172,11 @@ def target_value(path: str, metric: str) -> float:
 
 
 def best(folder: str | Path, report: ReportSpec, sel: SelectSpec) -> dict[str, Any]:
-    """Choose, write FOLDER/best.json, return it."""
-    return write_best(Path(folder), *choose(candidates(Path(folder)), report, sel), report, sel)
+    """Choose, check that the winner's weights match its manifest (else refuse, writing nothing),
+    write FOLDER/best.json, return it."""
+    winner, why = choose(candidates(Path(folder)), report, sel)
+    manifest.verify(Path(winner.checkpoint), engine=False)
+    return write_best(Path(folder), winner, why, report, sel)
 
 
 def write_best(folder: Path, winner: Candidate, why: str, report: ReportSpec, sel: SelectSpec) -> dict[str, Any]:

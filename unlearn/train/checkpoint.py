@@ -2,9 +2,11 @@
 
 Each folder holds the weights as a Hugging Face folder (full model, or the LoRA adapter), the
 tokenizer, the resolved `config.yaml`, `meta.json` (step, world size, ZeRO stage, dtype, versions,
-git commit), the DeepSpeed engine state for exact resume under `engine/`, and a `COMPLETE` marker
-written last. Everything is written into `.step-XXXXXX.tmp` and renamed at the end, so a crash in
-the middle of a save never leaves a folder that looks finished, nor touches the previous one.
+git commit, whether the weights are finite), the DeepSpeed engine state for exact resume under
+`engine/`, `manifest.json` (every file's size and checksum: `unlearn.manifest`) and a `COMPLETE`
+marker written last. Everything is written into `.step-XXXXXX.tmp` and renamed at the end, so a crash
+in the middle of a save never leaves a folder that looks finished, nor touches the previous one; a
+save that fails removes its `.tmp` (a full disk says so in one line: `unlearn.train.storage`).
 """
 
 from __future__ import annotations
@@ -13,21 +15,23 @@ import json
 import os
 import random
 import shutil
+import sys
 import time
 from pathlib import Path
 from typing import Any
 
 import torch
 
-from unlearn import distributed
+from unlearn import distributed, manifest
 from unlearn.config import Config
 from unlearn.config_io import dump_yaml
 from unlearn.distributed import DistEnv
 from unlearn.errors import UserError
 from unlearn.model import is_peft, library_versions
-from unlearn.runs import COMPLETE, complete_checkpoints, git_commit, require_complete, step_dir
+from unlearn.runs import COMPLETE, complete_checkpoints, git_commit, removable, require_complete, step_dir
+from unlearn.train import storage
 
-ENGINE_DIR = "engine"
+ENGINE_DIR = manifest.ENGINE_DIR
 ENGINE_TAG = "state"
 
 
@@ -42,9 +46,11 @@ def _gathered(engine):
     return contextlib.nullcontext()
 
 
-def save_weights(engine, tokenizer, out: Path, env: DistEnv) -> None:
-    """Write the model (or LoRA adapter) as a Hugging Face folder; collective under ZeRO-3."""
+def save_weights(engine, tokenizer, out: Path, env: DistEnv) -> bool:
+    """Write the model (or LoRA adapter) as a Hugging Face folder; collective under ZeRO-3. Returns
+    whether every weight is finite (on rank 0; True elsewhere)."""
     module = engine.module
+    finite = True
     with _gathered(engine):
         if env.is_main:
             out.mkdir(parents=True, exist_ok=True)
@@ -54,11 +60,15 @@ def save_weights(engine, tokenizer, out: Path, env: DistEnv) -> None:
                 state = {k: v.detach().cpu().clone() for k, v in module.state_dict().items()}
                 module.save_pretrained(out, state_dict=state)
             tokenizer.save_pretrained(out)
+            # one host sync per save: a divergence stop names only checkpoints with finite weights
+            finite = bool(torch.stack([torch.isfinite(p).all() for p in module.parameters()]).all())
+    return finite
 
 
-def _meta(cfg: Config, engine, env: DistEnv, step: int, extra: dict[str, Any]) -> dict[str, Any]:
+def _meta(cfg: Config, engine, env: DistEnv, step: int, extra: dict[str, Any], finite: bool) -> dict[str, Any]:
     return {
         "step": step,
+        "weights_finite": finite,
         **state_layout(engine, env),
         "dtype": str(next(engine.module.parameters()).dtype).replace("torch.", ""),
         "lora": is_peft(engine.module),
@@ -73,27 +83,39 @@ def _meta(cfg: Config, engine, env: DistEnv, step: int, extra: dict[str, Any]) -
 def save(engine, tokenizer, cfg: Config, run_dir: Path, step: int, env: DistEnv,
          client_state: dict[str, Any], engine_state: bool = True, rank_state: dict[str, Any] | None = None) -> Path:
     """Atomically write checkpoint `step` (all ranks must call this). `rank_state`: this rank's own
-    tensors for resume beside DeepSpeed's (e.g. the inactive phase's optimizer moments)."""
+    tensors for resume beside DeepSpeed's (e.g. the inactive phase's optimizer moments). Raises
+    NoSpace, before writing, when the disk has less room than the last checkpoint took."""
     final = step_dir(run_dir, step)
     tmp = final.parent / f".{final.name}.tmp"
+    storage.check_room(run_dir, step)
+    try:
+        if env.is_main:
+            if tmp.exists():
+                shutil.rmtree(tmp)
+            tmp.mkdir(parents=True)
+        distributed.barrier()
+        finite = save_weights(engine, tokenizer, tmp, env)
+        if engine_state:
+            engine.save_checkpoint(str(tmp / ENGINE_DIR), tag=ENGINE_TAG, client_state=client_state,
+                                   save_latest=False)
+            torch.save(_rng_state(), tmp / ENGINE_DIR / f"rng_rank{env.rank}.pt")
+            if rank_state:
+                torch.save(rank_state, tmp / ENGINE_DIR / f"state_rank{env.rank}.pt")
+        distributed.barrier()
+        if env.is_main:
+            (tmp / "config.yaml").write_text(dump_yaml(cfg))
+            meta = _meta(cfg, engine, env, step, client_state, finite)
+            (tmp / "meta.json").write_text(json.dumps(meta, indent=2) + "\n")
+            manifest.write(tmp)
+            _fsync_tree(tmp)
+            (tmp / COMPLETE).write_text(f"{step}\n")
+    except Exception as exc:
+        full = storage.full_disk(exc, tmp, run_dir, step)
+        shutil.rmtree(tmp, ignore_errors=True)  # any rank: the space it took is freed at once
+        if full:
+            raise full from None
+        raise
     if env.is_main:
-        if tmp.exists():
-            shutil.rmtree(tmp)
-        tmp.mkdir(parents=True)
-    distributed.barrier()
-    save_weights(engine, tokenizer, tmp, env)
-    if engine_state:
-        engine.save_checkpoint(str(tmp / ENGINE_DIR), tag=ENGINE_TAG, client_state=client_state,
-                               save_latest=False)
-        torch.save(_rng_state(), tmp / ENGINE_DIR / f"rng_rank{env.rank}.pt")
-        if rank_state:
-            torch.save(rank_state, tmp / ENGINE_DIR / f"state_rank{env.rank}.pt")
-    distributed.barrier()
-    if env.is_main:
-        (tmp / "config.yaml").write_text(dump_yaml(cfg))
-        (tmp / "meta.json").write_text(json.dumps(_meta(cfg, engine, env, step, client_state), indent=2) + "\n")
-        _fsync_tree(tmp)
-        (tmp / COMPLETE).write_text(f"{step}\n")
         _replace_dir(tmp, final)
     distributed.barrier()
     return final
@@ -121,14 +143,21 @@ def remove_partial(run_dir: Path, env: DistEnv) -> None:
 
 
 def prune(run_dir: Path, keep_last_n: int, env: DistEnv) -> None:
-    """Delete all but the newest `keep_last_n` complete checkpoints (never the newest)."""
+    """Delete all but the newest `keep_last_n` complete checkpoints (never the newest); one that an
+    evaluation is reading stays until a later prune (`runs.reading`)."""
     if not env.is_main or keep_last_n <= 0:
         return
     done = complete_checkpoints(run_dir)
     for old in done[:-max(1, keep_last_n)]:
-        # Un-mark it first: a crash in the middle of rmtree must not leave a "complete" half folder.
-        (old / COMPLETE).unlink()
-        shutil.rmtree(old)
+        with removable(old) as free:
+            if free:
+                # Un-mark it first: a crash in the middle of rmtree must not leave a "complete" half folder.
+                (old / COMPLETE).unlink()
+        if free:
+            shutil.rmtree(old)
+        else:
+            print(f"train.keep_last_n: kept {old} for now, an evaluation is reading it", file=sys.stderr,
+                  flush=True)
 
 
 def optimizer_name(engine) -> str:

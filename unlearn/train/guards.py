@@ -79,12 +79,27 @@ def divergence(in_row: int, limit: int, step: int, run_dir) -> str:
     """Why the run must stop after `in_row` skipped steps in a row ("" = go on; limit 0 = never)."""
     if not limit or in_row < limit:
         return ""
+    good = last_good(run_dir)
+    return (f"training diverged: {in_row} non-finite steps in a row up to step {step} "
+            f"(train.max_nonfinite_steps={limit}); last good checkpoint: {good or 'none'}; "
+            "expected finite losses (lower optim.lr or check the data)")
+
+
+def last_good(run_dir) -> Path | None:
+    """The newest complete checkpoint saved outside a run of non-finite steps (its meta.json's
+    nonfinite_in_row is 0) whose weights are all finite (weights_finite, checked at save)."""
+    import json
+
     from unlearn.runs import complete_checkpoints
 
-    done = complete_checkpoints(run_dir)
-    return (f"training diverged: {in_row} non-finite steps in a row up to step {step} "
-            f"(train.max_nonfinite_steps={limit}); last good checkpoint: {done[-1] if done else 'none'}; "
-            "expected finite losses (lower optim.lr or check the data)")
+    for ckpt in reversed(complete_checkpoints(run_dir)):
+        try:
+            meta = json.loads((ckpt / "meta.json").read_text())
+        except (OSError, ValueError):  # damaged: not one to name as good
+            continue
+        if meta.get("nonfinite_in_row", 0) == 0 and meta.get("weights_finite", True):
+            return ckpt
+    return None
 
 
 def forget_ceiling(metrics: dict[str, float], ceiling: float) -> str:

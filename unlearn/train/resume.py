@@ -3,7 +3,9 @@ counters, each data stream's position) and restoring all of it from a run's newe
 
 The engine state (weights, optimizer, LR schedule) and every rank's RNG come back through
 `checkpoint.load_for_resume`; with the same world size the continued run then computes exactly what
-the uninterrupted one would have.
+the uninterrupted one would have. A checkpoint whose files no longer match its manifest (damaged
+bytes, a truncated optimizer state) is skipped with a line saying why; the run continues from the
+newest one that matches.
 """
 
 from __future__ import annotations
@@ -13,9 +15,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from unlearn import data, rmu, runs
+from unlearn import data, distributed, manifest, rmu, runs
 from unlearn.config import Config
 from unlearn.distributed import DistEnv
+from unlearn.errors import UserError
 from unlearn.train import checkpoint
 from unlearn.train.phase_state import PhaseStates
 
@@ -56,22 +59,49 @@ class State:
 def resume_from_last(state: State, engine, cfg: Config, run_dir: Path, env: DistEnv,
                      phases: PhaseStates | None = None, steering: rmu.Steering | None = None) -> int:
     """Restore engine, RNG, `state`, the per-phase optimizer moments and RMU's vector u from the
-    newest complete checkpoint; returns its step (-1: none)."""
-    last = runs.complete_checkpoints(run_dir)
-    if not last:
+    newest complete checkpoint that matches its manifest; returns its step (-1: none)."""
+    if not runs.complete_checkpoints(run_dir):
         say(env, f"--resume: no complete checkpoint in {run_dir}, starting at step 0")
         return -1
-    changed = checkpoint.config_changes(last[-1], cfg)
+    ckpt = newest_intact(run_dir, env)
+    changed = checkpoint.config_changes(ckpt, cfg)
     if changed:
-        say(env, f"warning: resuming {last[-1].name} with changed settings: {', '.join(changed)}")
-    state.restore(checkpoint.load_for_resume(engine, last[-1], env))
-    rank_state = checkpoint.load_rank_state(last[-1], env)
+        say(env, f"warning: resuming {ckpt.name} with changed settings: {', '.join(changed)}")
+    state.restore(checkpoint.load_for_resume(engine, ckpt, env))
+    rank_state = checkpoint.load_rank_state(ckpt, env)
     if phases is not None:
         phases.load_state_dict(rank_state.get("phase_state", {}))
     if steering is not None:
         steering.load_state_dict(rank_state.get("rmu", {}))
-    say(env, f"resumed from {last[-1]} at step {state.step}")
+    say(env, f"resumed from {ckpt} at step {state.step}")
     return state.step
+
+
+def newest_intact(run_dir: Path, env: DistEnv) -> Path:
+    """The newest complete checkpoint whose files match its manifest (one saved before manifests is
+    taken with a notice). Rank 0 checks, saying why it skips each newer one; every rank gets its
+    answer. UserError when none is intact."""
+    chosen, skipped = None, []
+    if env.is_main:
+        for ckpt in reversed(runs.complete_checkpoints(run_dir)):
+            if not manifest.has_manifest(ckpt):  # saved before manifests: read unverified
+                manifest.notice(ckpt)
+                chosen = ckpt
+                break
+            why = manifest.damage(ckpt)
+            if not why:
+                chosen = ckpt
+                break
+            skipped.append(ckpt.name)
+            say(env, f"--resume: skipped {ckpt.name}: {why}")
+    chosen, skipped = distributed.broadcast_object((chosen, skipped), env)
+    if chosen is None:
+        raise UserError(f"--resume: no intact checkpoint in {run_dir} ({', '.join(skipped)} damaged, see above); "
+                        "expected one whose files match its manifest.json (or --overwrite to start over)")
+    if skipped:
+        say(env, f"--resume: continuing from {chosen.name}, the newest intact checkpoint "
+                 f"(skipped {', '.join(skipped)})")
+    return chosen
 
 
 def say(env: DistEnv, line: str) -> None:
