@@ -56,6 +56,10 @@ class EvalOptions:
     """TruthfulQA MC scoring: standard (lm-evaluation-harness truthfulqa_mc1/mc2: QA primer, mc1/mc2_targets),
     template (the run's QA template over Best/Correct/Incorrect answers), auto (standard when the data has
     mc1_targets/mc2_targets, else template)."""
+    loglik_bos: str = "tokenizer"
+    """Special tokens in multiple-choice log-likelihoods (mc suite, standard TruthfulQA): tokenizer (its own
+    BOS before the context, as lm-evaluation-harness >= 0.4.9.2) | none (no special tokens, as the harness
+    <= 0.4.9.1)."""
     mc: tuple[str, ...] = ()
     """Multiple-choice set for the mc suite, [forget=|retain=]SOURCE (repeatable; no side = forget): a
     local CSV/JSONL/JSON/parquet with question, choices, answer, or a hub id as ID:CONFIG (cais/wmdp:wmdp-bio,
