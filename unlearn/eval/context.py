@@ -92,6 +92,10 @@ class EvalOptions:
     """Verbatim memorisation: tokens of a forget passage given as the prompt."""
     continuation_tokens: int = 32
     """Verbatim memorisation: tokens generated and compared with the true continuation."""
+    privacy_unit: str = "document"
+    """Privacy suite, text data: what one Min-k% sample is. document: each document whole (its first
+    model-window tokens), as MUSE scores its privleak rows; block: data.max_length-token blocks of the
+    documents concatenated, as the run trained on them (for a single long text, e.g. one .txt book)."""
     min_k: float = 0.4
     """Min-k% prob: share of lowest-probability tokens averaged per sample (MUSE: 0.4, floor of k x T)."""
     limit: int = 1000
@@ -216,6 +220,24 @@ class Context:
                        for p, a in sources.qa_pairs(rows, fmt, source)]
         return self.limited(samples)
 
+    def documents(self, role: str, source: str = "") -> list[str] | None:
+        """Whole documents of the run's `role` data (or of the file `source`) in file order, when they are
+        text ("text" format; a .txt file is one document); None for other formats. Capped by --limit."""
+        from unlearn import data
+
+        if source:
+            rows = sources.load_rows(source)
+            return self.limited(sources.texts_of(rows, source, "text")) \
+                if sources.detect_format(rows, source) == "text" else None
+        if role_format(self.cfg, role) != "text":
+            return None
+        d, texts = self.cfg.data, []
+        for src in data.split_sources(getattr(d, role)):
+            rows = sources.load_rows(src, getattr(d, f"{role}_split"), getattr(d, f"{role}_revision"),
+                                     getattr(d, f"{role}_subset"))
+            texts += sources.texts_of(rows, src, "text")
+        return self.limited(texts)
+
     def qa_pairs(self, source: str) -> list[tuple[str, str]]:
         """(question, answer) pairs of a QA-like file (format by columns), capped by --limit."""
         rows = sources.load_rows(source)
@@ -248,5 +270,5 @@ def _folder_version(name: str) -> float:
 
 def _cache_options(opts: EvalOptions) -> dict[str, Any]:
     keep = ("judge", "judge_threshold", "max_new_tokens", "prefix_tokens", "continuation_tokens", "min_k",
-            "limit", "dtype", "tofu_forget", "tofu_data")
+            "privacy_unit", "limit", "dtype", "tofu_forget", "tofu_data")
     return {k: v for k, v in asdict(opts).items() if k in keep}
