@@ -67,6 +67,9 @@ class EvalOptions:
     muse: str = ""
     """MUSE data for the muse suite: a hub id (muse-bench/MUSE-News, muse-bench/MUSE-Books) or a folder in
     its layout (knowmem/{forget,retain}_qa[_icl].json, verbmem/forget.json); empty = the run's own data."""
+    muse_stemmer: bool = False
+    """MUSE suite: Porter-stem words before ROUGE-L, as open-unlearning's MUSE metrics score; off = unstemmed,
+    as MUSE's own code, whose published tables the numbers sit beside."""
     normal_prompts: str = ""
     """Normal prompts for similarity/degeneration (QA or text file); empty = the run's retain data."""
     holdout: str = ""
