@@ -11,7 +11,7 @@ Model utility is open-unlearning's harmonic mean of nine numbers (configs/eval/t
 model_utility.yaml; TOFU's aggregate_eval_stat.py the same), reported as `model_utility` only when all
 nine exist. The retain truth ratio needs TOFU's `retain_perturbed` split (on the hub only); without it
 the harmonic mean of the other eight is reported as `model_utility_8`, never under open-unlearning's
-key: it is a different number (on TOFU's own logs of four models it is 2.2-4.1% higher than the nine's,
+key: it is a different number (on TOFU's own logs of four models it is 1.0-4.1% higher than the nine's,
 and further off when the missing ratio is small, since a harmonic mean follows its smallest part).
 """
 
@@ -115,9 +115,10 @@ def aggregate(measured: dict[str, dict]) -> tuple[Logs, dict]:
     logs.scalar(key, tm.model_utility(parts), len(parts))
     info["model_utility_of"] = list(parts)
     if missing:
-        info[tm.UTILITY_8] = ("harmonic mean of the eight numbers other than retain_Truth_Ratio, which needs TOFU's "
-                           "retain_perturbed split (paraphrased and perturbed retain answers; hub only); not "
-                           "open-unlearning's model_utility (nine numbers): on TOFU's own logs it reads 2-4% higher")
+        info[tm.UTILITY_8] = ("harmonic mean of the eight numbers other than retain_Truth_Ratio, which needs "
+                              "TOFU's retain_perturbed split (paraphrased and perturbed retain answers; hub only); "
+                              "not open-unlearning's model_utility (nine numbers): on TOFU's own logs it reads "
+                              "1-4% higher")
     return logs, info
 
 
