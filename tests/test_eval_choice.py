@@ -244,7 +244,11 @@ def test_truthfulqa_mc_scores_by_hand():
 
 
 def test_truthfulqa_standard_matches_independent_logliks(tmp_path, lm):
-    model, tok = lm
+    from unlearn import demo
+
+    _, tok = lm
+    # 1024 positions: the ~400-token primed prompts fit whole, so the BOS in front is not cut away
+    model = demo.tiny_opt(len(tok), seed=1, max_positions=1024).eval()
     path = tmp_path / "mc.jsonl"
     path.write_text("".join(json.dumps(r) + "\n" for r in TQA_ROWS))
     from unlearn.eval import specs
@@ -261,7 +265,8 @@ def test_truthfulqa_standard_matches_independent_logliks(tmp_path, lm):
         mc1.append(float(np.argmax(l1) == 0))
         mc2.append(float(l2[:split].sum() / l2.sum()))
     assert got["truthfulqa_mc1"]["value"] == pytest.approx(np.mean(mc1))
-    assert got["truthfulqa_mc2"]["value"] == pytest.approx(np.mean(mc2), abs=1e-6)
+    # relative: MC2 of a random model is tiny, and the BOS moves every log-likelihood by ~0.1-0.7 nats
+    assert got["truthfulqa_mc2"]["value"] == pytest.approx(np.mean(mc2), rel=1e-4, abs=0)
     assert 0 < got["truthfulqa_mc2"]["value"] < 1
 
 
