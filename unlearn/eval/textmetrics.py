@@ -1,6 +1,12 @@
 """Scores of generated text against references, and a detector of degenerate output.
 
-The one implementation of ROUGE-L (rouge-score) and BLEU (sacrebleu) in the project.
+The one implementation of ROUGE-L and BLEU in the project:
+- ROUGE-L (Lin 2004, "ROUGE: A Package for Automatic Evaluation of Summaries"): the longest common
+  subsequence of words, from Google's rouge-score (`rouge_scorer.RougeScorer(["rougeL"])`), the package
+  MUSE, TOFU and open-unlearning call. Stemming is each caller's convention (`stemmer`): MUSE's
+  KnowMem/VerbMem unstemmed, TOFU's and open-unlearning's recall Porter-stemmed.
+- BLEU (Papineni et al. 2002): sacrebleu's sentence BLEU (Post 2018) with exponential smoothing.
+- degeneration_reason: our own rules (no reference), for answers that say nothing ("!!!!").
 """
 
 from __future__ import annotations
