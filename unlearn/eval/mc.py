@@ -1,6 +1,8 @@
 """Multiple-choice suite: zero-shot accuracy on question + choices + answer index (WMDP, MMLU, or a
 local file), scored as lm-evaluation-harness scores its `wmdp_*` and `mmlu_*` tasks.
 
+Data: WMDP (Li et al. 2024, "The WMDP Benchmark: Measuring and Reducing Malicious Use With Unlearning"),
+MMLU (Hendrycks et al. 2021, "Measuring Massive Multitask Language Understanding").
 Reference: lm-evaluation-harness (EleutherAI), lm_eval/tasks/wmdp/_default_template_yaml and
 lm_eval/tasks/mmlu/default/_default_template_yaml (output_type multiple_choice, num_fewshot 0):
 - context = "{question.strip()}\\nA. {choices[0]}\\nB. {choices[1]}\\nC. {choices[2]}\\nD. {choices[3]}\\nAnswer:"
