@@ -300,6 +300,7 @@ def test_loglikelihoods_cut_long_sequences_from_the_left_like_the_harness(lm):
     (["--suite", "mc", "--mc", "utility=x.jsonl"], "side 'utility' is unknown"),
     (["--suite", "mc", "--mc", "BAD_ANSWER"], "answer 7 is not a choice index"),
     (["--suite", "mc", "--mc", "forget=A.jsonl", "--mc", "forget=A.jsonl"], "twice"),
+    (["--suite", "mc", "--mc", "forget=A.jsonl", "--loglik_bos", "bos"], "--loglik_bos 'bos' is unknown"),
     (["--suite", "utility", "--truthfulqa", "TQA", "--truthfulqa_variant", "template"], "variant template needs"),
 ])
 def test_bad_mc_input_exits_2_with_one_line_and_keeps_eval_json(tmp_path, demo_dir, capsys, args, fragment):
