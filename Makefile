@@ -58,7 +58,7 @@ harmful-demo: $(DEMO)/init/config.json
 	    --judge_labels none --harmful_prompts $(DEMO)/harmful_heldout.jsonl --truthfulqa none
 # TOFU at CPU scale (unlearn/tofu_mini.py): the tiny OPT learns forget01 + a retain subset, a retain model
 # learns the subset alone, then GA, NPO and SimNPO unlearn forget01; each eval.json carries forget_quality and
-# model_utility, and the last line prints the README table. Scaled down here only: --limit 40 in TOFU_EVAL.
+# model utility (model_utility_8 without retain_perturbed), and the last line prints the README table. Scaled down here only: --limit 40 in TOFU_EVAL.
 TOFU ?= ../shared/data/tofu
 TOFU_MINI := .cache/tofu-mini
 TOFU_EVAL = --suite tofu --tofu_forget forget01 --tofu_data $(TOFU) --limit 40 --force

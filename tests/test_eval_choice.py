@@ -25,11 +25,13 @@ def lm(demo_dir):
 
 
 @torch.no_grad()
-def reference_ll(model, tok, context: str, continuation: str) -> float:
-    """The harness's rule by hand: no special tokens; the continuation is what encode(context +
-    continuation) holds beyond encode(context); sum of its tokens' log-probs."""
-    n_ctx = len(tok(context, add_special_tokens=False)["input_ids"])
-    whole = tok(context + continuation, add_special_tokens=False)["input_ids"]
+def reference_ll(model, tok, context: str, continuation: str, bos: bool = True) -> float:
+    """The harness's rule by hand: the continuation is what encode(context + continuation) holds beyond
+    encode(context), both without special tokens, then (bos, the rule from v0.4.9.2) the tokenizer's BOS
+    put first; sum of the continuation tokens' log-probs."""
+    head = [tok.bos_token_id] if bos else []
+    n_ctx = len(head) + len(tok(context, add_special_tokens=False)["input_ids"])
+    whole = head + tok(context + continuation, add_special_tokens=False)["input_ids"]
     n_cont = len(whole) - n_ctx
     whole = whole[-(model.config.max_position_embeddings + 1):]  # the harness keeps window + 1 tokens
     logp = torch.log_softmax(model(torch.tensor([whole[:-1]])).logits[0].float(), dim=-1)
@@ -73,12 +75,70 @@ def test_mc_rows_accept_csv_cells_letters_and_refuse_bad_answers():
     assert mc.parse_side("cais/wmdp:wmdp-bio") == ("forget", "cais/wmdp:wmdp-bio")
 
 
-def test_encode_pair_moves_trailing_space_and_empty_context_is_eos(lm):
+def _tokenizer_kinds(tok) -> dict:
+    """The demo's tokenizer (OPT's: `</s>` is its BOS, id 2, put first), the same vocabulary adding
+    nothing (GPT-2's, Qwen's way) and adding a distinct `<s>` BOS (id 0, Llama's way)."""
+    import copy
+
+    from tokenizers import processors
+    from transformers import PreTrainedTokenizerFast
+
+    plain, llama = copy.deepcopy(tok.backend_tokenizer), copy.deepcopy(tok.backend_tokenizer)
+    plain.post_processor = processors.ByteLevel(trim_offsets=False)
+    llama.post_processor = processors.TemplateProcessing(single="<s> $A", special_tokens=[("<s>", 0)])
+    common = dict(eos_token="</s>", pad_token="<pad>", unk_token="<unk>")
+    return {"opt": tok, "no_bos": PreTrainedTokenizerFast(tokenizer_object=plain, **common),
+            "llama": PreTrainedTokenizerFast(tokenizer_object=llama, bos_token="<s>", **common)}
+
+
+def test_encode_pair_puts_the_tokenizers_bos_before_the_context_as_the_harness_does(lm):
+    """lm-evaluation-harness >= 0.4.9.2 (PR #3347) vs <= 0.4.9.1, written out per tokenizer kind. (The same
+    pairs gave identical ids and log-likelihoods within 2e-6 from the harness's own HFLM at v0.4.9.1,
+    v0.4.9.2 and v0.4.12, run once outside the suite.)"""
     _, tok = lm
-    ctx, cont = encode_pair(tok, "Answer: ", "A")
-    assert ctx == tok("Answer:", add_special_tokens=False)["input_ids"]
-    assert cont == tok("Answer: A", add_special_tokens=False)["input_ids"][len(ctx):]
-    assert encode_pair(tok, "", "hello") == ([tok.eos_token_id], tok("hello", add_special_tokens=False)["input_ids"])
+    kinds = _tokenizer_kinds(tok)
+
+    def ids(text: str) -> list[int]:
+        return tok(text, add_special_tokens=False)["input_ids"]
+
+    ctx, cont = ids("Answer:"), ids("Answer: A")[len(ids("Answer:")):]
+    assert cont and ids("Answer: A") == ctx + cont
+    for kind, bos in (("opt", [2]), ("no_bos", []), ("llama", [0])):
+        t = kinds[kind]
+        # the trailing space moves to the continuation; BOS (if the tokenizer has one) starts the context
+        assert encode_pair(t, "Answer: ", "A") == (bos + ctx, cont), kind
+        assert encode_pair(t, "Answer: ", "A", bos="none") == (ctx, cont), kind
+        # an empty context is the prefix token: the BOS, else the EOS (2 here as well)
+        assert encode_pair(t, "", "hello") == ([bos[0] if bos else 2], ids("hello")), kind
+        assert encode_pair(t, "", "hello", bos="none") == ([bos[0] if bos else 2], ids("hello")), kind
+    # a text that already starts with the prefix token's string gets no second one
+    assert encode_pair(tok, "</s>Answer: ", "A") == ([2] + ctx, cont)
+    assert ids("</s>hello")[0] == 2 and encode_pair(tok, "", "</s>hello") == ([2], ids("hello"))
+    assert encode_pair(tok, "", "</s>hello", bos="none") == ([2], [2] + ids("hello"))  # the old rule doubled it
+    # the old rule's one exception: Gemma models always got the tokenizer's BOS
+    assert encode_pair(kinds["llama"], "Answer: ", "A", bos="none", model_type="gemma2") == ([0] + ctx, cont)
+    with pytest.raises(UserError, match="--loglik_bos 'bos' is unknown; expected one of tokenizer, none"):
+        loglikelihoods(None, tok, [], bos="bos")
+
+
+def test_the_model_is_sent_bos_context_continuation(lm):
+    """The token ids that reach the tiny model, read by a forward hook: [BOS] + context + continuation
+    minus its last token (the harness's input), and without BOS under the old rule."""
+    model, tok = lm
+    items = mc.items(MC_ROWS[:2], "x")
+    sent: list[list[int]] = []
+    hook = model.register_forward_pre_hook(lambda m, args, kwargs: sent.extend(kwargs["input_ids"].tolist()),
+                                           with_kwargs=True)
+    try:
+        for bos in ("tokenizer", "none"):
+            sent.clear()
+            mc.accuracy(model, tok, items, batch_size=1, bos=bos)  # one request per call: no padding
+            head = [tok.bos_token_id] if bos == "tokenizer" else []
+            want = [head + tok(mc.prompt(it) + c, add_special_tokens=False)["input_ids"][:-1]
+                    for it in items for c in mc.continuations(it)]
+            assert sorted(sent) == sorted(want), bos
+    finally:
+        hook.remove()
 
 
 def test_mc_accuracy_is_the_argmax_of_independent_logliks(lm):
@@ -91,6 +151,10 @@ def test_mc_accuracy_is_the_argmax_of_independent_logliks(lm):
     assert want == 0.4  # 2 of 5 on the demo's seeded random OPT: not a degenerate all-or-nothing case
     assert res["acc"]["value"] == pytest.approx(want) and res["acc"]["n"] == 5
     assert res["acc"]["chance"] == 0.25
+    old = mc.accuracy(model, tok, items, batch_size=3, bos="none")  # the harness <= 0.4.9.1: no BOS
+    want_old = [[reference_ll(model, tok, mc.prompt(it), c, bos=False) for c in mc.continuations(it)] for it in items]
+    np.testing.assert_allclose(np.array(old["lls"]), np.array(want_old), atol=1e-4)
+    assert np.abs(np.array(want_old) - np.array(want_ll)).min() > 1e-3  # the two rules give other numbers
 
 
 def test_mc_suite_writes_both_sides_from_jsonl_and_csv(tmp_path, demo_dir, lm):
@@ -121,6 +185,8 @@ def test_mc_suite_writes_both_sides_from_jsonl_and_csv(tmp_path, demo_dir, lm):
     assert m["retain_acc"]["value"] == pytest.approx(expect["retain"]) and m["retain_acc"]["n"] == 2
     assert result["scalars"]["eval/mc/forget_acc"] == pytest.approx(expect["forget"])
     assert result["suites"]["mc"]["info"]["retain"]["chance"] == 0.25
+    assert result["suites"]["mc"]["info"]["loglik_bos"]["rule"] == "tokenizer"
+    assert ">= 0.4.9.2" in result["suites"]["mc"]["info"]["loglik_bos"]["as"]
     assert (expect["forget"], expect["retain"]) == (1 / 3, 0.5)
     assert result["suites"]["mc"]["examples"][-2]["prompt"].startswith(
         "The following are multiple choice questions (with answers) about anatomy.\n\nHow many legs")
@@ -178,7 +244,11 @@ def test_truthfulqa_mc_scores_by_hand():
 
 
 def test_truthfulqa_standard_matches_independent_logliks(tmp_path, lm):
-    model, tok = lm
+    from unlearn import demo
+
+    _, tok = lm
+    # 1024 positions: the ~400-token primed prompts fit whole, so the BOS in front is not cut away
+    model = demo.tiny_opt(len(tok), seed=1, max_positions=1024).eval()
     path = tmp_path / "mc.jsonl"
     path.write_text("".join(json.dumps(r) + "\n" for r in TQA_ROWS))
     from unlearn.eval import specs
@@ -195,7 +265,8 @@ def test_truthfulqa_standard_matches_independent_logliks(tmp_path, lm):
         mc1.append(float(np.argmax(l1) == 0))
         mc2.append(float(l2[:split].sum() / l2.sum()))
     assert got["truthfulqa_mc1"]["value"] == pytest.approx(np.mean(mc1))
-    assert got["truthfulqa_mc2"]["value"] == pytest.approx(np.mean(mc2), abs=1e-6)
+    # relative: MC2 of a random model is tiny, and the BOS moves every log-likelihood by ~0.1-0.7 nats
+    assert got["truthfulqa_mc2"]["value"] == pytest.approx(np.mean(mc2), rel=1e-4, abs=0)
     assert 0 < got["truthfulqa_mc2"]["value"] < 1
 
 
@@ -229,6 +300,7 @@ def test_loglikelihoods_cut_long_sequences_from_the_left_like_the_harness(lm):
     (["--suite", "mc", "--mc", "utility=x.jsonl"], "side 'utility' is unknown"),
     (["--suite", "mc", "--mc", "BAD_ANSWER"], "answer 7 is not a choice index"),
     (["--suite", "mc", "--mc", "forget=A.jsonl", "--mc", "forget=A.jsonl"], "twice"),
+    (["--suite", "mc", "--mc", "forget=A.jsonl", "--loglik_bos", "bos"], "--loglik_bos 'bos' is unknown"),
     (["--suite", "utility", "--truthfulqa", "TQA", "--truthfulqa_variant", "template"], "variant template needs"),
 ])
 def test_bad_mc_input_exits_2_with_one_line_and_keeps_eval_json(tmp_path, demo_dir, capsys, args, fragment):

@@ -12,6 +12,7 @@ from dataclasses import replace
 from pathlib import Path
 
 import pytest
+import torch
 
 from unlearn import demo
 from unlearn.config_io import dump_yaml, load_config
@@ -52,7 +53,8 @@ def test_all_suites_write_eval_json_and_tensorboard(tmp_path, demo_dir):
     holdout.write_text(demo.retain_text(seed=3))
     # the checkpoint as its own reference: similarity must be exactly 1 and PrivLeak exactly 0
     opts = EvalOptions(suites=("harmful", "copyright", "utility", "privacy"), reference=str(ckpt),
-                       harmful_prompts=str(demo_dir / "harmful.jsonl"), holdout=str(holdout), **FAST)
+                       harmful_prompts=str(demo_dir / "harmful.jsonl"), holdout=str(holdout),
+                       privacy_unit="block", **FAST)  # forget.txt and holdout.txt are one document each
     result = evaluate_checkpoint(ckpt, opts)
     saved = json.loads((ckpt / "eval.json").read_text())
     assert saved["step"] == 5 and set(saved["suites"]) == {"harmful", "copyright", "utility", "privacy"}
@@ -189,20 +191,73 @@ def test_forget_and_retain_flags_choose_the_texts(tmp_path, demo_dir):
     assert ppl[0] != ppl[1]  # forget.txt as retain text vs normal.jsonl answers
 
 
+def _documents(path: Path, texts: list[str]) -> str:
+    path.write_text("".join(json.dumps({"text": t}) + "\n" for t in texts))
+    return str(path)
+
+
+def _privacy_documents(tmp_path: Path) -> tuple[str, str]:
+    """4 forget documents (the demo book's first passages) and 4 held-out ones, the last of them longer
+    than the tiny model's 256 positions."""
+    book, other = demo.forget_text().split("\n\n"), demo.retain_text(seed=3).split("\n\n")
+    return (_documents(tmp_path / "forget_docs.jsonl", book[:4]),
+            _documents(tmp_path / "holdout_docs.jsonl", other[:3] + [" ".join(other[3:12])]))
+
+
+@torch.no_grad()
+def _min40_by_hand(model, tok, text: str) -> float:
+    """MUSE's Min-40% of one document: tokenizer.encode(text) (special tokens on), here cut to the model's
+    window, scored alone; the mean of the floor(0.4 x T) lowest log-probs of the T tokens after the first."""
+    ids = tok(text)["input_ids"][:model.config.max_position_embeddings]
+    logp = torch.log_softmax(model(torch.tensor([ids])).logits[0, :-1].float(), -1)
+    picked = sorted(float(logp[t - 1, ids[t]]) for t in range(1, len(ids)))
+    lowest = picked[:int(0.4 * len(picked))]
+    return sum(lowest) / len(lowest)
+
+
+def test_privacy_scores_each_document_whole_as_muse(tmp_path, demo_dir):
+    """min_k_auc over documents (MUSE's privleak unit): the share of (held-out, forget) pairs whose held-out
+    document has the higher Min-40%, ties half, from log-probs computed here one document at a time."""
+    from unlearn.model import load_for_eval
+
+    ckpt = make_checkpoint(tmp_path / "run", 1, demo_dir)
+    forget, holdout = _privacy_documents(tmp_path)
+    model, tok = load_for_eval(str(ckpt))
+    f = [_min40_by_hand(model, tok, json.loads(line)["text"]) for line in open(forget)]
+    h = [_min40_by_hand(model, tok, json.loads(line)["text"]) for line in open(holdout)]
+    want = sum((b > a) + 0.5 * (b == a) for a in f for b in h) / 16
+    assert 0 < want < 1
+    opts = EvalOptions(suites=("privacy",), forget=forget, holdout=holdout, reference_auc=0.5, **FAST)
+    suite = evaluate_checkpoint(ckpt, opts)["suites"]["privacy"]
+    assert suite["metrics"]["min_k_auc"]["value"] == pytest.approx(want, abs=1e-12)
+    assert suite["metrics"]["privleak"]["value"] == pytest.approx((want - 0.5) / 0.5 * 100, abs=1e-9)
+    assert (suite["info"]["n_forget"], suite["info"]["n_holdout"]) == (4, 4)
+    assert suite["info"]["unit"]["forget"] == suite["info"]["unit"]["holdout"] == "document"
+    assert suite["info"]["documents_cut"] == {"forget": 0, "holdout": 1, "window": 256}
+    # --privacy_unit block: the run's 48-token blocks of the concatenated documents, more samples per side
+    block = evaluate_checkpoint(ckpt, replace(opts, privacy_unit="block", limit=0, force=True))["suites"]["privacy"]
+    assert block["info"]["unit"]["forget"] == "block" and block["info"]["n_forget"] > 4
+    # one .txt is one document: refused in document mode, with the way out named
+    txt = tmp_path / "holdout.txt"
+    txt.write_text(demo.retain_text(seed=3))
+    with pytest.raises(UserError, match="holds 1 document.*--privacy_unit block"):
+        evaluate_checkpoint(ckpt, replace(opts, holdout=str(txt), force=True))
+
+
 def test_privleak_against_a_retrained_model(tmp_path, demo_dir):
     """--retrained MODEL: PrivLeak = (AUC - AUC_retrain) / AUC_retrain x 100; the model as its own
     retrained stand-in gives exactly 0, a --reference_auc of half its AUC gives +100."""
     ckpt = make_checkpoint(tmp_path / "run", 1, demo_dir)
-    holdout = tmp_path / "holdout.txt"
-    holdout.write_text(demo.retain_text(seed=3))
-    opts = EvalOptions(suites=("privacy",), holdout=str(holdout), retrained=str(ckpt), **FAST)
+    forget, holdout = _privacy_documents(tmp_path)
+    opts = EvalOptions(suites=("privacy",), forget=forget, holdout=holdout, retrained=str(ckpt), **FAST)
     metrics = evaluate_checkpoint(ckpt, opts)["suites"]["privacy"]["metrics"]
     assert metrics["privleak"]["value"] == pytest.approx(0.0)
     value = metrics["min_k_auc"]["value"]
-    given = EvalOptions(suites=("privacy",), holdout=str(holdout), reference_auc=value / 2, force=True, **FAST)
+    given = EvalOptions(suites=("privacy",), forget=forget, holdout=holdout, reference_auc=value / 2, force=True,
+                        **FAST)
     again = evaluate_checkpoint(ckpt, given)["suites"]["privacy"]
     assert again["metrics"]["privleak"]["value"] == pytest.approx(100.0)
     assert again["info"]["retrain_auc_from"] == "--reference_auc"
-    zero = EvalOptions(suites=("privacy",), holdout=str(holdout), reference_auc=0.0, force=True, **FAST)
+    zero = replace(given, reference_auc=0.0)
     none = evaluate_checkpoint(ckpt, zero)["suites"]["privacy"]
     assert "privleak" not in none["metrics"] and "AUC is 0" in none["info"]["privleak"]

@@ -67,17 +67,19 @@ def test_muse_suite_matches_an_independent_knowmem_and_verbmem(tmp_path, demo_di
 
     ckpt = make_checkpoint(tmp_path / "run", 3, demo_dir)
     model, tok = load_for_eval(str(ckpt))
-    scorer = rouge_scorer.RougeScorer(["rougeL"], use_stemmer=False)
+    scorers = {stem: rouge_scorer.RougeScorer(["rougeL"], use_stemmer=stem) for stem in (False, True)}
 
-    def mean_f1(outs, refs):
-        return sum(scorer.score(r, o)["rougeL"].fmeasure for o, r in zip(outs, refs)) / len(refs)
+    def mean_f1(outs, refs, stem: bool = False):  # MUSE's metrics/logger.py: unstemmed
+        return sum(scorers[stem].score(r, o)["rougeL"].fmeasure for o, r in zip(outs, refs)) / len(refs)
 
     # MUSE's prompt and stop strings written out by hand
     prompts = ["Question: Who wrote it?\nAnswer: Lewis Carroll\n\nQuestion: " + q + "\nAnswer: " for q in QUESTIONS]
     outs = [o.split("\n\n")[0].split("\nQuestion")[0].split("Question:")[0]
             for o in _reference_outputs(model, tok, prompts, 32)]
-    # a random model answers nonsense: answers that share some of its words make the scores non-trivial
-    answers = [" ".join(o.split()[:k] + ["the", "rabbit", "hole"]) for o, k in zip(outs, (1, 2, 0))]
+    # a random model answers nonsense: answers that share some of its words make the scores non-trivial,
+    # and two more of its words in the plural, which only a stemmer matches
+    answers = [" ".join(o.split()[:k] + [w.strip(".,") + "s" for w in o.split()[k:k + 2]] + ["the", "rabbit", "hole"])
+               for o, k in zip(outs, (1, 2, 0))]
     alice = (shared_data / "books" / "alice_in_wonderland.txt").read_text()
     verb_prompts = [alice[i:i + 120] for i in (0, 2000)]
     verb_outs = _reference_outputs(model, tok, verb_prompts, 128)
@@ -98,6 +100,15 @@ def test_muse_suite_matches_an_independent_knowmem_and_verbmem(tmp_path, demo_di
     assert info["knowmem_forget_shots"] == 1 and info["knowmem_retain_shots"] == 0
     assert set(result["scalars"]) == {"eval/muse/knowmem_forget", "eval/muse/knowmem_retain",
                                       "eval/muse/verbmem_forget"}
+    assert "unstemmed" in info["rouge"] and "muse_bench" in info["rouge"]
+    # --muse_stemmer: open-unlearning's convention (Porter stemmer), higher here by the plural words
+    stemmed = evaluate_checkpoint(ckpt, EvalOptions(suites=("muse",), muse=str(folder), batch_size=2,
+                                                    muse_stemmer=True, force=True))["suites"]["muse"]
+    want_stemmed = mean_f1(outs, answers, stem=True)
+    assert want_stemmed > m["knowmem_forget"]["value"]
+    assert stemmed["metrics"]["knowmem_forget"]["value"] == pytest.approx(want_stemmed)
+    assert stemmed["metrics"]["verbmem_forget"]["value"] == pytest.approx(mean_f1(verb_outs, refs, stem=True))
+    assert "Porter" in stemmed["info"]["rouge"]
 
 
 def test_muse_suite_on_the_runs_own_book_text(tmp_path, demo_dir, shared_data):

@@ -9,6 +9,7 @@ import math
 import shutil
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 
@@ -62,6 +63,82 @@ def test_extraction_strength_is_one_minus_the_first_fully_extracted_suffix():
 def test_model_utility_is_the_harmonic_mean():
     assert tm.model_utility({"a": 0.5, "b": 0.25, "c": 1.0}) == pytest.approx(3 / 7, rel=1e-12)
     assert tm.model_utility({"a": 0.4, "b": 0.0}) == 0.0
+
+
+# ----------------------------------------------------------------------------- TOFU's own published logs
+
+def _tofu_logs(shared_data: Path, model: str) -> dict:
+    """TOFU's per-sample logs of one model (locuslab/tofu evaluate_util.py, first 300 rows of each split; see
+    eval_logs/SOURCE.txt) in the layout our aggregation reads: generated_text is [prompt, generation, ground
+    truth]; real authors and world facts score the true answer where the others score the paraphrase."""
+    folder = shared_data / "tofu" / "eval_logs" / model
+
+    def split(name: str, paraphrased: bool = True) -> dict:
+        log = json.loads((folder / name).read_text())
+        idx = sorted(log["avg_gt_loss"], key=int)
+        text = [log["generated_text"][i] for i in idx]
+        out = {"questions": [t[0] for t in text], "generations": [t[1] for t in text], "answers": [t[2] for t in text],
+               "true": [log["avg_gt_loss"][i] for i in idx], "pert": [log["average_perturb_loss"][i] for i in idx],
+               "tofu_rouge": [log["rougeL_recall"][i] for i in idx]}
+        if paraphrased:
+            out["para"] = [log["avg_paraphrased_loss"][i] for i in idx]
+        return out
+
+    return {"forget": split("eval_log_forget.json"), "retain": split("eval_log.json"),
+            "ra": split("eval_real_author_wo_options.json", False), "wf": split("eval_real_world_wo_options.json", False)}
+
+
+@pytest.fixture(scope="module")
+def tofu_published(shared_data):
+    from unlearn.eval import tofu_logs
+
+    return {m: (_tofu_logs(shared_data, m), tofu_logs.aggregate(_tofu_logs(shared_data, m))[0])
+            for m in ("llama2-7b_full", "llama2-7b_retain90", "phi_full", "phi_retain90")}
+
+
+@pytest.mark.parametrize("family,published", [("llama2-7b", 1.834066e-21), ("phi", 2.194274e-16)])
+def test_forget_quality_of_tofus_own_logs_is_what_tofu_publishes(tofu_published, family, published):
+    """Full model vs retain90 model on forget10 (300 questions), through the suite's aggregation."""
+    from unlearn.eval import tofu_logs
+
+    _, full = tofu_published[f"{family}_full"]
+    _, retain = tofu_published[f"{family}_retain90"]
+    tofu_logs.forget_quality_into(full, retain.forget_ratios())
+    assert full.metrics["forget_quality"] == {"value": pytest.approx(published, rel=1e-6), "n": 300}
+
+
+def test_model_utility_of_tofus_own_logs_is_what_tofu_publishes(tofu_published):
+    """Llama-2-7b full: 0.622625, the harmonic mean of nine (TOFU prints 0.6227); per-sample ROUGE-L recall
+    recomputed from TOFU's generations equals its logged rougeL_recall. Without the retain truth ratio our
+    model_utility_8 is TOFU's eight other numbers' harmonic mean, written here with TOFU's own formulas
+    (aggregate_eval_stat.py), and sits 4% above."""
+    from unlearn.eval import tofu_logs
+
+    raw, logs = tofu_published["llama2-7b_full"]
+    assert logs.metrics["model_utility"] == {"value": pytest.approx(0.622625, abs=5e-7), "n": 9}
+    for key, split in (("forget", "forget_Q_A_ROUGE"), ("retain", "retain_Q_A_ROUGE"), ("ra", "ra_Q_A_ROUGE"),
+                       ("wf", "wf_Q_A_ROUGE")):
+        ours = [e["rougeL_recall"] for e in logs.logs[split]["value_by_index"].values()]
+        assert ours == pytest.approx(raw[key]["tofu_rouge"], abs=1e-12)
+    r, ra, wf = raw["retain"], raw["ra"], raw["wf"]
+    eight = [np.mean(np.exp(-np.array(r["true"]))), np.mean(r["tofu_rouge"])]
+    for s in (ra, wf):
+        true, false = np.exp(-np.array(s["true"])), np.exp(-np.array(s["pert"]))
+        eight += [np.mean(true / (true + false.sum(-1))), np.mean(s["tofu_rouge"]),
+                  np.mean(np.maximum(0, 1 - 1 / np.exp(np.array(s["pert"]).mean(-1) - np.array(s["true"]))))]
+    want = 8 / sum(1 / x for x in eight)
+    offline = tofu_logs.aggregate({**raw, "retain": {k: v for k, v in r.items() if k not in ("para", "pert")}})[0]
+    assert "model_utility" not in offline.metrics
+    # (open-unlearning's 1e-10 guards in the ratios, which TOFU's formulas lack, move the 9th digit)
+    assert offline.metrics["model_utility_8"] == {"value": pytest.approx(want, rel=1e-8), "n": 8}
+    assert want / 0.622625 - 1 == pytest.approx(0.0405, abs=5e-4)
+    # the README's 1.0-4.1%: the eight numbers' harmonic mean over the nine's, on each of TOFU's four logs
+    excess = {}
+    for model, (_, nine) in tofu_published.items():
+        parts = [nine.metrics[k]["value"] for k in tm.MODEL_UTILITY if k != "retain_Truth_Ratio"]
+        excess[model] = round(8 / sum(1 / x for x in parts) / nine.metrics["model_utility"]["value"] - 1, 4)
+    assert excess == {"llama2-7b_full": 0.0405, "llama2-7b_retain90": 0.0393, "phi_full": 0.0103,
+                      "phi_retain90": 0.0123}
 
 
 # ----------------------------------------------------------------------------- the suite on a tiny model
@@ -124,22 +201,28 @@ def test_per_sample_probabilities_and_truth_ratios_follow_the_definitions(evalua
         pytest.approx(sum(min(r, 1 / r) for r in ratios) / len(ratios), rel=1e-9)
 
 
-def test_model_utility_without_retain_perturbed_is_the_mean_of_eight_and_names_the_ninth(evaluated):
+def test_model_utility_without_retain_perturbed_is_the_mean_of_eight_under_its_own_key(evaluated):
+    """Never open-unlearning's key for a number it would compute differently: model_utility_8, with a note."""
     ckpt, result = evaluated
     suite = result["suites"]["tofu"]
     parts = [suite["metrics"][k]["value"] for k in tm.MODEL_UTILITY if k != "retain_Truth_Ratio"]
     assert len(parts) == 8 and "retain_Truth_Ratio" not in suite["metrics"]
     expected = 0.0 if min(parts) == 0 else len(parts) / sum(1 / p for p in parts)
-    assert suite["metrics"]["model_utility"]["value"] == pytest.approx(expected, rel=1e-9)
-    assert list(suite["info"]["model_utility_missing"]) == ["retain_Truth_Ratio"]
+    assert "model_utility" not in suite["metrics"] and "eval/tofu/model_utility" not in result["scalars"]
+    assert suite["metrics"]["model_utility_8"] == {"value": pytest.approx(expected, rel=1e-9), "n": 8}
+    assert "retain_Truth_Ratio" not in suite["info"]["model_utility_of"]
+    assert "retain_perturbed" in suite["info"]["model_utility_8"] and "not open-unlearning's" in \
+        suite["info"]["model_utility_8"]
     assert "retain99" in suite["info"]["retain_questions"]
+    logs = json.loads((ckpt / "TOFU_EVAL.json").read_text())
+    assert "model_utility" not in logs and logs["model_utility_8"]["agg_value"] == pytest.approx(expected, rel=1e-9)
 
 
 def test_summary_keys_are_open_unlearnings(evaluated):
     ckpt, result = evaluated
     summary = json.loads((ckpt / "TOFU_SUMMARY.json").read_text())
     # no retain model given: forget_quality is left out (open-unlearning's summary skips a None value)
-    assert sorted(summary) == sorted(["forget_truth_ratio", "forget_Q_A_Prob", "forget_Q_A_ROUGE", "model_utility",
+    assert sorted(summary) == sorted(["forget_truth_ratio", "forget_Q_A_Prob", "forget_Q_A_ROUGE", "model_utility_8",
                                       "extraction_strength"])
     assert "--retain_model" in result["suites"]["tofu"]["info"]["forget_quality"]
     assert summary == result["suites"]["tofu"]["info"]["summary"]
@@ -184,7 +267,9 @@ def test_retain_perturbed_when_present_gives_the_ninth_number(tmp_path, demo_dir
     ckpt = make_checkpoint(tmp_path / "run", 1, demo_dir)
     result = evaluate_checkpoint(ckpt, EvalOptions(tofu_data=str(folder), **FAST))
     suite = result["suites"]["tofu"]
-    assert "model_utility_missing" not in suite["info"] and suite["metrics"]["model_utility"]["n"] == 9
+    assert "model_utility_8" not in suite["metrics"] and suite["metrics"]["model_utility"]["n"] == 9
+    assert json.loads((ckpt / "TOFU_SUMMARY.json").read_text())["model_utility"] == \
+        suite["metrics"]["model_utility"]["value"]
     logs = json.loads((ckpt / "TOFU_EVAL.json").read_text())
     para = logs["retain_Q_A_PARA_Prob"]["value_by_index"]["0"]["avg_loss"]
     pert = logs["retain_Q_A_PERT_Prob"]["value_by_index"]["0"]["avg_loss"]
@@ -278,33 +363,44 @@ def test_bad_split_names_are_one_line_errors(tmp_path, demo_dir, shared_data):
 # ----------------------------------------------------------------------------- sweeps
 
 def test_a_tofu_grid_reports_forget_quality_against_model_utility_by_default(tmp_path):
+    """Model utility under the key the eval jobs will write: model_utility_8 for TOFU data without
+    retain_perturbed, model_utility with it (a folder holding it, or the hub)."""
     import csv
 
     import yaml
 
     from tests.test_sweep_grid import _fake_checkpoint
+    from unlearn.eval.job import check_args
     from unlearn.sweep.grid import load_sweep, plan
     from unlearn.sweep.report import write_report
 
-    doc = {"name": "t", "output_dir": str(tmp_path / "sweeps"), "base": {"train": {"max_steps": 2}},
-           "axes": {"method.forget_loss": ["ga", "npo", "simnpo"]},
-           "eval": {"args": ["--suite", "tofu", "--tofu_forget", "forget01", "--retain_model", "retain/eval.json"]}}
-    (tmp_path / "grid.yaml").write_text(yaml.safe_dump(doc))
-    sweep = load_sweep(tmp_path / "grid.yaml")
+    offline = tmp_path / "tofu"
+    offline.mkdir()
+
+    def grid(*data: str):
+        doc = {"name": "t", "output_dir": str(tmp_path / "sweeps"), "base": {"train": {"max_steps": 2}},
+               "axes": {"method.forget_loss": ["ga", "npo", "simnpo"]},
+               "eval": {"args": ["--suite", "tofu", "--tofu_forget", "forget01", "--retain_model", "retain/eval.json",
+                                 *data]}}
+        (tmp_path / "grid.yaml").write_text(yaml.safe_dump(doc))
+        return load_sweep(tmp_path / "grid.yaml")
+
+    sweep = grid("--tofu_data", str(offline))
     assert (sweep.report.forget_metric, sweep.report.forget_goal) == ("tofu/forget_quality", "max")
-    assert (sweep.report.utility_metric, sweep.report.utility_goal) == ("tofu/model_utility", "max")
+    assert (sweep.report.utility_metric, sweep.report.utility_goal) == ("tofu/model_utility_8", "max")
     pts = plan(sweep)
     # (forget quality, model utility): ga (0.9, 0.1) and npo (0.5, 0.4) are both on the front; simnpo
     # (0.4, 0.3) is dominated by npo
     for p, (fq, mu) in zip(pts, [(0.9, 0.1), (0.5, 0.4), (0.4, 0.3)]):
-        _fake_checkpoint(sweep.folder, p.name, 2, {"tofu/forget_quality": fq, "tofu/model_utility": mu})
+        _fake_checkpoint(sweep.folder, p.name, 2, {"tofu/forget_quality": fq, "tofu/model_utility_8": mu})
     csv_path, png = write_report(sweep, pts)
     assert [r["pareto"] for r in csv.DictReader(csv_path.open())] == ["1", "1", "0"]
     assert png is not None
+    assert grid("--tofu_data=locuslab/TOFU").report.utility_metric == "tofu/model_utility"
+    (offline / "retain_perturbed.json").write_text("[]")
+    assert grid("--tofu_data", str(offline)).report.utility_metric == "tofu/model_utility"
     with pytest.raises(UserError, match="unknown; expected one of forget01"):
-        from unlearn.eval.job import check_args  # the eval args are checked by evaluate.py's parser at planning
-
-        check_args(["--suite", "tofu", "--tofu_forget", "forget20"])
+        check_args(["--suite", "tofu", "--tofu_forget", "forget20"])  # evaluate.py's parser, at planning
 
 
 # ----------------------------------------------------------------------------- configs/tofu
@@ -404,10 +500,11 @@ def test_tofu_mini_pipeline_scaled_down(tmp_path, shared_data, dist_env, monkeyp
         result = evaluate_checkpoint(run / "checkpoints" / "step-000002",
                                      EvalOptions(tofu_data=tofu_data, retain_model=str(mini / "retain"), **MINI_EVAL))
         summary = result["suites"]["tofu"]["info"]["summary"]
-        assert 0.0 <= summary["forget_quality"] <= 1.0 and 0.0 <= summary["model_utility"] <= 1.0
+        assert 0.0 <= summary["forget_quality"] <= 1.0 and 0.0 <= summary["model_utility_8"] <= 1.0
         assert result["suites"]["tofu"]["info"]["retain_model"] == str(mini / "retain" / "eval.json")
         runs.append(run)
     table = tofu_mini.table(mini, runs).splitlines()
     assert table[0] == "| metric | fine-tuned | ga | npo | simnpo | retain model |"
+    assert table[3].startswith("| model utility (harmonic mean of 8) |")  # no retain_perturbed in ../shared
     quality = table[2].split("|")[2:-1]
     assert all(cell.strip() != "-" for cell in quality[:4]) and quality[4].strip() == "-"  # retain vs itself: not run

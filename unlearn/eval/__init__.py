@@ -5,12 +5,14 @@ context.py       what every suite needs: model, run config, options (the CLI fla
 harmful.py       harmful rate, refusal rate, effectiveness E (judged on the response only)
 copyright.py     verbatim and knowledge memorisation
 utility.py       retain perplexity, TruthfulQA MC1/MC2, similarity to the original, degeneration
-privacy.py       Min-k% membership AUC, PrivLeak
+privacy.py       Min-k% membership AUC, PrivLeak (MUSE's: per document)
 judges.py        load_judge: keyword_judge.py (refusal rules), classifier, generative_judge.py (Llama-Guard style)
 judge_eval.py    a judge's accuracy against human labels (XSTest); judge_training.py trains a classifier judge
 mc.py            multiple-choice accuracy (WMDP, MMLU) as lm-evaluation-harness scores it
 muse.py          MUSE's KnowMem (forget/retain) and VerbMem
 truthfulqa.py    TruthfulQA MC1/MC2, lm-evaluation-harness's standard variant (utility suite)
+tofu.py          TOFU as open-unlearning reports it: tofu_metrics.py formulas, tofu_logs.py per-sample values ->
+                 metrics and files, tofu_mia.py mia_min_k and privleak
 loglik.py        continuation log-likelihoods as the harness computes them; specs.py hub ID:CONFIG
 generation.py    batched greedy decoding, per-token log-probs; textmetrics.py ROUGE-L, BLEU
 stats.py         bootstrap intervals, AUC

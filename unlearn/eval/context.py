@@ -56,6 +56,10 @@ class EvalOptions:
     """TruthfulQA MC scoring: standard (lm-evaluation-harness truthfulqa_mc1/mc2: QA primer, mc1/mc2_targets),
     template (the run's QA template over Best/Correct/Incorrect answers), auto (standard when the data has
     mc1_targets/mc2_targets, else template)."""
+    loglik_bos: str = "tokenizer"
+    """Special tokens in multiple-choice log-likelihoods (mc suite, standard TruthfulQA): tokenizer (its own
+    BOS before the context, as lm-evaluation-harness >= 0.4.9.2) | none (no special tokens, as the harness
+    <= 0.4.9.1)."""
     mc: tuple[str, ...] = ()
     """Multiple-choice set for the mc suite, [forget=|retain=]SOURCE (repeatable; no side = forget): a
     local CSV/JSONL/JSON/parquet with question, choices, answer, or a hub id as ID:CONFIG (cais/wmdp:wmdp-bio,
@@ -63,6 +67,9 @@ class EvalOptions:
     muse: str = ""
     """MUSE data for the muse suite: a hub id (muse-bench/MUSE-News, muse-bench/MUSE-Books) or a folder in
     its layout (knowmem/{forget,retain}_qa[_icl].json, verbmem/forget.json); empty = the run's own data."""
+    muse_stemmer: bool = False
+    """MUSE suite: Porter-stem words before ROUGE-L, as open-unlearning's MUSE metrics score; off = unstemmed,
+    as MUSE's own code, whose published tables the numbers sit beside."""
     normal_prompts: str = ""
     """Normal prompts for similarity/degeneration (QA or text file); empty = the run's retain data."""
     holdout: str = ""
@@ -88,6 +95,10 @@ class EvalOptions:
     """Verbatim memorisation: tokens of a forget passage given as the prompt."""
     continuation_tokens: int = 32
     """Verbatim memorisation: tokens generated and compared with the true continuation."""
+    privacy_unit: str = "document"
+    """Privacy suite, text data: what one Min-k% sample is. document: each document whole (its first
+    model-window tokens), as MUSE scores its privleak rows; block: data.max_length-token blocks of the
+    documents concatenated, as the run trained on them (for a single long text, e.g. one .txt book)."""
     min_k: float = 0.4
     """Min-k% prob: share of lowest-probability tokens averaged per sample (MUSE: 0.4, floor of k x T)."""
     limit: int = 1000
@@ -212,6 +223,24 @@ class Context:
                        for p, a in sources.qa_pairs(rows, fmt, source)]
         return self.limited(samples)
 
+    def documents(self, role: str, source: str = "") -> list[str] | None:
+        """Whole documents of the run's `role` data (or of the file `source`) in file order, when they are
+        text ("text" format; a .txt file is one document); None for other formats. Capped by --limit."""
+        from unlearn import data
+
+        if source:
+            rows = sources.load_rows(source)
+            return self.limited(sources.texts_of(rows, source, "text")) \
+                if sources.detect_format(rows, source) == "text" else None
+        if role_format(self.cfg, role) != "text":
+            return None
+        d, texts = self.cfg.data, []
+        for src in data.split_sources(getattr(d, role)):
+            rows = sources.load_rows(src, getattr(d, f"{role}_split"), getattr(d, f"{role}_revision"),
+                                     getattr(d, f"{role}_subset"))
+            texts += sources.texts_of(rows, src, "text")
+        return self.limited(texts)
+
     def qa_pairs(self, source: str) -> list[tuple[str, str]]:
         """(question, answer) pairs of a QA-like file (format by columns), capped by --limit."""
         rows = sources.load_rows(source)
@@ -244,5 +273,5 @@ def _folder_version(name: str) -> float:
 
 def _cache_options(opts: EvalOptions) -> dict[str, Any]:
     keep = ("judge", "judge_threshold", "max_new_tokens", "prefix_tokens", "continuation_tokens", "min_k",
-            "limit", "dtype", "tofu_forget", "tofu_data")
+            "privacy_unit", "limit", "dtype", "tofu_forget", "tofu_data")
     return {k: v for k, v in asdict(opts).items() if k in keep}

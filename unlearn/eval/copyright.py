@@ -1,11 +1,13 @@
 """Copyright suite: verbatim and knowledge memorisation of the forget data.
 
-- verbatim (as MUSE measures it): prompt with the first `prefix_tokens` tokens of a forget
-  passage (QA samples: the question), greedily generate `continuation_tokens` tokens, and score
-  them against the true next tokens with ROUGE-L F1 (rouge-score) and sentence BLEU (sacrebleu).
-  A model that still holds the text scores near 1, one that never saw it near 0.
-- knowledge: for QA pairs (TOFU columns question/answer), ROUGE-L F1 and recall of the greedy
-  answer against the true answer (TOFU reports recall).
+- verbatim (as MUSE's VerbMem measures it: Shi et al. 2024, swj0419/muse_bench metrics/verbmem.py): prompt
+  with the first `prefix_tokens` tokens of a forget passage (QA samples: the question), greedily generate
+  `continuation_tokens` tokens, and score them against the true next tokens with ROUGE-L F1 (rouge-score,
+  unstemmed as MUSE) and sentence BLEU (sacrebleu; Papineni et al. 2002). Unlike MUSE's rows (a ~1,000-token
+  prompt, 128 tokens), the windows are the run's own, so short texts can be probed; `--suite muse` is
+  MUSE's exact setting. A model that still holds the text scores near 1, one that never saw it near 0.
+- knowledge: for QA pairs (TOFU columns question/answer), ROUGE-L F1 and recall of the greedy answer
+  against the true answer, Porter-stemmed as TOFU's evaluate_util.py (Maini et al. 2024; TOFU reports recall).
 """
 
 from __future__ import annotations

@@ -1,6 +1,8 @@
 """Multiple-choice suite: zero-shot accuracy on question + choices + answer index (WMDP, MMLU, or a
 local file), scored as lm-evaluation-harness scores its `wmdp_*` and `mmlu_*` tasks.
 
+Data: WMDP (Li et al. 2024, "The WMDP Benchmark: Measuring and Reducing Malicious Use With Unlearning"),
+MMLU (Hendrycks et al. 2021, "Measuring Massive Multitask Language Understanding").
 Reference: lm-evaluation-harness (EleutherAI), lm_eval/tasks/wmdp/_default_template_yaml and
 lm_eval/tasks/mmlu/default/_default_template_yaml (output_type multiple_choice, num_fewshot 0):
 - context = "{question.strip()}\\nA. {choices[0]}\\nB. {choices[1]}\\nC. {choices[2]}\\nD. {choices[3]}\\nAnswer:"
@@ -11,7 +13,8 @@ lm_eval/tasks/mmlu/default/_default_template_yaml (output_type multiple_choice, 
   lm_eval/tasks/wmdp/wmdp_*.yaml; an MMLU subject config: its name); a local file without a subject
   column gets no description;
 - continuations " A", " B", ... (the harness's target delimiter " " + the choice letter), each scored by
-  its summed log-likelihood (unlearn.eval.loglik, as HFLM computes it);
+  its summed log-likelihood (unlearn.eval.loglik, as HFLM computes it; by default with the tokenizer's
+  BOS before the context, as the harness from v0.4.9.2; `--loglik_bos none` for the older rule);
 - acc = 1 when the argmax over choices (first on ties, as numpy's) is the answer index. The harness's
   acc_norm divides by the choice's length in characters: with one-letter choices it equals acc, so
   it is not reported.
@@ -29,7 +32,7 @@ import numpy as np
 
 from unlearn.errors import UserError
 from unlearn.eval import specs
-from unlearn.eval.loglik import loglikelihoods
+from unlearn.eval.loglik import BOS_RULES, check_bos, loglikelihoods
 from unlearn.eval.stats import mean_ci
 
 SIDES = ("forget", "retain")
@@ -115,13 +118,14 @@ def continuations(item: dict) -> list[str]:
     return [" " + string.ascii_uppercase[i] for i in range(len(item["choices"]))]
 
 
-def accuracy(model, tokenizer, mc_items: list[dict], batch_size: int = 16, desc: str | None = None) -> dict:
+def accuracy(model, tokenizer, mc_items: list[dict], batch_size: int = 16, desc: str | None = None,
+             bos: str = "tokenizer") -> dict:
     """{"acc": mean_ci + chance, "lls": per item log-likelihoods, "correct": per item 0/1}."""
     pairs, spans = [], []
     for it in mc_items:  # one flat request list, so batches are full
         spans.append((len(pairs), len(it["choices"])))
         pairs += [(prompt(it), c) for c in continuations(it)]
-    ll = loglikelihoods(model, tokenizer, pairs, batch_size, desc=desc)
+    ll = loglikelihoods(model, tokenizer, pairs, batch_size, desc=desc, bos=bos)
     lls = [ll[s:s + n] for s, n in spans]
     correct = [float(int(np.argmax(x)) == it["answer"]) for x, it in zip(lls, mc_items)]
     chance = float(np.mean([1.0 / len(it["choices"]) for it in mc_items]))
@@ -133,16 +137,18 @@ def run(ctx) -> dict:
     if not o.mc:
         raise UserError("mc suite needs multiple-choice data; expected --mc [forget=|retain=]SOURCE, e.g. "
                         "--mc forget=cais/wmdp:wmdp-bio --mc retain=cais/mmlu:college_biology")
+    check_bos(o.loglik_bos)
     sets = [parse_side(t) for t in o.mc]
     sides = [s for s, _ in sets]
     if len(set(sides)) != len(sides):
         raise UserError(f"--mc names side(s) {sorted({s for s in sides if sides.count(s) > 1})} twice; expected "
                         "at most one forget= and one retain= set")
     metrics, info, examples = {}, {"prompt": "lm-evaluation-harness wmdp/mmlu zero-shot (description, question, "
-                                             "lettered choices, 'Answer:'; continuations ' A', ' B', ...)"}, []
+                                             "lettered choices, 'Answer:'; continuations ' A', ' B', ...)",
+                                   "loglik_bos": {"rule": o.loglik_bos, "as": BOS_RULES[o.loglik_bos]}}, []
     for side, source in sets:
         mc_items = ctx.limited(items(specs.load(source, HUB_SPLIT), source, default_subject(source)))
-        res = accuracy(ctx.model, ctx.tokenizer, mc_items, o.batch_size, desc=f"mc ({side})")
+        res = accuracy(ctx.model, ctx.tokenizer, mc_items, o.batch_size, desc=f"mc ({side})", bos=o.loglik_bos)
         metrics[f"{side}_acc"] = res["acc"]
         info[side] = {"source": source, "n": len(mc_items), "chance": res["acc"]["chance"]}
         examples += [{"side": side, "prompt": prompt(it), "answer": it["answer"], "loglik": x}

@@ -1,19 +1,25 @@
 """MUSE suite: knowledge and verbatim memorisation as MUSE measures them.
 
 Reference: Shi et al. 2024, "MUSE: Machine Unlearning Six-Way Evaluation for Language Models";
+swj0419/muse_bench eval.py, metrics/knowmem.py, metrics/verbmem.py and metrics/logger.py (earlier:
 jaechan-repo/muse_bench knowmem/get_rouge_qa.py, verbmem/get_rouge.py and
-knowmem/scripts/get_best_forget_quality.py; open-unlearning configs/eval/muse_metrics/
+knowmem/scripts/get_best_forget_quality.py); open-unlearning configs/eval/muse_metrics/
 {forget,retain}_knowmem_ROUGE.yaml and forget_verbmem_ROUGE.yaml (rouge_type rougeL_f1).
 - KnowMem (forget and retain QA): the prompt is, for each in-context example,
   "Question: {q}\\nAnswer: {a}\\n\\n", then "Question: {question}\\nAnswer: " (trailing space kept);
   tokenised with special tokens; greedy, 32 new tokens; the decoded output is cut before the first
-  "\\n\\n", "\\nQuestion" or "Question:"; score = ROUGE-L F1 (rouge-score, no stemmer) against the
-  answer, averaged (MUSE's `mean_rougeL`). MUSE prints x100; values here are in [0, 1].
+  "\\n\\n", "\\nQuestion" or "Question:"; score = ROUGE-L F1 against the answer, averaged (MUSE's
+  `mean_rougeL`). MUSE prints x100; values here are in [0, 1].
 - VerbMem (forget): the data's prompt (MUSE's verbmem rows hold the text before a cut: median 4,012
   characters on News, 3,661 on Books, i.e. about a thousand Llama tokens), greedy 128 new tokens,
-  ROUGE-L F1 against the true continuation cut to its first 128 tokens. On a plain text corpus (the
-  run's forget documents, no MUSE rows) the documents are cut into windows of --prefix_tokens + 128
-  tokens: the first --prefix_tokens are the prompt, the next 128 the reference.
+  ROUGE-L F1 (same convention) against the true continuation cut to its first 128 tokens. On a plain
+  text corpus (the run's forget documents, no MUSE rows) the documents are cut into windows of
+  --prefix_tokens + 128 tokens: the first --prefix_tokens are the prompt, the next 128 the reference.
+- ROUGE convention: MUSE's code scores words as they are (metrics/logger.py, RougeScorer with
+  use_stemmer=False); open-unlearning's rouge handler (src/evals/metrics/utils.py) Porter-stems them, so
+  "cats" meets "cat" and its KnowMem/VerbMem are never lower, often higher. The default is MUSE's, because
+  this suite exists to sit beside MUSE's published table; `--muse_stemmer` gives open-unlearning's.
+  eval.json's info (`rouge`) names the one used.
 - PrivLeak: the privacy suite (unlearn.eval.privacy), as MUSE computes it.
 - MUSE's checkpoint rule (the first checkpoint whose forget KnowMem is at or below the retained
   model's): `launch/sweep.py --best RUN --rule muse forget_target_from=RETAINED/eval.json`
@@ -64,22 +70,27 @@ def _generate(model, tokenizer, prompts: list[str], new_tokens: int, batch_size:
     return [tokenizer.decode(g, skip_special_tokens=True, clean_up_tokenization_spaces=True) for g in gens]
 
 
+ROUGE = {False: "ROUGE-L F1, words unstemmed (MUSE's muse_bench, metrics/logger.py)",
+         True: "ROUGE-L F1, words Porter-stemmed (open-unlearning's rouge handler)"}
+"""--muse_stemmer: the convention of every MUSE number, as eval.json names it."""
+
+
 def knowmem(model, tokenizer, pairs: list[tuple[str, str]], shots: list[tuple[str, str]],
-            batch_size: int = 16, desc: str = "knowmem") -> dict:
+            batch_size: int = 16, desc: str = "knowmem", stemmer: bool = False) -> dict:
     """{"metric": mean ROUGE-L F1, "examples"} of greedy answers to `pairs` under `shots`."""
     prompts = [knowmem_prompt(q, shots) for q, _ in pairs]
     outputs = [cut_at_stops(o) for o in _generate(model, tokenizer, prompts, KNOWMEM_NEW_TOKENS, batch_size, desc)]
-    scores = rouge_l(outputs, [a for _, a in pairs])
+    scores = rouge_l(outputs, [a for _, a in pairs], stemmer=stemmer)
     return {"metric": mean_ci(scores), "examples": [{"question": q, "answer": a, "generation": o}
                                                     for (q, a), o in list(zip(pairs, outputs))[:EXAMPLES]]}
 
 
-def verbmem(model, tokenizer, rows: list[tuple[str, str]], batch_size: int = 16) -> dict:
+def verbmem(model, tokenizer, rows: list[tuple[str, str]], batch_size: int = 16, stemmer: bool = False) -> dict:
     """Mean ROUGE-L F1 of greedy 128-token continuations of (prompt, gt) rows against gt's first 128 tokens."""
     refs = [tokenizer.decode(tokenizer(gt, add_special_tokens=True)["input_ids"][:VERBMEM_NEW_TOKENS],
                              skip_special_tokens=True, clean_up_tokenization_spaces=True) for _, gt in rows]
     outputs = _generate(model, tokenizer, [p for p, _ in rows], VERBMEM_NEW_TOKENS, batch_size, "verbmem")
-    return {"metric": mean_ci(rouge_l(outputs, refs)),
+    return {"metric": mean_ci(rouge_l(outputs, refs, stemmer=stemmer)),
             "examples": [{"prompt": p[-200:], "reference": r, "generation": o}
                          for (p, _), r, o in list(zip(rows, refs, outputs))[:EXAMPLES]]}
 
@@ -151,19 +162,20 @@ def run(ctx) -> dict:
     o = ctx.opts
     data = _data(ctx)
     metrics, info, examples = {}, {"data": data["from"], "knowmem_new_tokens": KNOWMEM_NEW_TOKENS,
-                                   "verbmem_new_tokens": VERBMEM_NEW_TOKENS}, []
+                                   "verbmem_new_tokens": VERBMEM_NEW_TOKENS, "rouge": ROUGE[o.muse_stemmer]}, []
     for side in ("forget", "retain"):
         pairs = ctx.limited(data[f"{side}_qa"])
         if not pairs:
             info[f"knowmem_{side}"] = f"skipped: no {side} QA (--muse, or a QA {side} set / --qa)"
             continue
-        res = knowmem(ctx.model, ctx.tokenizer, pairs, data[f"{side}_icl"], o.batch_size, f"knowmem ({side})")
+        res = knowmem(ctx.model, ctx.tokenizer, pairs, data[f"{side}_icl"], o.batch_size, f"knowmem ({side})",
+                      o.muse_stemmer)
         metrics[f"knowmem_{side}"] = res["metric"]
         info[f"knowmem_{side}_shots"] = len(data[f"{side}_icl"])
         examples += res["examples"]
     rows = ctx.limited(data["verbmem"])
     if rows:
-        res = verbmem(ctx.model, ctx.tokenizer, rows, o.batch_size)
+        res = verbmem(ctx.model, ctx.tokenizer, rows, o.batch_size, o.muse_stemmer)
         metrics["verbmem_forget"] = res["metric"]
         examples += res["examples"]
     else:

@@ -1,6 +1,12 @@
 """Scores of generated text against references, and a detector of degenerate output.
 
-The one implementation of ROUGE-L (rouge-score) and BLEU (sacrebleu) in the project.
+The one implementation of ROUGE-L and BLEU in the project:
+- ROUGE-L (Lin 2004, "ROUGE: A Package for Automatic Evaluation of Summaries"): the longest common
+  subsequence of words, from Google's rouge-score (`rouge_scorer.RougeScorer(["rougeL"])`), the package
+  MUSE, TOFU and open-unlearning call. Stemming is each caller's convention (`stemmer`): MUSE's
+  KnowMem/VerbMem unstemmed, TOFU's and open-unlearning's recall Porter-stemmed.
+- BLEU (Papineni et al. 2002): sacrebleu's sentence BLEU (Post 2018) with exponential smoothing.
+- degeneration_reason: our own rules (no reference), for answers that say nothing ("!!!!").
 """
 
 from __future__ import annotations
@@ -14,10 +20,15 @@ def rouge_l(predictions: list[str], references: list[str], kind: str = "fmeasure
     """Per-pair ROUGE-L (F1 by default; `kind` = precision | recall | fmeasure), in [0, 1], from
     Google's rouge-score. `stemmer`: Porter-stem words first, as TOFU's and open-unlearning's answer
     recall do (rouge_scorer.RougeScorer(..., use_stemmer=True))."""
+    return [getattr(s, kind) for s in rouge_l_scores(predictions, references, stemmer)]
+
+
+def rouge_l_scores(predictions: list[str], references: list[str], stemmer: bool = False) -> list:
+    """Per-pair ROUGE-L as rouge-score's Score (precision, recall, fmeasure): every kind from one scoring."""
     from rouge_score import rouge_scorer  # rouge-score: only when text is scored
 
     scorer = rouge_scorer.RougeScorer(["rougeL"], use_stemmer=stemmer)
-    return [getattr(scorer.score(ref, pred)["rougeL"], kind) for pred, ref in zip(predictions, references)]
+    return [scorer.score(ref, pred)["rougeL"] for pred, ref in zip(predictions, references)]
 
 
 def bleu(predictions: list[str], references: list[str]) -> list[float]:

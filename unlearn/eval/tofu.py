@@ -13,9 +13,12 @@ open-unlearning's configs/eval/tofu_metrics/*.yaml:
 - retain (`retain_perturbed`), real authors (`real_authors_perturbed`), world facts
   (`world_facts_perturbed`): the nine numbers of model utility.
 `retain_perturbed` is on the hub only. Without it the retain truth ratio is missing (never made up),
-model utility is the harmonic mean of the eight numbers that exist and the suite's info names the
-missing one; retain answer probability and ROUGE are then measured on the first 400 questions of the
-retain split that complements the forget split (the hub's retain_perturbed holds 400 retain questions).
+and the harmonic mean of the eight numbers that exist is reported as `model_utility_8`, not under
+open-unlearning's `model_utility` (unlearn.eval.tofu_logs says how far apart the two are); retain
+answer probability and ROUGE are then measured on the first 400 questions of the retain split that
+complements the forget split (the hub's retain_perturbed holds 400 retain questions).
+The per-sample values become metrics in `unlearn.eval.tofu_logs`, where TOFU's own published logs are
+aggregated the same way.
 
 Prompt: the checkpoint's own `data.prompt_template`, as it was trained (the TOFU presets use
 open-unlearning's base-model tags, "Question: {prompt}\\nAnswer: {response}"). Each answer is scored
@@ -35,30 +38,19 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-import numpy as np
-
 from unlearn import data, sources
 from unlearn.errors import UserError
+from unlearn.eval import tofu_logs, tofu_mia
 from unlearn.eval import tofu_metrics as tm
-from unlearn.eval import tofu_mia
-from unlearn.eval.context import SHARED_DATA
 from unlearn.eval.generation import generate_text, token_logprobs
-from unlearn.eval.stats import mean_ci
-from unlearn.eval.textmetrics import rouge_l
+from unlearn.eval.tofu_metrics import HUB_ID
 
-HUB_ID = "locuslab/TOFU"
 HUB_REVISION = "324592d84ae4f482ac7249b9285c2ecdb53e3a68"
 """The dataset commit the splits are read at (the hub's main of 2025-03-27)."""
 RETAIN_EVAL_ROWS = 400
 MAX_LENGTH = 512  # open-unlearning's QADataset max_length (tokens of question + answer)
 PER_SAMPLE, SUMMARY = "TOFU_EVAL.json", "TOFU_SUMMARY.json"
 EXAMPLES = 3
-
-
-def data_source(tofu_data: str) -> str:
-    if tofu_data:
-        return tofu_data
-    return str(SHARED_DATA / "tofu") if (SHARED_DATA / "tofu").is_dir() else HUB_ID
 
 
 def load_split(source: str, name: str, revision: str = HUB_REVISION) -> list[dict] | None:
@@ -127,109 +119,43 @@ class Scorer:
         return generate_text(self.model, self.tok, prompts, max(1, min(self.max_new, room)), self.batch, desc=desc)
 
 
-def _by_index(values: list) -> dict[str, dict]:
-    return {str(i): v for i, v in enumerate(values)}
+def _split(rows: list[dict], scorer: Scorer, name: str) -> dict:
+    """questions, answers, greedy generations and the true answers' avg_loss of one split's rows."""
+    q, a = [r["question"] for r in rows], [r["answer"] for r in rows]
+    return {"questions": q, "answers": a, "true": scorer.avg_losses(list(zip(q, a)), name),
+            "generations": scorer.answers(q, f"{name} answers")}
 
 
-def _prob_entry(avg_loss) -> dict:
-    if isinstance(avg_loss, list):
-        ok = [x for x in avg_loss if x is not None]
-        return {"prob": tm.prob_of(ok), "avg_loss": ok} if len(ok) == len(avg_loss) else {"prob": None, "avg_loss": None}
-    return {"prob": None if avg_loss is None else tm.prob_of(avg_loss), "avg_loss": avg_loss}
-
-
-class Logs:
-    """Per-sample values (TOFU_EVAL.json layout) and the eval.json metrics built from them."""
-
-    def __init__(self):
-        self.logs: dict[str, dict] = {}
-        self.metrics: dict[str, dict] = {}
-
-    def per_sample(self, name: str, entries: list[dict], values: list[float | None]) -> None:
-        """A metric that is the mean of per-sample `values` (None = not scorable, left out)."""
-        kept = [v for v in values if v is not None]
-        self.metrics[name] = mean_ci(kept)
-        self.logs[name] = {"agg_value": self.metrics[name]["value"], "value_by_index": _by_index(entries)}
-
-    def probability(self, name: str, losses: list) -> None:
-        entries = [_prob_entry(x) for x in losses]
-        # several answers per question: open-unlearning averages their probabilities (aggregate_to_1D)
-        probs = [None if e["prob"] is None else float(np.mean(e["prob"])) for e in entries]
-        self.per_sample(name, entries, probs)
-
-    def truth_ratio(self, name: str, true_losses: list, false_losses: list, forget: bool) -> list[float | None]:
-        ratios = [None if t is None or None in f else tm.truth_ratio(t, f) for t, f in zip(true_losses, false_losses)]
-        agg = tm.closer_to_1_better if forget else tm.true_better
-        self.per_sample(name, [{"score": r} for r in ratios], [None if r is None else agg([r]) for r in ratios])
-        return ratios
-
-    def over_options(self, name: str, true_losses: list, false_losses: list) -> None:
-        values = [None if t is None or None in f else tm.prob_over_options(tm.prob_of(t), tm.prob_of(f))
-                  for t, f in zip(true_losses, false_losses)]
-        self.per_sample(name, [{"prob": v} for v in values], values)
-
-    def rouge(self, name: str, questions: list[str], answers: list[str], generations: list[str]) -> None:
-        recall = rouge_l(generations, answers, kind="recall", stemmer=True)
-        f1 = rouge_l(generations, answers, stemmer=True)
-        entries = [{"rougeL_recall": r, "rougeL_f1": f, "input": q, "ground_truth": a, "generation": g}
-                   for r, f, q, a, g in zip(recall, f1, questions, answers, generations)]
-        self.per_sample(name, entries, recall)
-
-
-def evaluate_splits(scorer: Scorer, splits: dict[str, list[dict] | None]) -> tuple[Logs, dict]:
-    """Every TOFU number of one model on `splits` (forget, retain, retain_perturbed, ra, wf rows)."""
-    logs, info = Logs(), {}
+def measure(scorer: Scorer, splits: dict[str, list[dict] | None]) -> dict[str, dict]:
+    """One model's per-sample values on `splits` (forget, retain, retain_perturbed, ra, wf rows), in the
+    layout unlearn.eval.tofu_logs.aggregate reads."""
     forget = splits["forget"]
     _require(forget, ("question", "answer", "paraphrased_answer", "perturbed_answer"), "forget split")
-    q = [r["question"] for r in forget]
-    logs.probability("forget_Q_A_Prob", scorer.avg_losses([(x, r["answer"]) for x, r in zip(q, forget)], "forget"))
-    para = scorer.avg_losses([(x, r["paraphrased_answer"]) for x, r in zip(q, forget)], "forget paraphrased")
-    pert = scorer.grouped(q, [r["perturbed_answer"] for r in forget], "forget perturbed")
-    logs.probability("forget_Q_A_PARA_Prob", para)
-    logs.probability("forget_Q_A_PERT_Prob", pert)
-    logs.truth_ratio("forget_truth_ratio", para, pert, forget=True)
-    logs.rouge("forget_Q_A_ROUGE", q, [r["answer"] for r in forget], scorer.answers(q, "forget answers"))
-    es = scorer.extraction([(x, r["answer"]) for x, r in zip(q, forget)], "forget extraction")
-    logs.per_sample("extraction_strength", [{"score": v} for v in es], es)
-
+    f = _split(forget, scorer, "forget")
+    f["para"] = scorer.avg_losses([(x, r["paraphrased_answer"]) for x, r in zip(f["questions"], forget)],
+                                  "forget paraphrased")
+    f["pert"] = scorer.grouped(f["questions"], [r["perturbed_answer"] for r in forget], "forget perturbed")
+    f["extraction"] = scorer.extraction(list(zip(f["questions"], f["answers"])), "forget extraction")
     retain = splits["retain_perturbed"] or splits["retain"]
-    q = [r["question"] for r in retain]
-    logs.probability("retain_Q_A_Prob", scorer.avg_losses([(x, r["answer"]) for x, r in zip(q, retain)], "retain"))
-    logs.rouge("retain_Q_A_ROUGE", q, [r["answer"] for r in retain], scorer.answers(q, "retain answers"))
+    r = _split(retain, scorer, "retain")
     if splits["retain_perturbed"]:
-        para = scorer.avg_losses([(x, r["paraphrased_answer"]) for x, r in zip(q, retain)], "retain paraphrased")
-        pert = scorer.grouped(q, [r["perturbed_answer"] for r in retain], "retain perturbed")
-        logs.probability("retain_Q_A_PARA_Prob", para)
-        logs.probability("retain_Q_A_PERT_Prob", pert)
-        logs.truth_ratio("retain_Truth_Ratio", para, pert, forget=False)
-
+        r["para"] = scorer.avg_losses([(x, row["paraphrased_answer"]) for x, row in zip(r["questions"], retain)],
+                                      "retain paraphrased")
+        r["pert"] = scorer.grouped(r["questions"], [row["perturbed_answer"] for row in retain], "retain perturbed")
+    out = {"forget": f, "retain": r}
     for key in ("ra", "wf"):
         rows = splits[key]
         _require(rows, ("question", "answer", "perturbed_answer"), f"{key} split")
-        q = [r["question"] for r in rows]
-        true = scorer.avg_losses([(x, r["answer"]) for x, r in zip(q, rows)], key)
-        false = scorer.grouped(q, [r["perturbed_answer"] for r in rows], f"{key} perturbed")
-        logs.probability(f"{key}_Q_A_Prob", true)
-        logs.probability(f"{key}_Q_A_PERT_Prob", false)
-        logs.over_options(f"{key}_Q_A_Prob_normalised", true, false)
-        logs.truth_ratio(f"{key}_Truth_Ratio", true, false, forget=False)
-        logs.rouge(f"{key}_Q_A_ROUGE", q, [r["answer"] for r in rows], scorer.answers(q, f"{key} answers"))
-
-    parts = {k: logs.metrics[k]["value"] for k in tm.MODEL_UTILITY if k in logs.metrics}
-    missing = [k for k in tm.MODEL_UTILITY if k not in parts]
-    logs.metrics["model_utility"] = {"value": tm.model_utility(parts), "n": len(parts)}
-    logs.logs["model_utility"] = {"agg_value": logs.metrics["model_utility"]["value"]}
-    info["model_utility_of"] = list(parts)
-    if missing:
-        info["model_utility_missing"] = {k: "needs retain_perturbed (paraphrased and perturbed retain answers), "
-                                            "which only the hub's locuslab/TOFU has" for k in missing}
-    return logs, info
+        out[key] = _split(rows, scorer, key)
+        out[key]["pert"] = scorer.grouped(out[key]["questions"], [row["perturbed_answer"] for row in rows],
+                                          f"{key} perturbed")
+    return out
 
 
 def read_splits(ctx) -> tuple[dict[str, list[dict] | None], dict]:
     o = ctx.opts
     tm.check_forget_split(o.tofu_forget)
-    source = data_source(o.tofu_data)
+    source = tm.data_source(o.tofu_data)
     splits = {"forget": load_split(source, f"{o.tofu_forget}_perturbed"),
               "retain_perturbed": load_split(source, "retain_perturbed"),
               "ra": load_split(source, "real_authors_perturbed"), "wf": load_split(source, "world_facts_perturbed")}
@@ -293,21 +219,19 @@ def run(ctx) -> dict:
     o = ctx.opts
     splits, info = read_splits(ctx)
     scorer = Scorer(ctx.model, ctx.tokenizer, ctx.cfg.data.prompt_template, o.batch_size, o.tofu_max_new_tokens)
-    logs, more = evaluate_splits(scorer, splits)
+    logs, more = tofu_logs.aggregate(measure(scorer, splits))
     info.update(more)
     if o.retain_model:
         theirs, where = retain_model_ratios(ctx, splits["forget"])
-        ours = [e["score"] for e in logs.logs["forget_truth_ratio"]["value_by_index"].values()]
-        fq = tm.forget_quality(ours, theirs)
-        logs.metrics["forget_quality"] = {"value": fq, "n": len(ours)}
-        logs.logs["forget_quality"] = {"agg_value": fq}
+        tofu_logs.forget_quality_into(logs, theirs)
         info["retain_model"] = where
     else:
         info["forget_quality"] = ("not computed: forget quality compares with a retain model (never trained on "
                                   f"{o.tofu_forget}); expected --retain_model CKPT_OR_EVAL")
     tofu_mia.privleak_into(ctx, scorer, splits, logs, info, retain_scorer)
-    summary = {k: logs.metrics[k]["value"] for k in tm.SUMMARY if k in logs.metrics}
+    summary = tofu_logs.summary(logs)
     info["summary"] = summary
+    info["rouge"] = "ROUGE-L recall, words Porter-stemmed (TOFU's and open-unlearning's convention)"
     examples = [{k: e[k] for k in ("input", "ground_truth", "generation")}
                 for e in list(logs.logs["forget_Q_A_ROUGE"]["value_by_index"].values())[:EXAMPLES]]
     return {"metrics": logs.metrics, "info": info, "examples": examples,

@@ -1,7 +1,9 @@
 """TOFU's metrics as formulas over per-answer numbers (no model here), as open-unlearning computes them
 after its truth-ratio fix (PR #163; src/evals/metrics/memorization.py, privacy.py, utility.py and
 utils.py::evaluate_probability; metric wiring in configs/eval/tofu_metrics/*.yaml). TOFU: Maini et al.
-2024, "TOFU: A Task of Fictitious Unlearning for LLMs".
+2024, "TOFU: A Task of Fictitious Unlearning for LLMs"; its own aggregate_eval_stat.py gives the same
+numbers (its truth ratio is 1/tr below, which changes no KS p-value or aggregate) up to the 1e-10 guards:
+tests/test_tofu.py pins forget quality and model utility on TOFU's published per-sample logs.
 
 Per answer the model gives `avg_loss` = mean NLL (nats) over the answer's tokens, EOS included, and
 `prob` = exp(-avg_loss) (length-normalised probability). Then, per question:
@@ -17,7 +19,8 @@ Per answer the model gives `avg_loss` = mean NLL (nats) over the answer's tokens
                           its default exact/asymptotic choice) between the forget-set truth ratios of the
                           model and of a retain model (trained without the forget set).
 - model utility:          the harmonic mean (scipy.stats.hmean) of the nine retain / real-authors /
-                          world-facts numbers in MODEL_UTILITY.
+                          world-facts numbers in MODEL_UTILITY; without TOFU's retain_perturbed split (no
+                          retain truth ratio) the mean of the other eight goes under UTILITY_8 instead.
 - privleak:               ((1 - mia_min_k) - (1 - ref)) / ((1 - ref) + 1e-10) x 100, ref = the retain
                           model's mia_min_k or 0.5 (src/evals/metrics/privacy.py::privleak; the AUC and its
                           orientation are in `unlearn.eval.tofu_mia`).
@@ -34,6 +37,8 @@ from typing import Sequence
 import numpy as np
 
 from unlearn.errors import UserError
+
+HUB_ID = "locuslab/TOFU"
 
 RETAIN_OF = {"forget01": "retain99", "forget05": "retain95", "forget10": "retain90"}
 """TOFU's forget splits and the retain split that complements each."""
@@ -53,10 +58,32 @@ MODEL_UTILITY = ("retain_Q_A_Prob", "retain_Q_A_ROUGE", "retain_Truth_Ratio",
                  "wf_Q_A_Prob_normalised", "wf_Q_A_ROUGE", "wf_Truth_Ratio")
 """The nine numbers of model_utility, by open-unlearning's metric names (configs/eval/tofu_metrics/model_utility.yaml)."""
 
+UTILITY_8 = "model_utility_8"
+"""The key of the harmonic mean of the eight numbers other than retain_Truth_Ratio, reported where TOFU's
+retain_perturbed split is missing (unlearn.eval.tofu_logs): not open-unlearning's model_utility."""
+
 SUMMARY = ("forget_quality", "forget_truth_ratio", "forget_Q_A_Prob", "forget_Q_A_ROUGE", "model_utility",
            "privleak", "extraction_strength")
 """Keys of open-unlearning's TOFU_SUMMARY.json (configs/eval/tofu.yaml's metrics). privleak needs the
 holdout split; mia_min_k, its pre-computed AUC, is in TOFU_EVAL.json only, as there."""
+
+
+def data_source(tofu_data: str) -> str:
+    """Where the suite reads TOFU's splits: --tofu_data, else ../shared/data/tofu when present, else the hub."""
+    from unlearn.eval.context import SHARED_DATA
+
+    if tofu_data:
+        return tofu_data
+    return str(SHARED_DATA / "tofu") if (SHARED_DATA / "tofu").is_dir() else HUB_ID
+
+
+def model_utility_key(source: str) -> str:
+    """The key model utility will be reported under for TOFU data `source`: model_utility where the
+    retain_perturbed split is at hand (the hub, or a folder with retain_perturbed.json(l)), else model_utility_8."""
+    folder = Path(source)
+    if not folder.is_dir() or any((folder / f"retain_perturbed{ext}").is_file() for ext in (".json", ".jsonl")):
+        return "model_utility"
+    return UTILITY_8
 
 
 def check_forget_split(name: str) -> None:

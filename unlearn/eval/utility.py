@@ -30,6 +30,7 @@ from unlearn.eval import before_after, specs
 from unlearn.eval import truthfulqa as tqa_standard
 from unlearn.eval.context import SHARED_DATA, role_format
 from unlearn.eval.generation import token_logprobs
+from unlearn.eval.loglik import BOS_RULES, check_bos
 from unlearn.eval.stats import mean_ci, perplexity_ci
 from unlearn.eval.textmetrics import degeneration_reason, rouge_l
 
@@ -167,9 +168,11 @@ def run(ctx) -> dict:
     rows, tqa, which = truthfulqa_rows(ctx)
     if rows:
         variant = tqa_standard.variant_of(rows, o.truthfulqa_variant, tqa)
+        check_bos(o.loglik_bos)
         if variant == "standard":
             items = ctx.limited(tqa_standard.mc_items(rows, tqa))
-            metrics.update(tqa_standard.standard(ctx.model, ctx.tokenizer, items, o.batch_size))
+            metrics.update(tqa_standard.standard(ctx.model, ctx.tokenizer, items, o.batch_size, o.loglik_bos))
+            info["loglik_bos"] = {"rule": o.loglik_bos, "as": BOS_RULES[o.loglik_bos]}
         else:
             items = ctx.limited(truthfulqa_items(rows, tqa))
             metrics.update(truthfulqa(ctx.model, ctx.tokenizer, items, d.prompt_template, o.batch_size))

@@ -35,7 +35,13 @@ from typing import Any
 import yaml
 
 from unlearn.config import Config
-from unlearn.config_io import deep_merge, dump_yaml, from_dict, parse_overrides, read_yaml
+from unlearn.config_io import (
+    deep_merge,
+    dump_yaml,
+    from_dict,
+    parse_overrides,
+    read_yaml,
+)
 from unlearn.errors import UserError
 from unlearn.runs import COMPLETE, EVAL_ERROR, step_dir
 
@@ -181,13 +187,24 @@ def load_sweep(path: str | Path, overrides: list[str] | None = None) -> Sweep:
 
 TOFU_REPORT = {"forget_metric": "tofu/forget_quality", "forget_goal": "max",
                "utility_metric": "tofu/model_utility", "utility_goal": "max"}
-"""A grid evaluated with the tofu suite and no report: TOFU's forget quality vs model utility (both higher = better)."""
+"""A grid evaluated with the tofu suite and no report: TOFU's forget quality vs model utility (both higher =
+better); model utility is tofu/model_utility_8 where the eval's TOFU data lacks retain_perturbed."""
+
+
+def _flag_values(args: list[str], flag: str) -> list[str]:
+    """Values of `flag VALUE` and `flag=VALUE` in an argument list, in order."""
+    return [args[i + 1] for i, a in enumerate(args[:-1]) if a == flag] + \
+        [a.split("=", 1)[1] for a in args if a.startswith(flag + "=")]
 
 
 def _default_report(eval_args: list[str]) -> dict:
-    suites = [eval_args[i + 1] for i, a in enumerate(eval_args[:-1]) if a == "--suite"]
-    suites += [a.split("=", 1)[1] for a in eval_args if a.startswith("--suite=")]
-    return dict(TOFU_REPORT) if any("tofu" in s.split(",") for s in suites) else {}
+    if not any("tofu" in s.split(",") for s in _flag_values(eval_args, "--suite")):
+        return {}
+    # torch-free: where the eval job will read TOFU from
+    from unlearn.eval import tofu_metrics as tm
+
+    source = tm.data_source((_flag_values(eval_args, "--tofu_data") or [""])[-1])
+    return {**TOFU_REPORT, "utility_metric": f"tofu/{tm.model_utility_key(source)}"}
 def _halving_spec(raw: Any) -> HalvingSpec:
     try:
         spec = HalvingSpec(**(raw or {}))
