@@ -42,13 +42,10 @@ def parse(argv: list[str] | None):
     p.add_argument("--retain", default="", help="normal QA file (default: the demo's normal.jsonl)")
     p.add_argument("--work-dir", default=".cache/bench", help="demo data and random-weight models")
     p.add_argument("--in-process", action="store_true", help="all variants in this process (no memory isolation)")
-    p.add_argument("--interleave", action="store_true",
-                   help="all variants in this process, taking turns step by step; ratios per step (precise "
-                        "on a shared machine; peak memory is then cumulative)")
+    p.add_argument("--interleave", action="store_true", help="all variants in this process, taking turns step "
+                   "by step; ratios per step (precise on a shared machine; peak memory is then cumulative)")
     p.add_argument("--smoke", action="store_true", help="CI: all variants, 1 step, no warm-up, in-process")
-    p.add_argument("--checksums", action="store_true",
-                   help="instead: GB/s of checkpoint checksums (xxh3, crc32, blake2b, sha256) vs saving a real "
-                        "checkpoint of --preset, and the projection onto OPT-1.3b (unlearn.bench.checksums)")
+    p.add_argument("--checksums", action="store_true", help="GB/s of checkpoint checksums vs a save (--preset)")
     p.add_argument("--json", default="", help="also write the report here")
     return p.parse_args(argv)
 
@@ -57,11 +54,6 @@ def main(argv: list[str] | None = None) -> None:
     args = parse(argv)
 
     def job() -> None:
-        if args.checksums:
-            from unlearn.bench import checksums
-
-            checksums.main(args.preset, args.work_dir, args.repeats, args.json)
-            return
         from unlearn.bench import runner
 
         runner.main(args)

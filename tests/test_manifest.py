@@ -21,7 +21,7 @@ from unlearn import manifest, runs
 from unlearn.config_io import load_config
 from unlearn.errors import UserError
 from unlearn.train.loop import train
-from unlearn.train.rundir import RESUME_LAST
+from unlearn.runs import RESUME_LAST
 
 DS = str(ROOT / "ds_configs" / "zero2.json")
 ENGINE = Path("engine") / "state"

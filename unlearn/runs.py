@@ -22,6 +22,9 @@ from typing import Iterator
 
 from unlearn.errors import UserError
 
+RESUME_LAST, RESUME_AUTO = "last", "auto"
+"""`--resume` (the run must exist) and `--resume auto` (start it when it does not)."""
+
 COMPLETE = "COMPLETE"
 EVAL_ERROR = "eval.error"
 """Beside a checkpoint: the one-line reason its last evaluation failed (removed by a success)."""

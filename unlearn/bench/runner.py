@@ -233,6 +233,11 @@ def table(report: dict) -> str:
 
 def main(args) -> None:
     """What `launch/bench.py` asked for (its parsed arguments): run, print the JSON and the table."""
+    if args.checksums:
+        from unlearn.bench import checksums
+
+        checksums.main(args.preset, args.work_dir, args.repeats, args.json)
+        return
     names = tuple(presets.VARIANTS) if args.variants == "all" else \
         tuple(v.strip() for v in args.variants.split(",") if v.strip())
     steps, warmup, repeats, in_process = args.steps, args.warmup, args.repeats, args.in_process

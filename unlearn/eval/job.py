@@ -141,6 +141,14 @@ class _Refusing(argparse.ArgumentParser):
         raise UserError(message)
 
 
+def tofu_utility_metric(tofu_data: str) -> str:
+    """The eval.json key under which the TOFU suite reports model utility for data read from `tofu_data`
+    (9 numbers: `model_utility`, 8 without retain_perturbed: `model_utility_8`): a sweep report's default."""
+    from unlearn.eval import tofu_metrics as tm
+
+    return f"tofu/{tm.model_utility_key(tm.data_source(tofu_data))}"
+
+
 def check_args(args: list[str]) -> None:
     """Raise UserError if `launch/evaluate.py CHECKPOINT *args` would be refused (bad flag or suite)."""
     try:
@@ -161,6 +169,9 @@ def evaluate_checkpoint(ckpt: str | Path, opts: EvalOptions) -> dict:
     meanwhile (train.keep_last_n) is said so, and nothing is written."""
     ckpt = Path(ckpt)
     runs.require_complete(ckpt)
+    from unlearn.model import threads_hint  # torch: not needed for --help
+
+    threads_hint()
     try:
         with runs.reading(ckpt):  # keep_last_n leaves it alone meanwhile
             manifest.verify(ckpt, engine=False)

@@ -200,11 +200,9 @@ def _flag_values(args: list[str], flag: str) -> list[str]:
 def _default_report(eval_args: list[str]) -> dict:
     if not any("tofu" in s.split(",") for s in _flag_values(eval_args, "--suite")):
         return {}
-    # torch-free: where the eval job will read TOFU from
-    from unlearn.eval import tofu_metrics as tm
+    from unlearn.eval.job import tofu_utility_metric  # torch-free
 
-    source = tm.data_source((_flag_values(eval_args, "--tofu_data") or [""])[-1])
-    return {**TOFU_REPORT, "utility_metric": f"tofu/{tm.model_utility_key(source)}"}
+    return {**TOFU_REPORT, "utility_metric": tofu_utility_metric((_flag_values(eval_args, "--tofu_data") or [""])[-1])}
 def _halving_spec(raw: Any) -> HalvingSpec:
     try:
         spec = HalvingSpec(**(raw or {}))

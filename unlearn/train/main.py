@@ -8,7 +8,7 @@ import sys
 from typing import Any
 
 from unlearn.errors import UserError, guarded
-from unlearn.train.rundir import RESUME_AUTO, RESUME_LAST
+from unlearn.runs import RESUME_AUTO, RESUME_LAST
 
 
 def _resume_words(argv: list[str]) -> list[str]:

@@ -13,9 +13,7 @@ from unlearn.config import Config
 from unlearn.config_io import dump_yaml
 from unlearn.distributed import DistEnv
 from unlearn.errors import UserError
-
-RESUME_LAST, RESUME_AUTO = "last", "auto"
-"""--resume: the run must exist | --resume auto: start it when it does not (sweeps, requeues)."""
+from unlearn.runs import RESUME_AUTO
 
 
 def prepare_run_dir(cfg: Config, env: DistEnv, *, resume: bool | str, overwrite: bool) -> Path:
