@@ -6,7 +6,8 @@
 # In a sweep with `search: halving` it then decides the rounds its result completes (STOP files,
 # halving.json); a checkpoint its run never wrote because halving stopped it is skipped (exit 0).
 set -uo pipefail
-PY=${UNLEARN_PYTHON:-python}
+# `make setup`'s .venv unless UNLEARN_PYTHON names another Python (a job's shell has no environment active)
+PY=${UNLEARN_PYTHON:-$([ -x "$PWD/.venv/bin/python" ] && echo "$PWD/.venv/bin/python" || echo python)}
 echo "eval job ${SLURM_JOB_ID:-local} on $(hostname): $1"
 if [ ! -d "$1" ] && "$PY" -m unlearn.sweep.halving --skip "$1"; then exit 0; fi
 trap 'echo "stopped by a signal (time limit or scancel) in job ${SLURM_JOB_ID:-?}" > "$1/eval.error"; exit 143' TERM

@@ -9,17 +9,19 @@
 #   - one eval job per checkpoint (slurm/eval-task.sh), --dependency=afterok on its own array task
 #     (with `search: halving`: held, and released by the training task once the checkpoint is written);
 #   - a report job (report.csv/png, HParams) after all evals (afterany: a failed eval still gets a report).
-# Job ids go to SWEEP_DIR/jobs.txt. Resources come from the cluster profile, not from this file.
+# Job ids go to SWEEP_DIR/jobs.txt; this submitting job logs to slurm/logs/. Resources come from the cluster
+# profile, not from this file.
 #SBATCH --job-name=sweep-submit
 #SBATCH --ntasks=1
 #SBATCH --cpus-per-task=1
 #SBATCH --time=10
-#SBATCH --output=sweep-submit-%j.out
+#SBATCH --output=slurm/logs/sweep-submit-%j.out
 set -euo pipefail
 
 ROOT=${SLURM_SUBMIT_DIR:-$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)}
 cd "$ROOT"
-PY=${UNLEARN_PYTHON:-python}
+# `make setup`'s .venv unless UNLEARN_PYTHON names another Python (a job's shell has no environment active)
+PY=${UNLEARN_PYTHON:-$([ -x "$PWD/.venv/bin/python" ] && echo "$PWD/.venv/bin/python" || echo python)}
 [ $# -ge 1 ] || { echo "usage: sbatch slurm/sweep.sh configs/sweeps/X.yaml [--profile P.yaml] [key=value ...]" >&2; exit 2; }
 
 # SWEEP_DIR N_TASKS PARALLEL DS_CONFIG SWEEP_NAME TRAIN_SBATCH EVAL_SBATCH EVAL_ARGS HALVING

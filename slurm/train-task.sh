@@ -10,7 +10,8 @@
 # later rounds and decides them now; its eval jobs still held are released).
 set -uo pipefail
 SWEEP_DIR=$1 DS_CONFIG=$2
-PY=${UNLEARN_PYTHON:-python}
+# `make setup`'s .venv unless UNLEARN_PYTHON names another Python (a job's shell has no environment active)
+PY=${UNLEARN_PYTHON:-$([ -x "$PWD/.venv/bin/python" ] && echo "$PWD/.venv/bin/python" || echo python)}
 name=$(sed -n "$((SLURM_ARRAY_TASK_ID + 1))p" "$SWEEP_DIR/tasks.txt")
 [ -n "$name" ] || { echo "no grid point $SLURM_ARRAY_TASK_ID in $SWEEP_DIR/tasks.txt" >&2; exit 2; }
 

@@ -44,6 +44,7 @@ def guarded(fn: Callable[[], object]) -> None:
     divergence stop one line and status 4 (no traceback). In a multi-rank run the launcher (deepspeed,
     torchrun, srun --kill-on-bad-exit) then ends the other ranks, so none waits in a collective."""
     try:
+        check_environment()
         fn()
     except UserError as exc:
         if not exc.every_rank or os.environ.get("RANK", "0") == "0":
@@ -52,6 +53,22 @@ def guarded(fn: Callable[[], object]) -> None:
     except Diverged as exc:
         print(f"error: {_one_line(exc)}", file=sys.stderr, flush=True)
         raise SystemExit(EXIT_DIVERGED) from None
+
+
+REQUIRED = ("yaml", "torch", "transformers")
+"""Packages every launcher needs (pyproject.toml pins them), looked up without importing them."""
+
+
+def check_environment() -> None:
+    """A Python without the project's packages (a new shell where .venv is not active) gets one line
+    saying how to reach the environment, before anything runs or is written."""
+    import importlib.util
+
+    missing = [name for name in REQUIRED if importlib.util.find_spec(name) is None]
+    if missing:
+        raise UserError(f"{', '.join(missing)} not installed for {sys.executable}; expected the project's "
+                        "environment: `source .venv/bin/activate` in this shell (`make setup` creates it), "
+                        "or `pip install -e .` into yours")
 
 
 def _one_line(exc: Exception) -> str:
