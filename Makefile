@@ -9,6 +9,9 @@ export PATH := $(abspath $(BIN)):$(PATH)
 # The ranks' rendezvous port: a free one, picked anew for each deepspeed command (DeepSpeed's own
 # default, 29500, may be held by another program or run); PORT=N to choose it.
 PORT ?= $(shell $(PYTHON) -c 'import socket; s = socket.socket(); s.bind(("", 0)); print(s.getsockname()[1])')
+# DeepSpeed's launcher at warning level: its INFO lines (world info, spawn, kill) would bury the job's own
+# output and its one-line errors.
+DEEPSPEED ?= deepspeed --log_level warning --master_port $(PORT)
 
 .PHONY: setup demo demo-base copyright-demo harmful-demo tofu-mini test test-fast clean-demo bench bench-gpu slurm-up slurm-down
 
@@ -25,13 +28,13 @@ $(DEMO)/init/config.json: $(VENV)/.installed unlearn/demo.py
 
 # Stage 1: fine-tune the tiny OPT until it reproduces the demo book; cached as $(DEMO)/base.
 $(DEMO)/base/COMPLETE: $(DEMO)/init/config.json configs/demo_finetune.yaml
-	deepspeed --master_port $(PORT) launch/finetune.py --ds_config $(DS) --config configs/demo_finetune.yaml --overwrite --no_report
+	$(DEEPSPEED) launch/finetune.py --ds_config $(DS) --config configs/demo_finetune.yaml --overwrite --no_report
 
 demo-base: $(DEMO)/base/COMPLETE
 
 # The main job on the embedded default: unlearn the book, print the before/after table.
 demo: $(DEMO)/base/COMPLETE
-	deepspeed --master_port $(PORT) launch/unlearn.py --ds_config $(DS)
+	$(DEEPSPEED) launch/unlearn.py --ds_config $(DS)
 
 # The copyright pipeline at CPU scale: stage 1 teaches the tiny OPT a public-domain book excerpt,
 # stage 2 unlearns it with LoRA while a retain excerpt keeps its perplexity (~3 minutes).
@@ -42,18 +45,18 @@ copyright-demo: $(DEMO)/init/config.json
 	mkdir -p $(COPYRIGHT)
 	head -c 3000 $(BOOKS)/alice_in_wonderland.txt > $(COPYRIGHT)/book.txt
 	head -c 3000 $(BOOKS)/pride_and_prejudice.txt > $(COPYRIGHT)/other.txt
-	deepspeed --master_port $(PORT) launch/finetune.py --ds_config $(DS) --config configs/copyright_demo_finetune.yaml --overwrite
-	deepspeed --master_port $(PORT) launch/unlearn.py --ds_config $(DS) --config configs/copyright_demo.yaml --overwrite
+	$(DEEPSPEED) launch/finetune.py --ds_config $(DS) --config configs/copyright_demo_finetune.yaml --overwrite
+	$(DEEPSPEED) launch/unlearn.py --ds_config $(DS) --config configs/copyright_demo.yaml --overwrite
 
 # The paper's harmful experiment at CPU scale: stage 1 teaches the tiny OPT the demo's harmful answers
 # and normal QA, a tiny harm judge learns the demo's safety labels (response only), stage 2 runs the
 # paper's objective on 16 harmful prompts, and every checkpoint is judged on those and on the 8 held out.
 HARMFUL := .cache/harmful-demo
 harmful-demo: $(DEMO)/init/config.json
-	deepspeed --master_port $(PORT) launch/finetune.py --ds_config $(DS) --config configs/harmful_demo_finetune.yaml --overwrite --no_report
+	$(DEEPSPEED) launch/finetune.py --ds_config $(DS) --config configs/harmful_demo_finetune.yaml --overwrite --no_report
 	$(BIN)/python launch/train_judge.py --data $(DEMO)/harm_labels.csv --base $(DEMO)/init --out $(HARMFUL)/judge \
 	    --epochs 5 --batch_size 8 --lr 1e-3 --heldout_fraction 0.2
-	deepspeed --master_port $(PORT) launch/unlearn.py --ds_config $(DS) --config configs/demo_harmful.yaml --overwrite --no_report
+	$(DEEPSPEED) launch/unlearn.py --ds_config $(DS) --config configs/demo_harmful.yaml --overwrite --no_report
 	$(BIN)/python launch/evaluate.py --run runs/demo-harmful --suite harmful,utility --judge $(HARMFUL)/judge \
 	    --judge_labels none --harmful_prompts $(DEMO)/harmful_heldout.jsonl --truthfulqa none
 # TOFU at CPU scale (unlearn/tofu_mini.py): the tiny OPT learns forget01 + a retain subset, a retain model
@@ -62,7 +65,6 @@ harmful-demo: $(DEMO)/init/config.json
 TOFU ?= ../shared/data/tofu
 TOFU_MINI := .cache/tofu-mini
 TOFU_EVAL = --suite tofu --tofu_forget forget01 --tofu_data $(TOFU) --limit 40 --force
-DEEPSPEED ?= deepspeed --master_port $(PORT)
 tofu-mini: $(VENV)/.installed
 	@test -f $(TOFU)/forget01.json || { echo "tofu-mini needs $(TOFU) (the TOFU JSON files; TOFU=...)"; exit 2; }
 	$(BIN)/python -m unlearn.tofu_mini $(TOFU_MINI) --tofu $(TOFU)

@@ -9,7 +9,6 @@ judge.json beside it holds the accuracy on the held-out rows (never trained on).
 """
 
 import argparse
-import json
 import sys
 from pathlib import Path
 
@@ -35,12 +34,12 @@ def main(argv: list[str] | None = None) -> None:
     args = p.parse_args(argv)
 
     def job() -> None:
-        from unlearn.eval.judge_training import train_judge
+        from unlearn.eval.judge_training import summary_line, train_judge
 
         labels = [c.strip() for c in args.labels.split(",") if c.strip()]
         info = train_judge(args.data, args.base, args.out, args.text_column, labels, args.epochs, args.lr,
                            args.batch_size, args.max_length, args.seed, args.heldout_fraction, args.device)
-        print(json.dumps(info, indent=2))
+        print(summary_line(info, args.out))
 
     guarded(job)
 

@@ -114,11 +114,13 @@ def check(argv: list[str], scratch: Path) -> str:
 def check_inner(printed: str, scratch: Path) -> int:
     """Check each deepspeed / python launch/ line that a recipe prints (pytest lines are the suite itself)."""
     lines = [" ".join(line.split()) for line in printed.replace("\\\n", " ").splitlines()]
-    inner = [line for line in lines if re.match(r"(\S*/)?(deepspeed( --master_port \d+)?|python\S*) (-m pytest|launch/)",
+    inner = [line for line in lines if re.match(r"(\S*/)?(deepspeed( --\w+ \w+)*|python\S*) (-m pytest|launch/)",
                                                line)]
     for line in inner:
         words = shlex.split(line)
         words[0] = "python" if "python" in words[0] else Path(words[0]).name
+        while words[0] == "deepspeed" and words[1] in ("--log_level", "--master_port"):  # the launcher's own
+            del words[1:3]
         if words[1:3] != ["-m", "pytest"]:
             check(words, scratch)
     return len(inner)

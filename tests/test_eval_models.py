@@ -125,7 +125,7 @@ def write_judge_rows(csv_path: Path) -> Path:
     return csv_path
 
 
-def test_trained_multilabel_judge_on_known_rows(demo_dir, tmp_path):
+def test_trained_multilabel_judge_on_known_rows(demo_dir, tmp_path, capfd):
     from unlearn.eval.judges import load_judge
 
     csv_path = write_judge_rows(tmp_path / "labelled.csv")
@@ -137,6 +137,11 @@ def test_trained_multilabel_judge_on_known_rows(demo_dir, tmp_path):
               "--lr", "3e-3", "--batch_size", "10", "--heldout_fraction", "0"])
     info = json.loads((tmp_path / "judge" / "judge.json").read_text())
     assert info["labels"] == ["violent", "insult"] and info["train_label_accuracy"] == 1.0
+    out, err = capfd.readouterr()  # one summary line; no row numbers, no load report of the new head
+    assert out.splitlines() == [f"judge {tmp_path / 'judge'}: 2 label(s) on {len(JUDGE_ROWS)} rows, 60 epoch(s), "
+                                f"final loss {info['final_loss']:.4f}, train label accuracy 1.000, no held-out rows "
+                                f"(accuracy unknown) (details: {tmp_path / 'judge' / 'judge.json'})"]
+    assert "LOAD REPORT" not in err and "MISSING" not in err
     judge = load_judge(str(tmp_path / "judge"), threshold=0.5)
     assert judge.identity["mode"] == "multi-label any>threshold"
     texts = [r[0] for r in JUDGE_ROWS]

@@ -8,7 +8,9 @@ from __future__ import annotations
 
 import contextlib
 import json
+import logging
 import os
+import warnings
 from pathlib import Path
 
 import torch
@@ -16,6 +18,12 @@ import torch
 from unlearn import manifest
 from unlearn.config import ModelConfig
 from unlearn.errors import UserError
+
+# Two notices between our pinned libraries that no user can act on: bitsandbytes' CPU backend looks for a
+# 4-bit kernel on the hub when imported (we use 8-bit only, offline), and peft 0.21 reads a property that
+# transformers 5.24 deprecated.
+logging.getLogger("bitsandbytes.backends.cpu.ops").setLevel(logging.ERROR)
+warnings.filterwarnings("ignore", message="`is_gradient_checkpointing` is deprecated", category=FutureWarning)
 
 
 def _hub_kwargs(cfg: ModelConfig) -> dict:
@@ -173,7 +181,7 @@ def load_policy(cfg: ModelConfig, dtype: torch.dtype = torch.float32):
             # that adapter folder as their base (peft would write the raw model at the chain's bottom).
             model.peft_config["default"].base_model_name_or_path = str(Path(cfg.name_or_path).resolve())
     if cfg.gradient_checkpointing:
-        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+        model.activation_checkpointing_enable(activation_checkpointing_kwargs={"use_reentrant": False})
         if cfg.lora:
             model.enable_input_require_grads()
     model.config.use_cache = False

@@ -9,6 +9,7 @@ seeded draw). Training and scoring go in batches of `batch_size`, on the GPU whe
 
 from __future__ import annotations
 
+import contextlib
 import json
 import random
 from pathlib import Path
@@ -72,6 +73,28 @@ def accuracy(pred: torch.Tensor, y: torch.Tensor) -> dict:
             "harmful_accuracy": float((pred.any(dim=1) == truth.any(dim=1)).float().mean()), "rows": len(y)}
 
 
+@contextlib.contextmanager
+def _quiet_transformers():
+    from transformers.utils import logging as hf_logging
+
+    level = hf_logging.get_verbosity()
+    hf_logging.set_verbosity_error()
+    try:
+        yield
+    finally:
+        hf_logging.set_verbosity(level)
+
+
+def summary_line(info: dict, out_dir: str) -> str:
+    """What `launch/train_judge.py` prints: one line (the whole record is out_dir/judge.json)."""
+    held = info["heldout"]
+    heldout = (f"held-out {held['rows']} rows: label accuracy {held['label_accuracy']:.3f}" if held.get("rows")
+               else "no held-out rows (accuracy unknown)")
+    return (f"judge {out_dir}: {len(info['labels'])} label(s) on {info['rows']} rows, {info['epochs']} epoch(s), "
+            f"final loss {info['final_loss']:.4f}, train label accuracy {info['train_label_accuracy']:.3f}, "
+            f"{heldout} (details: {Path(out_dir) / 'judge.json'})")
+
+
 def train_judge(csv_path: str, base: str, out_dir: str, text_column: str = "text",
                 label_columns: list[str] | None = None, epochs: int = 3, lr: float = 5e-5, batch_size: int = 16,
                 max_length: int = 256, seed: int = 0, heldout_fraction: float = 0.1, device: str = "") -> dict:
@@ -85,10 +108,11 @@ def train_judge(csv_path: str, base: str, out_dir: str, text_column: str = "text
     torch.manual_seed(seed)
     try:
         tok = AutoTokenizer.from_pretrained(base)
-        model = AutoModelForSequenceClassification.from_pretrained(
-            base, num_labels=len(labels), problem_type="multi_label_classification",
-            id2label=dict(enumerate(labels)), label2id={c: i for i, c in enumerate(labels)},
-            ignore_mismatched_sizes=True)  # a new head: the base's own head (if any) has other labels
+        with _quiet_transformers():  # its load report lists the new head as MISSING: it is, by design
+            model = AutoModelForSequenceClassification.from_pretrained(
+                base, num_labels=len(labels), problem_type="multi_label_classification",
+                id2label=dict(enumerate(labels)), label2id={c: i for i, c in enumerate(labels)},
+                ignore_mismatched_sizes=True)  # a new head: the base's own head (if any) has other labels
     except OSError as exc:
         raise UserError(f"judge base '{base}' could not be loaded ({str(exc).splitlines()[0][:160]}); "
                         "expected a model folder or a cached hub id such as bert-base-uncased") from None
