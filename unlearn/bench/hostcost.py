@@ -45,6 +45,7 @@ SHAPE_OPS = frozenset({aten.nonzero.default, aten.masked_select.default, aten._u
 """Operators whose output size (or Python value, for `equal`) depends on the tensor's values."""
 LIST_METHODS = frozenset({torch.Tensor.tolist, torch.Tensor.numpy})
 FACTORIES = frozenset({torch.tensor, torch.as_tensor})
+OWNERS = ("unlearn", "deepspeed", "transformers", "peft", "bitsandbytes", "tests")
 
 _TORCH = str(Path(torch.__file__).parent)
 _THIS = str(Path(__file__))
@@ -58,6 +59,8 @@ class Counts:
     """Operators per package that asked for them (unlearn, deepspeed, transformers, ...)."""
     syncs: Counter = field(default_factory=Counter)
     """Synchronisations per kind (scalar, shape, copy, list)."""
+    sync_owners: Counter = field(default_factory=Counter)
+    """Synchronisations per package that asked for them."""
     sites: Counter = field(default_factory=Counter)
     """Synchronisations per calling line ("folder/file.py:line function")."""
 
@@ -67,7 +70,8 @@ class Counts:
 
     def to_json(self, top: int = 12) -> dict:
         return {"ops": self.ops, "syncs": self.total_syncs, "ops_by_owner": dict(self.ops_by_owner.most_common()),
-                "syncs_by_kind": dict(self.syncs), "syncs_by_site": dict(self.sites.most_common(top))}
+                "syncs_by_kind": dict(self.syncs), "syncs_by_owner": dict(self.sync_owners),
+                "syncs_by_site": dict(self.sites.most_common(top))}
 
 
 def _caller():
@@ -83,10 +87,9 @@ def _owner(frame) -> str:
         return "torch"  # the autograd engine's own thread, or torch calling itself
     if torch._C._current_autograd_node() is not None and "backward" in frame.f_code.co_name:
         return "autograd"  # a backward kernel (the frame is whoever called .backward()), not a hook
-    parts = Path(frame.f_code.co_filename).parts
-    for name in ("unlearn", "deepspeed", "transformers", "peft", "bitsandbytes", "tests"):
-        if name in parts:
-            return name
+    for part in reversed(Path(frame.f_code.co_filename).parts[:-1]):  # the innermost package folder
+        if part in OWNERS:
+            return part
     return "other"
 
 
@@ -108,6 +111,8 @@ class _Placement:
         self.host: dict[int, weakref.ref] = {}
 
     def is_host(self, t: torch.Tensor) -> bool:
+        if t.device.type != "cpu":
+            return False  # really on a device
         ref = self.host.get(id(t))
         return ref is not None and ref() is t
 
@@ -125,8 +130,10 @@ class _Count:
         self.counts, self.placement = counts, placement
 
     def sync(self, kind: str) -> None:
+        frame = _caller()
         self.counts.syncs[kind] += 1
-        self.counts.sites[_site(_caller())] += 1
+        self.counts.sync_owners[_owner(frame)] += 1
+        self.counts.sites[_site(frame)] += 1
 
 
 class _Functions(TorchFunctionMode, _Count):
@@ -149,6 +156,8 @@ class _Functions(TorchFunctionMode, _Count):
             self.sync("copy")
         out = func(*args, **kwargs)
         if moved:
+            if out is src:  # a no-op on this CPU: a new tensor on a GPU, so the host one stays a host one
+                out = out.view_as(out)
             self.placement.mark(out, host=False)
         elif func is torch.Tensor.cpu:
             self.placement.mark(out, host=True)
@@ -190,9 +199,6 @@ class _Dispatch(TorchDispatchMode, _Count):
         frame = _caller()
         self.counts.ops += 1
         self.counts.ops_by_owner[_owner(frame)] += 1
-        import os
-        if os.environ.get("HC_DEBUG"):
-            self.counts.sites["OP " + _owner(frame) + " " + _site(frame)] += 1
         inputs = _tensors((args, kwargs))
         # a factory (no tensor inputs) makes a device tensor unless a Python call without device= asked
         host = bool(inputs) and all(self.placement.is_host(t) for t in inputs)

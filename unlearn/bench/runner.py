@@ -105,6 +105,8 @@ def _summarise(name: str, runs: list[dict], n_params: int, peak: float | None) -
            "optimizer_state_gib": max(r["optimizer_state_gib"] for r in ok), "repeats": runs}
     if "gpu_peak_gib" in ok[0]:
         row["gpu_peak_gib"] = max(r["gpu_peak_gib"] for r in ok)
+    if "host_cost" in ok[0]:  # one counted step (the same count on every device; see bench.hostcost)
+        row["host_cost"] = ok[0]["host_cost"]
     if peak:  # model FLOPs per token: forward 2N, backward 4N (2N with LoRA: no weight gradients of
         # the frozen base), reference forward 2N; adapters and attention scores left out
         train_flops = (4 if presets.variant(name).lora else 6) * n_params
@@ -206,7 +208,8 @@ def table(report: dict) -> str:
     """A fixed-width table of the report's median rows."""
     mem = "gpu_peak_gib" if any("gpu_peak_gib" in r for r in report["results"]) else "rss_peak_gib"
     head = (f"{'variant':<20} {'status':<8} {'s/step':>8} {'tokens/s':>10} {'x base':>7} {'cpu s/step':>10} "
-            f"{'spread':>7} {'x base':>7} {'x dynpad':>8} {mem:>13} {'optimizer_gib':>13} {'MFU':>6}")
+            f"{'spread':>7} {'x base':>7} {'x dynpad':>8} {mem:>13} {'optimizer_gib':>13} {'MFU':>6} "
+            f"{'ops/step':>8} {'syncs':>5}")
     how = ("variants took turns step by step in one process (peak memory cumulative), x base / x dynpad = "
            "median of same-step ratios" if report.get("interleaved_steps") else
            "x base / x dynpad = median of same-round ratios")
@@ -221,13 +224,17 @@ def table(report: dict) -> str:
         xc = f"{r['cpu_speedup_vs_baseline']:.2f}" if "cpu_speedup_vs_baseline" in r else "-"
         xd = f"{r['cpu_speedup_vs_dynpad']:.2f}" if "cpu_speedup_vs_dynpad" in r else "-"
         mfu = f"{100 * r['mfu']:.1f}%" if "mfu" in r else "-"
+        cost = r.get("host_cost", {})
         lines.append(f"{r['variant']:<20} {'ok':<8} {r['step_s']:>8.3f} {r['tokens_per_s']:>10.0f} {x:>7} "
                      f"{r['cpu_step_s']:>10.3f} {100 * r['cpu_step_s_spread']:>6.1f}% {xc:>7} {xd:>8} {r[mem]:>13.2f} "
-                     f"{r['optimizer_state_gib']:>13.3f} {mfu:>6}")
+                     f"{r['optimizer_state_gib']:>13.3f} {mfu:>6} {cost.get('ops', '-'):>8} {cost.get('syncs', '-'):>5}")
     pads = "; ".join(f"{name} {100 * p['shuffled']:.1f}% shuffled, {100 * p['grouped']:.1f}% length-grouped"
                      for name, p in report.get("padding", {}).items())
     if pads:
         lines.append(f"padding per epoch at batch {report['spec']['batch']} (padded / real tokens - 1): {pads}")
+    if any("host_cost" in r for r in report["results"]):
+        lines.append("ops/step, syncs = ATen operators and host-device synchronisations of one counted step "
+                     "(device-independent: unlearn/bench/hostcost.py; the JSON names each sync's site)")
     return "\n".join(lines)
 
 
