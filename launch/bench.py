@@ -45,6 +45,10 @@ def parse(argv: list[str] | None):
                    help="all variants in this process, taking turns step by step; ratios per step (precise "
                         "on a shared machine; peak memory is then cumulative)")
     p.add_argument("--smoke", action="store_true", help="CI: all variants, 1 step, no warm-up, in-process")
+    p.add_argument("--trace-steps", type=int, default=0,
+                   help="profile this many steps after the timed ones (twice: timing, then Python frames) and "
+                        "print where the time went: kernel families, host gaps, each package's share")
+    p.add_argument("--trace-dir", default="", help="profiler traces (default: WORK_DIR/traces/PRESET)")
     p.add_argument("--json", default="", help="also write the report here")
     return p.parse_args(argv)
 

@@ -51,7 +51,13 @@ def test_smoke_runs_every_variant_on_the_same_workload(tmp_path):
     assert report["isolated"] is False and report["parameters"] > 0
     assert set(report["padding"]) == {"forget", "retain"}
     assert all(0 <= p["grouped"] <= p["shuffled"] for p in report["padding"].values()), report["padding"]
-    assert "baseline" in proc.stdout.splitlines()[-len(rows)]           # the table closes the output
+    assert "baseline" in proc.stdout.splitlines()[-len(rows) - 1]       # the table closes the output
+    # one counted step per variant: operators and host-device syncs; our loop adds none to DeepSpeed's
+    assert all(row["host_cost"]["ops"] > 0 for row in rows.values())
+    for name in ("ours-fp32", "ours-bf16", "ours-zero3", "ours-lora"):
+        cost = rows[name]["host_cost"]
+        assert cost["syncs"] == cost["syncs_by_owner"].get("deepspeed", 0), (name, cost)
+    assert proc.stdout.splitlines()[-len(rows) - 3].split()[-2:] == ["ops/step", "syncs"]
 
 
 def test_preset_shapes_and_parameter_count(tmp_path):

@@ -101,7 +101,7 @@ class Session:
         # wall time, and this process's CPU time: on a shared machine with one thread per worker, the
         # CPU seconds of a step stay close to its wall time on a quiet machine while waits do not count
         self.times, self.cpu_times, self.train_tokens, self.ref_tokens, self.padded = [], [], 0, 0, 0
-        self.host_cost = None
+        self.host_cost = self.trace_summary = None
 
     def run(self, i: int) -> None:
         _sync()
@@ -124,7 +124,19 @@ class Session:
         """Step i (untimed) under `unlearn.bench.hostcost`: operators and syncs of one step."""
         from unlearn.bench import hostcost
 
-        self.host_cost, _ = hostcost.count(self.step, workload.next_batches(self.cfg, self.shadow_sets, self.shadow, i))
+        self.host_cost, _ = hostcost.count(self.run_untimed, i)
+
+    def trace(self, first: int) -> None:
+        """Profile `spec.trace_steps` steps from step `first`, twice (unlearn.bench.trace)."""
+        from pathlib import Path
+
+        from unlearn.bench import trace
+
+        out = Path(self.spec.trace_dir or ".") / self.spec.variant
+        self.trace_summary = trace.record(self.run_untimed, first, self.spec.trace_steps, out)
+
+    def run_untimed(self, i: int) -> None:
+        self.step(workload.next_batches(self.cfg, self.shadow_sets, self.shadow, i))
 
     def result(self) -> dict:
         times, cpu_times = self.times, self.cpu_times
@@ -141,6 +153,8 @@ class Session:
         }
         if self.host_cost is not None:
             result["host_cost"] = self.host_cost.to_json()
+        if self.trace_summary is not None:
+            result["trace"] = self.trace_summary
         if self.cuda:
             result["gpu_peak_gib"] = torch.cuda.max_memory_allocated() / 2**30
             result["gpu_reserved_gib"] = torch.cuda.max_memory_reserved() / 2**30
@@ -155,6 +169,8 @@ def measure(spec: Spec) -> dict:
     for i in range(spec.warmup + spec.steps):
         session.run(i)
     session.count(spec.warmup + spec.steps)
+    if spec.trace_steps:
+        session.trace(spec.warmup + spec.steps + 1)
     return session.result()
 
 
@@ -170,6 +186,8 @@ def measure_interleaved(specs: list[Spec]) -> list[dict]:
                 session.run(i)
         for session in sessions:
             session.count(n)
+            if session.spec.trace_steps:
+                session.trace(n + 1)
         return [session.result() for session in sessions]
     except torch.cuda.OutOfMemoryError as exc:
         return [_oom(s, exc) for s in specs]

@@ -105,8 +105,9 @@ def _summarise(name: str, runs: list[dict], n_params: int, peak: float | None) -
            "optimizer_state_gib": max(r["optimizer_state_gib"] for r in ok), "repeats": runs}
     if "gpu_peak_gib" in ok[0]:
         row["gpu_peak_gib"] = max(r["gpu_peak_gib"] for r in ok)
-    if "host_cost" in ok[0]:  # one counted step (the same count on every device; see bench.hostcost)
-        row["host_cost"] = ok[0]["host_cost"]
+    for key in ("host_cost", "trace"):  # one counted step (the same on every device), profiled steps
+        if key in ok[0]:
+            row[key] = ok[0][key]
     if peak:  # model FLOPs per token: forward 2N, backward 4N (2N with LoRA: no weight gradients of
         # the frozen base), reference forward 2N; adapters and attention scores left out
         train_flops = (4 if presets.variant(name).lora else 6) * n_params
@@ -235,6 +236,11 @@ def table(report: dict) -> str:
     if any("host_cost" in r for r in report["results"]):
         lines.append("ops/step, syncs = ATen operators and host-device synchronisations of one counted step "
                      "(device-independent: unlearn/bench/hostcost.py; the JSON names each sync's site)")
+    from unlearn.bench import trace
+
+    for r in report["results"]:
+        if "trace" in r:
+            lines.append(trace.table(r["trace"], r["variant"]))
     return "\n".join(lines)
 
 
@@ -246,15 +252,17 @@ def main(args) -> None:
     if args.smoke:
         names = names or tuple(presets.VARIANTS)
         steps, warmup, repeats, in_process = 1, 0, 1, True
-    if min(args.batch, steps, repeats, args.max_length) < 1 or min(warmup, args.mismatch_pass_cost) < 0:
+    if min(args.batch, steps, repeats, args.max_length) < 1 or min(warmup, args.mismatch_pass_cost,
+                                                                   args.trace_steps) < 0:
         raise UserError("--batch, --steps, --repeats and --max-length must be >= 1; "
-                        "--warmup and --mismatch-pass-cost >= 0")
+                        "--warmup, --mismatch-pass-cost and --trace-steps >= 0")
     opts = Options(preset=args.preset, scale_down=args.scale_down, variants=names, repeats=repeats,
                    in_process=in_process, interleave=args.interleave, work_dir=args.work_dir, forget=args.forget,
                    retain=args.retain)
     spec = Spec(variant="", model_dir="", forget="", retain="", batch=args.batch, max_length=args.max_length,
                 steps=steps, warmup=warmup, threads=args.threads, group_by_length=not args.no_group_by_length,
-                mismatch_pass_cost=args.mismatch_pass_cost)
+                mismatch_pass_cost=args.mismatch_pass_cost, trace_steps=args.trace_steps,
+                trace_dir=args.trace_dir or str(Path(args.work_dir) / "traces" / args.preset))
     report = run(opts, spec)
     text = json.dumps(report, indent=1)
     print(text)
