@@ -27,7 +27,7 @@ from unlearn.train import checkpoint, dual, guards, packing, preflight
 from unlearn.train import engine as engines
 from unlearn.train.phase_state import SEPARATE, PhaseStates
 from unlearn.train.resume import State, resume_from_last, say
-from unlearn.train.rundir import check_run_dir, prepare_run_dir
+from unlearn.train.rundir import check_run_dir, prepare_run_dir, write_footprint
 from unlearn.train.schedule import FORGET, JOINT, RETAIN, phase_at
 
 
@@ -398,5 +398,6 @@ def _train_in(cfg: Config, ds: dict[str, Any], env: DistEnv, run_dir: Path, toke
         print(f"exported step {state.step} -> {cfg.run.export_dir}", flush=True)
     if state.stop_reason:
         say(env, f"stopped early at step {state.step}: {state.stop_reason}")
+    write_footprint(run_dir, env)
     writer.close()
     return run_dir
