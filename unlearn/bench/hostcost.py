@@ -126,7 +126,10 @@ class _Placement:
 
 
 class _Count:
+    """What both modes share: the counts, the placement, and how a sync is recorded."""
+
     def __init__(self, counts: Counts, placement: _Placement):
+        super().__init__()  # the torch mode's own
         self.counts, self.placement = counts, placement
 
     def sync(self, kind: str) -> None:
@@ -136,12 +139,8 @@ class _Count:
         self.counts.sites[_site(frame)] += 1
 
 
-class _Functions(TorchFunctionMode, _Count):
+class _Functions(_Count, TorchFunctionMode):
     """Python-level calls: copies between host and device, tensors read into Python, factories."""
-
-    def __init__(self, counts: Counts, placement: _Placement):
-        TorchFunctionMode.__init__(self)
-        _Count.__init__(self, counts, placement)
 
     def __torch_function__(self, func, types, args=(), kwargs=None):
         kwargs = kwargs or {}
@@ -187,12 +186,8 @@ def _non_blocking(func, args, kwargs) -> bool:
     return bool(flags and flags[0])
 
 
-class _Dispatch(TorchDispatchMode, _Count):
+class _Dispatch(_Count, TorchDispatchMode):
     """Every operator: counted, its outputs placed, and the value-dependent ones flagged."""
-
-    def __init__(self, counts: Counts, placement: _Placement):
-        TorchDispatchMode.__init__(self)
-        _Count.__init__(self, counts, placement)
 
     def __torch_dispatch__(self, func, types, args=(), kwargs=None):
         kwargs = kwargs or {}
