@@ -100,7 +100,8 @@ test-fast: $(VENV)/.installed
 bench: $(VENV)/.installed
 	$(BIN)/python launch/bench.py --json runs/bench/$(or $(PRESET),tiny).json $(if $(PRESET),--preset $(PRESET))
 
-# One GPU: OPT-1.3b/2.7b/6.7b shapes with random weights, every variant (under 8 minutes on an H100).
+# One GPU: OPT-1.3b/2.7b/6.7b shapes with random weights: trace, table, MFU by batch, K runs per GPU
+# (about 15 minutes in all; PARTS="trace table" picks parts, see slurm/bench_gpu.sh).
 bench-gpu: $(VENV)/.installed
 	bash slurm/bench_gpu.sh
 

@@ -32,11 +32,9 @@ def parse(argv: list[str] | None):
     p.add_argument("--steps", type=int, default=5, help="timed optimizer steps per run")
     p.add_argument("--warmup", type=int, default=2, help="untimed optimizer steps first")
     p.add_argument("--repeats", type=int, default=1, help="rounds over all variants (median reported)")
-    p.add_argument("--no-group-by-length", action="store_true",
-                   help="plain shuffled batches instead of length-grouped ones (data.group_by_length=false)")
-    p.add_argument("--mismatch-pass-cost", type=int, default=256,
-                   help="data.mismatch_pass_cost: tokens a forward pass is worth when the random-mismatch "
-                        "batch is cut into length-sorted chunks (a huge value = one pass, as the baseline)")
+    p.add_argument("--no-group-by-length", action="store_true", help="data.group_by_length=false")
+    p.add_argument("--mismatch-pass-cost", type=int, default=256, help="data.mismatch_pass_cost (a huge value = "
+                   "one pass over the random-mismatch batch, as the baseline)")
     p.add_argument("--threads", type=int, default=0, help="CPU threads per worker (0 = all cores)")
     p.add_argument("--forget", default="", help="harmful QA file (default: the demo's harmful.jsonl)")
     p.add_argument("--retain", default="", help="normal QA file (default: the demo's normal.jsonl)")
@@ -46,6 +44,9 @@ def parse(argv: list[str] | None):
                    "by step; ratios per step (precise on a shared machine; peak memory is then cumulative)")
     p.add_argument("--smoke", action="store_true", help="CI: all variants, 1 step, no warm-up, in-process")
     p.add_argument("--checksums", action="store_true", help="GB/s of checkpoint checksums vs a save (--preset)")
+    p.add_argument("--trace-steps", type=int, default=0, help="profile this many steps after the timed ones "
+                   "and print where the time went: kernel families, host gaps, each package's share")
+    p.add_argument("--trace-dir", default="", help="profiler traces (default: WORK_DIR/traces/PRESET)")
     p.add_argument("--json", default="", help="also write the report here")
     return p.parse_args(argv)
 

@@ -58,7 +58,11 @@ METHODS: dict[str, list[str]] = {
 # the unpacked step (train.pack=false), which the packed default must equal in every layout
 UNPACKED = ("ga+kl+mismatch/joint", "lora/npo+kl/joint")
 METHODS.update({f"unpacked/{name}": [*METHODS[name], "train.pack=false"] for name in UNPACKED})
-TAGS = ("forget/loss", "retain/loss", "mismatch/loss", "grad_norm", "pdu/lambda")
+TAGS = ("forget/loss", "retain/loss", "mismatch/loss", "grad_norm", "pdu/lambda", "skipped")
+# runs with an injected fault (not compared across layouts): the last rank's logits are NaN in the
+# first micro-batch of step 3, so only that rank's loss is non-finite
+FAULTS: dict[str, list[str]] = {"nan-on-last-rank": ["method.forget_loss=ga", "method.retain_loss=nll",
+                                                     "method.schedule=joint", "train.max_steps=4"]}
 
 
 def common(demo: Path, out_dir: Path) -> list[str]:
@@ -82,7 +86,7 @@ def main() -> None:
     parser.add_argument("--ds_config", required=True)
     parser.add_argument("--demo", required=True, type=Path)
     parser.add_argument("--out", required=True, type=Path)
-    parser.add_argument("--methods", default=",".join(METHODS))
+    parser.add_argument("--methods", default=",".join([*METHODS, *FAULTS]))
     parser.add_argument("--local_rank", type=int, default=-1)
     args = parser.parse_args()
 
@@ -98,13 +102,41 @@ def main() -> None:
     for i, name in enumerate(args.methods.split(",")):
         cfg, patch = load_config(overrides=[*common(args.demo, args.out.parent / "runs"),
                                             f"run.name=m{i}",
-                                            *(o.format(demo=args.demo, out=args.out.parent) for o in METHODS[name])])
+                                            *(o.format(demo=args.demo, out=args.out.parent)
+                                              for o in {**METHODS, **FAULTS}[name])])
+        restore = _nan_on_last_rank(cfg) if name in FAULTS else None
         run_dir = train(cfg, args.ds_config, patch, overwrite=True)
+        if restore:
+            restore()
         barrier()
         if env_from_os().is_main:
             result[name] = scalars(run_dir / "tb")
     if env_from_os().is_main:
         args.out.write_text(json.dumps(result, indent=1))
+
+
+def _nan_on_last_rank(cfg):
+    """Policies that train() loads get NaN logits on the last rank in step 3's first micro-batch;
+    returns the undo."""
+    from unlearn import model as models
+    from unlearn.distributed import env_from_os
+
+    env, real = env_from_os(), models.load_policy
+    accum = cfg.train.global_batch_size // (cfg.train.micro_batch_size * env.world_size)
+
+    def load(model_cfg, dtype):
+        policy = real(model_cfg, dtype)
+        calls = {"n": 0}
+
+        def hook(module, inputs, output):
+            if env.rank == env.world_size - 1 and calls["n"] == 2 * accum:
+                output.logits = output.logits * float("nan")
+            calls["n"] += 1
+            return output
+        policy.register_forward_hook(hook)
+        return policy
+    models.load_policy = load
+    return lambda: setattr(models, "load_policy", real)
 
 
 if __name__ == "__main__":

@@ -51,7 +51,13 @@ def test_smoke_runs_every_variant_on_the_same_workload(tmp_path):
     assert report["isolated"] is False and report["parameters"] > 0
     assert set(report["padding"]) == {"forget", "retain"}
     assert all(0 <= p["grouped"] <= p["shuffled"] for p in report["padding"].values()), report["padding"]
-    assert "baseline" in proc.stdout.splitlines()[-len(rows)]           # the table closes the output
+    assert "baseline" in proc.stdout.splitlines()[-len(rows) - 1]       # the table closes the output
+    # one counted step per variant: operators and host-device syncs; our loop adds none to DeepSpeed's
+    assert all(row["host_cost"]["ops"] > 0 for row in rows.values())
+    for name in ("ours-fp32", "ours-bf16", "ours-zero3", "ours-lora"):
+        cost = rows[name]["host_cost"]
+        assert cost["syncs"] == cost["syncs_by_owner"].get("deepspeed", 0), (name, cost)
+    assert proc.stdout.splitlines()[-len(rows) - 3].split()[-2:] == ["ops/step", "syncs"]
 
 
 def test_preset_shapes_and_parameter_count(tmp_path):
@@ -179,3 +185,25 @@ def test_every_variants_step_time_includes_drawing_its_samples(tmp_path, demo_di
     assert presets.variant("ours-fp32").loop == "ours"
     assert all(100 <= t < 110 for t in timed["baseline-dynpad"]), timed  # the draw, then the step
     assert all(0 < t < 10 for t in timed["ours-fp32"]), timed             # its own draw is inside the step
+
+
+def test_arithmetic_bound_batch_and_grid_points_per_gpu_hour():
+    """slurm/bench_gpu.sh's summaries (unlearn.bench.scaling), on reports with known figures."""
+    from unlearn.bench import scaling
+
+    def report(batch, **row):
+        return {"spec": {"batch": batch}, "results": [{"variant": "ours-bf16", "status": "ok", **row}]}
+
+    mfu = {2: 0.05, 4: 0.12, 8: 0.35, 16: 0.40}
+    reports = [report(b, step_s=0.1 * b, tokens_per_s=1000.0, mfu=m, gpu_peak_gib=10.0) for b, m in mfu.items()]
+    summary = scaling.batches(reports[::-1], "ours-bf16")
+    assert [r["batch"] for r in summary["rows"]] == [2, 4, 8, 16]
+    assert summary["best_mfu"] == 0.40 and summary["bound_batch"] == 8  # first MFU >= 0.8 x 0.40
+    assert "arithmetic-bound from batch 8" in scaling.batches_table(summary)
+    runs = {1: [report(2, step_s=0.10)], 2: [report(2, step_s=0.15), report(2, step_s=0.16)],
+            4: [report(2, step_s=0.3), {"results": [{"variant": "ours-bf16", "status": "oom", "error": "CUDA oom"}]}]}
+    rows = scaling.shared(runs, "ours-bf16", steps_per_run=1000)
+    assert rows[0]["points_per_gpu_hour"] == pytest.approx(3600 / (1000 * 0.10))      # 36 a GPU-hour
+    assert rows[1]["points_per_gpu_hour"] == pytest.approx(2 * 3600 / (1000 * 0.16))  # the slower run sets it
+    assert rows[2]["status"] == "failed" and rows[2]["errors"] == ["CUDA oom"]
+    assert scaling.shared_table(rows, "ours-bf16", 1000).splitlines()[3].split()[:4] == ["2", "0.160", "45.0", "1.25"]

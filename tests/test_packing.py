@@ -27,7 +27,7 @@ def test_pack_shares_prompts_and_reads_only_labelled_positions():
     assert allowed[0] == [[1, 0, 0, 0, 0], [1, 1, 0, 0, 0], [1, 1, 1, 0, 0], [1, 1, 1, 1, 0], [1, 1, 0, 0, 1]]
     assert allowed[1] == [[1, 0, 0, 0, 0], [1, 1, 0, 0, 0], [1, 1, 1, 0, 0], [0, 0, 0, 1, 0], [0, 0, 0, 0, 1]]
     # read cells: a at columns 1 (-> 7) and 2 (-> 8); b at column 1 (-> 9); c at columns 0, 1
-    assert p.keep.int().tolist() == [[0, 1, 1, 0, 0], [1, 1, 0, 0, 0]]
+    assert p.keep.tolist() == [[1, 2], [0, 1]]  # columns, per row
     assert p.reads == [[0, 1], [0], [2, 3]] and p.targets == [[7, 8], [9], [4, 5]]
     assert p.real_tokens == 10 and p.positions == 10
 

@@ -71,3 +71,15 @@ def test_packed_step_equals_the_unpacked_step_in_every_layout(trajectories, meth
         for tag in tags:
             worst = max(abs(a - b) / max(1.0, abs(b)) for a, b in zip(packed[tag], unpacked[tag]))
             assert worst <= TOLERANCE, f"{method} {tag} under {layout}: packed differs by {worst:.2e}"
+
+
+@pytest.mark.slow
+def test_a_nonfinite_loss_on_one_rank_skips_the_step_on_every_rank(trajectories):
+    """Only the last rank's loss is NaN at step 3 (tests/parity_driver.py FAULTS): the loop poisons
+    that rank's gradients on its device, and DeepSpeed's global check skips the step everywhere;
+    rank 0 logs the skip and the next step trains on finite weights."""
+    for layout, runs in trajectories.items():
+        run = runs["nan-on-last-rank"]
+        assert run["skipped"] == [0.0, 0.0, 1.0, 0.0], layout
+        assert math.isnan(run["forget/loss"][2]) and math.isfinite(run["forget/loss"][3]), (layout, run)
+        assert all(math.isfinite(g) for g in run["grad_norm"][3:]), (layout, run)

@@ -351,3 +351,33 @@ def test_submitit_halving(slurm_env, demo_dir, tmp_path, executor):
     if executor == "slurm":
         jobs = dict(line.split(" ", 1) for line in (sweep_dir / "submitit_jobs.txt").read_text().splitlines())
         _no_jobs_left([j for v in jobs.values() for j in v.split()], slurm_env)
+
+
+def test_runs_per_gpu_trains_two_grid_points_in_one_allocation(slurm_env, demo_dir, tmp_path):
+    """slurm/profiles/local_shared.yaml (runs_per_gpu: 2): a 2-point grid is one array task whose two
+    runs train at once, one single-rank job step each, and each stays under the profile's footprint."""
+    grid = tmp_path / "two.yaml"
+    grid.write_text(yaml.safe_dump({"name": "k2", "output_dir": str(tmp_path), "eval": {"enabled": False},
+                                    "profile": "slurm/profiles/local_shared.yaml",
+                                    "base": {"train": {"max_steps": 2, "save_every_n_steps": 0}},
+                                    "axes": {"optim.lr": [1e-4, 5e-4]}}))
+    _run(["bash", "slurm/sweep.sh", str(grid), *TINY, *_demo_overrides(demo_dir)], slurm_env)
+    sweep_dir = tmp_path / "k2"
+    jobs = dict(line.split(" ", 1) for line in (sweep_dir / "jobs.txt").read_text().splitlines())
+    try:
+        rows = _wait_done([jobs["train"], jobs["report"]], slurm_env, timeout=240, expect=2)
+    finally:
+        subprocess.run(["scancel", jobs["train"], jobs["report"]], env=slurm_env, capture_output=True)
+    task = f"{jobs['train']}_0"
+    assert rows[task]["State"] == "COMPLETED", rows  # the array has one task
+    assert (sweep_dir / "tasks.txt").read_text() == "lr=0.0001 lr=0.0005\n"
+    out = _run(["sacct", "-n", "-P", "-j", task, "-o", "JobID,Start,End,State"], slurm_env)
+    steps = [line.split("|") for line in out.splitlines() if re.fullmatch(r"\d+_0\.\d+", line.split("|")[0])]
+    assert len(steps) == 2 and all(s[3] == "COMPLETED" for s in steps), out
+    (_, start0, end0, _), (_, start1, end1, _) = steps
+    assert _t(start0) < _t(end1) and _t(start1) < _t(end0), out  # the two runs overlapped in time
+    footprint = yaml.safe_load((ROOT / "slurm/profiles/local_shared.yaml").read_text())["footprint"]
+    for name in ("lr=0.0001", "lr=0.0005"):
+        assert (sweep_dir / "runs" / name / "checkpoints" / "step-000002" / "COMPLETE").is_file()
+        peak = json.loads((sweep_dir / "runs" / name / "footprint.json").read_text())["peak_gib"]
+        assert 0.1 < peak <= footprint, (name, peak)

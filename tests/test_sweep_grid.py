@@ -333,3 +333,52 @@ def test_eval_states_from_sacct_and_the_checkpoint_folders(tmp_path):
     assert eval_states(sweep, pts[0], jobs=jobs) == {2: ("done", ""), 4: ("running", ""), 6: ("pending", "")}
     assert eval_states(sweep, pts[1], jobs=jobs) == {4: ("failed", "TIMEOUT"), 6: ("waiting", "")}
     assert failed_evals(sweep, pts, jobs) == [(pts[1].name, 4, "TIMEOUT")]
+
+
+def test_runs_per_gpu_groups_grid_points_into_array_tasks(tmp_path):
+    """runs_per_gpu: K puts K consecutive points on each array task's line of tasks.txt, and each
+    checkpoint's eval row names that task (its eval job waits for it)."""
+    pts = plan(load_sweep(_grid(tmp_path)), runs_per_task=5)
+    folder = tmp_path / "sweeps" / "g"
+    lines = (folder / "tasks.txt").read_text().splitlines()
+    assert [line.split() for line in lines] == [[p.name for p in pts[i:i + 5]] for i in (0, 5, 10)]
+    rows = [line.split("\t") for line in (folder / "evals.tsv").read_text().splitlines()]
+    assert len(rows) == 12 * 3 and all(int(task) == [p.name for p in pts].index(name) // 5 for task, name, *_ in rows)
+    open_sweep(folder)  # the folder still reads back
+    out = subprocess.run([sys.executable, str(ROOT / "launch" / "sweep.py"), "--plan-shell", str(_grid(tmp_path)),
+                          "--profile", "slurm/profiles/local_shared.yaml"],
+                         capture_output=True, text=True, cwd=ROOT, check=True).stdout
+    assert "N_TASKS=6" in out and "PARALLEL=2" in out  # 12 points, 2 per task
+
+
+def test_runs_per_gpu_must_fit_the_gpu_before_anything_is_submitted(tmp_path):
+    from unlearn.sweep.submit import load
+
+    shipped = yaml.safe_load((ROOT / "slurm/profiles/local_shared.yaml").read_text())
+
+    def profile(**change) -> str:
+        path = tmp_path / f"p{len(list(tmp_path.glob('p*.yaml')))}.yaml"
+        path.write_text(yaml.safe_dump({**shipped, **change}))
+        return str(path)
+
+    grid = str(_grid(tmp_path))
+    too_many = profile(runs_per_gpu=5)  # 5 x 1.0 GiB > 4 GiB
+    proc = subprocess.run([sys.executable, str(ROOT / "launch" / "sweep.py"), "--plan-shell", grid,
+                           "--profile", too_many], capture_output=True, text=True, cwd=ROOT)
+    assert proc.returncode == 2 and proc.stderr.count("\n") == 1, proc.stderr
+    assert proc.stderr == (f"error: cluster profile '{too_many}': runs_per_gpu=5 x footprint 1.00 GiB (profile) = "
+                           "5.00 GiB > gpu_memory_gib=4; expected runs_per_gpu <= 4\n")
+    assert not (tmp_path / "sweeps" / "g").exists()  # refused before the folder was planned
+    measured = tmp_path / "footprint.json"  # what a run writes at its end (unlearn.train.rundir)
+    measured.write_text(json.dumps({"peak_gib": 1.5, "measure": "reserved"}))
+    assert load(grid, [], profile(runs_per_gpu=2, footprint=str(measured)))[1].runs_per_gpu == 2
+    with pytest.raises(UserError, match=r"runs_per_gpu=3 x footprint 1.50 GiB \(.*footprint.json\) = 4.50 GiB"):
+        load(grid, [], profile(runs_per_gpu=3, footprint=str(measured)))
+    with pytest.raises(UserError, match="footprint 'nope.json' not found"):
+        load(grid, [], profile(footprint="nope.json"))
+    with pytest.raises(UserError, match="needs gpu_memory_gib"):
+        load(grid, [], profile(gpu_memory_gib=0))
+    with pytest.raises(UserError, match="single-rank runs"):
+        load(grid, [], profile(train={**shipped["train"], "tasks_per_node": 2}))
+    with pytest.raises(UserError, match="runs_per_gpu must be >= 1"):
+        load(grid, [], profile(runs_per_gpu=0))

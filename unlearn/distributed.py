@@ -85,6 +85,18 @@ def all_reduce_mean(values: dict[str, float], env: DistEnv) -> dict[str, float]:
     return dict(zip(keys, t.tolist()))
 
 
+def all_reduce_mean_lazy(values: dict[str, torch.Tensor], env: DistEnv) -> dict[str, torch.Tensor]:
+    """Average 0-dim tensors over ranks, as float64 tensors on their device: one collective, and
+    nothing read on the host (`all_reduce_mean`'s arithmetic, without its wait)."""
+    if env.world_size == 1 or not values:
+        return dict(values)
+    keys = sorted(values)
+    t = torch.stack([values[k].to(torch.float64) for k in keys])
+    torch.distributed.all_reduce(t)
+    t /= env.world_size
+    return dict(zip(keys, t.unbind()))
+
+
 def broadcast_object(obj, env: DistEnv):
     """Rank 0's value of `obj` on every rank."""
     if env.world_size == 1:

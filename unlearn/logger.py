@@ -15,20 +15,26 @@ class Window:
     """Means of per-step metrics between two log points.
 
     Alternating schedules put forget and retain terms on different steps; averaging each tag over
-    the steps that have it means every term is logged whatever log_every_n_steps is.
+    the steps that have it means every term is logged whatever log_every_n_steps is. Values may be
+    0-dim device tensors (the loop's losses): summed on the device, read in one go by `pop_means`.
     """
 
     def __init__(self) -> None:
         self._sums: dict[str, float] = {}
         self._counts: dict[str, int] = {}
 
-    def add(self, metrics: dict[str, float]) -> None:
+    def add(self, metrics: dict[str, Any]) -> None:
         for key, value in metrics.items():
             self._sums[key] = self._sums.get(key, 0.0) + value
             self._counts[key] = self._counts.get(key, 0) + 1
 
     def pop_means(self) -> dict[str, float]:
+        import torch
+
         means = {k: self._sums[k] / self._counts[k] for k in self._sums}
+        lazy = [k for k, v in means.items() if torch.is_tensor(v)]
+        if lazy:  # one host wait for all of them
+            means.update(zip(lazy, torch.stack([means[k].to(torch.float64) for k in lazy]).tolist()))
         self._sums.clear()
         self._counts.clear()
         return means

@@ -49,15 +49,17 @@ def kl_to_reference(logits: torch.Tensor, ref_logits: torch.Tensor, labels: torc
     """KL(p_ref || p_policy) per answer position, averaged over answer positions (nats).
 
     The full-vocabulary KL in fp32: exactly 0 when policy == reference, never inf from fp16
-    overflow, and blind to positions that are padding or question.
+    overflow, and blind to positions that are padding or question. Every position is computed and
+    the mask applied after (selecting the answer positions first would make the device count them,
+    a host sync; the callers already cut the logits to the answer span).
     """
     logits, labels = _shift(logits, labels)
     ref_logits = ref_logits[:, :-1, :].float()
-    mask = labels != IGNORE
-    logp = F.log_softmax(logits[mask], dim=-1)          # (N, V) answer positions only
-    ref_logp = F.log_softmax(ref_logits[mask], dim=-1)  # (N, V)
-    kl = F.kl_div(logp, ref_logp, log_target=True, reduction="sum")
-    return kl / mask.sum().clamp(min=1)
+    mask = labels != IGNORE                                                      # (B, T-1)
+    logp = F.log_softmax(logits, dim=-1)                                         # (B, T-1, V)
+    ref_logp = F.log_softmax(ref_logits, dim=-1)
+    per_position = F.kl_div(logp, ref_logp, log_target=True, reduction="none").sum(-1)
+    return torch.where(mask, per_position, 0.0).sum() / mask.sum().clamp(min=1)
 
 
 def npo(logp: torch.Tensor, ref_logp: torch.Tensor, beta: float) -> torch.Tensor:

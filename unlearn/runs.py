@@ -2,6 +2,7 @@
 
     runs/<name>/config.yaml                     the resolved run config
                 STOP                            (optional) stop at the next step boundary, and why
+                footprint.json                  the memory the run needed (written at its end)
                 tb/                             TensorBoard
                 checkpoints/step-XXXXXX/        weights or adapter, tokenizer, config.yaml, meta.json,
                                                 engine/ (DeepSpeed state), eval.json, COMPLETE (last)

@@ -60,20 +60,21 @@ def optimizer_state_bytes(optimizer) -> int:
 
 
 def _setup(spec: Spec):
-    """(step function taking the step's samples, config, sets, optimizer) of the variant."""
+    """(step function taking the step's samples, config, sets, optimizer, the OurStep or
+    BaselineLoop behind it) of the variant."""
     v = variant(spec.variant)
     cfg = workload.run_config(spec, v)
     if v.loop == "ours":
         from unlearn.bench.ours import OurStep
 
         ours = OurStep(spec, v, _dist_env())
-        return (lambda batches: ours.step()), cfg, ours.sets, ours.engine.optimizer
+        return (lambda batches: ours.step()), cfg, ours.sets, ours.engine.optimizer, ours
     tokenizer = models.load_tokenizer(cfg.model)
     sets = sample_sets.load_sets(cfg, tokenizer, distributed.env_from_os())
     device = torch.device("cuda") if torch.cuda.is_available() else torch.device("cpu")
     base = BaselineLoop(spec.model_dir, device, spec.lr, tokenizer.pad_token_id,
                         spec.max_length if v.padding == "max" else None)
-    return (lambda b: base.step(b["forget"], b["mismatch"], b["retain"])), cfg, sets, base.optimizer
+    return (lambda b: base.step(b["forget"], b["mismatch"], b["retain"])), cfg, sets, base.optimizer, base
 
 
 class Session:
@@ -85,7 +86,7 @@ class Session:
         train.set_seed(spec.seed, 0)
         self.spec, self.cuda = spec, torch.cuda.is_available()
         t_setup = time.perf_counter()
-        self.step, self.cfg, self.sets, self.optimizer = _setup(spec)
+        self.step, self.cfg, self.sets, self.optimizer, self.impl = _setup(spec)
         self.setup_s = time.perf_counter() - t_setup
         self.rss_setup = _rss_peak_gib()
         self.shadow = workload.streams(self.cfg, self.sets)  # the same order the step's own streams follow
@@ -100,6 +101,7 @@ class Session:
         # wall time, and this process's CPU time: on a shared machine with one thread per worker, the
         # CPU seconds of a step stay close to its wall time on a quiet machine while waits do not count
         self.times, self.cpu_times, self.train_tokens, self.ref_tokens, self.padded = [], [], 0, 0, 0
+        self.host_cost = self.trace_summary = None
 
     def run(self, i: int) -> None:
         _sync()
@@ -118,6 +120,24 @@ class Session:
         self.train_tokens, self.ref_tokens = self.train_tokens + n, self.ref_tokens + n_ref
         self.padded += int(out.get("padded_tokens", n_padded))
 
+    def count(self, i: int) -> None:
+        """Step i (untimed) under `unlearn.bench.hostcost`: operators and syncs of one step."""
+        from unlearn.bench import hostcost
+
+        self.host_cost, _ = hostcost.count(self.run_untimed, i)
+
+    def trace(self, first: int) -> None:
+        """Profile `spec.trace_steps` steps from step `first`, twice (unlearn.bench.trace)."""
+        from pathlib import Path
+
+        from unlearn.bench import trace
+
+        out = Path(self.spec.trace_dir or ".") / self.spec.variant
+        self.trace_summary = trace.record(self.run_untimed, first, self.spec.trace_steps, out)
+
+    def run_untimed(self, i: int) -> None:
+        self.step(workload.next_batches(self.cfg, self.shadow_sets, self.shadow, i))
+
     def result(self) -> dict:
         times, cpu_times = self.times, self.cpu_times
         result = {
@@ -131,6 +151,10 @@ class Session:
             "optimizer_state_gib": optimizer_state_bytes(self.optimizer) / 2**30,
             "threads": torch.get_num_threads(), "device": "cuda" if self.cuda else "cpu",
         }
+        if self.host_cost is not None:
+            result["host_cost"] = self.host_cost.to_json()
+        if self.trace_summary is not None:
+            result["trace"] = self.trace_summary
         if self.cuda:
             result["gpu_peak_gib"] = torch.cuda.max_memory_allocated() / 2**30
             result["gpu_reserved_gib"] = torch.cuda.max_memory_reserved() / 2**30
@@ -139,10 +163,14 @@ class Session:
 
 
 def measure(spec: Spec) -> dict:
-    """Warm-up steps, then `spec.steps` timed optimizer steps; tokens are real (unpadded) tokens."""
+    """Warm-up steps, then `spec.steps` timed optimizer steps, then one counted step (host cost);
+    tokens are real (unpadded) tokens."""
     session = Session(spec)
     for i in range(spec.warmup + spec.steps):
         session.run(i)
+    session.count(spec.warmup + spec.steps)
+    if spec.trace_steps:
+        session.trace(spec.warmup + spec.steps + 1)
     return session.result()
 
 
@@ -152,9 +180,14 @@ def measure_interleaved(specs: list[Spec]) -> list[dict]:
     machine hits them alike. Peak memory is then the process's, not a variant's own."""
     try:
         sessions = [Session(s) for s in specs]
-        for i in range(specs[0].warmup + specs[0].steps):
+        n = specs[0].warmup + specs[0].steps
+        for i in range(n):
             for session in (sessions if i % 2 == 0 else sessions[::-1]):
                 session.run(i)
+        for session in sessions:
+            session.count(n)
+            if session.spec.trace_steps:
+                session.trace(n + 1)
         return [session.result() for session in sessions]
     except torch.cuda.OutOfMemoryError as exc:
         return [_oom(s, exc) for s in specs]

@@ -105,6 +105,9 @@ def _summarise(name: str, runs: list[dict], n_params: int, peak: float | None) -
            "optimizer_state_gib": max(r["optimizer_state_gib"] for r in ok), "repeats": runs}
     if "gpu_peak_gib" in ok[0]:
         row["gpu_peak_gib"] = max(r["gpu_peak_gib"] for r in ok)
+    for key in ("host_cost", "trace"):  # one counted step (the same on every device), profiled steps
+        if key in ok[0]:
+            row[key] = ok[0][key]
     if peak:  # model FLOPs per token: forward 2N, backward 4N (2N with LoRA: no weight gradients of
         # the frozen base), reference forward 2N; adapters and attention scores left out
         train_flops = (4 if presets.variant(name).lora else 6) * n_params
@@ -206,7 +209,8 @@ def table(report: dict) -> str:
     """A fixed-width table of the report's median rows."""
     mem = "gpu_peak_gib" if any("gpu_peak_gib" in r for r in report["results"]) else "rss_peak_gib"
     head = (f"{'variant':<20} {'status':<8} {'s/step':>8} {'tokens/s':>10} {'x base':>7} {'cpu s/step':>10} "
-            f"{'spread':>7} {'x base':>7} {'x dynpad':>8} {mem:>13} {'optimizer_gib':>13} {'MFU':>6}")
+            f"{'spread':>7} {'x base':>7} {'x dynpad':>8} {mem:>13} {'optimizer_gib':>13} {'MFU':>6} "
+            f"{'ops/step':>8} {'syncs':>5}")
     how = ("variants took turns step by step in one process (peak memory cumulative), x base / x dynpad = "
            "median of same-step ratios" if report.get("interleaved_steps") else
            "x base / x dynpad = median of same-round ratios")
@@ -221,13 +225,22 @@ def table(report: dict) -> str:
         xc = f"{r['cpu_speedup_vs_baseline']:.2f}" if "cpu_speedup_vs_baseline" in r else "-"
         xd = f"{r['cpu_speedup_vs_dynpad']:.2f}" if "cpu_speedup_vs_dynpad" in r else "-"
         mfu = f"{100 * r['mfu']:.1f}%" if "mfu" in r else "-"
+        cost = r.get("host_cost", {})
         lines.append(f"{r['variant']:<20} {'ok':<8} {r['step_s']:>8.3f} {r['tokens_per_s']:>10.0f} {x:>7} "
                      f"{r['cpu_step_s']:>10.3f} {100 * r['cpu_step_s_spread']:>6.1f}% {xc:>7} {xd:>8} {r[mem]:>13.2f} "
-                     f"{r['optimizer_state_gib']:>13.3f} {mfu:>6}")
+                     f"{r['optimizer_state_gib']:>13.3f} {mfu:>6} {cost.get('ops', '-'):>8} {cost.get('syncs', '-'):>5}")
     pads = "; ".join(f"{name} {100 * p['shuffled']:.1f}% shuffled, {100 * p['grouped']:.1f}% length-grouped"
                      for name, p in report.get("padding", {}).items())
     if pads:
         lines.append(f"padding per epoch at batch {report['spec']['batch']} (padded / real tokens - 1): {pads}")
+    if any("host_cost" in r for r in report["results"]):
+        lines.append("ops/step, syncs = ATen operators and host-device synchronisations of one counted step "
+                     "(device-independent: unlearn/bench/hostcost.py; the JSON names each sync's site)")
+    from unlearn.bench import trace
+
+    for r in report["results"]:
+        if "trace" in r:
+            lines.append(trace.table(r["trace"], r["variant"]))
     return "\n".join(lines)
 
 
@@ -244,15 +257,17 @@ def main(args) -> None:
     if args.smoke:
         names = names or tuple(presets.VARIANTS)
         steps, warmup, repeats, in_process = 1, 0, 1, True
-    if min(args.batch, steps, repeats, args.max_length) < 1 or min(warmup, args.mismatch_pass_cost) < 0:
+    if min(args.batch, steps, repeats, args.max_length) < 1 or min(warmup, args.mismatch_pass_cost,
+                                                                   args.trace_steps) < 0:
         raise UserError("--batch, --steps, --repeats and --max-length must be >= 1; "
-                        "--warmup and --mismatch-pass-cost >= 0")
+                        "--warmup, --mismatch-pass-cost and --trace-steps >= 0")
     opts = Options(preset=args.preset, scale_down=args.scale_down, variants=names, repeats=repeats,
                    in_process=in_process, interleave=args.interleave, work_dir=args.work_dir, forget=args.forget,
                    retain=args.retain)
     spec = Spec(variant="", model_dir="", forget="", retain="", batch=args.batch, max_length=args.max_length,
                 steps=steps, warmup=warmup, threads=args.threads, group_by_length=not args.no_group_by_length,
-                mismatch_pass_cost=args.mismatch_pass_cost)
+                mismatch_pass_cost=args.mismatch_pass_cost, trace_steps=args.trace_steps,
+                trace_dir=args.trace_dir or str(Path(args.work_dir) / "traces" / args.preset))
     report = run(opts, spec)
     text = json.dumps(report, indent=1)
     print(text)

@@ -39,6 +39,10 @@ class Spec:
     """data.mismatch_pass_cost for our loop (the baseline runs the mismatch batch in one pass)."""
     threads: int = 0
     """CPU threads for torch (0 = all cores)."""
+    trace_steps: int = 0
+    """Steps to profile after the timed ones, twice (unlearn.bench.trace; 0 = none)."""
+    trace_dir: str = ""
+    """Where the profiler traces go (TRACE_DIR/<variant>.json and .stacks.json)."""
 
     def to_json(self) -> dict:
         return asdict(self)

@@ -15,7 +15,7 @@
 Folder layout (`plan` writes it; launchers and `status` read it; nothing here talks to SLURM):
 
     <output_dir>/<name>/sweep.yaml       the resolved sweep
-                        tasks.txt        run name of array task i on line i+1
+                        tasks.txt        run name(s) of array task i on line i+1 (K with runs_per_gpu: K)
                         evals.tsv        task index, run name, step, checkpoint folder (one eval job each)
                         jobs.txt         job ids (sbatch route; submitit_jobs.txt for launch/sweep.py)
                         configs/<run>.yaml   the full run config of each grid point
@@ -324,8 +324,11 @@ def checkpoint_steps(cfg: Config) -> list[int]:
     return steps + [t.max_steps]
 
 
-def plan(sweep: Sweep) -> list[Point]:
-    """Write the sweep folder (idempotent for the same grid; a different grid in it is refused)."""
+def plan(sweep: Sweep, runs_per_task: int = 1) -> list[Point]:
+    """Write the sweep folder (idempotent for the same grid; a different grid in it is refused);
+    `runs_per_task` grid points share each array task (unlearn.sweep.colocate)."""
+    from unlearn.sweep.colocate import groups
+
     folder = sweep.folder
     pts = points(sweep)
     resolved = yaml.safe_dump(sweep_dict(sweep), sort_keys=False)
@@ -339,10 +342,11 @@ def plan(sweep: Sweep) -> list[Point]:
     (folder / "sweep.yaml").write_text(resolved)
     for p in pts:
         (folder / "configs" / f"{p.name}.yaml").write_text(dump_yaml(p.config))
-    rows = [f"{p.index}\t{p.name}\t{s}\t{step_dir(folder / 'runs' / p.name, s).resolve()}\n"
+    rows = [f"{p.index // runs_per_task}\t{p.name}\t{s}\t{step_dir(folder / 'runs' / p.name, s).resolve()}\n"
             for p in pts for s in checkpoint_steps(p.config) if sweep.eval_enabled]
     (folder / "evals.tsv").write_text("".join(rows))
-    tasks.write_text("".join(p.name + "\n" for p in pts))  # last: the folder is complete
+    # last: the folder is complete
+    tasks.write_text("".join(" ".join(g) + "\n" for g in groups([p.name for p in pts], runs_per_task)))
     return pts
 
 

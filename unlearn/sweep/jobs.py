@@ -20,24 +20,28 @@ ROOT = Path(__file__).resolve().parents[2]
 
 
 class TrainJob:
-    """One grid point. Runs training as a child process so a preemption can stop it at a step boundary."""
+    """One grid point, or several sharing the allocation's GPU (cluster profile runs_per_gpu: `name`
+    is then their list, each trained as a single-rank process at once; unlearn.sweep.colocate).
+    Runs training as child processes so a preemption can stop them at a step boundary."""
 
-    def __init__(self, sweep_dir: str, name: str, ds_config: str):
+    def __init__(self, sweep_dir: str, name: str | list[str], ds_config: str):
         self.sweep_dir, self.name, self.ds_config = sweep_dir, name, ds_config
-        self._proc: subprocess.Popen | None = None
+        self._procs: list[subprocess.Popen] = []
 
     def __getstate__(self) -> dict:
-        return {k: v for k, v in self.__dict__.items() if k != "_proc"}  # a process does not pickle
+        return {k: v for k, v in self.__dict__.items() if k != "_procs"}  # a process does not pickle
 
     def __setstate__(self, state: dict) -> None:
-        self.__dict__.update(state, _proc=None)
+        self.__dict__.update(state, _procs=[])
 
     def __call__(self) -> str:
         import submitit  # only inside a submitit job
 
         from unlearn.runs import TRAIN_EXIT
 
-        (Path(self.sweep_dir) / "runs" / self.name / TRAIN_EXIT).unlink(missing_ok=True)  # running (again)
+        names = [self.name] if isinstance(self.name, str) else list(self.name)
+        for name in names:
+            (Path(self.sweep_dir) / "runs" / name / TRAIN_EXIT).unlink(missing_ok=True)  # running (again)
         watcher = None
         if _halving(Path(self.sweep_dir)) and os.environ.get("SUBMITIT_EXECUTOR") == "slurm":
             import threading
@@ -48,36 +52,44 @@ class TrainJob:
             watcher = threading.Thread(target=halving.watch, args=(self.sweep_dir, self.name), daemon=True)
             watcher.start()
         job = submitit.JobEnvironment()
-        addr = _node_addr(job.hostnames[0]) if job.num_nodes > 1 else "127.0.0.1"
-        env = {**os.environ, "RANK": str(job.global_rank), "LOCAL_RANK": str(job.local_rank),
-               "WORLD_SIZE": str(job.num_tasks), "MASTER_ADDR": addr,
-               "MASTER_PORT": str(_port(job.job_id))}
-        cmd = [sys.executable, str(ROOT / "launch" / "unlearn.py"), "--ds_config", self.ds_config,
-               "--config", str(Path(self.sweep_dir) / "configs" / f"{self.name}.yaml"), "--resume", "auto",
-               "--no_report"]
-        # SIG_IGN survives exec: submitit's preemption signal (USR2) is for this process, which then
-        # asks the child to save with USR1 (see checkpoint); SIGTERM reaches the child directly.
-        self._proc = subprocess.Popen(cmd, cwd=ROOT, env=env,
-                                      preexec_fn=lambda: signal.signal(signal.SIGUSR2, signal.SIG_IGN))
-        rc = self._proc.wait()
-        if rc != EXIT_REQUEUE:
-            _halving_after_run(Path(self.sweep_dir), self.name, rc, watcher)
-        if rc == EXIT_REQUEUE:
-            raise RuntimeError(f"run {self.name} was preempted (saved, exit {rc}) without submitit's signal")
-        if rc:
-            raise RuntimeError(f"run {self.name} failed with exit status {rc}")
-        return self.name
+        if len(names) == 1:  # one distributed run over the allocation
+            addr = _node_addr(job.hostnames[0]) if job.num_nodes > 1 else "127.0.0.1"
+            ranks = [{"RANK": str(job.global_rank), "LOCAL_RANK": str(job.local_rank),
+                      "WORLD_SIZE": str(job.num_tasks), "MASTER_ADDR": addr, "MASTER_PORT": str(_port(job.job_id))}]
+        else:  # K single-rank runs on this host, a free rendezvous port each
+            ranks = [{"RANK": "0", "LOCAL_RANK": "0", "WORLD_SIZE": "1", "MASTER_ADDR": "127.0.0.1",
+                      "MASTER_PORT": str(_free_port())} for _ in names]
+        for name, rank_env in zip(names, ranks):
+            cmd = [sys.executable, str(ROOT / "launch" / "unlearn.py"), "--ds_config", self.ds_config,
+                   "--config", str(Path(self.sweep_dir) / "configs" / f"{name}.yaml"), "--resume", "auto",
+                   "--no_report"]
+            # SIG_IGN survives exec: submitit's preemption signal (USR2) is for this process, which then
+            # asks the children to save with USR1 (see checkpoint); SIGTERM reaches them directly.
+            self._procs.append(subprocess.Popen(cmd, cwd=ROOT, env={**os.environ, **rank_env},
+                                                preexec_fn=lambda: signal.signal(signal.SIGUSR2, signal.SIG_IGN)))
+        codes = [proc.wait() for proc in self._procs]
+        if len(names) == 1 and codes[0] != EXIT_REQUEUE:
+            _halving_after_run(Path(self.sweep_dir), self.name, codes[0], watcher)
+        if EXIT_REQUEUE in codes:
+            raise RuntimeError(f"run(s) {', '.join(names)} were preempted (saved, exit {EXIT_REQUEUE}) without "
+                               "submitit's signal")
+        failed = [f"{n} (exit {rc})" for n, rc in zip(names, codes) if rc]
+        if failed:
+            raise RuntimeError(f"run {', '.join(failed)} failed")
+        return self.name if isinstance(self.name, str) else " ".join(names)
 
     def checkpoint(self):
-        """On preemption/timeout: let the run save at its next step, then resubmit (it resumes)."""
+        """On preemption/timeout: let the runs save at their next step, then resubmit (they resume)."""
         import submitit
 
-        proc = self._proc
-        if proc is not None and proc.returncode is None:
-            proc.send_signal(signal.SIGUSR1)  # a no-op if SIGTERM already asked it to save
-            # Wait for the exit without reaping: we run inside a signal handler that interrupted
-            # proc.wait() in __call__, which holds Popen's waitpid lock (proc.wait() here would deadlock).
-            os.waitid(os.P_PID, proc.pid, os.WEXITED | os.WNOWAIT)
+        for proc in self._procs:
+            if proc.returncode is None:
+                proc.send_signal(signal.SIGUSR1)  # a no-op if SIGTERM already asked it to save
+        for proc in self._procs:
+            if proc.returncode is None:
+                # Wait for the exit without reaping: we run inside a signal handler that interrupted
+                # proc.wait() in __call__, which holds Popen's waitpid lock (proc.wait() would deadlock).
+                os.waitid(os.P_PID, proc.pid, os.WEXITED | os.WNOWAIT)
         return submitit.helpers.DelayedSubmission(TrainJob(self.sweep_dir, self.name, self.ds_config))
 
 
@@ -149,6 +161,14 @@ def _node_addr(node: str) -> str:
         if word.startswith("NodeAddr="):
             return word.split("=", 1)[1]
     return node
+
+
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
 
 
 def _port(job_id: str) -> int:

@@ -43,6 +43,13 @@ class Profile:
     """Grid points running at once (0 = no limit)."""
     signal_delay_s: int = 90
     """Seconds before the time limit at which training gets SIGUSR1 (saves, exits 3, requeues)."""
+    runs_per_gpu: int = 1
+    """Grid points per training allocation, sharing its one GPU (unlearn.sweep.colocate); > 1 needs
+    single-rank runs, gpu_memory_gib and footprint, and runs_per_gpu x footprint <= gpu_memory_gib."""
+    gpu_memory_gib: float = 0.0
+    """Memory of one GPU of the training nodes, GiB (checked against runs_per_gpu x footprint)."""
+    footprint: str = ""
+    """Memory one run needs, measured: GiB, or a footprint.json a run wrote (runs/<name>/footprint.json)."""
     train: Resources = field(default_factory=Resources)
     """Resources of one training job (one grid point)."""
     eval: Resources = field(default_factory=Resources)
@@ -63,6 +70,10 @@ def _build(cls: type, data: dict[str, Any], where: str) -> Any:
             if isinstance(value, bool) or not isinstance(value, int) or value < 0:
                 raise UserError(f"cluster profile key '{where}{key}' must be an integer >= 0, got {value!r}")
             kwargs[key] = value
+        elif names[key].type == "float":
+            if isinstance(value, bool) or not isinstance(value, int | float) or value < 0:
+                raise UserError(f"cluster profile key '{where}{key}' must be a number >= 0, got {value!r}")
+            kwargs[key] = float(value)
         else:
             kwargs[key] = "" if value is None else str(value)
     return cls(**kwargs)
@@ -75,6 +86,8 @@ def load_profile(path: str | Path) -> Profile:
         if res.nodes < 1 or res.tasks_per_node < 1 or res.cpus_per_task < 1 or res.time_min < 1:
             raise UserError(f"cluster profile '{path}': {kind}.nodes, tasks_per_node, cpus_per_task and "
                             "time_min must be >= 1")
+    if profile.runs_per_gpu < 1:
+        raise UserError(f"cluster profile '{path}': runs_per_gpu must be >= 1, got {profile.runs_per_gpu}")
     return profile
 
 

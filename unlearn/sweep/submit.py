@@ -6,6 +6,7 @@ from __future__ import annotations
 import shlex
 
 from unlearn.errors import UserError
+from unlearn.sweep import colocate
 from unlearn.sweep.grid import checkpoint_steps, load_sweep, plan
 from unlearn.sweep.jobs import ROOT, EvalJob, ReportJob, TrainJob
 from unlearn.sweep.profile import load_profile, sbatch_args, submitit_params
@@ -18,7 +19,12 @@ def load(grid: str, overrides: list[str], profile: str = ""):
     if not (ROOT / sweep.ds_config).is_file():  # jobs run in the checkout; fail here, not in every job
         raise UserError(f"ds_config '{sweep.ds_config}' not found in {ROOT}; expected a file such as "
                         "ds_configs/zero2.json")
-    return sweep, load_profile(profile or sweep.profile), plan(sweep)
+    prof = load_profile(profile or sweep.profile)
+    colocate.check(prof, profile or sweep.profile, ROOT)  # K runs per GPU must fit it: before any job
+    if prof.runs_per_gpu > 1 and sweep.search == "halving":
+        raise UserError("sweep search: halving stops runs one by one; expected runs_per_gpu: 1 in the cluster "
+                        "profile (K runs share one task)")
+    return sweep, prof, plan(sweep, prof.runs_per_gpu)
 
 
 def submit(grid: str, overrides: list[str], *, executor_kind: str = "slurm", profile: str = "",
@@ -41,13 +47,15 @@ def submit(grid: str, overrides: list[str], *, executor_kind: str = "slurm", pro
         executor.update_parameters(name=name or f"{sweep.name}-{kind}", **params)
 
     configure("train")
+    tasks = colocate.groups([p.name for p in pts], prof.runs_per_gpu)
     with executor.batch():  # one job array
-        train_jobs = [executor.submit(TrainJob(folder, p.name, sweep.ds_config)) for p in pts]
+        task_jobs = [executor.submit(TrainJob(folder, g[0] if len(g) == 1 else g, sweep.ds_config)) for g in tasks]
+    train_jobs = [task_jobs[p.index // prof.runs_per_gpu] for p in pts]  # per point: the task that trains it
     if executor_kind == "local" and sweep.search == "halving":  # evals as checkpoints appear
         _local_halving(sweep, prof, pts, train_jobs, executor, configure)
         return
     if executor_kind == "local":  # no dependencies locally: wait for each run before its evals
-        for job in train_jobs:
+        for job in task_jobs:
             job.result()
     wanted = [(p, tj, step) for p, tj in zip(pts, train_jobs)
               for step in (checkpoint_steps(p.config) if sweep.eval_enabled else [])]
@@ -72,16 +80,16 @@ def submit(grid: str, overrides: list[str], *, executor_kind: str = "slurm", pro
                             f"see python launch/sweep.py --status {folder}")
         return
     eval_jobs = [submit_eval(*w) for w in wanted]
-    after = eval_jobs or train_jobs  # the report waits for every eval (or every run without evals)
+    after = eval_jobs or task_jobs  # the report waits for every eval (or every run without evals)
     configure("eval", "afterany:" + ":".join(j.job_id for j in after), f"{sweep.name}-report")
     report_job = executor.submit(ReportJob(folder))
-    ids = {"train": [j.job_id for j in train_jobs], "eval": [j.job_id for j in eval_jobs],
+    ids = {"train": [j.job_id for j in task_jobs], "eval": [j.job_id for j in eval_jobs],
            "report": [report_job.job_id]}
     (sweep.folder / "submitit_jobs.txt").write_text("".join(f"{k} {' '.join(v)}\n" for k, v in ids.items()))
-    print(f"sweep {sweep.folder}: {len(train_jobs)} runs, {len(eval_jobs)} eval jobs, report job "
+    print(f"sweep {sweep.folder}: {len(pts)} runs in {len(task_jobs)} tasks, {len(eval_jobs)} eval jobs, report job "
           f"{report_job.job_id}", flush=True)
     if wait:
-        for job in [*train_jobs, *eval_jobs, report_job]:
+        for job in [*task_jobs, *eval_jobs, report_job]:
             job.result()  # raises if a job failed
         print(f"sweep {sweep.folder} finished", flush=True)
 
@@ -125,8 +133,9 @@ def _local_halving(sweep, prof, pts, train_jobs, executor, configure) -> None:
 def plan_shell(grid: str, overrides: list[str], profile: str = "") -> None:
     """Plan the sweep folder; print shell assignments that slurm/sweep.sh evaluates."""
     sweep, prof, pts = load(grid, overrides, profile)
-    values = {"SWEEP_DIR": str(sweep.folder.resolve()), "N_TASKS": str(len(pts)),
-              "PARALLEL": str(prof.array_parallelism or len(pts)), "DS_CONFIG": sweep.ds_config,
+    n_tasks = len(colocate.groups([p.name for p in pts], prof.runs_per_gpu))
+    values = {"SWEEP_DIR": str(sweep.folder.resolve()), "N_TASKS": str(n_tasks),
+              "PARALLEL": str(prof.array_parallelism or n_tasks), "DS_CONFIG": sweep.ds_config,
               "SWEEP_NAME": sweep.name, "TRAIN_SBATCH": " ".join(sbatch_args(prof, "train")),
               "EVAL_SBATCH": " ".join(sbatch_args(prof, "eval")), "EVAL_ARGS": " ".join(sweep.eval_args),
               "HALVING": "1" if sweep.search == "halving" else "0"}

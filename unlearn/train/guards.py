@@ -8,6 +8,9 @@ counts it in `skipped_steps`, leaves the LR schedule where it was, and `was_step
 False. So a non-finite loss is not left out of the backward, which would put DeepSpeed's micro-step
 counter out of step with ours: it is turned into NaN gradients on purpose (`poison`) and DeepSpeed
 throws the step away. ZeRO stage 0 has no such check, so engine.read_ds_config requires stage 1-3.
+The loss is checked and poisoned on the device (`finite`, `poison_unless`): the host does not wait
+for it, and DeepSpeed's check is global (an all-reduced norm or flag), so one rank's NaN gradients
+skip the step on every rank.
 """
 
 from __future__ import annotations
@@ -65,14 +68,20 @@ def all_ranks(flag: bool, env: DistEnv) -> bool:
     return bool(t.item() > 0)
 
 
-def finite_everywhere(loss: torch.Tensor, env: DistEnv) -> bool:
-    """Whether the loss is finite on every rank; every rank must call this with its micro-batch loss."""
-    return all_ranks(bool(torch.isfinite(loss.detach()).all()), env)
+def finite(loss: torch.Tensor) -> torch.Tensor:
+    """Whether the loss is finite: a bool tensor on its device (nothing waits for it)."""
+    return torch.isfinite(loss.detach()).all()
 
 
 def poison(loss: torch.Tensor) -> torch.Tensor:
     """The loss times NaN: every gradient it reaches is NaN (0 * NaN is NaN), so ZeRO skips the step."""
     return loss * float("nan")
+
+
+def poison_unless(finite: torch.Tensor, loss: torch.Tensor) -> torch.Tensor:
+    """`loss` where the bool tensor `finite` holds, else `poison(loss)`, decided on the device. Times
+    exactly 1.0 otherwise: the loss and every gradient stay bit-equal."""
+    return loss * torch.where(finite, 1.0, float("nan"))
 
 
 def divergence(in_row: int, limit: int, step: int, run_dir) -> str:

@@ -27,7 +27,7 @@ from unlearn.train import checkpoint, dual, guards, packing, preflight
 from unlearn.train import engine as engines
 from unlearn.train.phase_state import SEPARATE, PhaseStates
 from unlearn.train.resume import State, resume_from_last, say
-from unlearn.train.rundir import check_run_dir, prepare_run_dir
+from unlearn.train.rundir import check_run_dir, prepare_run_dir, write_footprint
 from unlearn.train.schedule import FORGET, JOINT, RETAIN, phase_at
 
 
@@ -41,7 +41,7 @@ def logits_span(labels: torch.Tensor) -> int:
 
 def _forward(engine, batch: dict[str, torch.Tensor], keep: int | torch.Tensor = 0) -> torch.Tensor:
     """Logits (B, keep, V) of the last `keep` positions (0 or T: all; the LM head skips the rest), or
-    (N, V) at the N True cells of a (B, T) bool `keep` (a packed batch, which brings position_ids)."""
+    (B, K, V) at the columns of a (B, K) long `keep` (a packed batch, which brings position_ids)."""
     kwargs = {"logits_to_keep": keep} if torch.is_tensor(keep) or 0 < keep < batch["input_ids"].size(1) else {}
     if "position_ids" in batch:
         kwargs["position_ids"] = batch["position_ids"]
@@ -91,6 +91,7 @@ class Loop:
         objs = [o for o in (self.forget_obj, self.retain_obj, self.mismatch_obj) if o is not None]
         self.packed = cfg.train.pack and all(o.name in packing.PACKABLE for o in objs)
         self.dtype = engine.module.get_input_embeddings().weight.dtype  # a packed batch's attention mask
+        self.applied_finite: torch.Tensor | None = None  # see verify()
 
     def _micro_samples(self, state: State, names: set[str]) -> dict[str, list[list[data.Sample]]]:
         """Micro-batches (sample lists) per set; mismatch = random answers to this step's forget prompts."""
@@ -154,15 +155,18 @@ class Loop:
                 sum(n / total * nll for n, (_, nll) in zip(counts, parts)))
 
     def _chunk_term(self, obj: methods.Objective, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
-        batch = data.to_device(batch, self.env.device)
+        alt = {k[4:]: v for k, v in batch.items() if k.startswith("alt_")}
+        batch = {k: v for k, v in batch.items() if not k.startswith("alt_")}
         fwd = self._pass(obj, batch, grad=obj.forget_grad)
         if obj.alternate:  # the same prompts with alternate answers (unlearn.alternates)
-            fwd.alt = self._pass(obj, {k[4:]: v for k, v in batch.items() if k.startswith("alt_")})
+            fwd.alt = self._pass(obj, alt)
         loss = obj.fn(fwd, self.cfg.method)
         return loss, fwd.nll().detach()
 
     def _pass(self, obj: methods.Objective, batch: dict[str, torch.Tensor], grad: bool = True) -> Forward:
+        """One policy (and reference) pass over a host batch (moved here: its span is read on the host)."""
         keep = logits_span(batch["labels"])
+        batch = data.to_device(batch, self.env.device)
         taps = self.steering if obj.needs_hidden else None  # RMU: decoder layer l's output too
         with torch.set_grad_enabled(grad), rmu.tap(taps and taps.policy_layer) as hidden:
             logits = _forward(self.engine, batch, keep)
@@ -171,8 +175,13 @@ class Loop:
         return Forward(logits, batch["labels"][:, -keep:], ref,
                        hidden=taps.hidden(hidden, ref_hidden, batch["labels"]) if taps else None)
 
-    def step(self, state: State) -> dict[str, float]:
-        """One optimizer step of the phase that `state.step` falls on; returns its metrics."""
+    def step(self, state: State) -> dict[str, float | torch.Tensor]:
+        """One optimizer step of the phase that `state.step` falls on; returns its metrics.
+
+        The host never waits for the device here (DeepSpeed's step decides on the gradients'
+        finiteness, its one wait): losses, NLLs and the gradient norm come back as 0-dim device
+        tensors (float64, the losses already averaged over ranks), read on the host when logged
+        (`unlearn.logger.Window`); everything else is a float."""
         m = self.cfg.method
         phase = phase_at(state.step, m)
         self.phases.enter(phase)  # optim.phase_state=separate: this phase's own AdamW moments
@@ -187,9 +196,9 @@ class Loop:
             parts.append(("retain", weight, self.retain_obj, "retain"))
         batches = self._micro_samples(state, {name for *_, name in parts})
         n_micro = len(next(iter(batches.values())))
-        sums: dict[str, float] = {}
+        sums: dict[str, torch.Tensor] = {}  # float64, as the host's sum of Python floats was
         tokens = padded = 0  # real and padded tokens through the policy (this rank)
-        bad_loss = False
+        finite = None  # (bool) on the device: every loss of the step so far is finite
         lr = self.engine.get_lr()[0]  # the rate this step applies (the scheduler advances in step())
         t0 = time.time()
         for k in range(n_micro):
@@ -197,24 +206,26 @@ class Loop:
             terms, n_tokens, n_padded = self._losses(parts, {name: b[k] for name, b in batches.items()})
             for (metric, weight, _, _), (loss, nll) in zip(parts, terms):
                 total = total + weight * loss
-                sums[f"{metric}/loss"] = sums.get(f"{metric}/loss", 0.0) + loss.item() / n_micro
-                sums[f"{metric}/nll"] = sums.get(f"{metric}/nll", 0.0) + nll.item() / n_micro
+                for key, value in ((f"{metric}/loss", loss), (f"{metric}/nll", nll)):
+                    sums[key] = sums.get(key, 0.0) + value.detach().double() / n_micro
             tokens, padded = tokens + n_tokens, padded + n_padded
-            # A non-finite loss on any rank spoils the whole optimizer step: NaN gradients make
-            # DeepSpeed discard it while its micro-step counters stay in step (see unlearn.guards).
-            bad_loss = bad_loss or not guards.finite_everywhere(total, self.env)
-            self.engine.backward(guards.poison(total) if bad_loss else total)
+            # A non-finite loss spoils the whole optimizer step: its gradients are made NaN, on the
+            # device, so that ZeRO's global check discards the step on every rank (see unlearn.guards).
+            finite = guards.finite(total) if finite is None else finite & guards.finite(total)
+            self.engine.backward(guards.poison_unless(finite, total))
             self.engine.step()
         applied = self.engine.was_step_applied()
-        assert not (bad_loss and applied), "a step with a non-finite loss reached the weights"
+        if applied:  # verified when the metrics are read (no wait now)
+            self.applied_finite = finite if self.applied_finite is None else self.applied_finite & finite
         if not applied and self.engine.lr_scheduler is not None:
             # DeepSpeed holds its scheduler on a skipped step while our step counter moves on: advance
             # it here, so the LR at step s is the schedule's value at s and reaches its end at max_steps.
             self.engine.lr_scheduler.step()
-        metrics = distributed.all_reduce_mean(sums, self.env)
+        metrics: dict[str, float | torch.Tensor] = distributed.all_reduce_mean_lazy(sums, self.env)
         metrics["skipped"] = 0.0 if applied else 1.0  # non-finite loss or gradient: weights untouched
         grad_norm = self.engine.get_global_grad_norm()
-        metrics["grad_norm"] = float(grad_norm) if grad_norm is not None else float("nan")
+        metrics["grad_norm"] = float("nan") if grad_norm is None else \
+            grad_norm.detach().double() if torch.is_tensor(grad_norm) else float(grad_norm)
         metrics["lr"] = lr
         seconds = max(time.time() - t0, 1e-9)
         metrics["tokens_per_s"] = tokens * self.env.world_size / seconds
@@ -224,9 +235,15 @@ class Loop:
         metrics["phase"] = {FORGET: 0.0, RETAIN: 1.0, JOINT: 2.0}[phase]
         if self.dual:  # log the lambda this step used, then move it by this step's retain loss
             metrics[dual.METRIC] = self.dual.weight(state.dual)
-            if applied and "retain/loss" in metrics:
-                self.dual.update(state.dual, metrics["retain/loss"], state.streams["forget"].epoch)
+            if applied and "retain/loss" in metrics:  # PDU reads its loss every step: one wait
+                self.dual.update(state.dual, float(metrics["retain/loss"]), state.streams["forget"].epoch)
         return metrics
+
+    def verify(self) -> None:
+        """Every applied step since the last call had finite losses (one wait; called when logging)."""
+        if self.applied_finite is not None:
+            ok, self.applied_finite = bool(self.applied_finite), None
+            assert ok, "a step with a non-finite loss reached the weights"
 
 
 def steering_for(cfg: Config, engine, reference: Reference | None) -> rmu.Steering | None:
@@ -351,6 +368,7 @@ def _train_in(cfg: Config, ds: dict[str, Any], env: DistEnv, run_dir: Path, toke
         stop = guards.forget_ceiling(metrics, cfg.method.max_forget_loss) or guards.stop_file(run_dir, env)
         window.add(metrics)
         if state.step % t.log_every_n_steps == 0 or state.step == max_steps or stop or skipped:
+            loop.verify()
             logged = window.pop_means()  # "skipped" becomes the fraction of skipped steps since the last log
             logged.update(skipped_steps=float(state.skipped_steps), nonfinite_in_row=float(state.nonfinite_in_row))
             writer.log(logged, state.step)
@@ -380,5 +398,6 @@ def _train_in(cfg: Config, ds: dict[str, Any], env: DistEnv, run_dir: Path, toke
         print(f"exported step {state.step} -> {cfg.run.export_dir}", flush=True)
     if state.stop_reason:
         say(env, f"stopped early at step {state.step}: {state.stop_reason}")
+    write_footprint(run_dir, env)
     writer.close()
     return run_dir

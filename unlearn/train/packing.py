@@ -15,10 +15,13 @@ answers, and projects every position from the first answer token on onto the voc
   attention never spans more than that unit and padding is what the packing leaves.
 * Terms that need the reference model (KL, NPO, UNDIAL) are packed apart, and the policy and the
   reference run the very same rows for them, so the two agree exactly while their weights do.
-* The LM head runs only at read positions (`logits_to_keep` as a boolean mask): position t is read
-  when labels[t+1] != -100. Each term then sees a compact batch, row b holding sequence b's read
+* The LM head runs only at read positions (`logits_to_keep` as (rows, K) column indices, K the
+  most reads of a row; a row with fewer repeats its last read): position t is read when
+  labels[t+1] != -100. Each term then sees a compact batch, row b holding sequence b's read
   positions in order with its labels shifted as `unlearn.losses` expects, so every loss in
   PACKABLE (each reads logits only at those positions) has the unpacked step's value.
+* Nothing waits for the device: every index is built on the host and copied without blocking (a
+  boolean mask would make the device count its True cells first, a sync before the LM head).
 
 Dropout (model.dropout=true) draws one mask for a shared prompt instead of one per sequence.
 """
@@ -44,17 +47,16 @@ class Packed:
     batch: dict[str, torch.Tensor]
     """input_ids and position_ids (R, W); attention_mask (R, 1, W, W) additive (0 attend, min not)."""
     keep: torch.Tensor
-    """(R, W) bool: the read positions, whose logits come back flattened in row-major order."""
+    """(R, K) long: the columns of each row's read positions, in order (short rows repeat their
+    last); their logits come back as (R, K, V), read flattened to (R * K, V)."""
     reads: list[list[int]]
-    """Per sequence (input order): the index of each read position among the kept logits."""
+    """Per sequence (input order): the index of each read position among the flattened kept logits."""
     targets: list[list[int]]
     """Per sequence: the token each read position predicts."""
     real_tokens: int
     """Tokens of the sequences as given (shared prompts counted once per sequence)."""
-
-    @property
-    def positions(self) -> int:
-        return self.keep.numel()
+    positions: int
+    """Positions the model computes: rows x width."""
 
 
 def prompt_length(labels: list[int]) -> int:
@@ -112,25 +114,25 @@ def pack(samples: list[Sample], pad_id: int, dtype: torch.dtype) -> Packed:
     segs, parents = torch.tensor(seg), torch.tensor(parent)
     allowed = ((segs[:, :, None] == segs[:, None, :]) & torch.ones(width, width, dtype=torch.bool).tril()) | \
         (parents[:, :, None] == segs[:, None, :])
-    keep = torch.zeros((len(rows), width), dtype=torch.bool)
-    flat = [r * width + col for cell in cells for r, col in cell]
-    keep.view(-1)[flat] = True
-    order = (keep.flatten().cumsum(0) - 1).tolist()  # index among the kept logits, by flat position
-    reads = [[order[r * width + col] for r, col in cell] for cell in cells]
+    read_cols = [sorted({col for cell in cells for r_, col in cell if r_ == r}) for r in range(len(rows))]
+    k = max(1, *(len(cols) for cols in read_cols))
+    keep = torch.tensor([cols + (cols[-1:] or [0]) * (k - len(cols)) for cols in read_cols])
+    slot = {(r, col): r * k + j for r, cols in enumerate(read_cols) for j, col in enumerate(cols)}
+    reads = [[slot[c] for c in cell] for cell in cells]
     mask = torch.zeros(allowed.shape, dtype=dtype).masked_fill_(~allowed, torch.finfo(dtype).min)
     return Packed({"input_ids": torch.tensor(ids), "position_ids": torch.tensor(pos), "attention_mask": mask[:, None]},
-                  keep, reads, targets, sum(len(s["input_ids"]) for s in samples))
+                  keep, reads, targets, sum(len(s["input_ids"]) for s in samples), len(rows) * width)
 
 
 def compact(kept: torch.Tensor, packed: Packed, seqs: list[int]) -> tuple[torch.Tensor, torch.Tensor]:
-    """(logits (B, L+1, V), labels (B, L+1)) of sequences `seqs` from the kept logits (N, V): row b
+    """(logits (B, L+1, V), labels (B, L+1)) of sequences `seqs` from the kept logits (R * K, V): row b
     holds sequence b's read positions in order; labels[b, j+1] is what position j predicts. Unused
     cells repeat kept row 0 under label -100, as padding sits under -100 in the unpacked batch."""
     longest = max(len(packed.reads[i]) for i in seqs)
     idx = [packed.reads[i] + [0] * (longest + 1 - len(packed.reads[i])) for i in seqs]
     labels = [[IGNORE] + packed.targets[i] + [IGNORE] * (longest - len(packed.targets[i])) for i in seqs]
     idx, labels = torch.tensor(idx, dtype=torch.long), torch.tensor(labels, dtype=torch.long)
-    return kept[idx.to(kept.device)], labels.to(kept.device)
+    return kept[idx.to(kept.device, non_blocking=True)], labels.to(kept.device, non_blocking=True)
 
 
 def forwards(policy_logits, reference_logits, samples: dict[str, list[Sample]], needs_reference: dict[str, bool],
@@ -148,9 +150,9 @@ def forwards(policy_logits, reference_logits, samples: dict[str, list[Sample]], 
             continue
         flat = [s for n in names for s in samples[n]]
         packed = pack(flat, pad_id, dtype)
-        batch, keep = to_device(packed.batch, device), packed.keep.to(device)
-        kept = policy_logits(batch, keep)
-        ref_kept = reference_logits(batch, keep) if with_ref else None
+        batch, keep = to_device(packed.batch, device), packed.keep.to(device, non_blocking=True)
+        kept = policy_logits(batch, keep).flatten(0, 1)                            # (R * K, V)
+        ref_kept = reference_logits(batch, keep).flatten(0, 1) if with_ref else None
         start = 0
         for n in names:
             seqs = list(range(start, start + len(samples[n])))

@@ -73,3 +73,24 @@ def _check_writable(parent: Path) -> None:
     except OSError as exc:
         raise UserError(f"run.output_dir '{parent}' is not a writable folder ({exc.strerror or exc}); "
                         "expected a folder this user can create and write to") from None
+
+
+FOOTPRINT = "footprint.json"
+
+
+def write_footprint(run_dir: Path, env: DistEnv) -> None:
+    """runs/<name>/footprint.json: the memory this run needed (rank 0's peak: reserved GPU memory on a
+    GPU, the process's peak RSS on a CPU), in GiB; a sweep's `footprint` may point at it to place
+    several runs per GPU (unlearn.sweep.colocate)."""
+    import json
+    import resource
+
+    import torch
+
+    if not env.is_main:
+        return
+    if torch.cuda.is_available():
+        peak, what = torch.cuda.max_memory_reserved() / 2**30, f"reserved on {torch.cuda.get_device_name()}"
+    else:
+        peak, what = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20, "peak RSS (CPU)"
+    (Path(run_dir) / FOOTPRINT).write_text(json.dumps({"peak_gib": round(peak, 3), "measure": what}) + "\n")
