@@ -4,7 +4,6 @@
   python launch/bench.py --preset opt-125m --repeats 3   # CPU: OPT-125m's shape, random weights
   python launch/bench.py --preset opt-1.3b               # one GPU: baseline, ZeRO-2/3, LoRA, 8-bit
   python launch/bench.py --smoke                         # CI: every variant, one step, in-process
-  python launch/bench.py --checksums --preset opt-125m --repeats 3   # checkpoint hashing vs save (CPU)
 
 Prints the JSON report, then a table (tokens/s, s/step, peak memory, x baseline, MFU on GPUs).
 """
