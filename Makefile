@@ -30,14 +30,21 @@ $(DEMO)/init/config.json: $(VENV)/.installed unlearn/demo.py
 $(DEMO)/base/COMPLETE: $(DEMO)/init/config.json configs/demo_finetune.yaml
 	$(DEEPSPEED) launch/finetune.py --ds_config $(DS) --config configs/demo_finetune.yaml --overwrite --no_report
 
-demo-base: $(DEMO)/base/COMPLETE
+# The oracle: the same stage 1 on the retain text only, a model that never saw the book (its row in
+# the demo's table is what unlearning aims at); cached as $(DEMO)/oracle.
+$(DEMO)/oracle/COMPLETE: $(DEMO)/init/config.json configs/demo_finetune.yaml
+	$(DEEPSPEED) launch/finetune.py --ds_config $(DS) --config configs/demo_finetune.yaml \
+	    data.retain=$(DEMO)/retain.txt run.name=demo-oracle run.export_dir=$(DEMO)/oracle --overwrite --no_report
 
-# The main job on the embedded default: unlearn the book, print the before/after table.
-demo: $(DEMO)/base/COMPLETE
-	$(DEEPSPEED) launch/unlearn.py --ds_config $(DS)
+demo-base: $(DEMO)/base/COMPLETE $(DEMO)/oracle/COMPLETE
+
+# The main job on the embedded default: unlearn the book, print the before/after/oracle table.
+demo: $(DEMO)/base/COMPLETE $(DEMO)/oracle/COMPLETE
+	$(DEEPSPEED) launch/unlearn.py --ds_config $(DS) run.oracle=$(DEMO)/oracle
 
 # The copyright pipeline at CPU scale: stage 1 teaches the tiny OPT a public-domain book excerpt,
-# stage 2 unlearns it with LoRA while a retain excerpt keeps its perplexity (~3 minutes).
+# stage 2 unlearns it with LoRA while a retain excerpt keeps its perplexity; the oracle is stage 1 on the
+# retain excerpt alone (~3 minutes).
 BOOKS ?= ../shared/data/books
 COPYRIGHT := .cache/copyright-demo
 copyright-demo: $(DEMO)/init/config.json
@@ -46,14 +53,21 @@ copyright-demo: $(DEMO)/init/config.json
 	head -c 3000 $(BOOKS)/alice_in_wonderland.txt > $(COPYRIGHT)/book.txt
 	head -c 3000 $(BOOKS)/pride_and_prejudice.txt > $(COPYRIGHT)/other.txt
 	$(DEEPSPEED) launch/finetune.py --ds_config $(DS) --config configs/copyright_demo_finetune.yaml --overwrite
+	$(DEEPSPEED) launch/finetune.py --ds_config $(DS) --config configs/copyright_demo_finetune.yaml \
+	    data.retain=$(COPYRIGHT)/other.txt run.name=copyright-demo-oracle run.export_dir=$(COPYRIGHT)/oracle \
+	    --overwrite --no_report
 	$(DEEPSPEED) launch/unlearn.py --ds_config $(DS) --config configs/copyright_demo.yaml --overwrite
 
 # The paper's harmful experiment at CPU scale: stage 1 teaches the tiny OPT the demo's harmful answers
 # and normal QA, a tiny harm judge learns the demo's safety labels (response only), stage 2 runs the
-# paper's objective on 16 harmful prompts, and every checkpoint is judged on those and on the 8 held out.
+# paper's objective on 16 harmful prompts, and every checkpoint is judged on those and on the 8 held out,
+# beside the oracle: stage 1 on the normal QA alone (never taught a harmful answer).
 HARMFUL := .cache/harmful-demo
 harmful-demo: $(DEMO)/init/config.json
 	$(DEEPSPEED) launch/finetune.py --ds_config $(DS) --config configs/harmful_demo_finetune.yaml --overwrite --no_report
+	$(DEEPSPEED) launch/finetune.py --ds_config $(DS) --config configs/harmful_demo_finetune.yaml \
+	    data.retain=$(DEMO)/normal.jsonl run.name=harmful-demo-oracle run.export_dir=$(HARMFUL)/oracle \
+	    --overwrite --no_report
 	$(BIN)/python launch/train_judge.py --data $(DEMO)/harm_labels.csv --base $(DEMO)/init --out $(HARMFUL)/judge \
 	    --epochs 5 --batch_size 8 --lr 1e-3 --heldout_fraction 0.2
 	$(DEEPSPEED) launch/unlearn.py --ds_config $(DS) --config configs/demo_harmful.yaml --overwrite --no_report

@@ -110,6 +110,24 @@ def test_before_after_table_columns_never_merge_and_fine_tunes_say_learned():
     assert "lower = forgotten" in table(before, after)
 
 
+def test_before_after_table_shows_the_oracle_beside_after():
+    """The oracle (a model that never saw the forget data) gets its own column after `change`, aligned
+    with the others, and a line saying what it is."""
+    from unlearn.eval.before_after import table
+
+    before = {"forget_rouge_l": 1.0, "forget_nll": 0.018, "retain_ppl": 1.013}
+    after = {"forget_rouge_l": 0.366, "forget_nll": 2.555, "retain_ppl": 1.014}
+    oracle = {"forget_rouge_l": 0.12, "forget_nll": 5.25, "retain_ppl": 1.009}
+    lines = table(before, after, oracle=oracle).splitlines()
+    assert lines[0].split() == ["metric", "before", "after", "change", "oracle"]
+    assert lines[2].split() == ["forget", "ROUGE-L", "(verbatim)", "1.000", "0.366", "-63%", "0.120", "(lower", "=",
+                                "forgotten)"]
+    assert lines[3].split()[3:7] == ["0.018", "2.555", "+14094%", "5.250"]
+    assert lines[0].index("oracle") + len("oracle") == lines[2].index("0.120") + len("0.120")
+    assert lines[-1].startswith("oracle: ") and len(lines) == 6
+    assert "oracle" not in table(before, after)
+
+
 def test_knowledge_recall_stems_words_as_tofu_does():
     """'he was running fast' vs 'he runs fast': stemmed, LCS = he run fast -> recall 3/3; unstemmed,
     LCS = he fast -> 2/3 (F1: 2 * (3/4 * 1) / (3/4 + 1) = 6/7 stemmed)."""

@@ -180,7 +180,8 @@ def test_copyright_demo_configs_run_both_stages(demo_dir, tmp_path, dist_env):
     assert (base / "COMPLETE").is_file() and not models.is_adapter(str(base))
     cfg, patch = load_config([str(ROOT / "configs" / "copyright_demo.yaml")], [
         f"model.name_or_path={base}", f"data.forget={book}", f"data.retain={other}", "train.max_steps=2",
-        f"run.output_dir={tmp_path}", "train.log_every_n_steps=1", "train.save_engine_state=false"])
+        f"run.output_dir={tmp_path}", "train.log_every_n_steps=1", "train.save_engine_state=false",
+        f"run.oracle={demo_dir / 'init'}"])
     run_dir = train(cfg, str(ROOT / "ds_configs" / "zero2.json"), patch)
     assert scalars(run_dir, "retain/loss")[0] == 0.0  # KL to the stage-1 model: adapters off = the reference
     assert (run_dir / "checkpoints" / "step-000002" / "adapter_config.json").is_file()

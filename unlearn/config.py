@@ -235,6 +235,10 @@ class RunConfig:
     """Parent folder of run folders."""
     export_dir: str = ""
     """Also write the final weights here as a plain Hugging Face folder (e.g. a base for unlearning)."""
+    oracle: str = ""
+    """A model made as the starting model was but that never saw the forget data (e.g. stage 1 on the
+    retain data only): the end-of-run table and `evaluate.py --run` show its row beside before/after, so
+    "after" reads against the goal of unlearning, not just against the start. Empty = no such row."""
 
 
 @dataclass(frozen=True)

@@ -4,6 +4,9 @@
   text samples are split into a prefix and the next tokens, QA samples into prompt and answer).
 - forget NLL: mean answer-token NLL on the forget set (higher = more forgotten).
 - retain PPL: perplexity on the retain set (lower = more ability kept).
+
+With run.oracle set, an `oracle` column: the same measures on a model that never saw the forget data
+(the starting model's recipe without it), so a reader sees how far the run is from the goal.
 """
 
 from __future__ import annotations
@@ -78,20 +81,26 @@ def measure(model, tokenizer, forget: list[data.Sample], retain: list[data.Sampl
     return out
 
 
-def table(before: dict[str, float], after: dict[str, float], learning: bool = False) -> str:
+def table(before: dict[str, float], after: dict[str, float], learning: bool = False,
+          oracle: dict[str, float] | None = None) -> str:
     """The before/after table; `learning` (a fine-tune: the text is being learned, not forgotten)
-    labels the trained text's rows by what a fine-tune wants."""
+    labels the trained text's rows by what a fine-tune wants; `oracle` (run.oracle's measures: a model
+    that never saw the forget data) adds its column, the value unlearning aims at."""
     text, good_rouge, good_nll = ("trained text", "higher = learned", "lower = learned") if learning else \
         ("forget", "lower = forgotten", "higher = forgotten")
     rows = [(f"{text} ROUGE-L (verbatim)", "forget_rouge_l", good_rouge),
             (f"{text} NLL (nats/token)", "forget_nll", good_nll),
             ("retain perplexity", "retain_ppl", "lower = ability kept")]
-    lines = [f"{'metric':<30}{'before':>11} {'after':>11}  change", "-" * 66]
+    lines = [f"{'metric':<30}{'before':>11} {'after':>11}  change" + (f"{'oracle':>11}" if oracle else ""),
+             "-" * (77 if oracle else 66)]
     for label, key, note in rows:
         if key in before and key in after:
             b, a = before[key], after[key]
             change = f"{(a - b) / b:+.0%}" if b else ""
-            lines.append(f"{label:<30}{_num(b):>11} {_num(a):>11}  {change:>6}  ({note})")
+            far = f"{_num(oracle[key]):>11}" if oracle and key in oracle else ""
+            lines.append(f"{label:<30}{_num(b):>11} {_num(a):>11}  {change:>6}{far}  ({note})")
+    if oracle:
+        lines.append("oracle: the starting model's recipe without the forget data (run.oracle), never taught it")
     return "\n".join(lines)
 
 
@@ -114,7 +123,9 @@ def final_report(cfg: Config, run_dir: Path) -> dict | None:
     before = measure(before_model, tok, forget, sets.retain)
     after_model, _ = load_for_eval(str(final))
     after = measure(after_model, tok, forget, sets.retain)
-    print("\n" + table(before, after, learning=not sets.forget) + "\n", flush=True)
-    result = {"checkpoint": str(final), "before": before, "after": after}
+    oracle = measure(load_for_eval(cfg.run.oracle)[0], tok, forget, sets.retain) if cfg.run.oracle else None
+    print("\n" + table(before, after, learning=not sets.forget, oracle=oracle) + "\n", flush=True)
+    result = {"checkpoint": str(final), "before": before, "after": after,
+              **({"oracle": {"model": cfg.run.oracle, **oracle}} if oracle else {})}
     (run_dir / "summary.json").write_text(json.dumps(result, indent=2) + "\n")
     return result

@@ -235,6 +235,27 @@ START_FILE = "eval_start.json"
 """In a run folder: the evaluation of the model the run started from (step 0 of the run's summary)."""
 
 
+ORACLE_FILE = "eval_oracle.json"
+"""In a run folder: the evaluation of its run.oracle, a model that never saw the forget data (the
+summary's `oracle` row: what unlearning aims at)."""
+ORACLE_STEP = -1
+"""The oracle's `step` in its eval.json: it is no point of the run (the summary labels it `oracle`)."""
+
+
+def evaluate_oracle(run_dir: Path, opts: EvalOptions) -> dict | None:
+    """The run config's run.oracle evaluated with the run's data and options, or None when the run names
+    none (or it cannot load: a line says why). Not logged to TensorBoard: it has no step."""
+    cfg = with_data(run_config(runs.complete_checkpoints(run_dir)[0]), opts)
+    if not cfg.run.oracle:
+        return None
+    try:
+        return _evaluate_model(Path(cfg.run.oracle), cfg, opts, run_dir / ORACLE_FILE, ORACLE_STEP,
+                               run_dir / "eval_cache", None)
+    except UserError as exc:
+        print(f"oracle not evaluated ({' '.join(str(exc).split())})", flush=True)
+        return None
+
+
 def evaluate_start(run_dir: Path, opts: EvalOptions) -> dict | None:
     """The run's starting model (model.name_or_path of its config) evaluated as step 0, so the
     summary's curves begin where training began; None (with a line saying why) if it cannot load."""
@@ -296,7 +317,8 @@ def versions() -> dict[str, str]:
 
 
 def evaluate_run(run_dir: str | Path, opts: EvalOptions) -> list[dict]:
-    """Evaluate every complete checkpoint of a run (skipping evaluated ones), then summarise."""
+    """Evaluate every complete checkpoint of a run (skipping evaluated ones) and the model it started
+    from (step 0), then its run.oracle if it names one, then summarise."""
     from unlearn.eval import summary as eval_summary
 
     run_dir = Path(run_dir)
@@ -307,5 +329,5 @@ def evaluate_run(run_dir: str | Path, opts: EvalOptions) -> list[dict]:
         raise UserError(f"run '{run_dir}' has no complete checkpoint; expected checkpoints/step-*/COMPLETE")
     start = evaluate_start(run_dir, opts)
     results = [evaluate_checkpoint(c, opts) for c in ckpts]
-    eval_summary.write(run_dir, ([start] if start else []) + results)
+    eval_summary.write(run_dir, ([start] if start else []) + results, oracle=evaluate_oracle(run_dir, opts))
     return results

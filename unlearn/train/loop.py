@@ -285,6 +285,8 @@ def _checked_inputs(cfg: Config, ds_config: str, ds_patch: dict[str, Any] | None
     models.threads_hint()
     set_seed(cfg.train.seed, distributed.env_from_os().rank)
     tokenizer = models.load_tokenizer(cfg.model)
+    if cfg.run.oracle:  # read only by the end-of-run table: a wrong path must not cost the run
+        models.require_local_exists("run.oracle", cfg.run.oracle)
     sets = load_sets(cfg, tokenizer, distributed.env_from_os())
     model_config = models.load_model_config(cfg.model)
     check_lengths(sets, model_config, cfg)
