@@ -6,7 +6,8 @@ the README's next commands: evaluate the run, open TensorBoard, and a sweep on t
 with its status, report and chosen checkpoint.
 
 The stand-ins, the only values not read from the README: RUN is the run folder the main job printed;
-SLURM_CONF points the shell at the local cluster (a real cluster's login shell has it set)."""
+SLURM_CONF points the shell at the local cluster (a real cluster's login shell has it set); BOOKS names
+../shared/data/books for `make copyright-demo` (the copy has no ../shared beside it)."""
 
 from __future__ import annotations
 
@@ -34,6 +35,14 @@ def readme_block(starting: str) -> list[str]:
         if block.startswith(starting):
             return block.rstrip("\n").splitlines()
     raise AssertionError(f"README has no code block starting with {starting!r}")
+
+
+def section_tables(heading: str) -> list[list[str]]:
+    """The lines of each code block starting with `metric` in the README section under `heading`."""
+    text = (ROOT / "README.md").read_text()
+    section = text[text.index(heading + "\n"):]
+    section = section[:section.find("\n#", len(heading))]
+    return [block.rstrip("\n").splitlines() for block in re.findall(r"```\n(metric .*?)```", section, re.S)]
 
 
 def first_hour_commands() -> list[str]:
@@ -81,7 +90,7 @@ def test_make_demo_prints_the_readmes_table_and_a_self_describing_run(demo_run):
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
     repo, out, run = demo_run
-    table = readme_block("metric ")
+    table, = section_tables("## Two commands")
     printed = out[out.index("\nmetric ") + 1:].splitlines()[:len(table)]
     assert printed == table  # the README's numbers are what the set-up command prints on this machine
     assert "Traceback" not in out and "[INFO]" not in out  # the launcher's INFO lines are not the user's
@@ -116,10 +125,10 @@ def test_the_next_commands_in_a_new_shell(demo_run):
                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
         end, tags = time.time() + 120, {}
-        while not any("eval/copyright/verbatim_rouge_l" in t.get("scalars", []) for t in tags.values()):
+        while not any("eval/copyright/verbatim_rouge_l" in run_tags for run_tags in tags.values()):
             assert time.time() < end and server.poll() is None, tags
             time.sleep(1)
-            try:
+            try:  # {run folder: {tag: metadata}}
                 with urllib.request.urlopen(f"http://127.0.0.1:{port}/data/plugin/scalars/tags", timeout=5) as r:
                     tags = json.loads(r.read())
             except OSError:
@@ -129,6 +138,15 @@ def test_the_next_commands_in_a_new_shell(demo_run):
     finally:
         server.terminate()
         server.wait(timeout=30)
+
+
+def test_make_copyright_demo_prints_the_readmes_tables(demo_run, shared_data):
+    repo, _, _ = demo_run
+    command = readme_block("make copyright-demo")[0].split("#")[0].strip()
+    out = _ok(shell(f"{command} BOOKS={shared_data / 'books'}", repo, timeout=900))
+    tables = section_tables("### The copyright pipeline at CPU scale")  # stage 1, then stage 2
+    printed = [out[m.start() + 1:].splitlines()[:len(t)] for m, t in zip(re.finditer(r"\nmetric ", out), tables)]
+    assert len(tables) == 2 and printed == tables
 
 
 @pytest.mark.slurm
