@@ -131,6 +131,7 @@ def test_lora_only_the_adapters_in_the_chosen_layers_train(demo_dir, tmp_path, d
 def test_resume_uses_the_saved_vector(demo_dir, tmp_path, dist_env, monkeypatch):
     """u is saved with each checkpoint and a resumed run takes it from there: a checkpoint whose u was
     replaced continues with the replacement, not with a fresh draw from train.seed."""
+    from unlearn import manifest
     from unlearn.config_io import load_config
     from unlearn.train import loop as training
 
@@ -146,6 +147,7 @@ def test_resume_uses_the_saved_vector(demo_dir, tmp_path, dist_env, monkeypatch)
     state = torch.load(state_file)
     state["rmu"]["u"] = planted
     torch.save(state, state_file)
+    manifest.write(state_file.parents[1])  # a deliberate edit: the checkpoint's checksums follow it
 
     cfg, patch = load_config(overrides=[f"model.name_or_path={demo_dir / 'init'}",
                                         f"data.forget={demo_dir / 'harmful.jsonl'}",
