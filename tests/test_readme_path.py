@@ -102,6 +102,12 @@ def test_make_demo_prints_the_readmes_table_and_a_self_describing_run(demo_run):
     acc = EventAccumulator(str(repo / run / "tb"))
     acc.Reload()
     assert {"forget/loss", "retain/loss", "grad_norm", "lr", "tokens_per_s", "padding"} <= set(acc.Tags()["scalars"])
+    # the logged rate is the mean of those the steps of its window applied: linear decay from 2e-4 over
+    # 60 steps (step t applies 2e-4 (61 - t) / 60), logged every 5 steps
+    lr = [(e.step, e.value) for e in acc.Scalars("lr")]
+    assert [s for s, _ in lr] == list(range(5, 61, 5))
+    assert [v for _, v in lr] == pytest.approx([2e-4 * sum(61 - t for t in range(s - 4, s + 1)) / 300
+                                                for s, _ in lr], rel=1e-6)
     summary = json.loads((repo / run / "summary.json").read_text())
     assert summary["oracle"]["model"] == ".cache/demo/oracle"
     assert summary["after"]["forget_nll"] > summary["before"]["forget_nll"]  # ascent forgets
