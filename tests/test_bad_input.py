@@ -64,6 +64,8 @@ def _cases(f: dict[str, str], demo: Path, out: str) -> dict[str, tuple[list[str]
     return {
         "unknown_key": (z2 + ok + ["train.max_step=3"], ["unknown config key 'train.max_step'",
                                                          "did you mean 'train.max_steps'"]),
+        "ds_override_typo": (z2 + ok + ["ds.zero_optimisation.stage=3"],
+                             ["unknown key 'ds.zero_optimisation'", "did you mean 'ds.zero_optimization'"]),
         "unknown_section": (z2 + ok + ["trian.max_steps=3"], ["unknown config key 'trian'", "did you mean 'train'"]),
         "wrong_type": (z2 + ok + ["train.max_steps=lots"], ["'train.max_steps' is 'lots'; expected an integer"]),
         "bad_yaml": (z2 + ok + ["--config", f["bad_yaml"]], ["is not valid YAML", "line"]),
