@@ -15,6 +15,7 @@ from typing import Any
 
 import yaml
 
+from unlearn import textfiles
 from unlearn.config import Config
 from unlearn.errors import UserError
 
@@ -173,7 +174,7 @@ def read_yaml(path: str | Path) -> dict[str, Any]:
     if not path.is_file():
         raise UserError(f"config file '{path}' not found; expected a YAML file such as configs/demo.yaml")
     try:
-        data = yaml.safe_load(path.read_text())
+        data = yaml.safe_load(textfiles.read_text(path, "config file"))
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         where = f" at line {mark.line + 1}" if mark else ""

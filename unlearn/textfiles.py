@@ -49,3 +49,14 @@ def read_text(path: str | Path, what: str = "file") -> str:
     except UnicodeDecodeError as exc:
         bom = 3 if raw.startswith(codecs.BOM_UTF8) else 0
         raise _not_utf8(path, what, exc.start + bom, raw[exc.start + bom]) from None
+
+
+def read_json(path: str | Path, what: str = "file"):
+    """The JSON value in a UTF-8 file, or a UserError naming the file and the line that does not parse."""
+    import json
+
+    try:
+        return json.loads(read_text(path, what))
+    except json.JSONDecodeError as exc:
+        raise UserError(f"{what} '{path}' is not valid JSON (line {exc.lineno}: {exc.msg}); expected a JSON "
+                        "file") from None

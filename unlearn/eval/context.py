@@ -79,6 +79,9 @@ class EvalOptions:
     stage-1 model, say, is measured on the text a later stage will unlearn."""
     retain: str = ""
     """Retain data for every suite (file or hub id, format detected); empty = the run's data.retain."""
+    skip_bad_rows: bool = False
+    """Leave out data rows that cannot be used (a field their format needs is null, absent or blank) and
+    count them, as data.skip_bad_rows=true; off = such a row is an error naming its file, line and field."""
     tofu_forget: str = "forget10"
     """TOFU suite: the forget split (forget01 | forget05 | forget10) whose forget quality is measured."""
     retain_model: str = ""
@@ -217,10 +220,11 @@ class Context:
         rows = sources.load_rows(source)
         fmt = sources.detect_format(rows, source)
         if fmt == "text":
-            samples = data.text_samples(sources.texts_of(rows, source, fmt), self.tokenizer, d.max_length)
+            samples = data.text_samples(sources.texts_of(rows, source, fmt, d.skip_bad_rows), self.tokenizer,
+                                        d.max_length)
         else:
             samples = [data.qa_sample(p, a, self.tokenizer, d.prompt_template, d.max_length, d.append_eos)
-                       for p, a in sources.qa_pairs(rows, fmt, source)]
+                       for p, a in sources.qa_pairs(rows, fmt, source, d.skip_bad_rows)]
         return self.limited(samples)
 
     def documents(self, role: str, source: str = "") -> list[str] | None:
@@ -230,7 +234,7 @@ class Context:
 
         if source:
             rows = sources.load_rows(source)
-            return self.limited(sources.texts_of(rows, source, "text")) \
+            return self.limited(sources.texts_of(rows, source, "text", self.cfg.data.skip_bad_rows)) \
                 if sources.detect_format(rows, source) == "text" else None
         if role_format(self.cfg, role) != "text":
             return None
@@ -238,13 +242,14 @@ class Context:
         for src in data.split_sources(getattr(d, role)):
             rows = sources.load_rows(src, getattr(d, f"{role}_split"), getattr(d, f"{role}_revision"),
                                      getattr(d, f"{role}_subset"))
-            texts += sources.texts_of(rows, src, "text")
+            texts += sources.texts_of(rows, src, "text", d.skip_bad_rows)
         return self.limited(texts)
 
     def qa_pairs(self, source: str) -> list[tuple[str, str]]:
         """(question, answer) pairs of a QA-like file (format by columns), capped by --limit."""
         rows = sources.load_rows(source)
-        return self.limited(sources.qa_pairs(rows, sources.detect_format(rows, source), source))
+        return self.limited(sources.qa_pairs(rows, sources.detect_format(rows, source), source,
+                                             self.cfg.data.skip_bad_rows))
 
     def prompt(self, question: str) -> str:
         """`question` in the run's template up to the answer, as data.qa_sample cuts it."""

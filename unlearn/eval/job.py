@@ -53,8 +53,9 @@ def run_config(ckpt: Path) -> Config:
 
 
 def with_data(cfg: Config, opts: EvalOptions) -> Config:
-    """The run config with --forget/--retain in place of its own data (formats detected anew)."""
-    d = cfg.data
+    """The run config with --forget/--retain in place of its own data (formats detected anew) and
+    --skip_bad_rows as data.skip_bad_rows."""
+    d = replace(cfg.data, skip_bad_rows=cfg.data.skip_bad_rows or opts.skip_bad_rows)
     if opts.forget:
         d = replace(d, forget=opts.forget, forget_format="auto")
     if opts.retain:

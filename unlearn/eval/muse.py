@@ -33,16 +33,16 @@ run's forget text; no in-context examples.
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
-from unlearn import sources
+from unlearn import sources, textfiles
 from unlearn.errors import UserError
 from unlearn.eval import before_after
 from unlearn.eval.context import role_format
 from unlearn.eval.generation import greedy
 from unlearn.eval.stats import mean_ci
 from unlearn.eval.textmetrics import rouge_l
+from unlearn.rows import checked
 
 KNOWMEM_NEW_TOKENS = 32
 VERBMEM_NEW_TOKENS = 128
@@ -115,17 +115,18 @@ def _muse_rows(source: str, config: str, split: str) -> list[dict] | None:
         path = folder / config / f"{split}.json"  # MUSE's own files: one JSON list each (may be empty)
         if not path.is_file():
             return None
-        rows = json.loads(path.read_text())
+        rows = textfiles.read_json(path, "MUSE file")
         if not isinstance(rows, list):
             raise UserError(f"MUSE file '{path}' is not a JSON list; expected [{{...}}, ...] as muse_bench's data/")
         return rows
     return sources.load_rows(source, split, "", config)
 
 
-def _pairs(rows: list[dict] | None, source: str) -> list[tuple[str, str]]:
+def _pairs(rows: list[dict] | None, source: str, skip: bool) -> list[tuple[str, str]]:
     if not rows:
         return []
     sources.require_columns(rows, ("question", "answer"), source, "MUSE knowmem")
+    rows = checked(rows, ("question", "answer"), source, "'question' and 'answer' (MUSE knowmem)", skip)
     return [(str(r["question"]), str(r["answer"])) for r in rows]
 
 
@@ -133,12 +134,14 @@ def _data(ctx) -> dict:
     """{"forget_qa", "forget_icl", "retain_qa", "retain_icl", "verbmem"} and where each came from."""
     o = ctx.opts
     if o.muse:
-        out = {key: _pairs(_muse_rows(o.muse, "knowmem", split), o.muse) for key, split in
+        skip = ctx.cfg.data.skip_bad_rows
+        out = {key: _pairs(_muse_rows(o.muse, "knowmem", split), o.muse, skip) for key, split in
                (("forget_qa", "forget_qa"), ("forget_icl", "forget_qa_icl"), ("retain_qa", "retain_qa"),
                 ("retain_icl", "retain_qa_icl"))}
         rows = _muse_rows(o.muse, "verbmem", "forget")
         if rows:
             sources.require_columns(rows, ("prompt", "gt"), o.muse, "MUSE verbmem")
+            rows = checked(rows, ("prompt", "gt"), o.muse, "'prompt' and 'gt' (MUSE verbmem)", skip)
         out["verbmem"] = [(str(r["prompt"]), str(r["gt"])) for r in rows or []]
         return {**out, "from": o.muse}
     d = ctx.cfg.data
@@ -147,7 +150,8 @@ def _data(ctx) -> dict:
     tok = ctx.tokenizer
     if role_format(ctx.cfg, "forget") == "text":  # whole documents, not the run's training chunks
         texts = [t for src in d.forget.split(",") if src.strip() for t in sources.texts_of(
-            sources.load_rows(src.strip(), d.forget_split, d.forget_revision, d.forget_subset), src, "text")]
+            sources.load_rows(src.strip(), d.forget_split, d.forget_revision, d.forget_subset), src, "text",
+            d.skip_bad_rows)]
         verb = passages(texts, tok, o.prefix_tokens)
     else:  # QA forget sets: the question is the prompt, the answer the continuation
         probes = before_after.probes(ctx.samples("forget"), prefix=o.prefix_tokens, length=VERBMEM_NEW_TOKENS)
