@@ -106,6 +106,19 @@ def _root_base(name: str) -> str:
     return name
 
 
+def check_model(what: str, name: str) -> None:
+    """A model folder (or LoRA adapter chain) or hub id that will load: its config read now, without
+    weights, so a missing or mistyped model is named before any work."""
+    from transformers import AutoConfig
+
+    require_local_exists(what, name)
+    root = _root_base(name)
+    try:
+        AutoConfig.from_pretrained(root)
+    except Exception as exc:  # OSError, ValueError, HFValidationError...: all mean "cannot load"
+        raise _explain_load_error(what, root, exc) from None
+
+
 def load_model_config(cfg: ModelConfig):
     """The model's Hugging Face config only (no weights): checks the path and its positions early."""
     from transformers import AutoConfig

@@ -162,12 +162,27 @@ def device_of(opts: EvalOptions) -> str:
 
 
 class Context:
+    """The model is loaded on first use, so the suites' inputs are checked (unlearn.eval.inputs) first."""
+
     def __init__(self, checkpoint: Path, cfg: Config, opts: EvalOptions, cache_dir: Path):
+        self.checkpoint, self.cfg, self.opts, self.cache_dir = checkpoint, cfg, opts, cache_dir
+        self._loaded = None
+        self._reference = None
+
+    @property
+    def model(self):
+        return self._load()[0]
+
+    @property
+    def tokenizer(self):
+        return self._load()[1]
+
+    def _load(self):
         from unlearn.model import load_for_eval
 
-        self.checkpoint, self.cfg, self.opts, self.cache_dir = checkpoint, cfg, opts, cache_dir
-        self.model, self.tokenizer = load_for_eval(str(checkpoint), _dtype(opts.dtype), device_of(opts))
-        self._reference = None
+        if self._loaded is None:
+            self._loaded = load_for_eval(str(self.checkpoint), _dtype(self.opts.dtype), device_of(self.opts))
+        return self._loaded
 
     @property
     def reference_name(self) -> str:

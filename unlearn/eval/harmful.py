@@ -19,10 +19,11 @@ import numpy as np
 
 from unlearn import sources, textfiles
 from unlearn.errors import UserError
+from unlearn.eval import inputs
 from unlearn.eval.context import SHARED_DATA, role_format
 from unlearn.eval.generation import generate_text
-from unlearn.eval.judge_eval import measured
-from unlearn.eval.judges import load_judge
+from unlearn.eval.judge_eval import measured, read_labels
+from unlearn.eval.judges import check_judge, load_judge
 from unlearn.eval.stats import bootstrap, mean_ci
 from unlearn.rows import checked
 
@@ -116,14 +117,34 @@ def judge_accuracy(ctx, judge) -> dict:
                       lambda: measured(judge, labels))
 
 
-def run(ctx) -> dict:
-    o = ctx.opts
-    judge = load_judge(o.judge, o.judge_threshold, str(ctx.model.device), o.judge_label, o.judge_template)
-    path = o.harmful_prompts or default_prompts_path()
+def _prompt_sources(ctx) -> tuple[str, bool]:
+    """(the held-out prompts file, whether the run's forget set is PKU: its prompts are scored too)."""
+    path = ctx.opts.harmful_prompts or default_prompts_path()
     forget_is_pku = role_format(ctx.cfg, "forget") == "pku"
     if not path and not forget_is_pku:
         raise UserError("harmful suite: no prompts; expected --harmful_prompts FILE (AdvBench, HarmBench, "
                         "HarmfulQA, XSTest) or a PKU-SafeRLHF forget set")
+    return path, forget_is_pku
+
+
+def check(ctx) -> None:
+    """The inputs `run` reads, without the model: judge, its labels, prompts, reference model."""
+    o = ctx.opts
+    check_judge(o.judge, o.judge_label, o.judge_template)
+    if o.judge_labels.strip().lower() != "none" and o.judge_labels:
+        read_labels(o.judge_labels)
+    path, forget_is_pku = _prompt_sources(ctx)
+    if path:
+        load_prompts(path, ctx.cfg.data.skip_bad_rows)
+    if forget_is_pku:
+        forget_pku_prompts(ctx.cfg)
+    inputs.reference(ctx)
+
+
+def run(ctx) -> dict:
+    o = ctx.opts
+    judge = load_judge(o.judge, o.judge_threshold, str(ctx.model.device), o.judge_label, o.judge_template)
+    path, forget_is_pku = _prompt_sources(ctx)
     metrics, info, examples = {}, {"judge": {**judge.identity, "measured": judge_accuracy(ctx, judge)}}, []
     sets = []
     if path:

@@ -31,7 +31,7 @@ import string
 import numpy as np
 
 from unlearn.errors import UserError
-from unlearn.eval import specs
+from unlearn.eval import inputs, specs
 from unlearn.eval.loglik import BOS_RULES, check_bos, loglikelihoods
 from unlearn.eval.stats import mean_ci
 from unlearn.rows import checked, filled, missing
@@ -141,23 +141,35 @@ def accuracy(model, tokenizer, mc_items: list[dict], batch_size: int = 16, desc:
     return {"acc": {**mean_ci(correct), "chance": chance}, "lls": lls, "correct": correct}
 
 
-def run(ctx) -> dict:
-    o = ctx.opts
-    if not o.mc:
-        raise UserError("mc suite needs multiple-choice data; expected --mc [forget=|retain=]SOURCE, e.g. "
-                        "--mc forget=cais/wmdp:wmdp-bio --mc retain=cais/mmlu:college_biology")
+def check_options(o) -> list[tuple[str, str]]:
+    """(side, source) of each --mc set, from the flags alone."""
+    inputs.required_flags(("mc",), o)
     check_bos(o.loglik_bos)
     sets = [parse_side(t) for t in o.mc]
     sides = [s for s, _ in sets]
     if len(set(sides)) != len(sides):
         raise UserError(f"--mc names side(s) {sorted({s for s in sides if sides.count(s) > 1})} twice; expected "
                         "at most one forget= and one retain= set")
+    return sets
+
+
+def _sets(ctx) -> list[tuple[str, str, list[dict]]]:
+    """(side, source, items capped by --limit) of each --mc set."""
+    return [(side, source, ctx.limited(items(specs.load(source, HUB_SPLIT), source, default_subject(source),
+                                             ctx.cfg.data.skip_bad_rows))) for side, source in check_options(ctx.opts)]
+
+
+def check(ctx) -> None:
+    """The inputs `run` reads, without the model: every --mc set loads and each row is an item."""
+    _sets(ctx)
+
+
+def run(ctx) -> dict:
+    o = ctx.opts
     metrics, info, examples = {}, {"prompt": "lm-evaluation-harness wmdp/mmlu zero-shot (description, question, "
                                              "lettered choices, 'Answer:'; continuations ' A', ' B', ...)",
                                    "loglik_bos": {"rule": o.loglik_bos, "as": BOS_RULES[o.loglik_bos]}}, []
-    for side, source in sets:
-        mc_items = ctx.limited(items(specs.load(source, HUB_SPLIT), source, default_subject(source),
-                                     ctx.cfg.data.skip_bad_rows))
+    for side, source, mc_items in _sets(ctx):
         res = accuracy(ctx.model, ctx.tokenizer, mc_items, o.batch_size, desc=f"mc ({side})", bos=o.loglik_bos)
         metrics[f"{side}_acc"] = res["acc"]
         info[side] = {"source": source, "n": len(mc_items), "chance": res["acc"]["chance"]}

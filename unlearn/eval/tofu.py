@@ -35,12 +35,11 @@ TOFU evaluation reused), its eval.json, or a TOFU_EVAL.json from this suite or f
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
-from unlearn import data, sources
+from unlearn import data, sources, textfiles
 from unlearn.errors import UserError
-from unlearn.eval import tofu_logs, tofu_mia
+from unlearn.eval import inputs, tofu_logs, tofu_mia
 from unlearn.eval import tofu_metrics as tm
 from unlearn.eval.generation import generate_text, token_logprobs
 from unlearn.eval.tofu_metrics import HUB_ID
@@ -213,14 +212,43 @@ def retain_scorer(ctx) -> Scorer:
     return Scorer(model, tok, template, o.batch_size, o.tofu_max_new_tokens)
 
 
+def _saved_ratios(retain_model: str) -> Path | None:
+    """The file holding the --retain_model's saved forget truth ratios (given, or its folder's eval.json of
+    a TOFU evaluation); None when the model is to be evaluated here."""
+    given = Path(retain_model)
+    if given.is_file():
+        return given
+    saved = given / "eval.json"
+    if saved.is_file() and "tofu" in textfiles.read_json(saved, "--retain_model").get("suites", {}):
+        return saved
+    return None
+
+
+def check_options(o) -> None:
+    """What the flags alone say."""
+    tm.check_forget_split(o.tofu_forget)
+    if o.tofu_max_new_tokens < 1:
+        raise UserError(f"--tofu_max_new_tokens {o.tofu_max_new_tokens}; expected at least 1")
+
+
+def check(ctx) -> None:
+    """The inputs `run` reads, without the model: every split's rows, the retain model or its saved ratios."""
+    o = ctx.opts
+    check_options(o)
+    splits, _ = read_splits(ctx)
+    if o.retain_model:
+        saved = _saved_ratios(o.retain_model)
+        if saved:
+            tm.read_ratios(saved, len(splits["forget"]), o.tofu_forget)
+        else:
+            inputs.model("--retain_model", o.retain_model)
+
+
 def retain_model_ratios(ctx, forget: list[dict]) -> tuple[list[float], str]:
     """The retain model's forget-set truth ratios and where they came from."""
     o = ctx.opts
-    given = Path(o.retain_model)
-    if given.is_file():
-        return tm.read_ratios(given, len(forget), o.tofu_forget), str(given)
-    saved = given / "eval.json"
-    if saved.is_file() and "tofu" in json.loads(saved.read_text()).get("suites", {}):
+    given, saved = Path(o.retain_model), _saved_ratios(o.retain_model)
+    if saved:
         return tm.read_ratios(saved, len(forget), o.tofu_forget), str(saved)
 
     def compute() -> list[float]:

@@ -26,7 +26,7 @@ import numpy as np
 
 from unlearn import data, sources
 from unlearn.errors import UserError
-from unlearn.eval import before_after, specs
+from unlearn.eval import before_after, inputs, specs
 from unlearn.eval import truthfulqa as tqa_standard
 from unlearn.eval.context import SHARED_DATA, role_format
 from unlearn.eval.generation import token_logprobs
@@ -163,22 +163,40 @@ def truthfulqa_rows(ctx) -> tuple[list[dict], str, str, list[dict]]:
     return rows, source, "test part (held out from training)" if trained else "all", full
 
 
+def truthfulqa_data(ctx) -> tuple[str, list[dict], str, str]:
+    """(variant, items capped by --limit, source, which part); no items without TruthfulQA data."""
+    o = ctx.opts
+    rows, tqa, which, full = truthfulqa_rows(ctx)
+    if not rows:
+        return "", [], "", ""
+    variant = tqa_standard.variant_of(rows, o.truthfulqa_variant, tqa)
+    check_bos(o.loglik_bos)
+    items = tqa_standard.mc_items(rows, tqa) if variant == "standard" else \
+        truthfulqa_items(rows, tqa, ctx.cfg.data.skip_bad_rows, full)
+    return variant, ctx.limited(items), tqa, which
+
+
+def check(ctx) -> None:
+    """The inputs `run` reads, without the model: retain data, TruthfulQA, normal prompts, reference."""
+    inputs.run_data(ctx, "retain")
+    truthfulqa_data(ctx)
+    if ctx.opts.normal_prompts:
+        inputs.file_data(ctx, ctx.opts.normal_prompts)
+    inputs.reference(ctx)
+
+
 def run(ctx) -> dict:
     from unlearn.eval.generation import generate_text
 
     d, o = ctx.cfg.data, ctx.opts
     info: dict = {"retain": d.retain}
     metrics: dict = {"retain_ppl": retain_perplexity(ctx.model, ctx.tokenizer, ctx.samples("retain"))}
-    rows, tqa, which, full = truthfulqa_rows(ctx)
-    if rows:
-        variant = tqa_standard.variant_of(rows, o.truthfulqa_variant, tqa)
-        check_bos(o.loglik_bos)
+    variant, items, tqa, which = truthfulqa_data(ctx)
+    if items:
         if variant == "standard":
-            items = ctx.limited(tqa_standard.mc_items(rows, tqa))
             metrics.update(tqa_standard.standard(ctx.model, ctx.tokenizer, items, o.batch_size, o.loglik_bos))
             info["loglik_bos"] = {"rule": o.loglik_bos, "as": BOS_RULES[o.loglik_bos]}
         else:
-            items = ctx.limited(truthfulqa_items(rows, tqa, d.skip_bad_rows, full))
             metrics.update(truthfulqa(ctx.model, ctx.tokenizer, items, d.prompt_template, o.batch_size))
         info["truthfulqa"], info["truthfulqa_items"], info["truthfulqa_variant"] = tqa, which, variant
     else:
