@@ -284,6 +284,10 @@ def test_every_suites_inputs_are_checked_before_the_first_suite_runs(tmp_path, d
     err = [line for line in capsys.readouterr().err.splitlines() if line.startswith("error:")]
     assert len(err) == 1 and err[0].startswith("error: 3 suites cannot run (nothing was evaluated): harmful suite: ")
     assert "expected --mc" in err[0] and "TOFU split 'forget10_perturbed' not found" in err[0]
+    from unlearn.eval.job import check_args  # a sweep plans its eval jobs: flags a suite needs, checked there
+
+    with pytest.raises(UserError, match="expected --holdout FILE"):
+        check_args(["--suite", "copyright,privacy"])
 
 
 def test_a_suite_that_finished_is_kept_when_a_later_one_fails(tmp_path, demo_dir, monkeypatch, capsys):

@@ -172,7 +172,7 @@ def deep_merge(base: dict[str, Any], patch: dict[str, Any]) -> dict[str, Any]:
 def read_yaml(path: str | Path) -> dict[str, Any]:
     path = Path(path)
     if not path.is_file():
-        raise UserError(f"config file '{path}' not found; expected a YAML file such as configs/demo.yaml")
+        raise UserError(f"config file '{path}' not found; expected a YAML file such as configs/harmful_opt1.3b.yaml")
     try:
         data = yaml.safe_load(textfiles.read_text(path, "config file"))
     except yaml.YAMLError as exc:
