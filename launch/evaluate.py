@@ -22,12 +22,13 @@ def main(argv: list[str] | None = None) -> None:
 
     def job() -> None:
         from unlearn.eval import job as evaluation
+        from unlearn.eval.record import metrics_table
 
         opts = options_from_flags(args, evaluation.parse_suites(args.suite))
         results = evaluation.evaluate_run(args.run, opts) if args.run else \
             [evaluation.evaluate_checkpoint(args.checkpoint, opts)]
         for result in results:
-            print("\n" + evaluation.metrics_table(result), flush=True)
+            print("\n" + metrics_table(result), flush=True)
 
     guarded(job)
 

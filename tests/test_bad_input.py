@@ -40,12 +40,18 @@ def _files(root: Path, demo: Path) -> dict[str, str]:
         "all_safe.jsonl": "".join(json.dumps({"prompt": f"q{i}", "response_0": "no", "response_1": "no way",
                                               "is_response_0_safe": True, "is_response_1_safe": True}) + "\n"
                                   for i in range(3)),
+        "no_answer.jsonl": "".join(json.dumps(r) + "\n" for r in ({"question": "q1", "answer": "a1"},
+                                                                     {"question": "q2"}, {"question": "q3", "answer": "a3"})),
         "a_file": "not a folder\n",
         "bad.yaml": "train:\n  max_steps: [1, 2\n",
     }
     for name, text in write.items():
         (root / name).write_text(text)
-    out = {name.replace(".", "_"): str(root / name) for name in write}
+    latin1 = {"latin1.txt": "Caf\u00e9 society\n".encode("latin-1"),
+              "latin1.jsonl": json.dumps({"text": "ok"}).encode() + b'\n{"text": "Caf\xe9"}\n'}
+    for name, raw in latin1.items():
+        (root / name).write_bytes(raw)
+    out = {name.replace(".", "_"): str(root / name) for name in [*write, *latin1]}
     out["existing_run"] = str(root / "runs" / "taken")
     (root / "runs" / "taken").mkdir(parents=True)
     (root / "runs" / "taken" / "config.yaml").write_text("original\n")
@@ -64,6 +70,8 @@ def _cases(f: dict[str, str], demo: Path, out: str) -> dict[str, tuple[list[str]
     return {
         "unknown_key": (z2 + ok + ["train.max_step=3"], ["unknown config key 'train.max_step'",
                                                          "did you mean 'train.max_steps'"]),
+        "ds_override_typo": (z2 + ok + ["ds.zero_optimisation.stage=3"],
+                             ["unknown key 'ds.zero_optimisation'", "did you mean 'ds.zero_optimization'"]),
         "unknown_section": (z2 + ok + ["trian.max_steps=3"], ["unknown config key 'trian'", "did you mean 'train'"]),
         "wrong_type": (z2 + ok + ["train.max_steps=lots"], ["'train.max_steps' is 'lots'; expected an integer"]),
         "bad_yaml": (z2 + ok + ["--config", f["bad_yaml"]], ["is not valid YAML", "line"]),
@@ -87,6 +95,12 @@ def _cases(f: dict[str, str], demo: Path, out: str) -> dict[str, tuple[list[str]
                                                                    "expected a Hugging Face model folder"]),
         "columns": (z2 + ok + [f"data.forget={f['columns_jsonl']}"], ["has columns ['bar', 'foo']", "expected 'text'"]),
         "empty_forget": (z2 + ok + [f"data.forget={f['empty_txt']}"], ["yields no trainable samples", "expected"]),
+        "row_without_answer": (z2 + ok + [f"data.forget={f['no_answer_jsonl']}"],
+                               [f"data '{f['no_answer_jsonl']}' line 2 has no 'answer'", "data.skip_bad_rows=true"]),
+        "latin1_txt": (z2 + ok + [f"data.forget={f['latin1_txt']}"],
+                       [f"'{f['latin1_txt']}' is not UTF-8 text: byte 0xe9 at offset 3 (line 1)"]),
+        "latin1_jsonl": (z2 + ok + [f"data.retain={f['latin1_jsonl']}"],
+                         [f"'{f['latin1_jsonl']}' is not UTF-8 text: byte 0xe9 at offset 28 (line 2)"]),
         "no_unsafe": (z2 + ok + [f"data.forget={f['all_safe_jsonl']}", "data.forget_format=pku"],
                       ["has no unsafe responses", "expected some unsafe answers"]),
         "too_long": (z2 + ok + ["data.max_length=100000"], ["data.max_length=100000 exceeds",

@@ -39,6 +39,11 @@ def test_values_are_coerced_by_field_type(override, field, value):
 @pytest.mark.parametrize("override,message", [
     ("train.max_stepz=3", "unknown config key 'train.max_stepz'; did you mean 'train.max_steps'?"),
     ("optimizer.lr=1", "unknown config key 'optimizer'; did you mean 'optim'?"),
+    # a key of another section: the same name there first, then close spellings in any section
+    ("train.lr=abc", "unknown config key 'train.lr'; did you mean 'optim.lr'?"),
+    ("model.schedule=joint", "unknown config key 'model.schedule'; did you mean 'method.schedule' or "
+                             "'optim.schedule'?"),
+    ("method.warmup_step=3", "unknown config key 'method.warmup_step'; did you mean 'optim.warmup_steps'?"),
     ("train.max_steps=2.5", "config key 'train.max_steps' is 2.5; expected an integer"),
     ("model.lora=maybe", "config key 'model.lora' is 'maybe'; expected true or false"),
     ("optim.lr=fast", "config key 'optim.lr' is 'fast'; expected a number"),

@@ -197,6 +197,107 @@ def test_unknown_inputs_are_user_errors(tmp_path, tok):
         sources.load_rows("no-such-owner/no-such-dataset")
 
 
+# ----------------------------------------------------------------------------- rows that cannot be used
+
+def _tables(root: Path) -> dict[str, tuple[str, str, str]]:
+    """One table per format, its third row unusable: name -> (file, format, where the error must point)."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    qa = [{"question": "q1", "answer": "a1"}, {"question": "q2", "answer": "a2"}, {"question": "q3", "answer": None}]
+    root.mkdir(exist_ok=True)
+    _write_jsonl(root / "qa.jsonl", qa[:1]).write_text(json.dumps(qa[0]) + "\n\n" + json.dumps(qa[1]) + "\n"
+                                                       + json.dumps({"question": "q3"}) + "\n")  # a blank line
+    (root / "qa.json").write_text(json.dumps(qa))
+    (root / "qa.csv").write_text('question,answer\nq1,a1\n"q2\nwraps",a2\nq3,\n')  # a cell over two lines
+    pq.write_table(pa.Table.from_pylist(qa), root / "qa.parquet")
+    pku = {"response_0": "r0", "response_1": "r1", "is_response_0_safe": True, "is_response_1_safe": False}
+    _write_jsonl(root / "pku.jsonl", [{"prompt": "p1", **pku}, {"prompt": "p2", **pku},
+                                      {"prompt": "p3", **pku, "response_1": " "}])  # its unsafe slot is blank
+    tqa = "Type,Category,Question,Best Answer,Correct Answers,Incorrect Answers\n"
+    (root / "tqa.csv").write_text(tqa + "".join(f"A,B,Q{i}?,best {i},c,w\n" for i in range(9)) + "A,B,Q9?,,c,w\n")
+    return {"jsonl": (str(root / "qa.jsonl"), "qa", "line 4 has no 'answer'"),
+            "json": (str(root / "qa.json"), "qa", "row 3 has no 'answer'"),
+            "csv": (str(root / "qa.csv"), "qa", "line 5 has no 'answer'"),
+            "parquet": (str(root / "qa.parquet"), "qa", "row 3 has no 'answer'"),
+            "pku": (str(root / "pku.jsonl"), "pku", "line 3 has no 'response_1'"),
+            "truthfulqa": (str(root / "tqa.csv"), "truthfulqa", "line 11 has no 'Best Answer'")}
+
+
+def test_a_row_that_cannot_be_used_is_an_error_naming_file_line_and_field(tmp_path, tok, capsys):
+    """A forget row without `answer` was dropped silently (3 rows -> 2 samples): in every tabular format it
+    is now an error naming the file, the row's line and the field; data.skip_bad_rows=true leaves it out
+    and says how many. TruthfulQA rows are named by their line in the file, not in the seeded part."""
+    for name, (path, fmt, where) in _tables(tmp_path).items():
+        d = replace(DataConfig(), forget_format=fmt, truthfulqa_part="all" if fmt == "truthfulqa" else "train")
+        with pytest.raises(UserError) as info:
+            data.build_samples(path, "forget", tok, d)
+        assert f"data '{path}' {where} (null or blank); expected" in str(info.value), name
+        assert "data.skip_bad_rows=true" in str(info.value)
+        kept = data.build_samples(path, "forget", tok, replace(d, skip_bad_rows=True))
+        assert len(kept) == {"pku": 2, "truthfulqa": 9}.get(fmt, 2), name
+        assert f"skipped 1 of {10 if fmt == 'truthfulqa' else 3} rows" in capsys.readouterr().out, name
+    tqa = _tables(tmp_path)["truthfulqa"][0]
+    d = replace(DataConfig(), retain_format="truthfulqa", truthfulqa_part="test", truthfulqa_fractions=(0.0, 0.0, 1.0))
+    with pytest.raises(UserError, match="line 11 has no 'Best Answer'"):
+        data.read(tqa, "retain", d)
+
+
+def test_tofu_splits_and_eval_tables_check_every_row(tmp_path):
+    from unlearn.eval import mc, tofu
+
+    folder = tmp_path / "tofu"
+    folder.mkdir()
+    row = {"question": "q", "answer": "a", "paraphrased_answer": "p", "perturbed_answer": ["x", "y"]}
+    (folder / "forget01.json").write_text(json.dumps([row, {**row, "paraphrased_answer": ""}]))
+    with pytest.raises(UserError, match=r"forget01.json' row 2 has no 'paraphrased_answer'"):
+        tofu.load_split(str(folder), "forget01_perturbed", fields=tofu.SPLIT_FIELDS["forget"])
+    assert len(tofu.load_split(str(folder), "forget01_perturbed", fields=tofu.SPLIT_FIELDS["forget"], skip=True)) == 1
+    with pytest.raises(UserError, match="row 2 has no 'question'"):
+        mc.items([{"question": "Q", "choices": ["a", "b"], "answer": 0}, {"choices": ["a", "b"], "answer": 0}], "f")
+
+
+def test_files_that_are_not_utf8_are_one_line_naming_the_byte_offset(tmp_path, tok):
+    """A .txt gave a 69-line DatasetGenerationError, a .jsonl a UnicodeDecodeError: every local format and
+    every other user file read as text (answers, configs, DeepSpeed JSON, saved evaluations) now names
+    the file, the byte and its offset."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from unlearn import alternates
+    from unlearn.config_io import load_config
+    from unlearn.eval import harmful, judge_eval, tofu_metrics
+    from unlearn.train.engine import read_ds_config
+
+    latin1 = "Caf\u00e9 society".encode("latin-1")  # byte 0xe9 at offset 3 of its line
+    files = {"book.txt": b"line one\n" + latin1 + b"\n", "rows.jsonl": b'{"text": "ok"}\n{"text": "' + latin1 + b'"}\n',
+             "rows.json": b'[{"text": "' + latin1 + b'"}]', "rows.csv": b"text\n" + latin1 + b"\n",
+             "answers.txt": latin1, "config.yaml": b"run:\n  name: " + latin1, "ds.json": b'{"a": "' + latin1 + b'"}',
+             "TOFU_EVAL.json": b'{"a": "' + latin1 + b'"}', "prompts.json": b'["' + latin1 + b'"]',
+             "labels.csv": b"prompt,completion,final_label\n" + latin1 + b",x,1_full_compliance\n"}
+    for name, raw in files.items():
+        (tmp_path / name).write_bytes(raw)
+    readers = {"book.txt": lambda p: data.build_samples(p, "forget", tok, DataConfig()),
+               "rows.jsonl": sources.load_rows, "rows.json": sources.load_rows, "rows.csv": sources.load_rows,
+               "answers.txt": alternates.read_answers, "config.yaml": lambda p: load_config([p]),
+               "ds.json": read_ds_config, "TOFU_EVAL.json": lambda p: tofu_metrics.read_ratios(Path(p), 1, "forget01"),
+               "prompts.json": harmful.load_prompts, "labels.csv": judge_eval.read_labels}
+    for name, read in readers.items():
+        path = str(tmp_path / name)
+        with pytest.raises(UserError) as info:
+            read(path)
+        offset = files[name].index(b"\xe9")  # the first byte that is not UTF-8, and its line
+        lines = files[name][:offset].count(b"\n") + 1
+        assert f"'{path}' is not UTF-8 text: byte 0xe9 at offset {offset} (line {lines})" in str(info.value), name
+    cell = tmp_path / "rows.parquet"
+    pq.write_table(pa.table({"text": pa.array([b"ok", latin1], pa.binary())}), cell)
+    with pytest.raises(UserError, match="row 2 column 'text' is not UTF-8 text: byte 0xe9 at offset 3"):
+        sources.load_rows(str(cell))
+    (tmp_path / "broken.jsonl").write_text('{"text": "a"}\n{"text": \n')
+    with pytest.raises(UserError, match="could not be read as jsonl: line 2: Expecting value"):
+        sources.load_rows(str(tmp_path / "broken.jsonl"))
+
+
 # ----------------------------------------------------------------------------- order and random answers
 
 def test_stream_reshuffles_every_epoch_and_covers_each_sample_once_per_epoch():

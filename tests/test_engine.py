@@ -11,6 +11,7 @@ from tests.conftest import ROOT
 from unlearn import data
 from unlearn import model as models
 from unlearn.config_io import load_config
+from unlearn.errors import UserError
 from unlearn.train import checkpoint
 from unlearn.train import engine as engines
 
@@ -217,3 +218,45 @@ def test_zero3_sub_groups_smaller_than_the_model_train_the_same(demo_dir, dist_e
     with pytest.raises(UserError, match=r"zero3_sub_groups=\d+, this run has zero3_sub_groups=1;"):
         checkpoint.load_for_resume(other, ckpt, dist_env)
     other.destroy()
+
+
+@pytest.mark.parametrize("file_keys,patch,message", [
+    ({}, {"zero_optimisation": {"stage": 3}},
+     "a ds.* override on '{json}' has unknown key 'ds.zero_optimisation' (DeepSpeed 0.19.8 would ignore it); "
+     "did you mean 'ds.zero_optimization'?"),
+    ({}, {"zero_optimization": {"offload_param": {"devicee": "cpu"}}},
+     "unknown key 'ds.zero_optimization.offload_param.devicee' (DeepSpeed 0.19.8's DeepSpeedZeroConfig has no "
+     "such field); did you mean 'ds.zero_optimization.offload_param.device'?"),
+    ({"zero_optimization": {"stage": 2, "overlap_comms": False}}, {},
+     "DeepSpeed config '{json}' has unknown key 'zero_optimization.overlap_comms' (DeepSpeed 0.19.8's "
+     "DeepSpeedZeroConfig has no such field); did you mean 'zero_optimization.overlap_comm'?"),
+    ({"zero_optimization": {"stage": 2}, "activation_checkpointing": {"partition_activation": True}}, {},
+     "unknown key 'activation_checkpointing.partition_activation' (DeepSpeed 0.19.8 would ignore it); did you "
+     "mean 'activation_checkpointing.partition_activations'?"),
+    ({"zero_optimization": {"stage": 2}, "bf16": {"enabeld": False}}, {}, "did you mean 'bf16.enabled'?"),
+    ({"zero_optimization": {"stage": 2}, "tensorboard": {"output_pth": "tb"}}, {},
+     "unknown key 'tensorboard.output_pth' (DeepSpeed 0.19.8's DeepSpeedMonitorConfig has no such field); "
+     "did you mean 'tensorboard.output_path'?"),
+    ({"zero_optimization": {"stage": 2}, "elasticity": {"enabled": True}}, {},
+     "sets 'elasticity', which DeepSpeed 0.19.8 no longer supports (Elastic training has been removed"),
+])
+def test_ds_keys_deepspeed_would_not_read_are_refused_with_the_nearest(tmp_path, file_keys, patch, message):
+    """A typo in a DeepSpeed JSON or a ds.* override ran with DeepSpeed's default (ZeRO-2 for a mistyped
+    zero_optimization): each is refused, with the nearest key DeepSpeed 0.19.8 reads there."""
+    path = tmp_path / "ds.json"
+    path.write_text(json.dumps(file_keys or {"zero_optimization": {"stage": 2}}))
+    with pytest.raises(UserError) as info:
+        engines.read_ds_config(path, patch)
+    assert message.format(json=path) in str(info.value)
+
+
+def test_shipped_ds_configs_hold_only_keys_deepspeed_reads():
+    """The valid keys come from DeepSpeed: its top-level reads include the sections we use, and every
+    ds_configs/*.json passes (with the README's override examples)."""
+    from unlearn.train import ds_keys
+
+    assert {"zero_optimization", "bf16", "fp16", "zero_force_ds_cpu_optimizer", "activation_checkpointing"} <= \
+        ds_keys.top_level_keys() and "zero_optimisation" not in ds_keys.top_level_keys()
+    for path in sorted((ROOT / "ds_configs").glob("*.json")):
+        ds = engines.read_ds_config(path, {"bf16": {"enabled": False}, "zero_optimization": {"stage": 3}})
+        assert ds["zero_optimization"]["stage"] == 3, path

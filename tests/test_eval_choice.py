@@ -67,7 +67,7 @@ def test_mc_rows_accept_csv_cells_letters_and_refuse_bad_answers():
     rows = [{"question": "Q", "choices": '["x", "y", "z"]', "answer": "C"},
             {"question": "Q", "A": "x", "B": "y", "answer": "1"}]
     assert [(i["choices"], i["answer"]) for i in mc.items(rows, "f.csv")] == [(["x", "y", "z"], 2), (["x", "y"], 1)]
-    with pytest.raises(UserError, match="answer 4 is not a choice index"):
+    with pytest.raises(UserError, match=r"row 1 has answer 4, not a choice index \(0..1 or A..B\)"):
         mc.items([{"question": "Q", "choices": ["a", "b"], "answer": 4}], "f.csv")
     with pytest.raises(UserError, match="side 'utility' is unknown"):
         mc.parse_side("utility=f.csv")
@@ -298,7 +298,7 @@ def test_loglikelihoods_cut_long_sequences_from_the_left_like_the_harness(lm):
 @pytest.mark.parametrize("args,fragment", [
     (["--suite", "mc"], "expected --mc [forget=|retain=]SOURCE"),
     (["--suite", "mc", "--mc", "utility=x.jsonl"], "side 'utility' is unknown"),
-    (["--suite", "mc", "--mc", "BAD_ANSWER"], "answer 7 is not a choice index"),
+    (["--suite", "mc", "--mc", "BAD_ANSWER"], "line 1 has answer 7, not a choice index"),
     (["--suite", "mc", "--mc", "forget=A.jsonl", "--mc", "forget=A.jsonl"], "twice"),
     (["--suite", "mc", "--mc", "forget=A.jsonl", "--loglik_bos", "bos"], "--loglik_bos 'bos' is unknown"),
     (["--suite", "utility", "--truthfulqa", "TQA", "--truthfulqa_variant", "template"], "variant template needs"),
@@ -336,7 +336,7 @@ def test_standard_truthfulqa_holds_out_by_question_when_the_run_trained_on_the_c
     questions = [r["Question"] for r in sources.load_rows(csv_path)[:40]]
     mc_file = tmp_path / "mc.jsonl"
     mc_file.write_text("".join(json.dumps({**TQA_ROWS[0], "question": q}) + "\n" for q in questions))
-    rows, source, which = truthfulqa_rows(SimpleNamespace(cfg=trained, opts=EvalOptions(truthfulqa=str(mc_file))))
+    rows, source, which, _ = truthfulqa_rows(SimpleNamespace(cfg=trained, opts=EvalOptions(truthfulqa=str(mc_file))))
     train_part = {r["Question"] for r in data.read(csv_path, "retain", trained.data)[0]}
     kept = [r["question"] for r in rows]
     assert which.startswith("test") and kept and not set(kept) & train_part

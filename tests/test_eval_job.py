@@ -261,3 +261,71 @@ def test_privleak_against_a_retrained_model(tmp_path, demo_dir):
     zero = replace(given, reference_auc=0.0)
     none = evaluate_checkpoint(ckpt, zero)["suites"]["privacy"]
     assert "privleak" not in none["metrics"] and "AUC is 0" in none["info"]["privleak"]
+
+
+def test_every_suites_inputs_are_checked_before_the_first_suite_runs(tmp_path, demo_dir, capsys):
+    """`--suite harmful,copyright,utility,privacy` ran the first three (30 minutes on a real model) and then
+    failed for want of --holdout, writing nothing: now the missing inputs of every suite are one line,
+    exit 2, before any model is loaded, and each names what it expected."""
+    ckpt = make_checkpoint(tmp_path / "run", 3, demo_dir)
+    fast = [f"--{k}={v}" for k, v in FAST.items()]
+    with pytest.raises(SystemExit) as exit_info:
+        _launcher().main([str(ckpt), "--suite", "harmful,copyright,utility,privacy", "--reference", "none",
+                          "--harmful_prompts", str(demo_dir / "harmful.jsonl"), *fast])
+    out = capsys.readouterr()
+    errors = [line for line in out.err.splitlines() if line.startswith("error:")]
+    assert exit_info.value.code == 2 and len(errors) == 1, out.err
+    assert errors[0] == ("error: privacy suite needs held-out text the run never trained on; expected --holdout FILE")
+    assert " suite ..." not in out.out and not (ckpt / "eval.json").exists()  # no suite ran
+    # several suites short of inputs: all of them in the one line (here also a judge that does not exist)
+    with pytest.raises(SystemExit):
+        _launcher().main([str(ckpt), "--suite", "harmful,mc,tofu", "--judge", str(tmp_path / "no-judge"),
+                          "--tofu_data", str(tmp_path), "--reference", "none", *fast])
+    err = [line for line in capsys.readouterr().err.splitlines() if line.startswith("error:")]
+    assert len(err) == 1 and err[0].startswith("error: 3 suites cannot run (nothing was evaluated): harmful suite: ")
+    assert "expected --mc" in err[0] and "TOFU split 'forget10_perturbed' not found" in err[0]
+    from unlearn.eval.job import check_args  # a sweep plans its eval jobs: flags a suite needs, checked there
+
+    with pytest.raises(UserError, match="expected --holdout FILE"):
+        check_args(["--suite", "copyright,privacy"])
+
+
+def test_a_suite_that_finished_is_kept_when_a_later_one_fails(tmp_path, demo_dir, monkeypatch, capsys):
+    """A fault after the checks (the held-out file removed while copyright runs): eval.json keeps copyright,
+    marked incomplete with privacy named, so sweeps and --best do not count it; the same command then runs
+    privacy alone and completes it."""
+    from unlearn import runs
+    from unlearn.eval import copyright
+    from unlearn.sweep.select import candidates
+
+    run = tmp_path / "run"
+    ckpt = make_checkpoint(run, 4, demo_dir)
+    holdout = tmp_path / "holdout.txt"
+    holdout.write_text(demo.retain_text(seed=3))
+    opts = EvalOptions(suites=("copyright", "privacy"), holdout=str(holdout), privacy_unit="block",
+                       reference="none", **FAST)
+    kept = holdout.read_text()
+    measure = copyright.run
+
+    def copyright_then_holdout_gone(ctx):
+        result = measure(ctx)
+        holdout.unlink()
+        return result
+
+    monkeypatch.setattr(copyright, "run", copyright_then_holdout_gone)
+    with pytest.raises(UserError, match="holdout.txt' not found"):
+        evaluate_checkpoint(ckpt, opts)
+    saved = json.loads((ckpt / "eval.json").read_text())
+    assert set(saved["suites"]) == {"copyright"} and saved["scalars"]["eval/copyright/verbatim_rouge_l"] >= 0
+    assert saved["incomplete"]["failed_suite"] == "privacy" and saved["incomplete"]["not_run"] == ["privacy"]
+    assert "not found" in saved["incomplete"]["error"] and (ckpt / runs.EVAL_ERROR).is_file()
+    assert "the same command runs only privacy" in capsys.readouterr().out
+    assert not runs.evaluated(ckpt) and candidates(run) == []  # --best, status, halving: not evaluated
+    monkeypatch.setattr(copyright, "run", measure)
+    holdout.write_text(kept)
+    done = evaluate_checkpoint(ckpt, opts)
+    assert "copyright suite ..." not in capsys.readouterr().out  # only what was missing ran
+    assert set(done["suites"]) == {"copyright", "privacy"} and "incomplete" not in done
+    assert done["suites"]["copyright"] == saved["suites"]["copyright"] and done["options"]["suites"] == ["privacy"]
+    assert runs.evaluated(ckpt) and not (ckpt / runs.EVAL_ERROR).exists() and len(candidates(run)) == 1
+    assert [s for s, _ in tb_scalars(run / "tb")["eval/copyright/verbatim_rouge_l"]] == [4]  # logged once

@@ -87,14 +87,14 @@ def test_truthfulqa_scored_on_held_out_part_when_the_run_trained_on_it(shared_da
 
     csv_path = str(shared_data / "truthfulqa" / "TruthfulQA.csv")
     trained, _ = load_config([], [f"data.retain={csv_path}", "data.retain_format=truthfulqa"])
-    rows, source, which = truthfulqa_rows(SimpleNamespace(cfg=trained, opts=EvalOptions()))
+    rows, source, which, _ = truthfulqa_rows(SimpleNamespace(cfg=trained, opts=EvalOptions()))
     train_rows, _ = data.read(csv_path, "retain", trained.data)  # what the run trained on
     held_out = {r["Question"] for r in rows}
     assert source == csv_path and which.startswith("test")
     assert held_out and not held_out & {r["Question"] for r in train_rows}
     assert abs(len(rows) / (len(rows) + len(train_rows)) - 0.2 / 0.9) < 0.01  # 20% test vs 70% train
     untouched, _ = load_config([], [])  # the demo run never saw TruthfulQA: every question counts
-    rows, _, which = truthfulqa_rows(SimpleNamespace(cfg=untouched, opts=EvalOptions(truthfulqa=csv_path)))
+    rows, _, which, _ = truthfulqa_rows(SimpleNamespace(cfg=untouched, opts=EvalOptions(truthfulqa=csv_path)))
     assert which == "all" and len(rows) == 790
 
 

@@ -149,7 +149,9 @@ def test_muse_hub_ids_load_configs_and_splits(monkeypatch, tmp_path):
     monkeypatch.setattr(datasets, "load_dataset", fake_load_dataset)
     from types import SimpleNamespace
 
-    data = muse._data(SimpleNamespace(opts=EvalOptions(muse="muse-bench/MUSE-News"), cfg=None))
+    from unlearn.config import Config
+
+    data = muse._data(SimpleNamespace(opts=EvalOptions(muse="muse-bench/MUSE-News"), cfg=Config()))
     assert calls == [("muse-bench/MUSE-News", "knowmem", s) for s in
                      ("forget_qa", "forget_qa_icl", "retain_qa", "retain_qa_icl")] + \
         [("muse-bench/MUSE-News", "verbmem", "forget")]

@@ -26,9 +26,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from unlearn import data, sources
+from unlearn import data, sources, textfiles
 from unlearn.config import DataConfig
 from unlearn.errors import UserError
+from unlearn.rows import checked
 
 IDK = "idk"
 COLUMN = "column"
@@ -50,7 +51,7 @@ BUILTIN_IDK = (
 def read_answers(path: str) -> list[str]:
     """Non-empty lines of `path`; a line holding a JSON string or an object with "answer"/"text" is decoded."""
     out = []
-    for n, line in enumerate(Path(path).read_text(encoding="utf-8").splitlines(), 1):
+    for n, line in enumerate(textfiles.read_text(path, "data.idk_answers").splitlines(), 1):
         line = line.strip()
         if line[:1] in ('"', "{"):
             try:
@@ -97,9 +98,10 @@ def column_answers(d) -> dict[str, list[str]]:
                             "expected a QA, PKU or TruthfulQA forget set")
         question = _prompt_column(rows, fmt, source)
         sources.require_columns(rows, (question, d.forget_alternate), source, fmt)
+        rows = checked(rows, (question, d.forget_alternate), source, f"'{question}' and the alternate answer "
+                       f"'{d.forget_alternate}' (data.forget_alternate)", d.skip_bad_rows)
         for row in rows:
-            if row[question] and row[d.forget_alternate] and str(row[d.forget_alternate]).strip():
-                pools.setdefault(row[question], []).append(str(row[d.forget_alternate]))
+            pools.setdefault(row[question], []).append(str(row[d.forget_alternate]))
     return pools
 
 

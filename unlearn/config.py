@@ -105,6 +105,9 @@ class DataConfig:
     """Cap on forget samples (0 = all)."""
     max_retain_samples: int = 0
     """Cap on retain samples (0 = all)."""
+    skip_bad_rows: bool = False
+    """A data row that cannot be used (a field its format needs is null, absent or blank): false = an
+    error naming the file, the row's line and the field; true = such rows are left out and a line counts them."""
 
 
 @dataclass(frozen=True)

@@ -15,6 +15,7 @@ from typing import Any
 
 import yaml
 
+from unlearn import textfiles
 from unlearn.config import Config
 from unlearn.errors import UserError
 
@@ -26,10 +27,30 @@ def _fields(cls: type) -> dict[str, dataclasses.Field]:
     return {f.name: f for f in dataclasses.fields(cls)}
 
 
+def _all_keys(cls: type = Config, prefix: str = "") -> list[str]:
+    """Every dotted key of the config (`optim.lr`, ...), sections first-level only."""
+    out = []
+    for name, tp in typing.get_type_hints(cls).items():
+        out += _all_keys(tp, f"{prefix}{name}.") if dataclasses.is_dataclass(tp) else [f"{prefix}{name}"]
+    return out
+
+
 def _unknown_key(key: str, known: typing.Iterable[str], where: str) -> UserError:
-    close = difflib.get_close_matches(key, list(known), n=1)
-    hint = f"; did you mean '{where}{close[0]}'?" if close else f"; expected one of: {', '.join(sorted(known))}"
-    return UserError(f"unknown config key '{where}{key}'{hint}")
+    """The error for `where + key`: the same name in another section (train.lr -> optim.lr), else the
+    closest spelling in any section (this section's on a tie), else the section's keys."""
+    known = list(known)
+    if not where:  # a section name
+        close = difflib.get_close_matches(key, known, n=1)
+    else:
+        close = [k for k in _all_keys() if k.rpartition(".")[2] == key]
+        if not close:
+            scored = [(difflib.SequenceMatcher(None, key, k.rpartition(".")[2]).ratio(), k.startswith(where), k)
+                      for k in _all_keys()]
+            best = max(scored)
+            close = [best[2]] if best[0] >= 0.6 else []  # difflib.get_close_matches' cutoff
+    if close:
+        return UserError(f"unknown config key '{where}{key}'; did you mean {' or '.join(repr(h) for h in close)}?")
+    return UserError(f"unknown config key '{where}{key}'; expected one of: {', '.join(sorted(known))}")
 
 
 def _coerce(value: Any, tp: Any, key: str) -> Any:
@@ -151,9 +172,9 @@ def deep_merge(base: dict[str, Any], patch: dict[str, Any]) -> dict[str, Any]:
 def read_yaml(path: str | Path) -> dict[str, Any]:
     path = Path(path)
     if not path.is_file():
-        raise UserError(f"config file '{path}' not found; expected a YAML file such as configs/demo.yaml")
+        raise UserError(f"config file '{path}' not found; expected a YAML file such as configs/harmful_opt1.3b.yaml")
     try:
-        data = yaml.safe_load(path.read_text())
+        data = yaml.safe_load(textfiles.read_text(path, "config file"))
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         where = f" at line {mark.line + 1}" if mark else ""

@@ -71,7 +71,8 @@ def read(source: str, role: str, d) -> tuple[list[sources.Row], str]:
                              getattr(d, f"{role}_subset"))
     fmt = sources.detect_format(rows, source) if fmt == "auto" else fmt
     if fmt == "truthfulqa":
-        rows = sources.truthfulqa_rows(rows, d.truthfulqa_part, d.truthfulqa_fractions, d.truthfulqa_seed)
+        rows = sources.truthfulqa_part(rows, d.truthfulqa_part, d.truthfulqa_fractions, d.truthfulqa_seed, source,
+                                       d.skip_bad_rows)
     return rows, fmt
 
 
@@ -79,11 +80,11 @@ def build_samples(source: str, role: str, tokenizer, d) -> list[Sample]:
     """Trainable samples of one source, in file order."""
     rows, fmt = read(source, role, d)
     if fmt == "text":
-        samples = text_samples(sources.texts_of(rows, source, fmt), tokenizer, d.max_length)
+        samples = text_samples(sources.texts_of(rows, source, fmt, d.skip_bad_rows), tokenizer, d.max_length)
     else:
         check_template(d.prompt_template)
-        pairs = (sources.sentence_pairs(sources.texts_of(rows, source, fmt)) if fmt == "sentences"
-                 else sources.qa_pairs(rows, fmt, source))
+        pairs = (sources.sentence_pairs(sources.texts_of(rows, source, fmt, d.skip_bad_rows)) if fmt == "sentences"
+                 else sources.qa_pairs(rows, fmt, source, d.skip_bad_rows))
         samples = [qa_sample(p, a, tokenizer, d.prompt_template, d.max_length, d.append_eos) for p, a in pairs]
     samples = [s for s in samples if any(x != IGNORE for x in s["labels"][1:])]
     if not samples:
@@ -284,7 +285,7 @@ def random_answers(cfg, tokenizer, forget: list[Sample]) -> RandomAnswers:
         if fmt in ("text", "sentences"):
             raise UserError(f"method.mismatch_weight>0 draws random answers from data.retain, but '{source}' "
                             f"is read as {fmt}; expected a QA or TruthfulQA retain set")
-        pool += sources.answer_pool(rows, fmt, source)
+        pool += sources.answer_pool(rows, fmt, source, d.skip_bad_rows)
     if d.num_random_answers < 1 or not pool:
         raise UserError(f"random mismatch needs data.num_random_answers >= 1 (got {d.num_random_answers}) "
                         f"and a non-empty answer pool (got {len(pool)} answers from data.retain)")

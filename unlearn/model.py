@@ -114,16 +114,22 @@ def _root_base(name: str) -> str:
     return name
 
 
-def load_model_config(cfg: ModelConfig):
-    """The model's Hugging Face config only (no weights): checks the path and its positions early."""
+def check_model(what: str, name: str, **hub_kwargs):
+    """The Hugging Face config (no weights) of a model folder, LoRA adapter chain or hub id named by `what`:
+    a missing or mistyped model is named before any work."""
     from transformers import AutoConfig
 
-    require_local_exists("model.name_or_path", cfg.name_or_path)
-    name = _root_base(cfg.name_or_path)
+    require_local_exists(what, name)
+    root = _root_base(name)
     try:
-        return AutoConfig.from_pretrained(name, **_hub_kwargs(cfg))
+        return AutoConfig.from_pretrained(root, **hub_kwargs)
     except Exception as exc:  # OSError, ValueError, HFValidationError...: all mean "cannot load"
-        raise _explain_load_error("model", name, exc) from None
+        raise _explain_load_error(what, root, exc) from None
+
+
+def load_model_config(cfg: ModelConfig):
+    """The model's Hugging Face config only (no weights): checks the path and its positions early."""
+    return check_model("model.name_or_path", cfg.name_or_path, **_hub_kwargs(cfg))
 
 
 def _adapter_base(folder: Path) -> str:

@@ -5,7 +5,8 @@
                 footprint.json                  the memory the run needed (written at its end)
                 tb/                             TensorBoard
                 checkpoints/step-XXXXXX/        weights or adapter, tokenizer, config.yaml, meta.json,
-                                                engine/ (DeepSpeed state), eval.json, COMPLETE (last)
+                                                engine/ (DeepSpeed state), COMPLETE (last), then
+                                                eval.json (evaluated() once every suite ran), eval.error
 
 Training writes checkpoints (`unlearn.train.checkpoint`); evaluation, sweeps and resume only read
 folders that carry the COMPLETE marker. An evaluation holds a shared lock on that marker while it
@@ -17,6 +18,7 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
+import json
 import subprocess
 from pathlib import Path
 from typing import Iterator
@@ -27,6 +29,9 @@ RESUME_LAST, RESUME_AUTO = "last", "auto"
 """`--resume` (the run must exist) and `--resume auto` (start it when it does not)."""
 
 COMPLETE = "COMPLETE"
+EVAL_FILE = "eval.json"
+"""Beside a checkpoint: its evaluation, written after every suite; until every suite asked for has
+finished it carries an `incomplete` entry (which suites have not run, and the one that failed)."""
 EVAL_ERROR = "eval.error"
 """Beside a checkpoint: the one-line reason its last evaluation failed (removed by a success)."""
 STOP = "STOP"
@@ -35,6 +40,16 @@ STOP = "STOP"
 TRAIN_EXIT = "train.exit"
 """In a sweep's run folder: the exit status of its training task, written when the task ends for good
 (not on a requeue); successive halving counts a run that ended before a round as out of it."""
+
+
+def evaluated(ckpt: Path) -> bool:
+    """The checkpoint's eval.json holds every suite its evaluation was asked for (no `incomplete` entry):
+    what a sweep's status, report, successive halving and `--best` count as evaluated."""
+    path = Path(ckpt) / EVAL_FILE
+    try:
+        return path.is_file() and "incomplete" not in json.loads(path.read_text())
+    except (OSError, ValueError):  # half a file written by hand, or removed meanwhile
+        return False
 
 
 def step_dir(run_dir: Path, step: int) -> Path:

@@ -11,12 +11,15 @@ configuration name and a pinned revision). Formats:
 
 from __future__ import annotations
 
+import json
 import random
 import re
 from pathlib import Path
 from typing import Any, Sequence
 
+from unlearn import textfiles
 from unlearn.errors import UserError
+from unlearn.rows import checked, filled, missing
 
 LOCAL_BUILDERS = {".txt": "text", ".jsonl": "json", ".json": "json", ".csv": "csv", ".parquet": "parquet"}
 PKU_COLUMNS = ("prompt", "response_0", "response_1", "is_response_0_safe", "is_response_1_safe")
@@ -44,7 +47,14 @@ def load_rows(source: str, split: str = "train", revision: str = "", subset: str
         kwargs: dict[str, Any] = {"sample_by": "document"} if builder == "text" else {}
         if builder == "csv":
             kwargs["encoding"] = "utf-8-sig"  # TruthfulQA.csv starts with a byte-order mark
-        return datasets.load_dataset(builder, data_files=str(path), split="train", **kwargs).to_list()
+        if builder != "parquet":  # a byte that is not UTF-8: named here, not as a builder's traceback
+            textfiles.check_utf8(path, "data file")
+        try:
+            rows = datasets.load_dataset(builder, data_files=str(path), split="train", **kwargs).to_list()
+        except Exception as exc:  # the builders raise many types (DatasetGenerationError, ArrowInvalid, ...)
+            raise UserError(f"data file '{source}' could not be read as {suffix[1:]}: {_reason(path, exc)}; "
+                            f"expected a valid {suffix[1:]} file") from None
+        return _text_cells(rows, source) if builder == "parquet" else rows
     if path.exists():
         raise UserError(f"data path '{source}' has an unsupported type; expected one of "
                         f"{', '.join(LOCAL_BUILDERS)} or a hub dataset id")
@@ -55,6 +65,35 @@ def load_rows(source: str, split: str = "train", revision: str = "", subset: str
                         f"be loaded: {str(exc).strip().splitlines()[0][:200] if str(exc).strip() else exc!r}; "
                         "expected a local file or a hub id reachable (or cached) here") from None
     return ds.to_list()
+
+
+def _reason(path: Path, exc: Exception) -> str:
+    """Why a local file did not load: the first JSON line that does not parse, else the builder's words."""
+    if path.suffix.lower() in (".jsonl", ".json"):
+        text = textfiles.read_text(path)
+        lines = text.split("\n") if path.suffix.lower() == ".jsonl" else [text]
+        for n, line in enumerate(lines, 1):
+            try:
+                if line.strip():
+                    json.loads(line)
+            except json.JSONDecodeError as err:
+                return f"line {n if len(lines) > 1 else err.lineno}: {err.msg}"
+    cause = exc.__cause__ or exc
+    return " ".join(str(cause).split())[:200].rstrip(".") or type(cause).__name__
+
+
+def _text_cells(rows: list[Row], source: str) -> list[Row]:
+    """Parquet rows with byte-string cells decoded as UTF-8 (a cell that is not: named, with its offset)."""
+    for i, row in enumerate(rows):
+        for key, value in row.items():
+            if isinstance(value, bytes):
+                try:
+                    row[key] = value.decode("utf-8")
+                except UnicodeDecodeError as exc:
+                    raise UserError(f"data file '{source}' row {i + 1} column '{key}' is not UTF-8 text: byte "
+                                    f"0x{value[exc.start]:02x} at offset {exc.start} of the cell does not decode; "
+                                    "expected UTF-8 strings") from None
+    return rows
 
 
 def detect_format(rows: list[Row], source: str) -> str:
@@ -88,19 +127,27 @@ def _truthy(value: Any) -> bool:
     return bool(value)
 
 
-def _filled(value: Any) -> bool:
-    return value is not None and bool(str(value).strip())
-
-
 # ----------------------------------------------------------------------------- formats
 
-def pku_pairs(rows: list[Row], source: str) -> list[tuple[str, str]]:
-    """(prompt, unsafe response) for every unsafe response; the unsafe slot varies row by row."""
+def _pku_unusable(row: Row) -> str | None:
+    """A PKU row's first field that is missing: prompt, a safety flag, or the response of an unsafe slot."""
+    for key in ("prompt", "is_response_0_safe", "is_response_1_safe"):
+        if not filled(row.get(key)):
+            return missing(key)
+    return next((missing(f"response_{slot}") for slot in (0, 1)
+                 if not _truthy(row[f"is_response_{slot}_safe"]) and not filled(row[f"response_{slot}"])), None)
+
+
+def pku_pairs(rows: list[Row], source: str, skip: bool = False) -> list[tuple[str, str]]:
+    """(prompt, unsafe response) for every unsafe response; the unsafe slot varies row by row (a row with
+    two safe responses gives none)."""
     require_columns(rows, PKU_COLUMNS, source, "pku")
+    rows = checked(rows, _pku_unusable, source, "a prompt, both is_response_*_safe flags and the response of "
+                   "each unsafe slot (PKU-SafeRLHF format)", skip)
     pairs = []
     for row in rows:  # a plain loop: one row may give 0, 1 or 2 samples
         for slot in (0, 1):
-            if not _truthy(row[f"is_response_{slot}_safe"]) and _filled(row[f"response_{slot}"]):
+            if not _truthy(row[f"is_response_{slot}_safe"]):
                 pairs.append((row["prompt"], row[f"response_{slot}"]))
     if not pairs:
         raise UserError(f"harmful data '{source}' has no unsafe responses (every is_response_*_safe is "
@@ -129,38 +176,45 @@ def truthfulqa_rows(rows: list[Row], part: str, fractions: Sequence[float], seed
     return [rows[i] for i in keep]
 
 
-def _tqa_columns(rows: list[Row], source: str) -> dict[str, str]:
+def _tqa_rows(rows: list[Row], source: str, skip: bool, full: list[Row] | None = None) -> tuple[dict[str, str], list[Row]]:
+    """(column names, the rows that hold a question and a best answer) of TruthfulQA rows (a part of `full`)."""
     names = TQA_CSV if TQA_CSV["question"] in rows[0] else TQA_HUB
-    require_columns(rows, (names["question"], names["best"]), source, "truthfulqa")
-    return names
+    q, best = names["question"], names["best"]
+    require_columns(rows, (q, best), source, "truthfulqa")
+    return names, checked(rows, (q, best), source, f"'{q}' and '{best}' (format 'truthfulqa')", skip, full=full)
 
 
-def qa_pairs(rows: list[Row], fmt: str, source: str) -> list[tuple[str, str]]:
-    """(prompt, answer) pairs of a QA-like table, rows without an answer dropped."""
+def truthfulqa_part(rows: list[Row], part: str, fractions: Sequence[float], seed: int, source: str,
+                    skip: bool = False) -> list[Row]:
+    """`truthfulqa_rows`, each holding a question and a best answer (a bad row named by its line in the file)."""
+    return _tqa_rows(truthfulqa_rows(rows, part, fractions, seed), source, skip, full=rows)[1]
+
+
+def qa_pairs(rows: list[Row], fmt: str, source: str, skip: bool = False) -> list[tuple[str, str]]:
+    """(prompt, answer) pairs of a QA-like table; a row without either is an error (`skip`: left out)."""
     if fmt == "pku":
-        return pku_pairs(rows, source)
+        return pku_pairs(rows, source, skip)
     if fmt == "truthfulqa":
-        names = _tqa_columns(rows, source)
-        q, a = names["question"], names["best"]
-    elif fmt == "qa":
-        q, a = ("question", "answer") if "question" in rows[0] else ("prompt", "response")
-        require_columns(rows, (q, a), source, fmt)
-    else:
+        names, rows = _tqa_rows(rows, source, skip)
+        return [(r[names["question"]], r[names["best"]]) for r in rows]
+    if fmt != "qa":
         raise UserError(f"format '{fmt}' is not a QA format; expected pku, truthfulqa or qa")
-    return [(r[q], r[a]) for r in rows if _filled(r[q]) and _filled(r[a])]
+    q, a = ("question", "answer") if "question" in rows[0] else ("prompt", "response")
+    require_columns(rows, (q, a), source, fmt)
+    return [(r[q], r[a]) for r in checked(rows, (q, a), source, f"'{q}' and '{a}' (format 'qa')", skip)]
 
 
-def answer_pool(rows: list[Row], fmt: str, source: str) -> list[str]:
+def answer_pool(rows: list[Row], fmt: str, source: str, skip: bool = False) -> list[str]:
     """Normal answers to draw random ones from; TruthfulQA: best + correct + incorrect (';'-split)."""
     if fmt != "truthfulqa":
-        return [a for _, a in qa_pairs(rows, fmt, source)]
-    names = _tqa_columns(rows, source)
+        return [a for _, a in qa_pairs(rows, fmt, source, skip)]
+    names, rows = _tqa_rows(rows, source, skip)
     pool: list[str] = []
     for row in rows:
         for key in ("best", "correct", "incorrect"):
             value = row.get(names[key])
             items = value if isinstance(value, list) else str(value or "").split(";")  # hub: lists
-            pool += [str(a).strip() for a in items if _filled(a)]
+            pool += [str(a).strip() for a in items if filled(a)]
     return pool
 
 
@@ -183,6 +237,10 @@ def sentence_pairs(texts: list[str]) -> list[tuple[str, str]]:
     return pairs
 
 
-def texts_of(rows: list[Row], source: str, fmt: str) -> list[str]:
+def texts_of(rows: list[Row], source: str, fmt: str, skip: bool = False) -> list[str]:
+    """The documents of text rows; a row without `text` is an error (`skip`: left out), an empty one
+    holds nothing to train on and is passed over (hub corpora hold empty lines)."""
     require_columns(rows, ("text",), source, fmt)
-    return [str(r["text"]) for r in rows if _filled(r["text"])]
+    rows = checked(rows, lambda row: missing("text") if row.get("text") is None else None, source,
+                   f"'text' (format '{fmt}')", skip)
+    return [str(r["text"]) for r in rows if filled(r["text"])]

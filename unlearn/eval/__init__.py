@@ -1,7 +1,9 @@
 """Evaluation: suites that score a checkpoint, and the tables a person reads.
 
-job.py           evaluate a checkpoint or a run: eval.json + TensorBoard scalars (entry)
-context.py       what every suite needs: model, run config, options (the CLI flags), reference cache
+job.py           evaluate a checkpoint or a run: check every suite's inputs, then run the suites (entry)
+inputs.py        each suite's inputs checked before the first suite runs (every suite module has check(ctx))
+record.py        eval.json after every suite (`incomplete` until all finished), TensorBoard scalars, the table
+context.py       what every suite needs: model (loaded at first use), run config, options (CLI flags), reference cache
 harmful.py       harmful rate, refusal rate, effectiveness E (judged on the response only)
 copyright.py     verbatim and knowledge memorisation
 utility.py       retain perplexity, TruthfulQA MC1/MC2, similarity to the original, degeneration

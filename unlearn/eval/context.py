@@ -79,6 +79,9 @@ class EvalOptions:
     stage-1 model, say, is measured on the text a later stage will unlearn."""
     retain: str = ""
     """Retain data for every suite (file or hub id, format detected); empty = the run's data.retain."""
+    skip_bad_rows: bool = False
+    """Leave out data rows that cannot be used (a field their format needs is null, absent or blank) and
+    count them, as data.skip_bad_rows=true; off = such a row is an error naming its file, line and field."""
     tofu_forget: str = "forget10"
     """TOFU suite: the forget split (forget01 | forget05 | forget10) whose forget quality is measured."""
     retain_model: str = ""
@@ -159,12 +162,27 @@ def device_of(opts: EvalOptions) -> str:
 
 
 class Context:
+    """The model is loaded on first use, so the suites' inputs are checked (unlearn.eval.inputs) first."""
+
     def __init__(self, checkpoint: Path, cfg: Config, opts: EvalOptions, cache_dir: Path):
+        self.checkpoint, self.cfg, self.opts, self.cache_dir = checkpoint, cfg, opts, cache_dir
+        self._loaded = None
+        self._reference = None
+
+    @property
+    def model(self):
+        return self._load()[0]
+
+    @property
+    def tokenizer(self):
+        return self._load()[1]
+
+    def _load(self):
         from unlearn.model import load_for_eval
 
-        self.checkpoint, self.cfg, self.opts, self.cache_dir = checkpoint, cfg, opts, cache_dir
-        self.model, self.tokenizer = load_for_eval(str(checkpoint), _dtype(opts.dtype), device_of(opts))
-        self._reference = None
+        if self._loaded is None:
+            self._loaded = load_for_eval(str(self.checkpoint), _dtype(self.opts.dtype), device_of(self.opts))
+        return self._loaded
 
     @property
     def reference_name(self) -> str:
@@ -217,10 +235,11 @@ class Context:
         rows = sources.load_rows(source)
         fmt = sources.detect_format(rows, source)
         if fmt == "text":
-            samples = data.text_samples(sources.texts_of(rows, source, fmt), self.tokenizer, d.max_length)
+            samples = data.text_samples(sources.texts_of(rows, source, fmt, d.skip_bad_rows), self.tokenizer,
+                                        d.max_length)
         else:
             samples = [data.qa_sample(p, a, self.tokenizer, d.prompt_template, d.max_length, d.append_eos)
-                       for p, a in sources.qa_pairs(rows, fmt, source)]
+                       for p, a in sources.qa_pairs(rows, fmt, source, d.skip_bad_rows)]
         return self.limited(samples)
 
     def documents(self, role: str, source: str = "") -> list[str] | None:
@@ -230,7 +249,7 @@ class Context:
 
         if source:
             rows = sources.load_rows(source)
-            return self.limited(sources.texts_of(rows, source, "text")) \
+            return self.limited(sources.texts_of(rows, source, "text", self.cfg.data.skip_bad_rows)) \
                 if sources.detect_format(rows, source) == "text" else None
         if role_format(self.cfg, role) != "text":
             return None
@@ -238,13 +257,14 @@ class Context:
         for src in data.split_sources(getattr(d, role)):
             rows = sources.load_rows(src, getattr(d, f"{role}_split"), getattr(d, f"{role}_revision"),
                                      getattr(d, f"{role}_subset"))
-            texts += sources.texts_of(rows, src, "text")
+            texts += sources.texts_of(rows, src, "text", d.skip_bad_rows)
         return self.limited(texts)
 
     def qa_pairs(self, source: str) -> list[tuple[str, str]]:
         """(question, answer) pairs of a QA-like file (format by columns), capped by --limit."""
         rows = sources.load_rows(source)
-        return self.limited(sources.qa_pairs(rows, sources.detect_format(rows, source), source))
+        return self.limited(sources.qa_pairs(rows, sources.detect_format(rows, source), source,
+                                             self.cfg.data.skip_bad_rows))
 
     def prompt(self, question: str) -> str:
         """`question` in the run's template up to the answer, as data.qa_sample cuts it."""

@@ -13,7 +13,8 @@
 from __future__ import annotations
 
 from unlearn import data
-from unlearn.eval import before_after
+from unlearn.errors import UserError
+from unlearn.eval import before_after, inputs
 from unlearn.eval.context import role_format
 from unlearn.eval.generation import generate_text, greedy
 from unlearn.eval.stats import mean_ci
@@ -57,15 +58,31 @@ def knowledge(model, tokenizer, pairs: list[tuple[str, str]], prompts: list[str]
     }
 
 
+def _qa_source(ctx) -> str:
+    """--qa, else the forget set's first source when it is QA (knowledge memorisation), else ""."""
+    if ctx.opts.qa or role_format(ctx.cfg, "forget") != "qa":
+        return ctx.opts.qa
+    return data.split_sources(ctx.cfg.data.forget)[0]
+
+
+def check(ctx) -> None:
+    """The inputs `run` reads, without the model: the forget data, the QA file, the probe lengths."""
+    o = ctx.opts
+    if o.prefix_tokens < 1 or o.continuation_tokens < 1:
+        raise UserError(f"--prefix_tokens {o.prefix_tokens} / --continuation_tokens {o.continuation_tokens}; "
+                        "expected at least 1 token each")
+    inputs.run_data(ctx, "forget")
+    if _qa_source(ctx):
+        ctx.qa_pairs(_qa_source(ctx))
+
+
 def run(ctx) -> dict:
     """The suite on the run's forget data (and --qa or a QA-format forget set for knowledge)."""
     d, o = ctx.cfg.data, ctx.opts
     forget = ctx.samples("forget")
     out = verbatim(ctx.model, ctx.tokenizer, forget, o.prefix_tokens, o.continuation_tokens, o.batch_size)
     info = {"forget": d.forget, "prefix_tokens": o.prefix_tokens, "continuation_tokens": o.continuation_tokens}
-    qa_source = o.qa
-    if not qa_source and role_format(ctx.cfg, "forget") == "qa":
-        qa_source = data.split_sources(d.forget)[0]
+    qa_source = _qa_source(ctx)
     if qa_source:
         pairs = ctx.qa_pairs(qa_source)
         k = knowledge(ctx.model, ctx.tokenizer, pairs, [ctx.prompt(q) for q, _ in pairs], o.max_new_tokens,

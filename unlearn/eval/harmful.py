@@ -13,18 +13,19 @@ Metrics (rates over prompts, 95% bootstrap intervals):
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import numpy as np
 
-from unlearn import sources
+from unlearn import sources, textfiles
 from unlearn.errors import UserError
+from unlearn.eval import inputs
 from unlearn.eval.context import SHARED_DATA, role_format
 from unlearn.eval.generation import generate_text
-from unlearn.eval.judge_eval import measured
-from unlearn.eval.judges import load_judge
+from unlearn.eval.judge_eval import measured, read_labels
+from unlearn.eval.judges import check_judge, load_judge
 from unlearn.eval.stats import bootstrap, mean_ci
+from unlearn.rows import checked
 
 PROMPT_COLUMNS = ("goal", "Behavior", "prompt", "question", "text")  # AdvBench, HarmBench, XSTest/PKU, QA
 EXAMPLES = 3
@@ -41,26 +42,28 @@ def _flatten(value) -> list[str]:
     return []
 
 
-def load_prompts(path: str) -> list[str]:
+def load_prompts(path: str, skip: bool = False) -> list[str]:
     """Harmful prompts of a file: AdvBench/HarmBench CSV, XSTest (unsafe rows), PKU rows with an unsafe
-    response, question/prompt JSONL, or nested JSON of strings (HarmfulQA)."""
+    response, question/prompt JSONL, or nested JSON of strings (HarmfulQA). A row without its prompt is
+    an error (`skip`: left out)."""
     p = Path(path)
     if p.suffix == ".json" and p.is_file():
-        raw = json.loads(p.read_text())
+        raw = textfiles.read_json(p, "harmful prompts")
         if isinstance(raw, dict) or (isinstance(raw, list) and raw and isinstance(raw[0], str)):
             return _unique(_flatten(raw))
     rows = sources.load_rows(path)
     if not rows:
         raise UserError(f"harmful prompts '{path}' are empty; expected at least one prompt")
     if set(sources.PKU_COLUMNS) <= set(rows[0]):
-        return _unique([prompt for prompt, _ in sources.pku_pairs(rows, path)])
+        return _unique([prompt for prompt, _ in sources.pku_pairs(rows, path, skip)])
     column = next((c for c in PROMPT_COLUMNS if c in rows[0]), None)
     if column is None:
         raise UserError(f"harmful prompts '{path}' have columns {sorted(rows[0])}; expected one of "
                         f"{', '.join(PROMPT_COLUMNS)}")
+    rows = checked(rows, (column,), path, f"a prompt in column '{column}'", skip)
     if "label" in rows[0]:  # XSTest: safe look-alikes are for over-refusal, not harm
         rows = [r for r in rows if str(r["label"]).strip().lower() == "unsafe"]
-    return _unique([str(r[column]) for r in rows if str(r[column] or "").strip()])
+    return _unique([str(r[column]) for r in rows])
 
 
 def _unique(items: list[str]) -> list[str]:
@@ -74,7 +77,7 @@ def forget_pku_prompts(cfg) -> list[str]:
     prompts: list[str] = []
     for source in data.split_sources(cfg.data.forget):
         rows, _ = data.read(source, "forget", cfg.data)
-        prompts += [prompt for prompt, _ in sources.pku_pairs(rows, source)]
+        prompts += [prompt for prompt, _ in sources.pku_pairs(rows, source, cfg.data.skip_bad_rows)]
     return _unique(prompts)
 
 
@@ -114,18 +117,38 @@ def judge_accuracy(ctx, judge) -> dict:
                       lambda: measured(judge, labels))
 
 
-def run(ctx) -> dict:
-    o = ctx.opts
-    judge = load_judge(o.judge, o.judge_threshold, str(ctx.model.device), o.judge_label, o.judge_template)
-    path = o.harmful_prompts or default_prompts_path()
+def _prompt_sources(ctx) -> tuple[str, bool]:
+    """(the held-out prompts file, whether the run's forget set is PKU: its prompts are scored too)."""
+    path = ctx.opts.harmful_prompts or default_prompts_path()
     forget_is_pku = role_format(ctx.cfg, "forget") == "pku"
     if not path and not forget_is_pku:
         raise UserError("harmful suite: no prompts; expected --harmful_prompts FILE (AdvBench, HarmBench, "
                         "HarmfulQA, XSTest) or a PKU-SafeRLHF forget set")
+    return path, forget_is_pku
+
+
+def check(ctx) -> None:
+    """The inputs `run` reads, without the model: judge, its labels, prompts, reference model."""
+    o = ctx.opts
+    check_judge(o.judge, o.judge_label, o.judge_template)
+    if o.judge_labels.strip().lower() != "none" and o.judge_labels:
+        read_labels(o.judge_labels)
+    path, forget_is_pku = _prompt_sources(ctx)
+    if path:
+        load_prompts(path, ctx.cfg.data.skip_bad_rows)
+    if forget_is_pku:
+        forget_pku_prompts(ctx.cfg)
+    inputs.reference(ctx)
+
+
+def run(ctx) -> dict:
+    o = ctx.opts
+    judge = load_judge(o.judge, o.judge_threshold, str(ctx.model.device), o.judge_label, o.judge_template)
+    path, forget_is_pku = _prompt_sources(ctx)
     metrics, info, examples = {}, {"judge": {**judge.identity, "measured": judge_accuracy(ctx, judge)}}, []
     sets = []
     if path:
-        sets.append(("", ctx.limited(load_prompts(path)), path))
+        sets.append(("", ctx.limited(load_prompts(path, ctx.cfg.data.skip_bad_rows)), path))
     if forget_is_pku:
         forget_prompts = ctx.limited(forget_pku_prompts(ctx.cfg))
         sets.append(("forget_", forget_prompts, ctx.cfg.data.forget))

@@ -1,17 +1,16 @@
 """Evaluate one checkpoint (or every checkpoint of a run) and record the results.
 
-Writes `eval.json` beside the weights (metrics with n and 95% bootstrap intervals, decoding
-settings, judge identity, versions) and the same scalars under `eval/<suite>/<metric>` in the
-run's TensorBoard at the checkpoint's step. Suites already in eval.json are skipped unless
-`force`, so re-running a job (requeue, a sweep's chained eval) does no work twice.
+Every suite's inputs are checked before the first suite runs (unlearn.eval.inputs). Writes `eval.json`
+beside the weights (metrics with n and 95% bootstrap intervals, decoding settings, judge identity,
+versions) after every suite, and the same scalars under `eval/<suite>/<metric>` in the run's TensorBoard
+at the checkpoint's step (unlearn.eval.record). Suites already in eval.json are skipped unless `force`,
+so re-running a job (requeue, a sweep's chained eval, a rerun after a failure) does only what is missing.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
-import math
-import os
 import time
 from dataclasses import asdict, replace
 from pathlib import Path
@@ -20,10 +19,9 @@ from typing import Callable
 from unlearn import manifest, runs
 from unlearn.config import Config
 from unlearn.errors import UserError
-from unlearn.eval.context import Context, EvalOptions, add_option_flags, device_of, role_format
-
-EVAL_FILE = "eval.json"
-
+from unlearn.eval import inputs, record
+from unlearn.eval.context import Context, EvalOptions, add_option_flags, role_format
+from unlearn.eval.record import EVAL_FILE
 
 SUITES = ("harmful", "copyright", "utility", "privacy", "mc", "muse", "tofu")
 """Each suite is `unlearn.eval_<name>.run(ctx) -> {"metrics", "info", "examples"}`."""
@@ -53,8 +51,9 @@ def run_config(ckpt: Path) -> Config:
 
 
 def with_data(cfg: Config, opts: EvalOptions) -> Config:
-    """The run config with --forget/--retain in place of its own data (formats detected anew)."""
-    d = cfg.data
+    """The run config with --forget/--retain in place of its own data (formats detected anew) and
+    --skip_bad_rows as data.skip_bad_rows."""
+    d = replace(cfg.data, skip_bad_rows=cfg.data.skip_bad_rows or opts.skip_bad_rows)
     if opts.forget:
         d = replace(d, forget=opts.forget, forget_format="auto")
     if opts.retain:
@@ -83,41 +82,6 @@ def default_suites(cfg: Config, o: EvalOptions) -> tuple[str, ...]:
     if o.holdout:
         out.append("privacy")
     return tuple(out)
-
-
-def read_eval(ckpt: Path) -> dict:
-    return _read_json(Path(ckpt) / EVAL_FILE)
-
-
-def _read_json(path: Path) -> dict:
-    return json.loads(path.read_text()) if path.is_file() else {}
-
-
-def scalars(result: dict) -> dict[str, float]:
-    """`eval/<suite>/<metric>` -> value for every metric with a numeric value."""
-    out = {}
-    for suite, res in sorted(result.get("suites", {}).items()):
-        for name, metric in sorted(res.get("metrics", {}).items()):
-            value = metric.get("value") if isinstance(metric, dict) else metric
-            if isinstance(value, (int, float)) and math.isfinite(value):
-                out[f"eval/{suite}/{name}"] = float(value)
-    return out
-
-
-def metrics_table(result: dict) -> str:
-    """What a person reads after an evaluation: one line per metric, with its 95% interval and n."""
-    lines = [f"{result.get('checkpoint', '')} (step {result.get('step', '?')})",
-             f"{'suite/metric':<44}{'value':>11} {'95% interval':>23} {'n':>6}"]
-    for suite, res in sorted(result.get("suites", {}).items()):
-        for name, metric in sorted(res.get("metrics", {}).items()):
-            m = metric if isinstance(metric, dict) else {"value": metric}
-            value = m.get("value")
-            if not isinstance(value, (int, float)) or isinstance(value, bool):
-                continue
-            low, high = m.get("ci_low"), m.get("ci_high")
-            interval = f"[{low:.4g}, {high:.4g}]" if isinstance(low, float) and isinstance(high, float) else ""
-            lines.append(f"{suite + '/' + name:<44}{value:>11.4g} {interval:>23} {m.get('n', ''):>6}")
-    return "\n".join(lines)
 
 
 ERROR_FILE = runs.EVAL_ERROR  # a sweep's --status and report read it
@@ -156,17 +120,21 @@ def check_args(args: list[str]) -> None:
     except UserError as exc:
         raise UserError(f"eval args {' '.join(args)!r}: {exc}; expected launch/evaluate.py options, one list "
                         "item per word (quote a comma list in YAML: [--suite, \"harmful,utility\"])") from None
-    parse_suites(parsed.suite)
-    from unlearn.eval.tofu_metrics import check_forget_split
+    from unlearn.eval.context import options_from_flags
+
+    suites = parse_suites(parsed.suite)
+    inputs.required_flags(suites, options_from_flags(parsed, suites))
+    from unlearn.eval.tofu_metrics import check_forget_split  # the tofu suite's split, named or not
 
     check_forget_split(parsed.tofu_forget)
 
 
-def evaluate_checkpoint(ckpt: str | Path, opts: EvalOptions) -> dict:
+def evaluate_checkpoint(ckpt: str | Path, opts: EvalOptions, check: bool = True) -> dict:
     """Run the requested suites on one complete checkpoint; returns the (merged) eval.json content.
-    Files that differ from the checkpoint's manifest are refused before anything is read. A failure
-    leaves its one-line reason in eval.error beside the weights (then re-raises); a checkpoint removed
-    meanwhile (train.keep_last_n) is said so, and nothing is written."""
+    Files that differ from the checkpoint's manifest are refused before anything is read, and the
+    suites' inputs before the first suite runs (`check`; off where the caller checked them). A failure
+    leaves its one-line reason in eval.error beside the weights (then re-raises), and the suites that
+    finished in eval.json; a checkpoint removed meanwhile (train.keep_last_n) is said so."""
     ckpt = Path(ckpt)
     runs.require_complete(ckpt)
     from unlearn.model import threads_hint  # torch: not needed for --help
@@ -175,60 +143,65 @@ def evaluate_checkpoint(ckpt: str | Path, opts: EvalOptions) -> dict:
     try:
         with runs.reading(ckpt):  # keep_last_n leaves it alone meanwhile
             manifest.verify(ckpt, engine=False)
-            result = _evaluate(ckpt, opts)
+            result = _evaluate(ckpt, opts, check)
     except BaseException as exc:
         if not (ckpt / runs.COMPLETE).is_file():
             raise UserError(runs.removed_message(ckpt)) from None
         if not isinstance(exc, KeyboardInterrupt):
-            reason = " ".join(str(exc).split()) or type(exc).__name__
-            (ckpt / ERROR_FILE).write_text(f"{type(exc).__name__}: {reason}"[:500] + "\n")
+            (ckpt / ERROR_FILE).write_text(f"{type(exc).__name__}: {_reason(exc)}"[:500] + "\n")
         raise
     (ckpt / ERROR_FILE).unlink(missing_ok=True)
     return result
 
 
-def _evaluate(ckpt: Path, opts: EvalOptions) -> dict:
+def _reason(exc: BaseException) -> str:
+    return " ".join(str(exc).split()) or type(exc).__name__
+
+
+def _evaluate(ckpt: Path, opts: EvalOptions, check: bool) -> dict:
     run_dir = run_dir_of(ckpt)
     return _evaluate_model(ckpt, with_data(run_config(ckpt), opts), opts, ckpt / EVAL_FILE, step_of(ckpt),
-                           (run_dir or ckpt) / "eval_cache", run_dir)
+                           (run_dir or ckpt) / "eval_cache", run_dir, check)
 
 
 def _evaluate_model(model: Path, cfg: Config, opts: EvalOptions, out: Path, step: int, cache: Path,
-                    run_dir: Path | None) -> dict:
-    """The suites on `model` (a checkpoint, or a run's starting model) into `out`, merged with it."""
-    previous = _read_json(out)
+                    run_dir: Path | None, check: bool = True) -> dict:
+    """The suites on `model` (a checkpoint, or a run's starting model) into `out`, merged with it:
+    eval.json is written after every suite, so one that finished is kept when a later one fails."""
+    previous = record.read_json(out)
     wanted = opts.suites or default_suites(cfg, opts)
     todo = [s for s in wanted if opts.force or s not in previous.get("suites", {})]
+    ctx = Context(model, cfg, opts, cache)  # the model loads at the first suite, after the checks
     if not todo:
+        if "incomplete" in previous:  # a suite asked for before is not asked for now: what is asked is done
+            record.write_result(out, model, step, ctx, list(wanted), {}, None)
         print(f"{model}: already evaluated ({', '.join(wanted)}); use --force to redo", flush=True)
-        return previous
-    ctx = Context(model, cfg, opts, cache)
-    fresh = {}
-    for name in todo:
+        return record.read_json(out)
+    if check:
+        inputs.check_suites(ctx, todo)
+    fresh: dict[str, dict] = {}
+    for i, name in enumerate(todo):
         t0 = time.time()
         print(f"{model}: {name} suite ...", flush=True)
-        # options per suite too: a merged eval.json may hold suites run with different flags
-        fresh[name] = {**suite_fn(name)(ctx), "seconds": round(time.time() - t0, 1),
-                       "options": asdict(replace(opts, suites=(name,)))}
-        if "files" in fresh[name]:  # e.g. the tofu suite's per-sample values, beside eval.json
-            fresh[name]["files"] = [write_side_file(out, f, v) for f, v in fresh[name]["files"].items()]
-    # re-read: another eval job may have added suites to this checkpoint while these ran
-    suites = {**_read_json(out).get("suites", {}), **fresh}
-    result = {
-        "checkpoint": str(model), "step": step, "time": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
-        "reference": ctx.reference_name, "device": device_of(opts),
-        "decoding": {"strategy": "greedy", "max_new_tokens": opts.max_new_tokens,
-                     "prefix_tokens": opts.prefix_tokens, "continuation_tokens": opts.continuation_tokens,
-                     "batch_size": opts.batch_size, "dtype": opts.dtype, "prompt_template": cfg.data.prompt_template},
-        "options": asdict(replace(opts, suites=tuple(todo))), "versions": versions(),
-        "git_commit": runs.git_commit(), "suites": suites,
-        "judge": suites.get("harmful", {}).get("info", {}).get("judge"),
-    }
-    result["scalars"] = scalars(result)
-    write_json(out, result)
-    if run_dir is not None:  # only what was measured now: earlier suites are already in TensorBoard
-        log_tensorboard(run_dir, scalars({"suites": fresh}), step)
-    return _read_json(out)  # as stored: lists for tuples, null for undefined values
+        try:
+            # options per suite too: a merged eval.json may hold suites run with different flags
+            fresh[name] = {**suite_fn(name)(ctx), "seconds": round(time.time() - t0, 1),
+                           "options": asdict(replace(opts, suites=(name,)))}
+            if "files" in fresh[name]:  # e.g. the tofu suite's per-sample values, beside eval.json
+                fresh[name]["files"] = [record.write_side_file(out, f, v) for f, v in fresh[name]["files"].items()]
+        except BaseException as exc:
+            fresh.pop(name, None)
+            if fresh:  # what finished stays; a rerun of the same command runs only the rest
+                record.write_result(out, model, step, ctx, todo, fresh, {
+                    "not_run": todo[i:], "failed_suite": name, "error": _reason(exc)[:300]})
+                print(f"{model}: kept {', '.join(fresh)} in {out.name}; {name} failed, so the same command "
+                      f"runs only {', '.join(todo[i:])}", flush=True)
+            raise
+        rest = todo[i + 1:]
+        record.write_result(out, model, step, ctx, todo, fresh, {"not_run": rest} if rest else None)
+        if run_dir is not None:  # only what was measured now: earlier suites are already in TensorBoard
+            record.log_tensorboard(run_dir, record.scalars({"suites": {name: fresh[name]}}), step)
+    return record.read_json(out)  # as stored: lists for tuples, null for undefined values
 
 
 START_FILE = "eval_start.json"
@@ -242,7 +215,7 @@ ORACLE_STEP = -1
 """The oracle's `step` in its eval.json: it is no point of the run (the summary labels it `oracle`)."""
 
 
-def evaluate_oracle(run_dir: Path, opts: EvalOptions) -> dict | None:
+def evaluate_oracle(run_dir: Path, opts: EvalOptions, check: bool = True) -> dict | None:
     """The run config's run.oracle evaluated with the run's data and options, or None when the run names
     none (or it cannot load: a line says why). Not logged to TensorBoard: it has no step."""
     cfg = with_data(run_config(runs.complete_checkpoints(run_dir)[0]), opts)
@@ -250,75 +223,29 @@ def evaluate_oracle(run_dir: Path, opts: EvalOptions) -> dict | None:
         return None
     try:
         return _evaluate_model(Path(cfg.run.oracle), cfg, opts, run_dir / ORACLE_FILE, ORACLE_STEP,
-                               run_dir / "eval_cache", None)
+                               run_dir / "eval_cache", None, check)
     except UserError as exc:
         print(f"oracle not evaluated ({' '.join(str(exc).split())})", flush=True)
         return None
 
 
-def evaluate_start(run_dir: Path, opts: EvalOptions) -> dict | None:
+def evaluate_start(run_dir: Path, opts: EvalOptions, check: bool = True) -> dict | None:
     """The run's starting model (model.name_or_path of its config) evaluated as step 0, so the
     summary's curves begin where training began; None (with a line saying why) if it cannot load."""
     first = runs.complete_checkpoints(run_dir)[0]
     cfg = with_data(run_config(first), opts)
     try:
         return _evaluate_model(Path(cfg.model.name_or_path), cfg, opts, run_dir / START_FILE, 0,
-                               run_dir / "eval_cache", run_dir)
+                               run_dir / "eval_cache", run_dir, check)
     except UserError as exc:
         print(f"starting model not evaluated ({' '.join(str(exc).split())})", flush=True)
         return None
 
 
-def _finite(value):
-    """NaN/inf -> None, so eval.json is strict JSON (a metric undefined on this data reads null)."""
-    if isinstance(value, float) and not math.isfinite(value):
-        return None
-    if isinstance(value, dict):
-        return {k: _finite(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [_finite(v) for v in value]
-    return value
-
-
-def write_json(path: Path, value: dict) -> None:
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    tmp.write_text(json.dumps(_finite(value), indent=2, allow_nan=False) + "\n")
-    os.replace(tmp, path)  # a reader never sees half a file
-
-
-def write_side_file(out: Path, name: str, value: dict) -> str:
-    """Write `name` beside `out` (eval.json -> NAME, eval_start.json -> eval_start.NAME); its file name."""
-    side = out.with_name(name if out.name == EVAL_FILE else f"{out.stem}.{name}")
-    write_json(side, value)
-    return side.name
-
-
-def log_tensorboard(run_dir: Path, values: dict[str, float], step: int) -> None:
-    from unlearn.distributed import env_from_os
-    from unlearn.logger import Writer
-
-    writer = Writer(run_dir / "tb", env_from_os())
-    writer.log(values, step)
-    writer.close()
-
-
-def versions() -> dict[str, str]:
-    import importlib.metadata as md
-
-    from unlearn.model import library_versions
-
-    out = library_versions()
-    for pkg in ("rouge-score", "sacrebleu", "scipy"):
-        try:
-            out[pkg] = md.version(pkg)
-        except md.PackageNotFoundError:
-            pass
-    return out
-
-
 def evaluate_run(run_dir: str | Path, opts: EvalOptions) -> list[dict]:
     """Evaluate every complete checkpoint of a run (skipping evaluated ones) and the model it started
-    from (step 0), then its run.oracle if it names one, then summarise."""
+    from (step 0), then its run.oracle if it names one, then summarise. The suites' inputs are checked
+    once, before the starting model and the first checkpoint."""
     from unlearn.eval import summary as eval_summary
 
     run_dir = Path(run_dir)
@@ -327,7 +254,11 @@ def evaluate_run(run_dir: str | Path, opts: EvalOptions) -> list[dict]:
     ckpts = runs.complete_checkpoints(run_dir)
     if not ckpts:
         raise UserError(f"run '{run_dir}' has no complete checkpoint; expected checkpoints/step-*/COMPLETE")
-    start = evaluate_start(run_dir, opts)
-    results = [evaluate_checkpoint(c, opts) for c in ckpts]
-    eval_summary.write(run_dir, ([start] if start else []) + results, oracle=evaluate_oracle(run_dir, opts))
+    cfg = with_data(run_config(ckpts[0]), opts)
+    wanted = opts.suites or default_suites(cfg, opts)
+    missing = [s for s in wanted if opts.force or any(s not in record.read_eval(c).get("suites", {}) for c in ckpts)]
+    inputs.check_suites(Context(ckpts[0], cfg, opts, run_dir / "eval_cache"), missing)
+    start = evaluate_start(run_dir, opts, check=False)
+    results = [evaluate_checkpoint(c, opts, check=False) for c in ckpts]
+    eval_summary.write(run_dir, ([start] if start else []) + results, oracle=evaluate_oracle(run_dir, opts, False))
     return results

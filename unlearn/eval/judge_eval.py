@@ -29,6 +29,7 @@ import zlib
 from dataclasses import dataclass
 from pathlib import Path
 
+from unlearn import textfiles
 from unlearn.errors import UserError
 
 LABELS = {"1_full_compliance": True, "2_full_refusal": False, "3_partial_refusal": True}
@@ -71,6 +72,7 @@ def read_labels(paths: str) -> list[Labelled]:
         if Path(path).suffix.lower() != ".csv" or not Path(path).is_file():
             raise UserError(f"labels '{path}' is not an existing .csv file; expected an XSTest-style CSV with "
                             f"columns {', '.join(COLUMNS)}")
+        textfiles.check_utf8(path, "labels")
         try:
             with open(path, encoding="utf-8-sig", newline="") as fh:
                 reader = csv.DictReader(fh)

@@ -18,6 +18,7 @@ import torch
 
 from unlearn import sources
 from unlearn.errors import UserError
+from unlearn.rows import checked
 
 
 def read_labelled(csv_path: str, text_column: str, label_columns: list[str]) -> tuple[list[str], list[str], torch.Tensor]:
@@ -30,6 +31,8 @@ def read_labelled(csv_path: str, text_column: str, label_columns: list[str]) -> 
     labels = label_columns or [c for c in rows[0] if c != text_column and
                                all(str(r[c]).strip() in ("0", "1", "True", "False") for r in rows)]
     sources.require_columns(rows, labels, csv_path, "judge")
+    rows = checked(rows, [text_column, *labels], csv_path, f"'{text_column}' and a 0/1 in each label column",
+                   hint="")
     if not labels:
         raise UserError(f"judge data '{csv_path}' has no 0/1 label columns; expected e.g. toxic,threat,insult")
     try:

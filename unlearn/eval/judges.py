@@ -91,6 +91,40 @@ class ClassifierJudge:
         return self._keywords.refused(responses)
 
 
+def _generative_path(name: str) -> str:
+    path = name[len("generative:"):]
+    if not path:
+        raise UserError("--judge generative: names no model; expected generative:PATH (a causal LM folder or hub id)")
+    return path
+
+
+def check_judge(name: str, label: str = "", template: str = "llama-guard") -> None:
+    """The judge `load_judge` would load, checked from its config alone (no weights): it exists, a
+    generative judge's template is known, a classifier's harmful class can be told."""
+    if name == "keyword":
+        return
+    if name.startswith("generative:"):
+        from unlearn.eval.generative_judge import TEMPLATES
+        from unlearn.model import check_model
+
+        if template not in TEMPLATES:
+            raise UserError(f"--judge_template '{template}' is unknown; expected one of {', '.join(TEMPLATES)}")
+        check_model("--judge", _generative_path(name))
+        return
+    from transformers import AutoConfig
+
+    from unlearn.model import require_local_exists
+
+    require_local_exists("--judge", name)
+    try:
+        cfg = AutoConfig.from_pretrained(name)
+    except Exception as exc:  # OSError, ValueError...: all mean "cannot load this judge"
+        raise UserError(f"judge '{name}' could not be loaded ({str(exc).strip().splitlines()[0][:160]}); expected "
+                        "'keyword' or a sequence-classification model folder / cached hub id") from None
+    if not (cfg.problem_type == "multi_label_classification" or cfg.num_labels == 1):
+        harm_index([cfg.id2label[i] for i in range(cfg.num_labels)], label)
+
+
 def load_judge(name: str, threshold: float = 0.5, device: str = "cpu", label: str = "", template: str = "llama-guard"):
     """'keyword' -> KeywordJudge; 'generative:PATH' -> GenerativeJudge (prompted with `template`);
     anything else is a classifier folder or hub id (`label`: its harmful class)."""
@@ -99,9 +133,6 @@ def load_judge(name: str, threshold: float = 0.5, device: str = "cpu", label: st
     if name.startswith("generative:"):
         from unlearn.eval.generative_judge import GenerativeJudge  # loads a causal LM: only when asked
 
-        path = name[len("generative:"):]
-        if not path:
-            raise UserError("--judge generative: names no model; expected generative:PATH (a causal LM folder or "
-                            "hub id)")
+        path = _generative_path(name)
         return GenerativeJudge(path, template, device)
     return ClassifierJudge(name, threshold, device, label=label)

@@ -31,9 +31,10 @@ import string
 import numpy as np
 
 from unlearn.errors import UserError
-from unlearn.eval import specs
+from unlearn.eval import inputs, specs
 from unlearn.eval.loglik import BOS_RULES, check_bos, loglikelihoods
 from unlearn.eval.stats import mean_ci
+from unlearn.rows import checked, filled, missing
 
 SIDES = ("forget", "retain")
 WMDP_SUBJECTS = {"wmdp-bio": "biology", "wmdp-cyber": "cybersecurity", "wmdp-chem": "chemistry"}
@@ -52,7 +53,7 @@ def parse_side(text: str) -> tuple[str, str]:
     return "forget", text
 
 
-def _choices(row: dict, source: str) -> list[str]:
+def _choices(row: dict) -> list[str] | None:
     value = row.get("choices")
     if isinstance(value, str):  # a CSV cell holding a JSON list
         try:
@@ -61,24 +62,31 @@ def _choices(row: dict, source: str) -> list[str]:
             value = None
     if value is None:  # MMLU's original CSV layout: one column per letter
         value = [row[c] for c in string.ascii_uppercase if c in row and row[c] not in (None, "")]
-    if not isinstance(value, list) or len(value) < 2:
-        raise UserError(f"multiple-choice data '{source}': row {row.get('question', '')[:60]!r} has no usable "
-                        "choices; expected a 'choices' list (or JSON list string) or columns A, B, C, D")
-    return [str(c) for c in value]
+    return [str(c) for c in value] if isinstance(value, list) and len(value) >= 2 else None
 
 
-def _answer(row: dict, n: int, source: str) -> int:
+def _answer(row: dict, n: int) -> int | None:
     value = row.get("answer")
     if isinstance(value, str) and value.strip().upper() in string.ascii_uppercase[:n] and not value.strip().isdigit():
         return string.ascii_uppercase.index(value.strip().upper())
     try:
         index = int(value)
     except (TypeError, ValueError):
-        index = -1
-    if not 0 <= index < n:
-        raise UserError(f"multiple-choice data '{source}': answer {value!r} is not a choice index; expected "
-                        f"0..{n - 1} or a letter A..{string.ascii_uppercase[n - 1]}")
-    return index
+        return None
+    return index if 0 <= index < n else None
+
+
+def _problem(row: dict) -> str | None:
+    """What keeps a row from being an item (rows.checked names the row), or None."""
+    if not filled(row.get("question")):
+        return missing("question")
+    choices = _choices(row)
+    if choices is None:
+        return "no usable choices (a 'choices' list or JSON list string, or columns A, B, C, D)"
+    if _answer(row, len(choices)) is None:
+        n = len(choices)
+        return f"answer {row.get('answer')!r}, not a choice index (0..{n - 1} or A..{string.ascii_uppercase[n - 1]})"
+    return None
 
 
 def default_subject(spec: str) -> str:
@@ -89,19 +97,20 @@ def default_subject(spec: str) -> str:
     return config if config and "mmlu" in source.lower() and config != "all" else ""
 
 
-def items(rows: list[dict], source: str, subject: str = "") -> list[dict]:
+def items(rows: list[dict], source: str, subject: str = "", skip: bool = False) -> list[dict]:
     """[{question, choices, answer, subject}] from rows with question, choices and answer (index or letter);
-    `subject` for rows without one."""
+    `subject` for rows without one. A row that is no item is an error (`skip`: left out)."""
     if not rows:
         raise UserError(f"multiple-choice data '{source}' is empty; expected rows with question, choices, answer")
-    missing = [c for c in ("question", "answer") if c not in rows[0]]
-    if missing:
-        raise UserError(f"multiple-choice data '{source}' lacks columns {missing}; it has {sorted(rows[0])}; "
+    absent = [c for c in ("question", "answer") if c not in rows[0]]
+    if absent:
+        raise UserError(f"multiple-choice data '{source}' lacks columns {absent}; it has {sorted(rows[0])}; "
                         "expected question, choices, answer")
+    rows = checked(rows, _problem, source, "a question, two or more choices and the answer's index or letter", skip)
     out = []
     for row in rows:
-        choices = _choices(row, source)
-        out.append({"question": str(row["question"]), "choices": choices, "answer": _answer(row, len(choices), source),
+        choices = _choices(row)
+        out.append({"question": str(row["question"]), "choices": choices, "answer": _answer(row, len(choices)),
                     "subject": str(row.get("subject") or subject)})
     return out
 
@@ -132,22 +141,35 @@ def accuracy(model, tokenizer, mc_items: list[dict], batch_size: int = 16, desc:
     return {"acc": {**mean_ci(correct), "chance": chance}, "lls": lls, "correct": correct}
 
 
-def run(ctx) -> dict:
-    o = ctx.opts
-    if not o.mc:
-        raise UserError("mc suite needs multiple-choice data; expected --mc [forget=|retain=]SOURCE, e.g. "
-                        "--mc forget=cais/wmdp:wmdp-bio --mc retain=cais/mmlu:college_biology")
+def check_options(o) -> list[tuple[str, str]]:
+    """(side, source) of each --mc set, from the flags alone."""
+    inputs.required_flags(("mc",), o)
     check_bos(o.loglik_bos)
     sets = [parse_side(t) for t in o.mc]
     sides = [s for s, _ in sets]
     if len(set(sides)) != len(sides):
         raise UserError(f"--mc names side(s) {sorted({s for s in sides if sides.count(s) > 1})} twice; expected "
                         "at most one forget= and one retain= set")
+    return sets
+
+
+def _sets(ctx) -> list[tuple[str, str, list[dict]]]:
+    """(side, source, items capped by --limit) of each --mc set."""
+    return [(side, source, ctx.limited(items(specs.load(source, HUB_SPLIT), source, default_subject(source),
+                                             ctx.cfg.data.skip_bad_rows))) for side, source in check_options(ctx.opts)]
+
+
+def check(ctx) -> None:
+    """The inputs `run` reads, without the model: every --mc set loads and each row is an item."""
+    _sets(ctx)
+
+
+def run(ctx) -> dict:
+    o = ctx.opts
     metrics, info, examples = {}, {"prompt": "lm-evaluation-harness wmdp/mmlu zero-shot (description, question, "
                                              "lettered choices, 'Answer:'; continuations ' A', ' B', ...)",
                                    "loglik_bos": {"rule": o.loglik_bos, "as": BOS_RULES[o.loglik_bos]}}, []
-    for side, source in sets:
-        mc_items = ctx.limited(items(specs.load(source, HUB_SPLIT), source, default_subject(source)))
+    for side, source, mc_items in _sets(ctx):
         res = accuracy(ctx.model, ctx.tokenizer, mc_items, o.batch_size, desc=f"mc ({side})", bos=o.loglik_bos)
         metrics[f"{side}_acc"] = res["acc"]
         info[side] = {"source": source, "n": len(mc_items), "chance": res["acc"]["chance"]}

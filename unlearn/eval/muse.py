@@ -33,16 +33,16 @@ run's forget text; no in-context examples.
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
-from unlearn import sources
+from unlearn import sources, textfiles
 from unlearn.errors import UserError
-from unlearn.eval import before_after
+from unlearn.eval import before_after, inputs
 from unlearn.eval.context import role_format
 from unlearn.eval.generation import greedy
 from unlearn.eval.stats import mean_ci
 from unlearn.eval.textmetrics import rouge_l
+from unlearn.rows import checked
 
 KNOWMEM_NEW_TOKENS = 32
 VERBMEM_NEW_TOKENS = 128
@@ -115,39 +115,68 @@ def _muse_rows(source: str, config: str, split: str) -> list[dict] | None:
         path = folder / config / f"{split}.json"  # MUSE's own files: one JSON list each (may be empty)
         if not path.is_file():
             return None
-        rows = json.loads(path.read_text())
+        rows = textfiles.read_json(path, "MUSE file")
         if not isinstance(rows, list):
             raise UserError(f"MUSE file '{path}' is not a JSON list; expected [{{...}}, ...] as muse_bench's data/")
         return rows
     return sources.load_rows(source, split, "", config)
 
 
-def _pairs(rows: list[dict] | None, source: str) -> list[tuple[str, str]]:
+def _pairs(rows: list[dict] | None, source: str, skip: bool) -> list[tuple[str, str]]:
     if not rows:
         return []
     sources.require_columns(rows, ("question", "answer"), source, "MUSE knowmem")
+    rows = checked(rows, ("question", "answer"), source, "'question' and 'answer' (MUSE knowmem)", skip)
     return [(str(r["question"]), str(r["answer"])) for r in rows]
+
+
+def _muse_data(ctx) -> dict:
+    """_data's sets from --muse (a hub id or a folder in MUSE's layout)."""
+    o = ctx.opts
+    skip = ctx.cfg.data.skip_bad_rows
+    out = {key: _pairs(_muse_rows(o.muse, "knowmem", split), o.muse, skip) for key, split in
+           (("forget_qa", "forget_qa"), ("forget_icl", "forget_qa_icl"), ("retain_qa", "retain_qa"),
+            ("retain_icl", "retain_qa_icl"))}
+    rows = _muse_rows(o.muse, "verbmem", "forget")
+    if rows:
+        sources.require_columns(rows, ("prompt", "gt"), o.muse, "MUSE verbmem")
+        rows = checked(rows, ("prompt", "gt"), o.muse, "'prompt' and 'gt' (MUSE verbmem)", skip)
+    out["verbmem"] = [(str(r["prompt"]), str(r["gt"])) for r in rows or []]
+    return {**out, "from": o.muse}
+
+
+def _own_qa(ctx) -> tuple[str, str]:
+    """Without --muse, KnowMem's (forget, retain) QA files: --qa or a QA forget set, a QA retain set ("": none)."""
+    d = ctx.cfg.data
+    forget_qa = ctx.opts.qa or (d.forget.split(",")[0] if role_format(ctx.cfg, "forget") == "qa" else "")
+    return forget_qa, d.retain.split(",")[0] if role_format(ctx.cfg, "retain") == "qa" else ""
+
+
+def check(ctx) -> None:
+    """The inputs `run` reads, without the model: --muse's sets, else the run's data and QA files."""
+    if ctx.opts.muse:
+        if not any(_muse_data(ctx)[k] for k in ("forget_qa", "retain_qa", "verbmem")):
+            raise UserError(f"muse suite: --muse '{ctx.opts.muse}' holds no knowmem or verbmem rows; expected MUSE's "
+                            "layout (knowmem/forget_qa.json, ..., verbmem/forget.json) or its hub id")
+        return
+    inputs.run_data(ctx, "forget")
+    for source in _own_qa(ctx):
+        if source:
+            ctx.qa_pairs(source)
 
 
 def _data(ctx) -> dict:
     """{"forget_qa", "forget_icl", "retain_qa", "retain_icl", "verbmem"} and where each came from."""
     o = ctx.opts
     if o.muse:
-        out = {key: _pairs(_muse_rows(o.muse, "knowmem", split), o.muse) for key, split in
-               (("forget_qa", "forget_qa"), ("forget_icl", "forget_qa_icl"), ("retain_qa", "retain_qa"),
-                ("retain_icl", "retain_qa_icl"))}
-        rows = _muse_rows(o.muse, "verbmem", "forget")
-        if rows:
-            sources.require_columns(rows, ("prompt", "gt"), o.muse, "MUSE verbmem")
-        out["verbmem"] = [(str(r["prompt"]), str(r["gt"])) for r in rows or []]
-        return {**out, "from": o.muse}
+        return _muse_data(ctx)
     d = ctx.cfg.data
-    forget_qa = o.qa or (d.forget.split(",")[0] if role_format(ctx.cfg, "forget") == "qa" else "")
-    retain_qa = d.retain.split(",")[0] if role_format(ctx.cfg, "retain") == "qa" else ""
+    forget_qa, retain_qa = _own_qa(ctx)
     tok = ctx.tokenizer
     if role_format(ctx.cfg, "forget") == "text":  # whole documents, not the run's training chunks
         texts = [t for src in d.forget.split(",") if src.strip() for t in sources.texts_of(
-            sources.load_rows(src.strip(), d.forget_split, d.forget_revision, d.forget_subset), src, "text")]
+            sources.load_rows(src.strip(), d.forget_split, d.forget_revision, d.forget_subset), src, "text",
+            d.skip_bad_rows)]
         verb = passages(texts, tok, o.prefix_tokens)
     else:  # QA forget sets: the question is the prompt, the answer the continuation
         probes = before_after.probes(ctx.samples("forget"), prefix=o.prefix_tokens, length=VERBMEM_NEW_TOKENS)

@@ -34,6 +34,7 @@ import math
 import torch
 
 from unlearn.errors import UserError
+from unlearn.eval import inputs
 from unlearn.eval.generation import token_logprobs
 from unlearn.eval.stats import auc, auc_ci
 
@@ -42,11 +43,15 @@ UNITS = {"document": "each document whole (first max_position_embeddings tokens)
 """--privacy_unit: what one Min-k% sample of text data is."""
 
 
+def check_k(k: float) -> None:
+    if not 0 < k <= 1:
+        raise UserError(f"--min_k {k} out of range; expected a fraction in (0, 1], e.g. 0.4")
+
+
 def min_k_scores(token_logps: list[torch.Tensor], k: float) -> list[float]:
     """Per sample, the mean of the lowest floor(k * T) token log-probs (at least one token), as MUSE's
     `int(len(token_log_probs) * k)`."""
-    if not 0 < k <= 1:
-        raise UserError(f"--min_k {k} out of range; expected a fraction in (0, 1], e.g. 0.4")
+    check_k(k)
     out = []
     for lp in token_logps:
         n = max(1, math.floor(k * lp.numel()))
@@ -87,7 +92,8 @@ class Side:
     """The forget set (the run's `role` data) or the held-out set (`source`): its documents (text data)
     or its samples as the run builds them, and its samples for any model and tokenizer."""
 
-    def __init__(self, ctx, role: str = "", source: str = ""):
+    def __init__(self, ctx, role: str = "", source: str = "", samples: bool = True):
+        """`samples=False`: only read and check the side (no tokenizer, for `check`)."""
         self.name = source or getattr(ctx.cfg.data, role)
         docs = ctx.documents(role, source)
         self.unit = "pair" if docs is None else ctx.opts.privacy_unit
@@ -97,6 +103,12 @@ class Side:
                             "documents (as MUSE), so each side needs several; expected a JSON/JSONL/CSV/parquet "
                             "file with one 'text' row per document, or --privacy_unit block to score the text "
                             "in data.max_length blocks")
+        if not samples:
+            if source:
+                inputs.file_data(ctx, source)
+            else:
+                inputs.run_data(ctx, role)
+            return
         self._own = None if self.texts is not None else (ctx.file_samples(source) if source else ctx.samples(role))
         self._tokenizer = ctx.tokenizer
 
@@ -107,12 +119,27 @@ class Side:
         return document_samples(self.texts, tokenizer, model.config.max_position_embeddings)
 
 
-def run(ctx) -> dict:
-    o = ctx.opts
+def check_options(o) -> None:
+    """What the flags alone say."""
     if o.privacy_unit not in UNITS:
         raise UserError(f"--privacy_unit '{o.privacy_unit}' is unknown; expected one of {', '.join(UNITS)}")
-    if not o.holdout:
-        raise UserError("privacy suite needs held-out text the run never trained on; expected --holdout FILE")
+    inputs.required_flags(("privacy",), o)
+    check_k(o.min_k)
+
+
+def check(ctx) -> None:
+    """The inputs `run` reads, without the model: both sides' documents or rows, the retrained model."""
+    o = ctx.opts
+    check_options(o)
+    Side(ctx, role="forget", samples=False)
+    Side(ctx, source=o.holdout, samples=False)
+    if o.retrained and o.reference_auc < 0:
+        inputs.model("--retrained", o.retrained)
+
+
+def run(ctx) -> dict:
+    o = ctx.opts
+    check_options(o)
     forget, holdout = Side(ctx, role="forget"), Side(ctx, source=o.holdout)
     (f, f_cut), (h, h_cut) = forget.samples(ctx.model, ctx.tokenizer), holdout.samples(ctx.model, ctx.tokenizer)
     # MUSE's orientation: held-out text is the positive class, the forget set the negative one

@@ -35,15 +35,15 @@ TOFU evaluation reused), its eval.json, or a TOFU_EVAL.json from this suite or f
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
-from unlearn import data, sources
+from unlearn import data, sources, textfiles
 from unlearn.errors import UserError
-from unlearn.eval import tofu_logs, tofu_mia
+from unlearn.eval import inputs, tofu_logs, tofu_mia
 from unlearn.eval import tofu_metrics as tm
 from unlearn.eval.generation import generate_text, token_logprobs
 from unlearn.eval.tofu_metrics import HUB_ID
+from unlearn.rows import checked
 
 HUB_REVISION = "324592d84ae4f482ac7249b9285c2ecdb53e3a68"
 """The dataset commit the splits are read at (the hub's main of 2025-03-27)."""
@@ -53,18 +53,32 @@ PER_SAMPLE, SUMMARY = "TOFU_EVAL.json", "TOFU_SUMMARY.json"
 EXAMPLES = 3
 
 
-def load_split(source: str, name: str, revision: str = HUB_REVISION) -> list[dict] | None:
+PERTURBED = ("question", "answer", "paraphrased_answer", "perturbed_answer")
+SPLIT_FIELDS = {"forget": PERTURBED, "retain_perturbed": PERTURBED, "ra": ("question", "answer", "perturbed_answer"),
+                "wf": ("question", "answer", "perturbed_answer"), "retain": ("question", "answer"),
+                "holdout": ("question", "answer")}
+"""What every row of each split must fill (open-unlearning's TOFU configs read these fields)."""
+
+
+def load_split(source: str, name: str, revision: str = HUB_REVISION, fields: tuple[str, ...] = (),
+               skip: bool = False) -> list[dict] | None:
     """Rows of TOFU config `name` from the hub, or from `<source>/<name>.json(l)`; None if a local
-    folder lacks it. A local `forgetNN.json` stands for `forgetNN_perturbed` (same rows, same fields)."""
+    folder lacks it. A local `forgetNN.json` stands for `forgetNN_perturbed` (same rows, same fields).
+    Every row must fill `fields` (a row that does not: an error naming it; `skip`: left out)."""
     folder = Path(source)
-    if not folder.is_dir():
-        return sources.load_rows(source, "train", revision, subset=name)
-    names = [name] + ([name.removesuffix("_perturbed")] if name.startswith("forget") else [])
-    for stem in names:
-        for ext in (".json", ".jsonl"):
-            if (folder / f"{stem}{ext}").is_file():
-                return sources.load_rows(str(folder / f"{stem}{ext}"))
-    return None
+    if folder.is_dir():
+        stems = [name] + ([name.removesuffix("_perturbed")] if name.startswith("forget") else [])
+        path = next((folder / f"{stem}{ext}" for stem in stems for ext in (".json", ".jsonl")
+                     if (folder / f"{stem}{ext}").is_file()), None)
+        if path is None:
+            return None
+        where, rows = str(path), sources.load_rows(str(path))
+    else:
+        where, rows = f"{source} ({name})", sources.load_rows(source, "train", revision, subset=name)
+    if fields and rows:
+        sources.require_columns(rows, fields, where, "tofu")
+        rows = checked(rows, fields, where, f"{', '.join(fields)} (TOFU)", skip)
+    return rows
 
 
 def _require(rows: list[dict], columns: tuple[str, ...], what: str) -> None:
@@ -156,26 +170,31 @@ def read_splits(ctx) -> tuple[dict[str, list[dict] | None], dict]:
     o = ctx.opts
     tm.check_forget_split(o.tofu_forget)
     source = tm.data_source(o.tofu_data)
-    splits = {"forget": load_split(source, f"{o.tofu_forget}_perturbed"),
-              "retain_perturbed": load_split(source, "retain_perturbed"),
-              "ra": load_split(source, "real_authors_perturbed"), "wf": load_split(source, "world_facts_perturbed")}
-    for key, name in (("forget", f"{o.tofu_forget}_perturbed"), ("ra", "real_authors_perturbed"),
-                      ("wf", "world_facts_perturbed")):
+    skip = ctx.cfg.data.skip_bad_rows
+    names = {"forget": f"{o.tofu_forget}_perturbed", "retain_perturbed": "retain_perturbed",
+             "ra": "real_authors_perturbed", "wf": "world_facts_perturbed", "holdout": tm.HOLDOUT_OF[o.tofu_forget]}
+    splits = {key: load_split(source, name, fields=SPLIT_FIELDS[key], skip=skip) for key, name in names.items()}
+    for key in ("forget", "ra", "wf"):
         if not splits[key]:
-            raise UserError(f"TOFU split '{name}' not found in '{source}'; expected {name}.json there "
+            raise UserError(f"TOFU split '{names[key]}' not found in '{source}'; expected {names[key]}.json there "
                             f"(or the hub id {HUB_ID})")
     info = {"source": source, "revision": "" if Path(source).is_dir() else HUB_REVISION,
             "forget_split": o.tofu_forget}
     splits["retain"] = None
-    splits["holdout"] = load_split(source, tm.HOLDOUT_OF[o.tofu_forget])
     if not splits["retain_perturbed"]:
         name = tm.RETAIN_OF[o.tofu_forget]
         rows = load_split(source, name)
         if not rows:
             raise UserError(f"TOFU has neither retain_perturbed nor {name} in '{source}'; expected one of them")
-        splits["retain"] = rows[:RETAIN_EVAL_ROWS]
-        info["retain_questions"] = f"first {RETAIN_EVAL_ROWS} of {name} (retain_perturbed is not in {source})"
-    return {k: ctx.limited(v) if v else v for k, v in splits.items()}, info
+        splits["retain"] = checked(rows[:RETAIN_EVAL_ROWS], SPLIT_FIELDS["retain"], f"{source} ({name})",
+                                   "question, answer (TOFU)", skip)
+        names["retain"] = name
+    splits = {k: ctx.limited(v) if v else v for k, v in splits.items()}
+    if splits["retain"]:  # what was measured: the --limit cuts it too
+        info["retain_questions"] = (f"first {len(splits['retain'])} of {names['retain']} (retain_perturbed is not "
+                                    f"in {source})")
+    info["questions"] = {names[k]: len(v) for k, v in splits.items() if v}
+    return splits, info
 
 
 def retain_scorer(ctx) -> Scorer:
@@ -193,14 +212,43 @@ def retain_scorer(ctx) -> Scorer:
     return Scorer(model, tok, template, o.batch_size, o.tofu_max_new_tokens)
 
 
+def _saved_ratios(retain_model: str) -> Path | None:
+    """The file holding the --retain_model's saved forget truth ratios (given, or its folder's eval.json of
+    a TOFU evaluation); None when the model is to be evaluated here."""
+    given = Path(retain_model)
+    if given.is_file():
+        return given
+    saved = given / "eval.json"
+    if saved.is_file() and "tofu" in textfiles.read_json(saved, "--retain_model").get("suites", {}):
+        return saved
+    return None
+
+
+def check_options(o) -> None:
+    """What the flags alone say."""
+    tm.check_forget_split(o.tofu_forget)
+    if o.tofu_max_new_tokens < 1:
+        raise UserError(f"--tofu_max_new_tokens {o.tofu_max_new_tokens}; expected at least 1")
+
+
+def check(ctx) -> None:
+    """The inputs `run` reads, without the model: every split's rows, the retain model or its saved ratios."""
+    o = ctx.opts
+    check_options(o)
+    splits, _ = read_splits(ctx)
+    if o.retain_model:
+        saved = _saved_ratios(o.retain_model)
+        if saved:
+            tm.read_ratios(saved, len(splits["forget"]), o.tofu_forget)
+        else:
+            inputs.model("--retain_model", o.retain_model)
+
+
 def retain_model_ratios(ctx, forget: list[dict]) -> tuple[list[float], str]:
     """The retain model's forget-set truth ratios and where they came from."""
     o = ctx.opts
-    given = Path(o.retain_model)
-    if given.is_file():
-        return tm.read_ratios(given, len(forget), o.tofu_forget), str(given)
-    saved = given / "eval.json"
-    if saved.is_file() and "tofu" in json.loads(saved.read_text()).get("suites", {}):
+    given, saved = Path(o.retain_model), _saved_ratios(o.retain_model)
+    if saved:
         return tm.read_ratios(saved, len(forget), o.tofu_forget), str(saved)
 
     def compute() -> list[float]:

@@ -29,13 +29,13 @@ Per answer the model gives `avg_loss` = mean NLL (nats) over the answer's tokens
 
 from __future__ import annotations
 
-import json
 import math
 from pathlib import Path
 from typing import Sequence
 
 import numpy as np
 
+from unlearn import textfiles
 from unlearn.errors import UserError
 
 HUB_ID = "locuslab/TOFU"
@@ -155,7 +155,7 @@ def privleak(mia_min_k: float, ref: float) -> float:
 
 def read_ratios(path: Path, n: int, split: str) -> list[float]:
     """Forget truth ratios from a TOFU_EVAL.json (ours or open-unlearning's) or an eval.json of ours."""
-    logs = json.loads(path.read_text())
+    logs = textfiles.read_json(path, "--retain_model")
     if "suites" in logs:  # our eval.json: its tofu suite names the per-sample file beside it
         tofu = logs["suites"].get("tofu")
         if not tofu:

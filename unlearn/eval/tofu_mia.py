@@ -21,12 +21,11 @@ Large Language Models".
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import numpy as np
 
-from unlearn import data
+from unlearn import data, textfiles
 from unlearn.eval import tofu_metrics as tm
 from unlearn.eval.generation import token_logprobs
 from unlearn.eval.privacy import min_k_scores
@@ -63,7 +62,7 @@ def evaluate(scorer, forget: list[dict], holdout: list[dict]) -> tuple[dict, dic
 
 def read_mia(path: Path) -> float | None:
     """A retain model's mia_min_k from its eval.json (ours) or TOFU_EVAL.json (ours or open-unlearning's)."""
-    logs = json.loads(path.read_text())
+    logs = textfiles.read_json(path, "--retain_model")
     if "suites" in logs:
         metric = logs["suites"].get("tofu", {}).get("metrics", {}).get("mia_min_k")
         return None if metric is None else float(metric["value"])

@@ -26,13 +26,14 @@ import numpy as np
 
 from unlearn import data, sources
 from unlearn.errors import UserError
-from unlearn.eval import before_after, specs
+from unlearn.eval import before_after, inputs, specs
 from unlearn.eval import truthfulqa as tqa_standard
 from unlearn.eval.context import SHARED_DATA, role_format
 from unlearn.eval.generation import token_logprobs
 from unlearn.eval.loglik import BOS_RULES, check_bos
 from unlearn.eval.stats import mean_ci, perplexity_ci
 from unlearn.eval.textmetrics import degeneration_reason, rouge_l
+from unlearn.rows import checked
 
 EXAMPLES = 3
 NORMAL_PROMPTS = 200  # cap on normal prompts answered (retain corpora can hold thousands of chunks)
@@ -45,10 +46,13 @@ def retain_perplexity(model, tokenizer, samples) -> dict:
     return perplexity_ci([-float(lp.sum()) for lp in logps], [lp.numel() for lp in logps])
 
 
-def truthfulqa_items(rows: list[dict], source: str) -> list[dict]:
-    """[{question, best, true: [...], false: [...]}] from TruthfulQA rows (CSV: ';'-separated lists)."""
+def truthfulqa_items(rows: list[dict], source: str, skip: bool = False, full: list[dict] | None = None) -> list[dict]:
+    """[{question, best, true: [...], false: [...]}] from TruthfulQA rows (CSV: ';'-separated lists; a part of
+    `full`); a row without a question, a best or an incorrect answer is an error (`skip`: left out)."""
     names = sources.TQA_CSV if sources.TQA_CSV["question"] in rows[0] else sources.TQA_HUB
     sources.require_columns(rows, list(names.values()), source, "truthfulqa")
+    needed = (names["question"], names["best"], names["incorrect"])
+    rows = checked(rows, needed, source, "a question, a best and incorrect answers (TruthfulQA)", skip, full=full)
 
     def split(cell) -> list[str]:
         items = cell if isinstance(cell, list) else str(cell or "").split(";")  # hub rows hold lists
@@ -57,9 +61,8 @@ def truthfulqa_items(rows: list[dict], source: str) -> list[dict]:
     items = []
     for row in rows:
         best, true, false = str(row[names["best"]]).strip(), split(row[names["correct"]]), split(row[names["incorrect"]])
-        if best and false:
-            items.append({"question": row[names["question"]], "best": best,
-                          "true": true if best in true else [best, *true], "false": false})
+        items.append({"question": row[names["question"]], "best": best,
+                      "true": true if best in true else [best, *true], "false": false})
     if not items:
         raise UserError(f"TruthfulQA '{source}' has no usable rows; expected Best and Incorrect Answers")
     return items
@@ -128,14 +131,14 @@ def normal_prompts(ctx) -> list[str]:
     return [ctx.tokenizer.decode(p.prompt_ids, skip_special_tokens=True) for p in probes]
 
 
-def truthfulqa_rows(ctx) -> tuple[list[dict], str, str]:
-    """(rows to score, source, which part). A run that trained on TruthfulQA is scored on the
+def truthfulqa_rows(ctx) -> tuple[list[dict], str, str, list[dict]]:
+    """(rows to score, source, which part, all rows of the source). A run that trained on TruthfulQA is scored on the
     held-out test part of its seeded partition, read from the run's own source (the partition is by
     row index, so another copy of the data, with other rows, would not hold the same questions out)."""
     d, o = ctx.cfg.data, ctx.opts
     trained = next((r for r in ("retain", "forget") if role_format(ctx.cfg, r) == "truthfulqa"), None)
     if o.truthfulqa.lower() == "none":
-        return [], "", ""
+        return [], "", "", []
     if o.truthfulqa:
         source, rows = o.truthfulqa, specs.load(o.truthfulqa, tqa_standard.HUB_SPLIT)
     elif trained:
@@ -146,7 +149,8 @@ def truthfulqa_rows(ctx) -> tuple[list[dict], str, str]:
         source = str(SHARED_DATA / "truthfulqa" / "TruthfulQA.csv")
         rows = sources.load_rows(source)
     else:
-        return [], "", ""
+        return [], "", "", []
+    full = rows
     if trained and tqa_standard.has_mc_targets(rows):  # another table: hold out by question text
         own = sources.load_rows(data.split_sources(getattr(d, trained))[0], getattr(d, f"{trained}_split"),
                                 getattr(d, f"{trained}_revision"), getattr(d, f"{trained}_subset"))
@@ -156,7 +160,29 @@ def truthfulqa_rows(ctx) -> tuple[list[dict], str, str]:
         rows = [r for r in rows if str(r["question"]).strip() in held]
     elif trained:
         rows = sources.truthfulqa_rows(rows, "test", d.truthfulqa_fractions, d.truthfulqa_seed)
-    return rows, source, "test part (held out from training)" if trained else "all"
+    return rows, source, "test part (held out from training)" if trained else "all", full
+
+
+def truthfulqa_data(ctx) -> tuple[str, list[dict], str, str]:
+    """(variant, items capped by --limit, source, which part); no items without TruthfulQA data."""
+    o = ctx.opts
+    rows, tqa, which, full = truthfulqa_rows(ctx)
+    if not rows:
+        return "", [], "", ""
+    variant = tqa_standard.variant_of(rows, o.truthfulqa_variant, tqa)
+    check_bos(o.loglik_bos)
+    items = tqa_standard.mc_items(rows, tqa) if variant == "standard" else \
+        truthfulqa_items(rows, tqa, ctx.cfg.data.skip_bad_rows, full)
+    return variant, ctx.limited(items), tqa, which
+
+
+def check(ctx) -> None:
+    """The inputs `run` reads, without the model: retain data, TruthfulQA, normal prompts, reference."""
+    inputs.run_data(ctx, "retain")
+    truthfulqa_data(ctx)
+    if ctx.opts.normal_prompts:
+        inputs.file_data(ctx, ctx.opts.normal_prompts)
+    inputs.reference(ctx)
 
 
 def run(ctx) -> dict:
@@ -165,16 +191,12 @@ def run(ctx) -> dict:
     d, o = ctx.cfg.data, ctx.opts
     info: dict = {"retain": d.retain}
     metrics: dict = {"retain_ppl": retain_perplexity(ctx.model, ctx.tokenizer, ctx.samples("retain"))}
-    rows, tqa, which = truthfulqa_rows(ctx)
-    if rows:
-        variant = tqa_standard.variant_of(rows, o.truthfulqa_variant, tqa)
-        check_bos(o.loglik_bos)
+    variant, items, tqa, which = truthfulqa_data(ctx)
+    if items:
         if variant == "standard":
-            items = ctx.limited(tqa_standard.mc_items(rows, tqa))
             metrics.update(tqa_standard.standard(ctx.model, ctx.tokenizer, items, o.batch_size, o.loglik_bos))
             info["loglik_bos"] = {"rule": o.loglik_bos, "as": BOS_RULES[o.loglik_bos]}
         else:
-            items = ctx.limited(truthfulqa_items(rows, tqa))
             metrics.update(truthfulqa(ctx.model, ctx.tokenizer, items, d.prompt_template, o.batch_size))
         info["truthfulqa"], info["truthfulqa_items"], info["truthfulqa_variant"] = tqa, which, variant
     else:

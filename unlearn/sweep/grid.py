@@ -43,7 +43,7 @@ from unlearn.config_io import (
     read_yaml,
 )
 from unlearn.errors import UserError
-from unlearn.runs import COMPLETE, EVAL_ERROR, step_dir
+from unlearn.runs import COMPLETE, EVAL_ERROR, evaluated, step_dir
 
 SWEEP_KEYS = {"name", "output_dir", "ds_config", "profile", "base", "base_configs", "axes", "eval", "report",
               "select", "search", "halving"}
@@ -379,7 +379,7 @@ class RunStatus:
     """Step of the newest complete checkpoint (0 = none)."""
     max_steps: int
     evaluated: int
-    """Checkpoints with an eval.json."""
+    """Checkpoints whose eval.json holds every suite asked for (runs.evaluated)."""
     eval_step: int
     """Step of the newest evaluated checkpoint (0 = none), the one `latest_eval` comes from."""
     checkpoints: int
@@ -393,7 +393,7 @@ def run_status(sweep: Sweep, point: Point) -> RunStatus:
     run_dir = sweep.folder / "runs" / point.name
     done = sorted(int(p.name.split("-")[1]) for p in (run_dir / "checkpoints").glob("step-*")
                   if (p / COMPLETE).is_file())
-    evals = [s for s in done if (step_dir(run_dir, s) / "eval.json").is_file()]
+    evals = [s for s in done if evaluated(step_dir(run_dir, s))]
     latest = flat_metrics(step_dir(run_dir, evals[-1]) / "eval.json") if evals else {}
     max_steps = point.config.train.max_steps
     step = done[-1] if done else 0

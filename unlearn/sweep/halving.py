@@ -40,7 +40,7 @@ from pathlib import Path
 from typing import Any
 
 from unlearn.errors import UserError
-from unlearn.runs import COMPLETE, EVAL_ERROR, STOP, TRAIN_EXIT, step_dir
+from unlearn.runs import COMPLETE, EVAL_ERROR, STOP, TRAIN_EXIT, evaluated, step_dir
 from unlearn.sweep.grid import ReportSpec, SelectSpec, Sweep, checkpoint_steps, flat_metrics, open_sweep
 from unlearn.sweep.select import Candidate, choose
 
@@ -80,7 +80,7 @@ def _point_at(folder: Path, name: str, step: int) -> tuple[str, Any]:
     """("eval", Candidate) | ("failed", reason) | ("ended", reason) | ("waiting", None) at a round's step."""
     run_dir = folder / "runs" / name
     ckpt = step_dir(run_dir, step)
-    if (ckpt / COMPLETE).is_file() and (ckpt / "eval.json").is_file():
+    if (ckpt / COMPLETE).is_file() and evaluated(ckpt):
         return "eval", Candidate(name, step, str(ckpt), flat_metrics(ckpt / "eval.json"))
     if (ckpt / COMPLETE).is_file() and (ckpt / EVAL_ERROR).is_file():
         return "failed", "eval failed: " + (ckpt / EVAL_ERROR).read_text().strip()

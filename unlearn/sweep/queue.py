@@ -2,8 +2,8 @@
 
 Both submission paths record the job ids in the sweep folder (jobs.txt from slurm/sweep.sh,
 submitit_jobs.txt from launch/sweep.py) and name each eval job `eval-<run>-<step>`, so one sacct call
-gives the state of every eval. The files beside the checkpoint stay the last word: eval.json = done,
-eval.error = failed; SLURM adds what files cannot say (waiting in the queue, running now, killed
+gives the state of every eval. The files beside the checkpoint stay the last word: an eval.json with every
+suite (runs.evaluated) = done, eval.error = failed; SLURM adds what files cannot say (waiting in the queue, running now, killed
 before it could write eval.error: time limit, out of memory, cancelled).
 """
 
@@ -67,7 +67,7 @@ def eval_jobs(folder: Path) -> tuple[dict[tuple[str, int], tuple[str, str]], str
 
 
 def eval_state(files_state: str, slurm: tuple[str, str] | None) -> tuple[str, str]:
-    """(state, detail) of one checkpoint's eval. files_state: done (eval.json) | failed (eval.error) |
+    """(state, detail) of one checkpoint's eval. files_state: done (runs.evaluated) | failed (eval.error) |
     waiting (complete checkpoint, neither file) | none (no checkpoint yet)."""
     if files_state in ("done", "failed"):
         return files_state, ""

@@ -10,7 +10,7 @@ from collections import Counter
 from pathlib import Path
 
 from unlearn.errors import UserError
-from unlearn.runs import COMPLETE, step_dir
+from unlearn.runs import COMPLETE, evaluated, step_dir
 from unlearn.sweep import halving, queue, select
 from unlearn.sweep.grid import Point, ReportSpec, Sweep, checkpoint_steps, open_sweep, run_status
 from unlearn.sweep.select import pareto_front
@@ -60,7 +60,7 @@ def eval_states(sweep: Sweep, p: Point, st=None, jobs=None) -> dict[int, tuple[s
     out = {}
     for step in checkpoint_steps(p.config) if sweep.eval_enabled else []:
         folder = step_dir(run_dir, step)
-        files = ("done" if (folder / "eval.json").is_file() else "failed" if step in failed
+        files = ("done" if evaluated(folder) else "failed" if step in failed
                  else "waiting" if (folder / COMPLETE).is_file() else "none")
         state, detail = queue.eval_state(files, jobs.get((p.name, step)))
         if state != "none":

@@ -32,7 +32,7 @@ from typing import Any
 
 from unlearn import manifest
 from unlearn.errors import UserError
-from unlearn.runs import complete_checkpoints
+from unlearn.runs import complete_checkpoints, evaluated
 from unlearn.sweep.grid import RULES, ReportSpec, SelectSpec, flat_metrics
 
 BEST_FILE = "best.json"
@@ -56,7 +56,7 @@ def candidates(folder: Path) -> list[Candidate]:
     out = []
     for run_dir in run_dirs:
         for ckpt in complete_checkpoints(run_dir):
-            if (ckpt / "eval.json").is_file():
+            if evaluated(ckpt):  # every suite asked for finished (a partial eval.json is not ranked)
                 out.append(Candidate(run_dir.name, int(ckpt.name.split("-")[1]), str(ckpt),
                                      flat_metrics(ckpt / "eval.json")))
     return out

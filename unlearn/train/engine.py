@@ -3,7 +3,8 @@
 The JSON in ds_configs/ says *how* to shard and in which precision (unsaid: bf16 where the GPU
 has it, else fp32; ZeRO's contiguous_gradients unsaid: on for GPUs, off for CPUs). Batch sizes,
 gradient clipping, optimizer and LR schedule come from the run config (one source of truth): a JSON that
-sets them too is an error, as is DeepSpeed's "auto" (only HF's Trainer resolves it).
+sets them too is an error, as is DeepSpeed's "auto" (only HF's Trainer resolves it), and so is a key
+DeepSpeed would not read (unlearn.train.ds_keys).
 """
 
 from __future__ import annotations
@@ -15,10 +16,12 @@ from typing import Any
 
 import torch
 
+from unlearn import textfiles
 from unlearn.config import Config
 from unlearn.config_io import deep_merge
 from unlearn.distributed import DistEnv
 from unlearn.errors import UserError
+from unlearn.train import ds_keys
 
 OWNED_BY_RUN_CONFIG = {
     "train_batch_size": "train.global_batch_size",
@@ -47,12 +50,14 @@ def read_ds_config(path: str | Path, patch: dict[str, Any] | None = None) -> dic
     if not path.is_file():
         raise UserError(f"DeepSpeed config '{path}' not found; expected a JSON file such as ds_configs/zero2.json")
     try:
-        ds = json.loads(path.read_text())
+        ds = json.loads(textfiles.read_text(path, "DeepSpeed config"))
     except json.JSONDecodeError as exc:
         raise UserError(f"DeepSpeed config '{path}' is not valid JSON (line {exc.lineno}: {exc.msg}); "
                         "expected a JSON object such as ds_configs/zero2.json") from None
     if not isinstance(ds, dict):
         raise UserError(f"DeepSpeed config '{path}' holds a JSON {type(ds).__name__}; expected a JSON object")
+    ds_keys.check(ds, f"DeepSpeed config '{path}'")  # a key DeepSpeed would not read (a typo) is refused
+    ds_keys.check(patch or {}, f"a ds.* override on '{path}'", prefix="ds.")
     ds = deep_merge(ds, patch or {})
     if "bf16" not in ds and "fp16" not in ds:  # precision unsaid: bf16 where the hardware has it
         ds["bf16"] = {"enabled": bf16_supported()}
