@@ -151,9 +151,12 @@ def test_make_demo_while_another_program_holds_port_29500(demo_dir, tmp_path):
                           "program; expected a free port: deepspeed --master_port N ... (make demo PORT=N; make picks "
                           "a free one itself)"] and "Traceback" not in proc.stderr
         assert not (tmp_path / "runs" / "port").exists()
-        recipe = subprocess.run(["make", "-n", "demo"], cwd=ROOT, capture_output=True, text=True, check=True).stdout
+        # -W: as if the stage-1 config had changed, so both fine-tunes show even where they are built
+        recipe = subprocess.run(["make", "-n", "-W", "configs/demo_finetune.yaml", "demo"], cwd=ROOT,
+                                capture_output=True, text=True, check=True).stdout.replace("\\\n", " ")
         commands = [line.split() for line in recipe.splitlines() if line.split()[:1] == ["deepspeed"]]
-        assert [c[c.index("--master_port") + 2] for c in commands] == ["launch/finetune.py", "launch/unlearn.py"]
+        assert [c[c.index("--master_port") + 2] for c in commands] == ["launch/finetune.py", "launch/finetune.py",
+                                                                        "launch/unlearn.py"]  # base, oracle, job
         for words in commands:
             with socket.socket() as probe:  # the port make chose is free while 29500 is taken
                 probe.bind(("", int(words[words.index("--master_port") + 1])))

@@ -65,9 +65,11 @@ def test_error_messages_name_paths_targets_flags_and_keys_that_exist():
     import dataclasses
 
     from unlearn.config import Config
+    from unlearn.sweep.profile import Resources
 
     targets = set(re.findall(r"^([\w-]+):", (ROOT / "Makefile").read_text(), re.M))
     keys = {f"{s.name}.{f.name}" for s in dataclasses.fields(Config) for f in dataclasses.fields(s.default_factory)}
+    keys |= {f"train.{f.name}" for f in dataclasses.fields(Resources)}  # a cluster profile's train: section
     flags = _flags()
     found = messages()
     assert len(found) > 300  # the scan reads the messages (a broken scan finds none and passes nothing)
