@@ -138,6 +138,14 @@ class MethodConfig:
     """SatImp: exponent of (1 - p) (open-unlearning: 1.0)."""
     undial_beta: float = 10.0
     """UNDIAL: how far the answer token's reference logit is lowered (open-unlearning: 10.0)."""
+    undial_positions: str = "answer"
+    """UNDIAL: positions its cross-entropy averages over: answer (those predicting answer tokens) | all
+    (every position followed by a real token; at prompt positions the target is the reference's own
+    distribution: open-unlearning's UNDIAL, configs/methods/undial.yaml). See unlearn.methods.undial."""
+    kl_positions: str = "answer"
+    """retain_loss=kl: positions KL(reference || policy) averages over: answer (those predicting answer
+    tokens) | all (every real token's position, prompt and last token included: open-unlearning's
+    compute_kl_divergence, which counts padding too). See unlearn.methods.kl."""
     dpo_beta: float = 0.1
     """DPO / IdkDPO inverse temperature (open-unlearning's configs/trainer/DPO.yaml: 0.1)."""
     pdu_eps: float | None = None
@@ -149,6 +157,10 @@ class MethodConfig:
     PDU.yaml: 1.0). lambda starts at method.retain_weight (their alpha; the paper's runs use 50-100)."""
     pdu_warmup_epochs: float = 5.0
     """PDU: forget-set epochs before lambda starts to move (open-unlearning's PDU.yaml: 5)."""
+    pdu_update: str = "step"
+    """PDU: when lambda moves: step (once per optimizer step, by the retain loss averaged over the
+    step's micro-batches and ranks) | micro_batch (after every micro-batch, by its retain loss averaged
+    over ranks: open-unlearning's PDU, whose lambda moves grad_accum times per step). See unlearn.train.dual."""
     rmu_layer: int = 7
     """RMU: decoder layer l (0-based) whose output is steered (forget) and held to the reference's
     (retain) (open-unlearning and the WMDP code: 7 on 32-layer 7B models)."""

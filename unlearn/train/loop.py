@@ -89,7 +89,7 @@ class Loop:
         self.dual = dual.RetainDual(cfg.method) if cfg.method.forget_loss == "pdu" else None
         self.steering = steering or steering_for(cfg, engine, reference)
         objs = [o for o in (self.forget_obj, self.retain_obj, self.mismatch_obj) if o is not None]
-        self.packed = cfg.train.pack and all(o.name in packing.PACKABLE for o in objs)
+        self.packed = cfg.train.pack and all(o.name in packing.PACKABLE and not o.reads_all(cfg.method) for o in objs)
         self.dtype = engine.module.get_input_embeddings().weight.dtype  # a packed batch's attention mask
 
     def _micro_samples(self, state: State, names: set[str]) -> dict[str, list[list[data.Sample]]]:
@@ -162,14 +162,16 @@ class Loop:
         return loss, fwd.nll().detach()
 
     def _pass(self, obj: methods.Objective, batch: dict[str, torch.Tensor], grad: bool = True) -> Forward:
-        keep = logits_span(batch["labels"])
+        every = obj.reads_all(self.cfg.method)  # e.g. kl_positions=all: logits at every position
+        keep = batch["labels"].size(1) if every else logits_span(batch["labels"])
         taps = self.steering if obj.needs_hidden else None  # RMU: decoder layer l's output too
         with torch.set_grad_enabled(grad), rmu.tap(taps and taps.policy_layer) as hidden:
             logits = _forward(self.engine, batch, keep)
         with rmu.tap(taps and taps.reference_layer) as ref_hidden:
             ref = self.reference.logits(batch, keep) if obj.needs_reference else None
         return Forward(logits, batch["labels"][:, -keep:], ref,
-                       hidden=taps.hidden(hidden, ref_hidden, batch["labels"]) if taps else None)
+                       hidden=taps.hidden(hidden, ref_hidden, batch["labels"]) if taps else None,
+                       tokens=batch["attention_mask"] if every else None)
 
     def step(self, state: State) -> dict[str, float]:
         """One optimizer step of the phase that `state.step` falls on; returns its metrics."""
@@ -185,6 +187,7 @@ class Loop:
         if phase in (RETAIN, JOINT) and self.retain_obj:
             weight = self.dual.weight(state.dual) if self.dual else m.retain_weight  # PDU: lambda
             parts.append(("retain", weight, self.retain_obj, "retain"))
+        lam = self.dual.weight(state.dual) if self.dual else 0.0  # PDU: lambda at the step's start (logged)
         batches = self._micro_samples(state, {name for *_, name in parts})
         n_micro = len(next(iter(batches.values())))
         sums: dict[str, float] = {}
@@ -196,6 +199,8 @@ class Loop:
             total = 0.0
             terms, n_tokens, n_padded = self._losses(parts, {name: b[k] for name, b in batches.items()})
             for (metric, weight, _, _), (loss, nll) in zip(parts, terms):
+                if metric == "retain" and self.dual:  # PDU: lambda (pdu_update=micro_batch: moved by each micro-batch)
+                    weight = self.dual.weight(state.dual)
                 total = total + weight * loss
                 sums[f"{metric}/loss"] = sums.get(f"{metric}/loss", 0.0) + loss.item() / n_micro
                 sums[f"{metric}/nll"] = sums.get(f"{metric}/nll", 0.0) + nll.item() / n_micro
@@ -205,6 +210,9 @@ class Loop:
             bad_loss = bad_loss or not guards.finite_everywhere(total, self.env)
             self.engine.backward(guards.poison(total) if bad_loss else total)
             self.engine.step()
+            if self.dual and self.dual.per_micro_batch and phase != FORGET:
+                retain = terms[[m for m, *_ in parts].index("retain")][0].item()
+                self.dual.update_micro_batch(state.dual, retain, state.streams["forget"].epoch, self.env)
         applied = self.engine.was_step_applied()
         assert not (bad_loss and applied), "a step with a non-finite loss reached the weights"
         if not applied and self.engine.lr_scheduler is not None:
@@ -223,8 +231,8 @@ class Loop:
         metrics["padding"] = padded / tokens - 1 if tokens else 0.0
         metrics["phase"] = {FORGET: 0.0, RETAIN: 1.0, JOINT: 2.0}[phase]
         if self.dual:  # log the lambda this step used, then move it by this step's retain loss
-            metrics[dual.METRIC] = self.dual.weight(state.dual)
-            if applied and "retain/loss" in metrics:
+            metrics[dual.METRIC] = lam
+            if applied and "retain/loss" in metrics and not self.dual.per_micro_batch:
                 self.dual.update(state.dual, metrics["retain/loss"], state.streams["forget"].epoch)
         return metrics
 
