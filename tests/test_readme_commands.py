@@ -20,7 +20,7 @@ def _commands() -> list[tuple[str, list[str]]]:
     """(where, argv after `deepspeed`) for every deepspeed command line, continuation lines joined."""
     found = []
     for path in [ROOT / "README.md", *sorted((ROOT / "configs").glob("*.yaml")),
-                 *sorted((ROOT / "configs" / "tofu").glob("*.yaml"))]:
+                 *sorted((ROOT / "configs" / "tofu").glob("*.yaml")), *sorted((ROOT / "configs" / "methods").glob("*.yaml"))]:
         text = path.read_text().replace("\\\n", " ")
         for line in text.splitlines():
             line = line.lstrip("# ").strip()

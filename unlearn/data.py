@@ -75,6 +75,13 @@ def read(source: str, role: str, d) -> tuple[list[sources.Row], str]:
     return rows, fmt
 
 
+def prompt_pairs(rows: list[sources.Row], fmt: str, source: str) -> list[tuple[str, str]]:
+    """(prompt, answer) texts of a QA-like format's rows (sentences: each sentence and the next)."""
+    if fmt == "sentences":
+        return sources.sentence_pairs(sources.texts_of(rows, source, fmt))
+    return sources.qa_pairs(rows, fmt, source)
+
+
 def build_samples(source: str, role: str, tokenizer, d) -> list[Sample]:
     """Trainable samples of one source, in file order."""
     rows, fmt = read(source, role, d)
@@ -82,9 +89,8 @@ def build_samples(source: str, role: str, tokenizer, d) -> list[Sample]:
         samples = text_samples(sources.texts_of(rows, source, fmt), tokenizer, d.max_length)
     else:
         check_template(d.prompt_template)
-        pairs = (sources.sentence_pairs(sources.texts_of(rows, source, fmt)) if fmt == "sentences"
-                 else sources.qa_pairs(rows, fmt, source))
-        samples = [qa_sample(p, a, tokenizer, d.prompt_template, d.max_length, d.append_eos) for p, a in pairs]
+        samples = [qa_sample(p, a, tokenizer, d.prompt_template, d.max_length, d.append_eos)
+                   for p, a in prompt_pairs(rows, fmt, source)]
     samples = [s for s in samples if any(x != IGNORE for x in s["labels"][1:])]
     if not samples:
         raise UserError(f"data '{source}' yields no trainable samples; expected non-empty answers/text "
