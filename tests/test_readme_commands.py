@@ -24,7 +24,7 @@ def _commands() -> list[tuple[str, list[str]]]:
         text = path.read_text().replace("\\\n", " ")
         for line in text.splitlines():
             line = line.lstrip("# ").strip()
-            if line.startswith("deepspeed ") and re.search(r"launch/(unlearn|finetune)\.py", line):
+            if line.startswith("deepspeed ") and re.search(r"launch/(unlearn|finetune|task_vector)\.py", line):
                 found.append((f"{path.name}: {line}", shlex.split(line)[1:]))
     return found
 

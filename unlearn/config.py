@@ -98,6 +98,9 @@ class DataConfig:
     text_prompt_tokens: int = 32
     """IdkNLL / IdkDPO on a plain-text forget set: each block's first this many tokens are its prompt,
     the rest the answer the "I don't know" replaces (32 = the verbatim ROUGE-L probe's prefix)."""
+    whp_targets: str = ""
+    """WHP: the JSON file of generic labels for this forget set that launch/whp_targets.py writes (from
+    method.whp_reinforced and method.whp_alpha); required with forget_loss=whp. See unlearn.whp."""
     forget_alternate: str = ""
     """DPO: the forget set's column holding the preferred (alternate) answer to each prompt; required
     with forget_loss=dpo (QA, PKU or TruthfulQA forget sets)."""
@@ -161,6 +164,14 @@ class MethodConfig:
     """PDU: when lambda moves: step (once per optimizer step, by the retain loss averaged over the
     step's micro-batches and ranks) | micro_batch (after every micro-batch, by its retain loss averaged
     over ranks: open-unlearning's PDU, whose lambda moves grad_accum times per step). See unlearn.train.dual."""
+    whp_reinforced: str = ""
+    """WHP: the reinforced model, i.e. the model fine-tuned further on the forget set (launch/finetune.py
+    with data.retain = the forget set); launch/whp_targets.py reads its logits beside the run's model's."""
+    whp_alpha: float = 1.0
+    """WHP: alpha of the generic logits v_base - alpha ReLU(v_reinforced - v_base) (MUSE's WHP: 1.0)."""
+    task_vector_alpha: float = 1.0
+    """Task Vector (launch/task_vector.py): theta - alpha (theta_ft - theta) (MUSE's code default 1.0; its
+    scripts run 5.0, configs/methods/task_vector.yaml)."""
     rmu_layer: int = 7
     """RMU: decoder layer l (0-based) whose output is steered (forget) and held to the reference's
     (retain) (open-unlearning and the WMDP code: 7 on 32-layer 7B models)."""

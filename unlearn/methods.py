@@ -170,6 +170,16 @@ def idknll(fwd: Forward, cfg) -> torch.Tensor:
     return fwd.alt.nll()
 
 
+@register_forget("whp", alternate="generic", forget_grad=False)
+def whp(fwd: Forward, cfg) -> torch.Tensor:
+    """WHP (Eldan & Russinovich 2023, "Who's Harry Potter? Approximate Unlearning in LLMs"; the generic
+    logits v_base - alpha ReLU(v_reinforced - v_base) as MUSE's baselines/whos_harry_potter.py): NLL of the
+    generic labels (argmax of those logits, teacher-forced on the forget text; unlearn.whp writes them to
+    data.whp_targets), mean over the forget sample's labelled tokens. The paper fine-tunes on these alone
+    (configs/methods/whp.yaml: no retain term); MUSE evaluates the combined logits without fine-tuning."""
+    return fwd.alt.nll()
+
+
 def _dpo(fwd: Forward, cfg) -> torch.Tensor:
     with torch.no_grad():
         win_ref = losses.sequence_logp(fwd.alt.ref_logits, fwd.alt.labels)
