@@ -11,7 +11,8 @@ import torch
 
 from tests.conftest import ROOT
 from tests.unlearn_runs import run, scalars, weights
-from unlearn import altpo, task_vector, whp
+from unlearn import altpo, whp
+from unlearn.train import task_vector
 from unlearn.config_io import load_config
 from unlearn.errors import UserError
 

@@ -379,7 +379,8 @@ MINI_EVAL = dict(suites=("tofu",), tofu_forget="forget01", limit=4, tofu_max_new
 def test_tofu_mini_pipeline_scaled_down(tmp_path, shared_data, dist_env, monkeypatch):
     """make tofu-mini's steps in order, with its configs as shipped (relative .cache/ paths, here under tmp)."""
     from tests.conftest import ROOT
-    from unlearn import altpo, task_vector, tofu_mini, whp
+    from unlearn import altpo, tofu_mini, whp
+    from unlearn.train import task_vector
     from unlearn.config import FINETUNE_DEFAULTS
     from unlearn.config_io import load_config
     from unlearn.train.loop import train

@@ -147,9 +147,7 @@ def alternates(cfg, tokenizer, forget: list[data.Sample], kind: str, say=print) 
     """The alternate sampler of `kind` (IDK | COLUMN | GENERIC) over the forget samples."""
     d = cfg.data
     if kind == GENERIC:
-        from unlearn import whp
-
-        generic = whp.read_targets(cfg)
+        generic = generic_targets(cfg)
         missing = [s for s in forget if tuple(s["input_ids"]) not in generic]
         if missing:
             raise UserError(f"data.whp_targets '{d.whp_targets}' has no generic labels for {len(missing)} of the "
@@ -179,3 +177,20 @@ def split_text_blocks(forget: list[data.Sample], prompt_tokens: int, source: str
         n = min(prompt_tokens, len(s["input_ids"]) - 1)  # a short last block keeps one token to predict
         s["prompt_ids"] = s["input_ids"][:n]
         s["labels"] = [data.IGNORE] * n + s["labels"][n:]
+
+
+def generic_targets(cfg) -> dict[tuple[int, ...], list[int]]:
+    """input_ids -> generic labels, from data.whp_targets; the file must come from this run's model,
+    reinforced model and alpha."""
+    m, d = cfg.method, cfg.data
+    path = Path(d.whp_targets)
+    if not d.whp_targets or not path.is_file():
+        raise UserError(f"method.forget_loss=whp needs data.whp_targets, the generic labels file; '{d.whp_targets}' "
+                        "does not exist: expected the file launch/whp_targets.py writes for this config")
+    doc = json.loads(path.read_text())
+    made = (doc.get("model"), doc.get("reinforced"), doc.get("alpha"))
+    if made != (cfg.model.name_or_path, m.whp_reinforced, m.whp_alpha):
+        raise UserError(f"data.whp_targets '{path}' was made from model/reinforced/alpha {list(made)}, but this run "
+                        f"has {[cfg.model.name_or_path, m.whp_reinforced, m.whp_alpha]}; expected the file "
+                        "launch/whp_targets.py writes for this config")
+    return {tuple(s["input_ids"]): s["labels"] for s in doc["samples"]}

@@ -114,7 +114,7 @@ class DataConfig:
 class MethodConfig:
     forget_loss: str = "ga"
     """Forget objective: ga | npo | simnpo | wga | satimp | undial | ceu | idknll | dpo | idkdpo | pdu |
-    rmu (see unlearn.methods)."""
+    rmu | whp (see unlearn.methods; configs/methods/ holds open-unlearning's settings of each)."""
     forget_weight: float = 1.0
     """Weight of the forget objective."""
     retain_loss: str = "nll"

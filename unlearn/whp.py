@@ -10,7 +10,8 @@ push exactly those tokens down (MUSE's WHPModelForCausalLM, baselines/baselines/
 alpha 1 by default). The paper then fine-tunes the base on the generic predictions: each forget sample
 keeps its text and gets, at every position that predicts a forget token (teacher forcing on the original
 text), the label argmax_v v_generic. `write_targets` computes these once into data.whp_targets; the run's
-forget loss `whp` is their NLL (unlearn.methods.whp; unlearn.alternates reads the file).
+forget loss `whp` is their NLL (unlearn.methods.whp; unlearn.alternates reads the file and checks it
+was made from the run's model, reinforced model and alpha).
 
 Where this differs: MUSE stops at the combined logits (an inference-time model, two models per forward);
 the paper also swaps idiosyncratic terms for generic anchors before taking the base's predictions (it
@@ -80,20 +81,3 @@ def write_targets(cfg, batch_size: int = 16, say=print) -> Path:
     total = sum(y != IGNORE for s in samples for y in s["labels"][1:])
     say(f"generic labels for {len(out)} forget samples -> {path} ({changed}/{total} labels differ from the text)")
     return path
-
-
-def read_targets(cfg) -> dict[tuple[int, ...], list[int]]:
-    """input_ids -> generic labels, from data.whp_targets; the file must come from this run's model,
-    reinforced model and alpha."""
-    m, d = cfg.method, cfg.data
-    path = Path(d.whp_targets)
-    if not d.whp_targets or not path.is_file():
-        raise UserError(f"method.forget_loss=whp needs data.whp_targets, the generic labels file; '{d.whp_targets}' "
-                        "does not exist: expected the file launch/whp_targets.py writes for this config")
-    doc = json.loads(path.read_text())
-    made = (doc.get("model"), doc.get("reinforced"), doc.get("alpha"))
-    if made != (cfg.model.name_or_path, m.whp_reinforced, m.whp_alpha):
-        raise UserError(f"data.whp_targets '{path}' was made from model/reinforced/alpha {list(made)}, but this run "
-                        f"has {[cfg.model.name_or_path, m.whp_reinforced, m.whp_alpha]}; expected the file "
-                        "launch/whp_targets.py writes for this config")
-    return {tuple(s["input_ids"]): s["labels"] for s in doc["samples"]}
