@@ -24,8 +24,8 @@ def main(argv: list[str] | None = None) -> None:
         from unlearn.config_io import load_config
 
         cfg, ds_patch = load_config(args.config, args.overrides)
-        from unlearn.train import task_vector
         from unlearn.eval.before_after import final_report
+        from unlearn.train import task_vector
 
         out = task_vector.run(cfg, args.ds_config, ds_patch, resume=args.resume, overwrite=args.overwrite)
         if not args.no_report:

@@ -12,9 +12,9 @@ import torch
 from tests.conftest import ROOT
 from tests.unlearn_runs import run, scalars, weights
 from unlearn import altpo, whp
-from unlearn.train import task_vector
 from unlearn.config_io import load_config
 from unlearn.errors import UserError
+from unlearn.train import task_vector
 
 
 def test_generic_labels_push_down_what_the_reinforced_model_raised():

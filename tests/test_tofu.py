@@ -380,9 +380,9 @@ def test_tofu_mini_pipeline_scaled_down(tmp_path, shared_data, dist_env, monkeyp
     """make tofu-mini's steps in order, with its configs as shipped (relative .cache/ paths, here under tmp)."""
     from tests.conftest import ROOT
     from unlearn import altpo, tofu_mini, whp
-    from unlearn.train import task_vector
     from unlearn.config import FINETUNE_DEFAULTS
     from unlearn.config_io import load_config
+    from unlearn.train import task_vector
     from unlearn.train.loop import train
 
     monkeypatch.chdir(tmp_path)
