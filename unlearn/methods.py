@@ -114,7 +114,9 @@ def npo(fwd: Forward, cfg) -> torch.Tensor:
 def simnpo(fwd: Forward, cfg) -> torch.Tensor:
     """SimNPO (Fan et al. 2024, "Simplicity Prevails"; open-unlearning's SimNPO trainer): NPO without a
     reference, on the length-normalised answer log-prob. Its own beta (method.simnpo_beta, 4.5) and the
-    paper's margin gamma (method.simnpo_gamma = open-unlearning's delta x beta)."""
+    paper's margin gamma (method.simnpo_gamma = open-unlearning's delta x beta). Their SimNPO.yaml weighs
+    this term 0.125 (gamma) against retain NLL 1; our method.forget_weight defaults to 1:
+    configs/methods/simnpo.yaml sets 0.125."""
     return losses.simnpo(losses.sequence_mean_logp(fwd.logits, fwd.labels), cfg.simnpo_beta, cfg.simnpo_gamma)
 
 
