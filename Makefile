@@ -74,11 +74,13 @@ harmful-demo: $(DEMO)/init/config.json
 	$(BIN)/python launch/evaluate.py --run runs/demo-harmful --suite harmful,utility --judge $(HARMFUL)/judge \
 	    --judge_labels none --harmful_prompts $(DEMO)/harmful_heldout.jsonl --truthfulqa none
 # TOFU at CPU scale (unlearn/tofu_mini.py): the tiny OPT learns forget01 + a retain subset, a retain model
-# learns the subset alone, then GA, NPO and SimNPO unlearn forget01; each eval.json carries forget_quality and
-# model utility (model_utility_8 without retain_perturbed), and the last line prints the README table. Scaled down here only: --limit 40 in TOFU_EVAL.
+# learns the subset alone, then GA, NPO, SimNPO, AltPO, WHP and Task Vector unlearn forget01 (presets in
+# configs/methods/); each eval.json carries forget_quality and model utility (model_utility_8 without
+# retain_perturbed), and the last line prints the README table. Scaled down here only: --limit 40 in TOFU_EVAL.
 TOFU ?= ../shared/data/tofu
 TOFU_MINI := .cache/tofu-mini
 TOFU_EVAL = --suite tofu --tofu_forget forget01 --tofu_data $(TOFU) --limit 40 --force
+TOFU_STAGE2 = --ds_config $(DS) --config configs/tofu/mini_unlearn.yaml
 tofu-mini: $(VENV)/.installed
 	@test -f $(TOFU)/forget01.json || { echo "tofu-mini needs $(TOFU) (the TOFU JSON files; TOFU=...)"; exit 2; }
 	$(BIN)/python -m unlearn.tofu_mini $(TOFU_MINI) --tofu $(TOFU)
@@ -88,11 +90,22 @@ tofu-mini: $(VENV)/.installed
 	$(BIN)/python launch/evaluate.py $(TOFU_MINI)/retain $(TOFU_EVAL)
 	$(BIN)/python launch/evaluate.py $(TOFU_MINI)/full $(TOFU_EVAL) --retain_model $(TOFU_MINI)/retain
 	for m in ga npo simnpo; do \
-	  $(DEEPSPEED) launch/unlearn.py --ds_config $(DS) --config configs/tofu/mini_unlearn.yaml \
-	    --config configs/tofu/$$m.yaml run.name=tofu-mini-$$m --overwrite --no_report && \
+	  $(DEEPSPEED) launch/unlearn.py $(TOFU_STAGE2) --config configs/methods/$$m.yaml run.name=tofu-mini-$$m \
+	    --overwrite --no_report || exit 1; done
+	$(BIN)/python launch/generate_alternates.py --config configs/tofu/mini_unlearn.yaml --out $(TOFU_MINI)/alternates.jsonl
+	$(DEEPSPEED) launch/unlearn.py $(TOFU_STAGE2) --config configs/methods/altpo.yaml \
+	    data.forget=$(TOFU_MINI)/alternates.jsonl run.name=tofu-mini-altpo --overwrite --no_report
+	$(DEEPSPEED) launch/finetune.py $(TOFU_STAGE2) --config configs/tofu/mini_reinforce.yaml --overwrite --no_report
+	$(BIN)/python launch/whp_targets.py --config configs/tofu/mini_unlearn.yaml --config configs/methods/whp.yaml \
+	    --config configs/tofu/mini_whp.yaml
+	$(DEEPSPEED) launch/unlearn.py $(TOFU_STAGE2) --config configs/methods/whp.yaml --config configs/tofu/mini_whp.yaml \
+	    run.name=tofu-mini-whp --overwrite --no_report
+	$(DEEPSPEED) launch/task_vector.py $(TOFU_STAGE2) --config configs/methods/task_vector.yaml \
+	    run.name=tofu-mini-tv --overwrite --no_report
+	for m in ga npo simnpo altpo whp tv; do \
 	  $(BIN)/python launch/evaluate.py $$(ls -d runs/tofu-mini-$$m/checkpoints/step-* | tail -1) $(TOFU_EVAL) \
 	    --retain_model $(TOFU_MINI)/retain || exit 1; done
-	$(BIN)/python -m unlearn.tofu_mini --table $(TOFU_MINI) runs/tofu-mini-ga runs/tofu-mini-npo runs/tofu-mini-simnpo
+	$(BIN)/python -m unlearn.tofu_mini --table $(TOFU_MINI) $(foreach m,ga npo simnpo altpo whp tv,runs/tofu-mini-$(m))
 
 # tests/test_slurm.py needs a local SLURM cluster: started here when we are root (daemons without systemd;
 # the script apt-installs SLURM if missing). Elsewhere those tests skip; in CI (CI=true) they fail instead.

@@ -153,7 +153,7 @@ def test_nothing_labelled_gives_zero_not_nan():
 def test_registry_names_and_reference_needs():
     assert {n: o.needs_reference for n, o in methods.FORGET.items()} == {
         "ga": False, "npo": True, "simnpo": False, "wga": False, "satimp": False, "undial": True, "ceu": False,
-        "idknll": False, "dpo": True, "idkdpo": True, "pdu": False, "rmu": False}
+        "idknll": False, "dpo": True, "idkdpo": True, "pdu": False, "rmu": False, "whp": False}
     assert methods.RETAIN["kl"].needs_reference and not methods.RETAIN["nll"].needs_reference
     assert methods.needs_reference(MethodConfig(forget_loss="ga", retain_loss="kl"))
     assert not methods.needs_reference(MethodConfig(forget_loss="simnpo", retain_loss="nll"))

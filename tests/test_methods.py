@@ -186,3 +186,58 @@ def test_new_forget_losses_train_on_a_real_engine(demo_dir, tmp_path, dist_env, 
     assert len(losses_) == 2 and all(math.isfinite(x) for x in losses_)
     init, trained = weights(demo_dir / "init"), weights(run_dir / "checkpoints" / "step-000002")
     assert any(not torch.equal(trained[k], init[k]) for k in init)
+
+
+def test_undial_and_kl_over_every_position_through_the_loop(demo_dir, tmp_path, dist_env):
+    """undial_positions=all and kl_positions=all on a real engine (padded QA batches): the logged losses
+    equal the definitions computed here from the models' full logits, real tokens only."""
+    import json
+
+    from unlearn import data
+    from unlearn.distributed import env_from_os
+    from unlearn.sets import load_sets, make_streams
+
+    rows = [json.loads(line) for line in (demo_dir / "normal.jsonl").read_text().splitlines()]
+    qa = tmp_path / "qa.jsonl"  # answers cut to 4 lengths, so every batch is padded
+    qa.write_text("".join(json.dumps({"question": r["question"], "answer": r["answer"][:12 + 14 * (i % 4)]}) + "\n"
+                          for i, r in enumerate(rows)))
+    extra = [f"data.forget={qa}", f"data.retain={qa}", "method.forget_loss=undial", "method.undial_positions=all",
+             "method.retain_loss=kl", "method.kl_positions=all", "method.schedule=joint", "train.max_steps=2",
+             "train.save_every_n_steps=1", "data.group_by_length=false"]
+    run_dir = run(demo_dir, tmp_path, *extra)
+    cfg, _ = load_config(overrides=[f"model.name_or_path={demo_dir / 'init'}", "data.max_length=64",
+                                    "train.global_batch_size=2", *extra])
+    init, tok = models.load_for_eval(str(demo_dir / "init"))
+    step1, _ = models.load_for_eval(str(run_dir / "checkpoints" / "step-000001"))
+    sets = load_sets(cfg, tok, env_from_os())
+    streams = make_streams(cfg, sets)
+
+    def batch(name: str, step: int):
+        b = data.collate([getattr(sets, name)[i] for i in streams[name].global_indices(step)], tok.pad_token_id)
+        return b, b["attention_mask"].sum(-1).tolist()
+
+    @torch.no_grad()
+    def undial(policy, b, lengths) -> float:
+        z, z_ref = policy(input_ids=b["input_ids"], attention_mask=b["attention_mask"]).logits, \
+            init(input_ids=b["input_ids"], attention_mask=b["attention_mask"]).logits
+        ces = []
+        for i, n in enumerate(lengths):
+            for t in range(n - 1):  # every position followed by a real token
+                target = z_ref[i, t].clone()
+                if b["labels"][i, t + 1] != -100:
+                    target[b["labels"][i, t + 1]] -= 10.0
+                ces.append(-(torch.softmax(target, -1) * torch.log_softmax(z[i, t], -1)).sum())
+        return torch.stack(ces).mean().item()
+
+    @torch.no_grad()
+    def kl(policy, b, lengths) -> float:
+        lp = torch.log_softmax(policy(input_ids=b["input_ids"], attention_mask=b["attention_mask"]).logits, -1)
+        lr = torch.log_softmax(init(input_ids=b["input_ids"], attention_mask=b["attention_mask"]).logits, -1)
+        return torch.stack([(lr[i, t].exp() * (lr[i, t] - lp[i, t])).sum()
+                            for i, n in enumerate(lengths) for t in range(n)]).mean().item()
+
+    forget, retain = scalars(run_dir, "forget/loss"), scalars(run_dir, "retain/loss")
+    assert forget[0] == pytest.approx(undial(init, *batch("forget", 0)), rel=1e-5)
+    assert forget[1] == pytest.approx(undial(step1, *batch("forget", 1)), rel=1e-5)
+    assert retain[0] == 0.0 and retain[1] == pytest.approx(kl(step1, *batch("retain", 1)), rel=1e-4)
+    assert sum(max(batch(n, s)[1]) > min(batch(n, s)[1]) for n in ("forget", "retain") for s in (0, 1)) >= 2  # padded

@@ -155,6 +155,24 @@ def test_pdu_lambda_follows_its_rule_and_is_restored_on_resume(demo_dir, dist_en
     assert all(torch.equal(a[k], b[k]) for k in a)
 
 
+def test_pdu_lambda_per_micro_batch_moves_once_per_micro_batch(demo_dir, dist_env, tmp_path):
+    """pdu_update=micro_batch at gradient accumulation 2: lambda moves by each micro-batch's retain loss, so
+    (retain losses above eps, no projection) by 2 eta (mean - eps) per step, where `step` moves eta (mean - eps)."""
+    series = {}
+    for update in ("micro_batch", "step"):
+        run_dir = run(demo_dir, tmp_path / update, "method.forget_loss=pdu", "method.pdu_eps=0.5", "method.pdu_eta=2.0",
+                      "method.pdu_warmup_epochs=0", "method.retain_weight=0.5", "method.schedule=joint",
+                      f"method.pdu_update={update}", "train.micro_batch_size=1", "train.max_steps=4")
+        series[update] = (scalars(run_dir, "pdu/lambda"), scalars(run_dir, "retain/loss"))
+    for update, moves in (("micro_batch", 2), ("step", 1)):
+        lam, retain = series[update]
+        assert min(retain) > 0.5
+        expected = [0.5]
+        for loss in retain[:-1]:
+            expected.append(expected[-1] + moves * 2.0 * (loss - 0.5))
+        assert lam == pytest.approx(expected, rel=1e-6)
+
+
 def test_new_methods_sweep_and_each_planned_config_passes_preflight(tmp_path):
     """A grid over the new methods plans; each run's written config passes the checks the train job runs first."""
     import yaml

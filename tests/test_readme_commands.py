@@ -20,11 +20,11 @@ def _commands() -> list[tuple[str, list[str]]]:
     """(where, argv after `deepspeed`) for every deepspeed command line, continuation lines joined."""
     found = []
     for path in [ROOT / "README.md", *sorted((ROOT / "configs").glob("*.yaml")),
-                 *sorted((ROOT / "configs" / "tofu").glob("*.yaml"))]:
+                 *sorted((ROOT / "configs" / "tofu").glob("*.yaml")), *sorted((ROOT / "configs" / "methods").glob("*.yaml"))]:
         text = path.read_text().replace("\\\n", " ")
         for line in text.splitlines():
             line = line.lstrip("# ").strip()
-            if line.startswith("deepspeed ") and re.search(r"launch/(unlearn|finetune)\.py", line):
+            if line.startswith("deepspeed ") and re.search(r"launch/(unlearn|finetune|task_vector)\.py", line):
                 found.append((f"{path.name}: {line}", shlex.split(line)[1:]))
     return found
 

@@ -468,7 +468,9 @@ def test_local_tofu_files_train_on_answer_tokens_only(shared_data, demo_dir):
 # ----------------------------------------------------------------------------- make tofu-mini, scaled down
 
 MINI_SCALE = ["train.epochs=0", "train.max_steps=2", "train.save_engine_state=false"]
-"""The one place `make tofu-mini` is scaled down for the suite: 2 steps per stage (and --limit 4 in MINI_EVAL)."""
+"""The one place `make tofu-mini` is scaled down for the suite: 2 steps per stage (and --limit 4 in MINI_EVAL, one
+8-token alternate per question in MINI_ALTPO)."""
+MINI_ALTPO = dict(repeats=1, max_new_tokens=8)
 MINI_EVAL = dict(suites=("tofu",), tofu_forget="forget01", limit=4, tofu_max_new_tokens=4, batch_size=8, force=True)
 
 
@@ -476,9 +478,10 @@ MINI_EVAL = dict(suites=("tofu",), tofu_forget="forget01", limit=4, tofu_max_new
 def test_tofu_mini_pipeline_scaled_down(tmp_path, shared_data, dist_env, monkeypatch):
     """make tofu-mini's steps in order, with its configs as shipped (relative .cache/ paths, here under tmp)."""
     from tests.conftest import ROOT
-    from unlearn import tofu_mini
+    from unlearn import altpo, tofu_mini, whp
     from unlearn.config import FINETUNE_DEFAULTS
     from unlearn.config_io import load_config
+    from unlearn.train import task_vector
     from unlearn.train.loop import train
 
     monkeypatch.chdir(tmp_path)
@@ -488,26 +491,37 @@ def test_tofu_mini_pipeline_scaled_down(tmp_path, shared_data, dist_env, monkeyp
     assert [len(json.loads((mini / f"{n}.json").read_text())) for n in ("forget", "retain", "world")] == [40, 40, 80]
 
     def stage(files: list[str], *extra: str, finetune: bool = False) -> Path:
-        cfg, patch = load_config([str(conf / f) for f in files], [*MINI_SCALE, *extra],
-                                 defaults=FINETUNE_DEFAULTS if finetune else None)
+        cfg, patch = load_config(paths(files), [*MINI_SCALE, *extra], defaults=FINETUNE_DEFAULTS if finetune else None)
         return train(cfg, ds, patch, overwrite=True)
+
+    def paths(files: list[str]) -> list[str]:
+        return [str(ROOT / "configs" / f) if "/" in f else str(conf / f) for f in files]
 
     stage(["mini_finetune.yaml"], finetune=True)
     stage(["mini_finetune.yaml", "mini_retain.yaml"], finetune=True)
     tofu_data = str(shared_data / "tofu")
     evaluate_checkpoint(mini / "retain", EvalOptions(tofu_data=tofu_data, **MINI_EVAL))
     evaluate_checkpoint(mini / "full", EvalOptions(tofu_data=tofu_data, retain_model=str(mini / "retain"), **MINI_EVAL))
-    runs = []
-    for method in ("ga", "npo", "simnpo"):
-        run = stage(["mini_unlearn.yaml", f"{method}.yaml"], f"run.name=tofu-mini-{method}")
+    runs = [stage(["mini_unlearn.yaml", f"methods/{m}.yaml"], f"run.name=tofu-mini-{m}") for m in ("ga", "npo", "simnpo")]
+    # AltPO: the stage-1 model's own alternates to forget01 (scaled down: 1 per question, 8 tokens), then DPO on them
+    unlearn_cfg, _ = load_config(paths(["mini_unlearn.yaml"]))
+    altpo.run(unlearn_cfg, str(mini / "alternates.jsonl"), altpo.Sampling(**MINI_ALTPO))
+    runs.append(stage(["mini_unlearn.yaml", "methods/altpo.yaml"], f"data.forget={mini / 'alternates.jsonl'}",
+                      "run.name=tofu-mini-altpo"))
+    # WHP: the reinforced model, its generic labels, stage 2 on them
+    stage(["mini_unlearn.yaml", "mini_reinforce.yaml"], finetune=True)
+    whp.write_targets(load_config(paths(["mini_unlearn.yaml", "methods/whp.yaml", "mini_whp.yaml"]))[0])
+    runs.append(stage(["mini_unlearn.yaml", "methods/whp.yaml", "mini_whp.yaml"], "run.name=tofu-mini-whp"))
+    cfg, patch = load_config(paths(["mini_unlearn.yaml", "methods/task_vector.yaml"]), [*MINI_SCALE, "run.name=tofu-mini-tv"])
+    runs.append(task_vector.run(cfg, ds, patch, resume="", overwrite=True))
+    for run in runs:
         result = evaluate_checkpoint(run / "checkpoints" / "step-000002",
                                      EvalOptions(tofu_data=tofu_data, retain_model=str(mini / "retain"), **MINI_EVAL))
         summary = result["suites"]["tofu"]["info"]["summary"]
         assert 0.0 <= summary["forget_quality"] <= 1.0 and 0.0 <= summary["model_utility_8"] <= 1.0
         assert result["suites"]["tofu"]["info"]["retain_model"] == str(mini / "retain" / "eval.json")
-        runs.append(run)
     table = tofu_mini.table(mini, runs).splitlines()
-    assert table[0] == "| metric | fine-tuned | ga | npo | simnpo | retain model |"
+    assert table[0] == "| metric | fine-tuned | ga | npo | simnpo | altpo | whp | tv | retain model |"
     assert table[3].startswith("| model utility (harmonic mean of 8) |")  # no retain_perturbed in ../shared
     quality = table[2].split("|")[2:-1]
-    assert all(cell.strip() != "-" for cell in quality[:4]) and quality[4].strip() == "-"  # retain vs itself: not run
+    assert all(cell.strip() != "-" for cell in quality[:7]) and quality[7].strip() == "-"  # retain vs itself: not run

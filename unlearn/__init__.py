@@ -4,7 +4,8 @@ Foundations (every phase imports them; they import no phase):
   config, config_io   frozen run config, YAML + key=value overrides     errors   UserError, exit codes
   sources, data, sets  rows -> samples -> a run's forget/retain sets     distributed  ranks (DistEnv)
   rows, textfiles      every row checked (file, line, field); UTF-8 files read with the byte offset named
-  alternates           "I don't know" / column answers to forget prompts (IdkNLL, DPO, IdkDPO)
+  alternates           "I don't know" / column / generic answers to forget prompts (IdkNLL, DPO, IdkDPO, WHP)
+  altpo, whp           AltPO's self-written alternates; WHP's generic labels from a reinforced model
   losses, methods      loss math and the registry of forget/retain terms  model   policy, LoRA, reference
   rmu                  RMU's layer taps, vector u and trainable-layer choice
   runs                 a run folder's layout (checkpoints, COMPLETE)      logger  TensorBoard/console

@@ -5,6 +5,8 @@
   in a bare clone without that file, the built-in `BUILTIN_IDK`, and a notice says so).
 - A column's answer (DPO): `data.forget_alternate` names the forget rows' column with the preferred
   answer to each prompt; a prompt given several times may have several, and one is drawn per step.
+- Generic labels (WHP): the forget sample's own tokens with the labels `data.whp_targets` holds for
+  them (unlearn.whp), the same every step.
 
 The draw is seeded by (train.seed, step, sample index), like the random-mismatch answers, so a
 step's samples are the same whatever the world size and after a resume. The alternate sample is
@@ -33,6 +35,7 @@ from unlearn.rows import checked
 
 IDK = "idk"
 COLUMN = "column"
+GENERIC = "generic"
 
 DEFAULT_IDK_FILE = DataConfig.idk_answers
 BUILTIN_IDK = (
@@ -117,12 +120,16 @@ class Alternates:
     template: str
     max_length: int
     append_eos: bool = True
+    generic: dict[tuple[int, ...], list[int]] | None = None
+    """WHP: input_ids -> generic labels (unlearn.whp); then no answer is drawn."""
 
     def pool(self, prompt: str) -> list[str]:
         return self.idk or self.by_prompt[prompt]
 
     def samples(self, forget: list[data.Sample], ids: list[int], step: int) -> list[data.Sample]:
         """Alternate samples for forget samples `forget` (dataset indices `ids`) at optimizer step `step`."""
+        if self.generic is not None:
+            return [{"input_ids": s["input_ids"], "labels": self.generic[tuple(s["input_ids"])]} for s in forget]
         out = []
         for i, sample in zip(ids, forget):
             prompt = sample.get("prompt", "")
@@ -139,8 +146,16 @@ class Alternates:
 
 
 def alternates(cfg, tokenizer, forget: list[data.Sample], kind: str, say=print) -> Alternates:
-    """The alternate sampler of `kind` (IDK | COLUMN) over the forget samples."""
+    """The alternate sampler of `kind` (IDK | COLUMN | GENERIC) over the forget samples."""
     d = cfg.data
+    if kind == GENERIC:
+        generic = generic_targets(cfg)
+        missing = [s for s in forget if tuple(s["input_ids"]) not in generic]
+        if missing:
+            raise UserError(f"data.whp_targets '{d.whp_targets}' has no generic labels for {len(missing)} of the "
+                            f"{len(forget)} forget samples; expected the file launch/whp_targets.py writes for this "
+                            "data.forget, tokenizer and data.max_length")
+        return Alternates([], {}, cfg.train.seed, tokenizer, d.prompt_template, d.max_length, d.append_eos, generic)
     if any("prompt" not in s for s in forget):
         if kind == COLUMN:
             raise UserError(f"method.forget_loss={cfg.method.forget_loss} reads alternate answers from a column, but "
@@ -164,3 +179,20 @@ def split_text_blocks(forget: list[data.Sample], prompt_tokens: int, source: str
         n = min(prompt_tokens, len(s["input_ids"]) - 1)  # a short last block keeps one token to predict
         s["prompt_ids"] = s["input_ids"][:n]
         s["labels"] = [data.IGNORE] * n + s["labels"][n:]
+
+
+def generic_targets(cfg) -> dict[tuple[int, ...], list[int]]:
+    """input_ids -> generic labels, from data.whp_targets; the file must come from this run's model,
+    reinforced model and alpha."""
+    m, d = cfg.method, cfg.data
+    path = Path(d.whp_targets)
+    if not d.whp_targets or not path.is_file():
+        raise UserError(f"method.forget_loss=whp needs data.whp_targets, the generic labels file; '{d.whp_targets}' "
+                        "does not exist: expected the file launch/whp_targets.py writes for this config")
+    doc = json.loads(path.read_text())
+    made = (doc.get("model"), doc.get("reinforced"), doc.get("alpha"))
+    if made != (cfg.model.name_or_path, m.whp_reinforced, m.whp_alpha):
+        raise UserError(f"data.whp_targets '{path}' was made from model/reinforced/alpha {list(made)}, but this run "
+                        f"has {[cfg.model.name_or_path, m.whp_reinforced, m.whp_alpha]}; expected the file "
+                        "launch/whp_targets.py writes for this config")
+    return {tuple(s["input_ids"]): s["labels"] for s in doc["samples"]}

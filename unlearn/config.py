@@ -98,6 +98,9 @@ class DataConfig:
     text_prompt_tokens: int = 32
     """IdkNLL / IdkDPO on a plain-text forget set: each block's first this many tokens are its prompt,
     the rest the answer the "I don't know" replaces (32 = the verbatim ROUGE-L probe's prefix)."""
+    whp_targets: str = ""
+    """WHP: the JSON file of generic labels for this forget set that launch/whp_targets.py writes (from
+    method.whp_reinforced and method.whp_alpha); required with forget_loss=whp. See unlearn.whp."""
     forget_alternate: str = ""
     """DPO: the forget set's column holding the preferred (alternate) answer to each prompt; required
     with forget_loss=dpo (QA, PKU or TruthfulQA forget sets)."""
@@ -114,7 +117,7 @@ class DataConfig:
 class MethodConfig:
     forget_loss: str = "ga"
     """Forget objective: ga | npo | simnpo | wga | satimp | undial | ceu | idknll | dpo | idkdpo | pdu |
-    rmu (see unlearn.methods)."""
+    rmu | whp (see unlearn.methods; configs/methods/ holds open-unlearning's settings of each)."""
     forget_weight: float = 1.0
     """Weight of the forget objective."""
     retain_loss: str = "nll"
@@ -141,6 +144,14 @@ class MethodConfig:
     """SatImp: exponent of (1 - p) (open-unlearning: 1.0)."""
     undial_beta: float = 10.0
     """UNDIAL: how far the answer token's reference logit is lowered (open-unlearning: 10.0)."""
+    undial_positions: str = "answer"
+    """UNDIAL: positions its cross-entropy averages over: answer (those predicting answer tokens) | all
+    (every position followed by a real token; at prompt positions the target is the reference's own
+    distribution: open-unlearning's UNDIAL, configs/methods/undial.yaml). See unlearn.methods.undial."""
+    kl_positions: str = "answer"
+    """retain_loss=kl: positions KL(reference || policy) averages over: answer (those predicting answer
+    tokens) | all (every real token's position, prompt and last token included: open-unlearning's
+    compute_kl_divergence, which counts padding too). See unlearn.methods.kl."""
     dpo_beta: float = 0.1
     """DPO / IdkDPO inverse temperature (open-unlearning's configs/trainer/DPO.yaml: 0.1)."""
     pdu_eps: float | None = None
@@ -152,6 +163,18 @@ class MethodConfig:
     PDU.yaml: 1.0). lambda starts at method.retain_weight (their alpha; the paper's runs use 50-100)."""
     pdu_warmup_epochs: float = 5.0
     """PDU: forget-set epochs before lambda starts to move (open-unlearning's PDU.yaml: 5)."""
+    pdu_update: str = "step"
+    """PDU: when lambda moves: step (once per optimizer step, by the retain loss averaged over the
+    step's micro-batches and ranks) | micro_batch (after every micro-batch, by its retain loss averaged
+    over ranks: open-unlearning's PDU, whose lambda moves grad_accum times per step). See unlearn.train.dual."""
+    whp_reinforced: str = ""
+    """WHP: the reinforced model, i.e. the model fine-tuned further on the forget set (launch/finetune.py
+    with data.retain = the forget set); launch/whp_targets.py reads its logits beside the run's model's."""
+    whp_alpha: float = 1.0
+    """WHP: alpha of the generic logits v_base - alpha ReLU(v_reinforced - v_base) (MUSE's WHP: 1.0)."""
+    task_vector_alpha: float = 1.0
+    """Task Vector (launch/task_vector.py): theta - alpha (theta_ft - theta) (MUSE's code default 1.0; its
+    scripts run 5.0, configs/methods/task_vector.yaml)."""
     rmu_layer: int = 7
     """RMU: decoder layer l (0-based) whose output is steered (forget) and held to the reference's
     (retain) (open-unlearning and the WMDP code: 7 on 32-layer 7B models)."""

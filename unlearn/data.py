@@ -76,6 +76,14 @@ def read(source: str, role: str, d) -> tuple[list[sources.Row], str]:
     return rows, fmt
 
 
+def prompt_pairs(rows: list[sources.Row], fmt: str, source: str, skip: bool = False) -> list[tuple[str, str]]:
+    """(prompt, answer) texts of a QA-like format's rows (sentences: each sentence and the next); a row
+    without them is an error (`skip`: left out)."""
+    if fmt == "sentences":
+        return sources.sentence_pairs(sources.texts_of(rows, source, fmt, skip))
+    return sources.qa_pairs(rows, fmt, source, skip)
+
+
 def build_samples(source: str, role: str, tokenizer, d) -> list[Sample]:
     """Trainable samples of one source, in file order."""
     rows, fmt = read(source, role, d)
@@ -83,9 +91,8 @@ def build_samples(source: str, role: str, tokenizer, d) -> list[Sample]:
         samples = text_samples(sources.texts_of(rows, source, fmt, d.skip_bad_rows), tokenizer, d.max_length)
     else:
         check_template(d.prompt_template)
-        pairs = (sources.sentence_pairs(sources.texts_of(rows, source, fmt, d.skip_bad_rows)) if fmt == "sentences"
-                 else sources.qa_pairs(rows, fmt, source, d.skip_bad_rows))
-        samples = [qa_sample(p, a, tokenizer, d.prompt_template, d.max_length, d.append_eos) for p, a in pairs]
+        samples = [qa_sample(p, a, tokenizer, d.prompt_template, d.max_length, d.append_eos)
+                   for p, a in prompt_pairs(rows, fmt, source, d.skip_bad_rows)]
     samples = [s for s in samples if any(x != IGNORE for x in s["labels"][1:])]
     if not samples:
         raise UserError(f"data '{source}' yields no trainable samples; expected non-empty answers/text "

@@ -45,19 +45,25 @@ def sequence_mean_logp(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tens
     return logp.sum(-1) / mask.sum(-1).clamp(min=1)
 
 
-def kl_to_reference(logits: torch.Tensor, ref_logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-    """KL(p_ref || p_policy) per answer position, averaged over answer positions (nats).
+def kl_to_reference(logits: torch.Tensor, ref_logits: torch.Tensor, labels: torch.Tensor,
+                    tokens: torch.Tensor | None = None) -> torch.Tensor:
+    """KL(p_ref || p_policy) per position, averaged over answer positions (nats); with `tokens`, the
+    (B, T) mask of real tokens, over every real token's position instead (unshifted: the prompt's and
+    the last token's next-token distributions too, as open-unlearning's compute_kl_divergence).
 
     The full-vocabulary KL in fp32: exactly 0 when policy == reference, never inf from fp16
-    overflow, and blind to positions that are padding or question. Every position is computed and
-    the mask applied after (selecting the answer positions first would make the device count them,
-    a host sync; the callers already cut the logits to the answer span).
+    overflow, and blind to padding (and, by default, to question positions). Every position is computed
+    and the mask applied after (selecting the chosen positions first would make the device count them,
+    a host sync; the callers already cut the logits to the span they need).
     """
-    logits, labels = _shift(logits, labels)
-    ref_logits = ref_logits[:, :-1, :].float()
-    mask = labels != IGNORE                                                      # (B, T-1)
-    logp = F.log_softmax(logits, dim=-1)                                         # (B, T-1, V)
-    ref_logp = F.log_softmax(ref_logits, dim=-1)
+    if tokens is None:
+        logits, labels = _shift(logits, labels)
+        ref_logits = ref_logits[:, :-1, :]
+        mask = labels != IGNORE                                                  # (B, T-1)
+    else:
+        mask = tokens.bool()                                                     # (B, T)
+    logp = F.log_softmax(logits.float(), dim=-1)                                 # (B, T', V)
+    ref_logp = F.log_softmax(ref_logits.float(), dim=-1)
     per_position = F.kl_div(logp, ref_logp, log_target=True, reduction="none").sum(-1)
     return torch.where(mask, per_position, 0.0).sum() / mask.sum().clamp(min=1)
 
@@ -96,11 +102,12 @@ def weighted_ascent(logits: torch.Tensor, labels: torch.Tensor, beta1: float, be
 
 
 def soft_target_ce(logits: torch.Tensor, target_logits: torch.Tensor, labels: torch.Tensor,
-                   skip_first: bool = False) -> torch.Tensor:
+                   skip_first: bool = False, tokens: torch.Tensor | None = None) -> torch.Tensor:
     """Mean over answer tokens of -sum_v softmax(target_logits)_v log softmax(logits)_v; `target_logits`
-    is detached. `skip_first`: the first answer token of each sequence is left out."""
+    is detached. `skip_first`: the first answer token of each sequence is left out. `tokens` (B, T), the
+    mask of real tokens: the mean runs over every position followed by a real token instead."""
     logits, labels = _shift(logits, labels)
-    mask = labels != IGNORE
+    mask = labels != IGNORE if tokens is None else tokens[:, 1:].bool()
     if skip_first:
         first = mask.int().cumsum(-1) == 1
         mask = mask & ~first

@@ -15,14 +15,14 @@ class Sets:
     forget: list[data.Sample]
     retain: list[data.Sample]
     mismatch: data.RandomAnswers | None = None  # random answers to the forget batch's prompts
-    alternate: alternates.Alternates | None = None  # idk / column answers to them (idknll, dpo, idkdpo)
+    alternate: alternates.Alternates | None = None  # idk / column / generic answers to them (idknll, dpo, idkdpo, whp)
 
 
 def load_sets(cfg: Config, tokenizer, env: DistEnv) -> Sets:
     d, m = cfg.data, cfg.method
     forget: list[data.Sample] = []
     if m.forget_loss != methods.NONE or m.mismatch_weight:
-        forget = _samples(d.forget, "forget", tokenizer, d, d.max_forget_samples)
+        forget = forget_samples(cfg, tokenizer)
     retain: list[data.Sample] = []
     if m.retain_loss != methods.NONE or m.mismatch_weight:
         retain = _samples(d.retain, "retain", tokenizer, d, d.max_retain_samples)
@@ -45,6 +45,11 @@ def make_streams(cfg: Config, sets: Sets) -> dict[str, data.BatchStream]:
             streams[name] = data.BatchStream(len(samples), cfg.train.global_batch_size, cfg.train.seed + i,
                                              lengths=lengths)
     return streams
+
+
+def forget_samples(cfg: Config, tokenizer) -> list[data.Sample]:
+    """The forget set's samples in data order (data.max_forget_samples applies)."""
+    return _samples(cfg.data.forget, "forget", tokenizer, cfg.data, cfg.data.max_forget_samples)
 
 
 def _samples(sources: str, role: str, tokenizer, d, limit: int) -> list[data.Sample]:

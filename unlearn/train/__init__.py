@@ -9,4 +9,6 @@ rundir.py      runs/<name>/: created once, never clobbered
 checkpoint.py  atomic, self-describing checkpoints; export
 resume.py      exact resume: step, guard counters, data positions
 guards.py      non-finite steps skipped, preemption -> checkpoint -> exit 3
+dual.py        PDU's dual variable lambda (per step or per micro-batch)
+task_vector.py Task Vector: fine-tune on the forget set, then theta - alpha (theta_ft - theta)
 """

@@ -89,7 +89,7 @@ class Loop:
         self.dual = dual.RetainDual(cfg.method) if cfg.method.forget_loss == "pdu" else None
         self.steering = steering or steering_for(cfg, engine, reference)
         objs = [o for o in (self.forget_obj, self.retain_obj, self.mismatch_obj) if o is not None]
-        self.packed = cfg.train.pack and all(o.name in packing.PACKABLE for o in objs)
+        self.packed = cfg.train.pack and all(o.name in packing.PACKABLE and not o.reads_all(cfg.method) for o in objs)
         self.dtype = engine.module.get_input_embeddings().weight.dtype  # a packed batch's attention mask
         self.applied_finite: torch.Tensor | None = None  # see verify()
 
@@ -165,7 +165,8 @@ class Loop:
 
     def _pass(self, obj: methods.Objective, batch: dict[str, torch.Tensor], grad: bool = True) -> Forward:
         """One policy (and reference) pass over a host batch (moved here: its span is read on the host)."""
-        keep = logits_span(batch["labels"])
+        every = obj.reads_all(self.cfg.method)  # e.g. kl_positions=all: logits at every position
+        keep = batch["labels"].size(1) if every else logits_span(batch["labels"])
         batch = data.to_device(batch, self.env.device)
         taps = self.steering if obj.needs_hidden else None  # RMU: decoder layer l's output too
         with torch.set_grad_enabled(grad), rmu.tap(taps and taps.policy_layer) as hidden:
@@ -173,7 +174,8 @@ class Loop:
         with rmu.tap(taps and taps.reference_layer) as ref_hidden:
             ref = self.reference.logits(batch, keep) if obj.needs_reference else None
         return Forward(logits, batch["labels"][:, -keep:], ref,
-                       hidden=taps.hidden(hidden, ref_hidden, batch["labels"]) if taps else None)
+                       hidden=taps.hidden(hidden, ref_hidden, batch["labels"]) if taps else None,
+                       tokens=batch["attention_mask"] if every else None)
 
     def step(self, state: State) -> dict[str, float | torch.Tensor]:
         """One optimizer step of the phase that `state.step` falls on; returns its metrics.
@@ -194,6 +196,7 @@ class Loop:
         if phase in (RETAIN, JOINT) and self.retain_obj:
             weight = self.dual.weight(state.dual) if self.dual else m.retain_weight  # PDU: lambda
             parts.append(("retain", weight, self.retain_obj, "retain"))
+        lam = self.dual.weight(state.dual) if self.dual else 0.0  # PDU: lambda at the step's start (logged)
         batches = self._micro_samples(state, {name for *_, name in parts})
         n_micro = len(next(iter(batches.values())))
         sums: dict[str, torch.Tensor] = {}  # float64, as the host's sum of Python floats was
@@ -205,6 +208,8 @@ class Loop:
             total = 0.0
             terms, n_tokens, n_padded = self._losses(parts, {name: b[k] for name, b in batches.items()})
             for (metric, weight, _, _), (loss, nll) in zip(parts, terms):
+                if metric == "retain" and self.dual:  # PDU: lambda (pdu_update=micro_batch: moved by each micro-batch)
+                    weight = self.dual.weight(state.dual)
                 total = total + weight * loss
                 for key, value in ((f"{metric}/loss", loss), (f"{metric}/nll", nll)):
                     sums[key] = sums.get(key, 0.0) + value.detach().double() / n_micro
@@ -214,6 +219,9 @@ class Loop:
             finite = guards.finite(total) if finite is None else finite & guards.finite(total)
             self.engine.backward(guards.poison_unless(finite, total))
             self.engine.step()
+            if self.dual and self.dual.per_micro_batch and phase != FORGET:
+                retain = terms[[m for m, *_ in parts].index("retain")][0].item()
+                self.dual.update_micro_batch(state.dual, retain, state.streams["forget"].epoch, self.env)
         applied = self.engine.was_step_applied()
         if applied:  # verified when the metrics are read (no wait now)
             self.applied_finite = finite if self.applied_finite is None else self.applied_finite & finite
@@ -234,8 +242,8 @@ class Loop:
         metrics["padding"] = padded / tokens - 1 if tokens else 0.0
         metrics["phase"] = {FORGET: 0.0, RETAIN: 1.0, JOINT: 2.0}[phase]
         if self.dual:  # log the lambda this step used, then move it by this step's retain loss
-            metrics[dual.METRIC] = self.dual.weight(state.dual)
-            if applied and "retain/loss" in metrics:  # PDU reads its loss every step: one wait
+            metrics[dual.METRIC] = lam
+            if applied and "retain/loss" in metrics and not self.dual.per_micro_batch:  # PDU reads its loss: one wait
                 self.dual.update(state.dual, float(metrics["retain/loss"]), state.streams["forget"].epoch)
         return metrics
 

@@ -55,6 +55,10 @@ def check_config(cfg: Config, ds: dict[str, Any], world_size: int, *, resume: bo
     if forget_obj is None and retain_obj is None:
         raise UserError("method.forget_loss and method.retain_loss are both 'none'; expected at least one objective")
     dual.check(cfg.method)
+    for key in ("undial_positions", "kl_positions"):
+        if getattr(cfg.method, key) not in methods.POSITIONS:
+            raise UserError(f"method.{key} '{getattr(cfg.method, key)}' is unknown; expected one of: "
+                            f"{', '.join(methods.POSITIONS)}")
     if cfg.method.schedule not in SCHEDULES:
         raise UserError(f"method.schedule '{cfg.method.schedule}' is unknown; expected one of: {', '.join(SCHEDULES)}")
     if cfg.optim.phase_state not in PHASE_STATES:
