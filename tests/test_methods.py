@@ -112,7 +112,7 @@ def test_demo_harmful_preset_runs_on_the_demo_sets(demo_dir, tmp_path, dist_env)
     cfg, patch = load_config([str(ROOT / "configs" / "demo_harmful.yaml")], [
         f"model.name_or_path={demo_dir / 'init'}", f"data.forget={demo_dir / 'harmful.jsonl'}",
         f"data.retain={demo_dir / 'normal.jsonl'}", "train.max_steps=2", "train.save_engine_state=false",
-        f"run.output_dir={tmp_path}", "train.log_every_n_steps=1"])
+        f"run.output_dir={tmp_path}", "train.log_every_n_steps=1", f"run.oracle={demo_dir / 'init'}"])
     run_dir = train(cfg, str(ROOT / "ds_configs" / "zero2.json"), patch, overwrite=True)
     assert len(scalars(run_dir, "mismatch/loss")) == 2 and scalars(run_dir, "retain/loss")[0] == 0.0
     assert Path(run_dir, "checkpoints", "step-000002", "COMPLETE").is_file()
