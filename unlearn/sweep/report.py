@@ -136,15 +136,16 @@ def _plot(sweep: Sweep, rows: list[dict], pareto: list[bool | None], chosen=None
     import matplotlib.pyplot as plt
 
     spec = sweep.report
-    fig, ax = plt.subplots(figsize=(6.4, 4.8))
-    front = []
-    for row, flag in zip(rows, pareto):
+    fig, ax = plt.subplots(figsize=(10.4, 4.8))  # the plot, and the runs' names by number on the right
+    front, points, labels = [], [], []
+    for number, (row, flag) in enumerate(zip(rows, pareto), 1):
         if flag is None:
             continue
         x, y = row[spec.forget_metric], row[spec.utility_metric]
         ax.scatter([x], [y], s=60 if flag else 30, marker="*" if flag else "o",
                    color="tab:red" if flag else "tab:blue", zorder=3)
-        ax.annotate(row["run"], (x, y), fontsize=7, xytext=(4, 4), textcoords="offset points")
+        points.append((x, y))
+        labels.append(str(number))
         if flag:
             front.append((x, y))
     front.sort()
@@ -157,13 +158,39 @@ def _plot(sweep: Sweep, rows: list[dict], pareto: list[bool | None], chosen=None
     ax.set_xlabel(f"{spec.forget_metric} ({better[spec.forget_goal]})")
     ax.set_ylabel(f"{spec.utility_metric} ({better[spec.utility_goal]})")
     ax.set_title(f"sweep {sweep.name}: newest evaluated checkpoint per run")
-    ax.legend(loc="best")
+    ax.legend(loc="best", fontsize=7)
     ax.grid(alpha=0.3)
+    fig.tight_layout(rect=(0, 0, 0.62, 1))
+    place_labels(ax, points, labels)  # each point its row number in report.csv, none over another
+    fig.text(0.64, 0.95, "\n".join(f"{n:>3}  {row['run']}" for n, row in enumerate(rows, 1)), va="top",
+             fontsize=7, family="monospace")
     path = sweep.folder / "report.png"
-    fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)
     return path
+
+
+OFFSETS = [(dx, dy) for r in (4, 12, 20, 28) for dx, dy in ((r, r), (r, -r - 6), (-r - 6, r), (-r - 6, -r - 6),
+                                                             (0, r + 4), (0, -r - 10), (r + 2, -3), (-r - 8, -3))]
+"""Where a point's label may go, in points from the point: nearest first, farther rings after."""
+
+
+def place_labels(ax, points: list[tuple[float, float]], labels: list[str]) -> list:
+    """Annotate each point with its label at the first offset (OFFSETS) where it covers no label placed
+    before it (greedy; points close together push their labels outwards); returns the texts."""
+    ax.figure.canvas.draw()  # the axes' limits and layout are fixed at a draw: label boxes are measured in them
+    renderer = ax.figure.canvas.get_renderer()
+    placed, texts = [], []
+    for (x, y), label in zip(points, labels):
+        for dx, dy in OFFSETS:
+            text = ax.annotate(label, (x, y), xytext=(dx, dy), textcoords="offset points", fontsize=7)
+            box = text.get_window_extent(renderer).expanded(1.1, 1.1)
+            if not any(box.overlaps(other) for other in placed) or (dx, dy) == OFFSETS[-1]:
+                break
+            text.remove()
+        placed.append(box)
+        texts.append(text)
+    return texts
 
 
 def _write_hparams(sweep: Sweep, point: Point, metrics: dict[str, float]) -> None:
