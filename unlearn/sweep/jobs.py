@@ -13,17 +13,22 @@ import subprocess
 import sys
 from pathlib import Path
 
-from unlearn.errors import EXIT_REQUEUE
-
 ROOT = Path(__file__).resolve().parents[2]
 """The checkout: jobs run its launch/ scripts with it as the working directory."""
 
 
 class TrainJob:
-    """One grid point. Runs training as a child process so a preemption can stop it at a step boundary."""
+    """One grid point. Runs training as a child process so a preemption can stop it at a step boundary.
 
-    def __init__(self, sweep_dir: str, name: str, ds_config: str):
-        self.sweep_dir, self.name, self.ds_config = sweep_dir, name, ds_config
+    Stops: submitit's preemption signal (USR2, also what a stop sent to the batch shell becomes:
+    submit.TRAIN_SETUP) makes `checkpoint` ask the run to save and submitit requeue the job. A SIGTERM
+    is passed on to the run (proctrack/cgroup signals only this process, the step's task); the run
+    saves and exits 3, and without submitit's signal this job requeues itself. Other failures are
+    retried up to `max_retries` times (unlearn.sweep.outcome decides, as for slurm/train-task.sh).
+    """
+
+    def __init__(self, sweep_dir: str, name: str, ds_config: str, max_retries: int = 2):
+        self.sweep_dir, self.name, self.ds_config, self.max_retries = sweep_dir, name, ds_config, max_retries
         self._proc: subprocess.Popen | None = None
 
     def __getstate__(self) -> dict:
@@ -36,8 +41,10 @@ class TrainJob:
         import submitit  # only inside a submitit job
 
         from unlearn.runs import TRAIN_EXIT
+        from unlearn.sweep import outcome, queue
 
-        (Path(self.sweep_dir) / "runs" / self.name / TRAIN_EXIT).unlink(missing_ok=True)  # running (again)
+        run_dir = Path(self.sweep_dir) / "runs" / self.name
+        (run_dir / TRAIN_EXIT).unlink(missing_ok=True)  # running (again)
         watcher = None
         if _halving(Path(self.sweep_dir)) and os.environ.get("SUBMITIT_EXECUTOR") == "slurm":
             import threading
@@ -55,18 +62,43 @@ class TrainJob:
         cmd = [sys.executable, str(ROOT / "launch" / "unlearn.py"), "--ds_config", self.ds_config,
                "--config", str(Path(self.sweep_dir) / "configs" / f"{self.name}.yaml"), "--resume", "auto",
                "--no_report"]
+        restart = int(os.environ.get("SLURM_RESTART_COUNT", "0"))
+        while True:
+            rc, stopped = self._run(cmd, env)
+            what, rc = outcome.conclude(run_dir, [rc], stopped, self.max_retries, f"{job.job_id} restart {restart}")
+            if what == "retry" and os.environ.get("SUBMITIT_EXECUTOR") != "slurm":
+                restart += 1  # no scheduler to requeue it (the local executor): run it again here
+                continue
+            break
+        if what in ("requeue", "retry"):
+            if what == "retry" or job.global_rank == 0:  # a crash on any rank; a save on all of them
+                why_not = queue.requeue(os.environ.get("SLURM_JOB_ID", job.job_id))
+                print(why_not or f"run {self.name}: {what} after {outcome.reason(rc)}; job requeued", flush=True)
+            raise SystemExit(rc)  # no result: the job runs again (as submitit's own requeue exits)
+        _halving_after_run(Path(self.sweep_dir), watcher)
+        if rc:
+            raise RuntimeError(f"run {self.name} failed: {outcome.reason(rc)}; "
+                               f"{len(outcome.retries(run_dir))} of {self.max_retries} retries used")
+        return self.name
+
+    def _run(self, cmd: list[str], env: dict[str, str]) -> tuple[int, bool]:
+        """(exit status, whether a SIGTERM came meanwhile) of one training process."""
+        stops: list[int] = []
+
+        def relay(signum, frame) -> None:
+            stops.append(signum)
+            if self._proc is not None and self._proc.poll() is None:
+                self._proc.send_signal(signum)
+
+        previous = signal.signal(signal.SIGTERM, relay)  # instead of submitit's, which only logs it
         # SIG_IGN survives exec: submitit's preemption signal (USR2) is for this process, which then
-        # asks the child to save with USR1 (see checkpoint); SIGTERM reaches the child directly.
+        # asks the child to save with USR1 (see checkpoint).
         self._proc = subprocess.Popen(cmd, cwd=ROOT, env=env,
                                       preexec_fn=lambda: signal.signal(signal.SIGUSR2, signal.SIG_IGN))
         rc = self._proc.wait()
-        if rc != EXIT_REQUEUE:
-            _halving_after_run(Path(self.sweep_dir), self.name, rc, watcher)
-        if rc == EXIT_REQUEUE:
-            raise RuntimeError(f"run {self.name} was preempted (saved, exit {rc}) without submitit's signal")
-        if rc:
-            raise RuntimeError(f"run {self.name} failed with exit status {rc}")
-        return self.name
+        signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGUSR2})  # too late for submitit's requeue now
+        signal.signal(signal.SIGTERM, previous)
+        return rc, bool(stops)
 
     def checkpoint(self):
         """On preemption/timeout: let the run save at its next step, then resubmit (it resumes)."""
@@ -78,7 +110,8 @@ class TrainJob:
             # Wait for the exit without reaping: we run inside a signal handler that interrupted
             # proc.wait() in __call__, which holds Popen's waitpid lock (proc.wait() here would deadlock).
             os.waitid(os.P_PID, proc.pid, os.WEXITED | os.WNOWAIT)
-        return submitit.helpers.DelayedSubmission(TrainJob(self.sweep_dir, self.name, self.ds_config))
+        return submitit.helpers.DelayedSubmission(TrainJob(self.sweep_dir, self.name, self.ds_config,
+                                                           self.max_retries))
 
 
 class EvalJob:
@@ -89,11 +122,11 @@ class EvalJob:
         self.ckpt, self.args = ckpt, list(args)  # not `checkpoint`: that name is submitit's requeue hook
 
     def __call__(self) -> str:
+        from unlearn.runs import COMPLETE
         from unlearn.sweep import halving
 
-        why = halving.skip_eval(self.ckpt)  # halving stopped the run before this checkpoint
-        if why:
-            print(why, flush=True)
+        if not (Path(self.ckpt) / COMPLETE).is_file():  # afterany: the run is over and never completed it
+            print(halving.skip_eval(self.ckpt) or f"skipped {self.ckpt}: the run never completed it", flush=True)
             return self.ckpt
         cmd = [sys.executable, str(ROOT / "launch" / "evaluate.py"), self.ckpt, *self.args]
         rc = subprocess.run(cmd, cwd=ROOT).returncode
@@ -127,16 +160,13 @@ def _halving(sweep_dir: Path) -> bool:
     return "search: halving" in (sweep_dir / "sweep.yaml").read_text().splitlines()
 
 
-def _halving_after_run(sweep_dir: Path, name: str, rc: int, watcher) -> None:
-    """A run that is over (not requeued), in a search: halving sweep: record its exit status
-    (runs/NAME/train.exit), let the watcher release the eval jobs still held, decide the rounds
-    the run no longer holds up."""
-    from unlearn.runs import TRAIN_EXIT
+def _halving_after_run(sweep_dir: Path, watcher) -> None:
+    """A run that is over (not requeued), in a search: halving sweep: let the watcher release the eval
+    jobs still held (outcome.conclude wrote runs/NAME/train.exit), decide the rounds the run no longer
+    holds up."""
     from unlearn.sweep import halving
 
     if _halving(sweep_dir):
-        (sweep_dir / "runs" / name).mkdir(parents=True, exist_ok=True)
-        (sweep_dir / "runs" / name / TRAIN_EXIT).write_text(f"{rc}\n")
         if watcher is not None:
             watcher.join()
         halving.decide(sweep_dir)

@@ -43,6 +43,10 @@ class Profile:
     """Grid points running at once (0 = no limit)."""
     signal_delay_s: int = 90
     """Seconds before the time limit at which training gets SIGUSR1 (saves, exits 3, requeues)."""
+    max_retries: int = 2
+    """Times a training task that failed other than by a stop (a rank killed, a traceback) is requeued
+    to resume from its newest complete checkpoint; a grid's `max_retries:` overrides it. Stops
+    (preemption, time limit) requeue without limit; user errors and divergence stops never."""
     train: Resources = field(default_factory=Resources)
     """Resources of one training job (one grid point)."""
     eval: Resources = field(default_factory=Resources)
