@@ -24,8 +24,13 @@ relay_stops() {
 detached_srun() {
   local out fd rc
   exec {out}>&1
-  # ( ... & ) leaves the new session's shell to init; it reports srun's pid, then srun's exit status
-  exec {fd}< <( (OUT=$out setsid bash -c 'srun "$@" >&"$OUT" & echo $!; wait $!; echo $?' srun "$@" &) )
+  # ( ... & ) leaves the new session's shell to init; it reports srun's pid, then srun's exit status.
+  # srun still dies with this shell (SIGKILL: its step goes at once), as it would in its process tree:
+  # a job killed for good (node failure, cancel) must not leave its step behind.
+  exec {fd}< <( (OUT=$out BATCH=$$ setsid bash -c '
+    srun "$@" >&"$OUT" & echo $!
+    while kill -0 $! 2>/dev/null; do kill -0 "$BATCH" 2>/dev/null || kill -KILL $!; sleep 1; done
+    wait $!; echo $?' srun "$@" &) )
   read -r -u "$fd" DETACHED_PID
   until read -r -u "$fd" rc; do
     [ $? -gt 128 ] || { rc=137; break; }   # >128: a trapped signal interrupted read; else EOF, status lost

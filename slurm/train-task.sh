@@ -49,20 +49,15 @@ detached_srun --kill-on-bad-exit=1 bash -c \
    echo "$rc" >> "$EXITS"; exit "$rc"' rank \
   "$PY" launch/unlearn.py --ds_config "$DS_CONFIG" --config "$SWEEP_DIR/configs/$name.yaml" --resume auto --no_report
 rc=$?
+if [ "$rc" = 0 ] && [ "$(cat "$EXITS" 2>/dev/null | wc -l)" -lt "$SLURM_NTASKS" ]; then
+  rc=1; echo "a rank left no exit status (its node lost?)" >&2   # srun returns 0 after a node failure
+fi
 # shellcheck disable=SC2046  # one word per rank
 next=$("$PY" -m unlearn.sweep.outcome "$SWEEP_DIR/runs/$name" "$MAX_RETRIES" "$STOPPED" \
-       "${SLURM_ARRAY_JOB_ID}_$SLURM_ARRAY_TASK_ID restart ${SLURM_RESTART_COUNT:-0}" "$rc" \
-       $(cat "$EXITS" 2>/dev/null))
+       "${SLURM_ARRAY_JOB_ID}_$SLURM_ARRAY_TASK_ID restart ${SLURM_RESTART_COUNT:-0}" "$rc" $(cat "$EXITS" 2>/dev/null))
 rm -f "$EXITS"
-if [ "$next" = requeue ] || [ "$next" = retry ]; then   # run me again: the run resumes
-  [ "$halving" = 1 ] && kill "$watcher"   # the next incarnation watches again
-  state=$(squeue -h -j "$SLURM_JOB_ID" -o %T)
-  if [ "$state" = RUNNING ]; then   # not when the job is being cancelled
-    echo "task $SLURM_ARRAY_TASK_ID: $next after exit status $rc; requeueing job $SLURM_JOB_ID"
-    scontrol requeue "$SLURM_JOB_ID"
-  else
-    echo "task $SLURM_ARRAY_TASK_ID: not requeued, the job is $state" >&2
-  fi
+if [ "$next" = requeued ]; then   # the run resumes in the next incarnation
+  [ "$halving" = 1 ] && kill "$watcher"   # which watches again
 elif [ "$halving" = 1 ]; then
   wait "$watcher"   # it releases the eval jobs still held, then ends
   "$PY" -m unlearn.sweep.halving "$SWEEP_DIR" || echo "halving decision failed" >&2

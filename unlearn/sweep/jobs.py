@@ -40,6 +40,7 @@ class TrainJob:
     def __call__(self) -> str:
         import submitit  # only inside a submitit job
 
+        from unlearn.errors import EXIT_REQUEUE
         from unlearn.runs import TRAIN_EXIT
         from unlearn.sweep import outcome, queue
 
@@ -62,18 +63,20 @@ class TrainJob:
         cmd = [sys.executable, str(ROOT / "launch" / "unlearn.py"), "--ds_config", self.ds_config,
                "--config", str(Path(self.sweep_dir) / "configs" / f"{self.name}.yaml"), "--resume", "auto",
                "--no_report"]
+        on_slurm = os.environ.get("SUBMITIT_EXECUTOR") == "slurm"
         restart = int(os.environ.get("SLURM_RESTART_COUNT", "0"))
         while True:
             rc, stopped = self._run(cmd, env)
-            what, rc = outcome.conclude(run_dir, [rc], stopped, self.max_retries, f"{job.job_id} restart {restart}")
-            if what == "retry" and os.environ.get("SUBMITIT_EXECUTOR") != "slurm":
-                restart += 1  # no scheduler to requeue it (the local executor): run it again here
-                continue
-            break
-        if what in ("requeue", "retry"):
-            if what == "retry" or job.global_rank == 0:  # a crash on any rank; a save on all of them
-                why_not = queue.requeue(os.environ.get("SLURM_JOB_ID", job.job_id))
-                print(why_not or f"run {self.name}: {what} after {outcome.reason(rc)}; job requeued", flush=True)
+            if job.global_rank and rc in (0, EXIT_REQUEUE):  # rank 0 speaks for a run that ended or saved;
+                what = "done" if rc == 0 else "requeued"      # a crash, any rank that sees it (the others
+                break                                         # may wait in a collective)
+            retry = outcome.decide([rc], stopped, len(outcome.retries(run_dir)), self.max_retries) == "retry"
+            what, rc = outcome.conclude(run_dir, [rc], stopped, self.max_retries, f"{job.job_id} restart {restart}",
+                                        lambda: queue.requeue(job.job_id) if on_slurm else retry)
+            if what != "requeued" or on_slurm:
+                break
+            restart += 1  # the local executor has no scheduler to requeue it: run it again here
+        if what == "requeued":
             raise SystemExit(rc)  # no result: the job runs again (as submitit's own requeue exits)
         _halving_after_run(Path(self.sweep_dir), watcher)
         if rc:

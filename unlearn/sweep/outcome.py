@@ -5,8 +5,8 @@
     requeue  a rank exited 3 (EXIT_REQUEUE: it saved after a stop), or a stop signal reached the task
              before the ranks could save: requeue, not counted as a retry (preemptions are the
              scheduler's business); the run resumes from its newest complete checkpoint
-    retry    any other failure (a rank killed, e.g. by the OOM killer; a traceback; a lost node) with
-             retries left: requeue, counted in runs/NAME/train.retries
+    retry    any other failure (a rank killed, e.g. by the OOM killer; a traceback) with retries left:
+             requeue, counted in runs/NAME/train.retries (a lost node SLURM requeues by itself)
     failed   a user error (exit 2) or a divergence stop (exit 4), which the same settings would repeat,
              or a failure with no retries left
 
@@ -20,6 +20,7 @@ from __future__ import annotations
 import signal
 import sys
 from pathlib import Path
+from typing import Callable
 
 from unlearn.errors import EXIT_DIVERGED, EXIT_REQUEUE, EXIT_USER_ERROR, UserError
 from unlearn.runs import TRAIN_EXIT
@@ -61,34 +62,41 @@ def decide(exits: list[int], stopped: bool, used: int, max_retries: int) -> str:
     return "retry" if used < max_retries else "failed"
 
 
-def conclude(run_dir: Path, exits: list[int], stopped: bool, max_retries: int, job: str) -> tuple[str, int]:
-    """Decide, write what the files must say (a retry line, or train.exit at the end for good) and
-    return (decision, the task's exit status). A retry is counted once per job incarnation, however
-    many of its ranks report the failure."""
+def conclude(run_dir: Path, exits: list[int], stopped: bool, max_retries: int, job: str,
+             requeue: Callable[[], bool]) -> tuple[str, int]:
+    """Decide; on requeue/retry call `requeue()` (False: nobody can, e.g. no scheduler); write what the
+    files must say (a retry line, or train.exit once the task ended for good); return (requeued | done
+    | failed, the task's exit status). A retry is counted once per job incarnation (`job` names it),
+    however many of its ranks report the failure."""
     run_dir = Path(run_dir)
     lines = retries(run_dir)
     what = decide(exits, stopped, len(lines), max_retries)
     rc = next((r for r in exits if r in FINAL), next((r for r in exits if r), 0))
     run_dir.mkdir(parents=True, exist_ok=True)
-    if what == "retry":
-        if not any(line.endswith(f"(job {job})") for line in lines):
+    if what in ("requeue", "retry") and requeue():
+        if what == "retry" and not any(line.endswith(f"(job {job})") for line in lines):
             with (run_dir / RETRIES).open("a") as f:
                 f.write(f"retry {len(lines) + 1}/{max_retries}: {reason(rc)} (job {job})\n")
-    elif what in ("done", "failed"):
-        (run_dir / TRAIN_EXIT).write_text(f"{rc}\n")
-    return what, rc
+        print(f"{what} after {reason(rc)} (job {job})", file=sys.stderr, flush=True)
+        return "requeued", rc
+    (run_dir / TRAIN_EXIT).write_text(f"{rc}\n")
+    return "done" if rc == 0 else "failed", rc
 
 
 def main(argv: list[str] | None = None) -> None:
-    """`python -m unlearn.sweep.outcome RUN_DIR MAX_RETRIES STOPPED JOB EXIT [EXIT ...]`: prints the
-    decision (slurm/train-task.sh acts on it) after writing what the files must say."""
+    """`python -m unlearn.sweep.outcome RUN_DIR MAX_RETRIES STOPPED JOB EXIT [EXIT ...]`: decides, requeues
+    job JOB (an array task, 12_3) if that is the decision, writes what the files must say, and prints
+    `requeued`, `done` or `failed` last (slurm/train-task.sh acts on it)."""
+    from unlearn.sweep import queue
+
     args = sys.argv[1:] if argv is None else argv
     try:
         run_dir, max_retries, stopped, job, *exits = args
-        what, _ = conclude(Path(run_dir), [int(e) for e in exits], stopped == "1", int(max_retries), job)
+        codes, limit = [int(e) for e in exits], int(max_retries)
     except ValueError:
         raise UserError("usage: python -m unlearn.sweep.outcome RUN_DIR MAX_RETRIES STOPPED(0|1) JOB EXIT "
                         f"[EXIT ...]; got {args}") from None
+    what, _ = conclude(Path(run_dir), codes, stopped == "1", limit, job, lambda: queue.requeue(job.split()[0]))
     print(what)
 
 

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import shutil
 import subprocess
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -162,11 +163,15 @@ def train_tasks(folder: Path, count: int) -> tuple[list[Task | None], str]:
     return out, ""
 
 
-def requeue(job: str) -> str:
-    """`scontrol requeue JOB` unless the job is no longer RUNNING (being cancelled): "" when requeued,
-    else why not."""
+def requeue(job: str) -> bool:
+    """`scontrol requeue JOB` (an array task: 12_3) from inside it. True when requeued, or when the job
+    is no longer RUNNING (another of its ranks requeued it, or it is being cancelled: its fate is the
+    scheduler's); False when scontrol refused."""
     state = subprocess.run(["squeue", "-h", "-j", job, "-o", "%T"], capture_output=True, text=True).stdout.strip()
     if state != "RUNNING":
-        return f"not requeued: job {job} is {state or 'gone'}"
+        print(f"job {job} not requeued: it is {state or 'gone'}", file=sys.stderr, flush=True)
+        return True
     out = subprocess.run(["scontrol", "requeue", job], capture_output=True, text=True)
-    return "" if out.returncode == 0 else f"scontrol requeue {job} failed: {out.stderr.strip()}"
+    if out.returncode:
+        print(f"scontrol requeue {job} failed: {out.stderr.strip()}", file=sys.stderr, flush=True)
+    return out.returncode == 0

@@ -79,14 +79,14 @@ def run_state(sweep: Sweep, p: Point, st=None, task: queue.Task | None = None) -
         state = "done"
     elif p.name in halving.stopped_at(sweep.folder):
         state = "stopped"
+    elif task and task.state in ("PENDING", "REQUEUED", "SUSPENDED", "RESIZING"):
+        state = "queued"  # the scheduler's word first: a requeued task's files still say how it ended
+    elif task and task.state in ("RUNNING", "COMPLETING", "CONFIGURING"):
+        state = "running"
     elif rc or (task and task.state in queue.LOST):
         state = LOST
     elif rc == 0 or (task and task.state == "COMPLETED"):
         state = "ended"
-    elif task and task.state in ("PENDING", "REQUEUED", "SUSPENDED", "RESIZING"):
-        state = "queued"
-    elif task and task.state in ("RUNNING", "COMPLETING", "CONFIGURING"):
-        state = "running"
     else:
         state = st.state
     return state, ", ".join(said)
