@@ -101,7 +101,7 @@ class TrainJob:
         rc = self._proc.wait()
         signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGUSR2})  # too late for submitit's requeue now
         signal.signal(signal.SIGTERM, previous)
-        return rc, bool(stops)
+        return (128 - rc if rc < 0 else rc), bool(stops)  # killed by signal N: 128 + N, as a shell says
 
     def checkpoint(self):
         """On preemption/timeout: let the run save at its next step, then resubmit (it resumes)."""

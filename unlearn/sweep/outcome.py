@@ -70,11 +70,12 @@ def conclude(run_dir: Path, exits: list[int], stopped: bool, max_retries: int, j
     however many of its ranks report the failure."""
     run_dir = Path(run_dir)
     lines = retries(run_dir)
-    what = decide(exits, stopped, len(lines), max_retries)
+    ours = [line for line in lines if line.endswith(f"(job {job})")]  # another rank of this try wrote it
+    what = decide(exits, stopped, len(lines) - len(ours), max_retries)
     rc = next((r for r in exits if r in FINAL), next((r for r in exits if r), 0))
     run_dir.mkdir(parents=True, exist_ok=True)
     if what in ("requeue", "retry") and requeue():
-        if what == "retry" and not any(line.endswith(f"(job {job})") for line in lines):
+        if what == "retry" and not ours:
             with (run_dir / RETRIES).open("a") as f:
                 f.write(f"retry {len(lines) + 1}/{max_retries}: {reason(rc)} (job {job})\n")
         print(f"{what} after {reason(rc)} (job {job})", file=sys.stderr, flush=True)
