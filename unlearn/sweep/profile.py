@@ -93,7 +93,7 @@ def sbatch_args(profile: Profile, kind: str) -> list[str]:
         args.append(f"--gpus-per-node={res.gpus_per_node}")
     if res.mem_gb:
         args.append(f"--mem={res.mem_gb}G")
-    if kind == "train":  # warn before the limit; requeue keeps the job id (afterok still holds)
+    if kind == "train":  # warn before the limit; requeue keeps the job id (its evals' afterany waits on)
         args += [f"--signal=USR1@{profile.signal_delay_s}", "--requeue", "--open-mode=append"]
     return args
 
