@@ -132,8 +132,8 @@ def train_tasks(folder: Path, count: int) -> tuple[list[Task | None], str]:
         return [None] * count, "sacct/squeue not found: states from the run folders"
     arrays = sorted({i.split("_")[0] for i in ids})
     try:
-        acct = subprocess.run(["sacct", "-n", "-P", "-X", "-D", "--format=JobID,State,ExitCode", "-j", ",".join(arrays)],
-                              capture_output=True, text=True, timeout=30)
+        acct = subprocess.run(["sacct", "-n", "-P", "-X", "-D", "--format=JobID,State,ExitCode",
+                               "-j", ",".join(arrays)], capture_output=True, text=True, timeout=30)
         live = subprocess.run(["squeue", "-h", "-r", "-o", "%i|%T|%r", "-j", ",".join(arrays)],
                               capture_output=True, text=True, timeout=30)
     except subprocess.TimeoutExpired:

@@ -141,8 +141,8 @@ def _chosen(sweep: Sweep, folder: Path):
 
 def write_report(sweep: Sweep, pts: list[Point]) -> tuple[Path, Path | None]:
     """report.csv (every run: axes, state and what its training job says (see `run_state`), newest eval
-    metrics, the checkpoint its select: rule chooses), report.png (the chosen checkpoint marked), best.json, and HParams sessions holding
-    each run's chosen checkpoint's metrics."""
+    metrics, the checkpoint its select: rule chooses), report.png (the chosen checkpoint marked),
+    best.json, and HParams sessions holding each run's chosen checkpoint's metrics."""
     rows = []
     tasks, _ = queue.train_tasks(sweep.folder, len(pts))
     for p, task in zip(pts, tasks):
