@@ -186,7 +186,7 @@ def test_two_node_run_preempted_and_requeued_resumes(slurm_env, demo_dir, tmp_pa
     states = _run(["sacct", "-X", "-n", "-P", "-j", task, "-D", "-o", "State"], slurm_env).split()
     assert states == ["REQUEUED", "REQUEUED", "COMPLETED"], states  # -D: every incarnation
     text = log.read_text()
-    assert "saved after a preemption signal; requeueing" in text  # train-task.sh's own requeue
+    assert "the run saved after a stop" in text  # train-task.sh's own requeue (unlearn.sweep.outcome)
     resumed = [int(s) for s in re.findall(r"resumed from \S+ at step (\d+)", text)]
     assert len(resumed) == 2 and 1 <= resumed[0] < resumed[1] < 40, text[-3000:]
     assert "2 rank(s) on n[1-2]" in text and "restart 2" in text

@@ -78,7 +78,9 @@ def conclude(run_dir: Path, exits: list[int], stopped: bool, max_retries: int, j
         if what == "retry" and not ours:
             with (run_dir / RETRIES).open("a") as f:
                 f.write(f"retry {len(lines) + 1}/{max_retries}: {reason(rc)} (job {job})\n")
-        print(f"{what} after {reason(rc)} (job {job})", file=sys.stderr, flush=True)
+        why = (f"retry after {reason(rc)}" if what == "retry" else "the run saved after a stop"
+               if EXIT_REQUEUE in exits else f"a stop came before the run could save ({reason(rc)})")
+        print(f"requeued job {job}: {why}", file=sys.stderr, flush=True)
         return "requeued", rc
     (run_dir / TRAIN_EXIT).write_text(f"{rc}\n")
     return "done" if rc == 0 else "failed", rc
