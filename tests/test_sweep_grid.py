@@ -384,7 +384,7 @@ def test_status_reads_the_training_task_beside_the_files(tmp_path):
     (run / TRAIN_EXIT).write_text("137\n")
     failed = Task("7_0", "FAILED", "137:0", ("REQUEUED", "REQUEUED"))
     assert run_state(sweep, pts[0], task=failed) == (
-        LOST, "job 7_0 FAILED (137:0), requeued 2x (REQUEUED, REQUEUED), retried 2/2, killed by SIGKILL (exit 137)")
+        LOST, "job 7_0 FAILED, requeued 2x (REQUEUED, REQUEUED), retried 2/2, killed by SIGKILL (exit 137)")
     assert run_state(sweep, pts[0], task=queued)[0] == "queued"  # requeued by hand: no longer lost
     (run / TRAIN_EXIT).unlink()
     assert run_state(sweep, pts[0], task=Task("7_0", "NODE_FAIL", "0:0"))[0] == LOST  # not requeued

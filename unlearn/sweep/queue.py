@@ -107,9 +107,10 @@ class Task:
     history: tuple[str, ...] = ()
     """The states its earlier incarnations ended in, oldest first (REQUEUED, NODE_FAIL, PREEMPTED)."""
 
-    def describe(self) -> str:
-        """`job 12_3 PENDING (BeginTime), requeued 2x (NODE_FAIL, REQUEUED)`."""
-        detail = f" ({self.detail})" if self.detail and self.detail not in ("None", "0:0") else ""
+    def describe(self, detail: bool = True) -> str:
+        """`job 12_3 PENDING (BeginTime), requeued 2x (NODE_FAIL, REQUEUED)`; detail=False leaves out why
+        it waits or its exit code (where the task's own exit status says more)."""
+        detail = f" ({self.detail})" if detail and self.detail and self.detail not in ("None", "0:0") else ""
         before = f", requeued {len(self.history)}x ({', '.join(self.history)})" if self.history else ""
         return f"job {self.job} {self.state}{detail}{before}"
 

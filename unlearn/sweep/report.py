@@ -69,7 +69,7 @@ def run_state(sweep: Sweep, p: Point, st=None, task: queue.Task | None = None) -
     run_dir = sweep.folder / "runs" / p.name
     exit_file = run_dir / TRAIN_EXIT
     rc = int(exit_file.read_text()) if exit_file.is_file() else None
-    said = [task.describe()] if task else []
+    said = [task.describe(detail=not rc)] if task else []  # sacct's exit code of a batch script is no clue
     tries = outcome.retries(run_dir)
     if tries:
         said.append(tries[-1].split(":")[0].replace("retry", "retried"))
