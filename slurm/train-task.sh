@@ -50,13 +50,13 @@ halving=0; grep -qx 'search: halving' "$SWEEP_DIR/sweep.yaml" && halving=1
 if [ "$halving" = 1 ]; then   # evaluation while training: release held eval jobs as checkpoints appear
   (trap '' TERM USR1 USR2; exec "$PY" -m unlearn.sweep.halving --watch "$SWEEP_DIR" "$name") & watcher=$!
 fi
-export RUN_NAMES="${RUNS[*]}" PORTS=""
+export RUN_NAMES="${RUNS[*]}" CONFIGS=$SWEEP_DIR/configs PORTS=""
 step=(--kill-on-bad-exit=1)   # one run: a rank that fails ends the others (they would wait in a collective)
 if [ "${#RUNS[@]}" -gt 1 ]; then   # K runs: independent, so none ends another; a free port each
   PORTS=$("$PY" -c 'import socket, sys; s = [socket.socket() for _ in range(int(sys.argv[1]))]
 [x.bind(("127.0.0.1", 0)) for x in s]; print(*[x.getsockname()[1] for x in s])' "${#RUNS[@]}")
   cpus=$(( ${SLURM_CPUS_PER_TASK:-1} / ${#RUNS[@]} ))
-  step=(--kill-on-bad-exit=0 --nodes=1 --ntasks="${#RUNS[@]}" --overcommit --cpus-per-task=$(( cpus > 0 ? cpus : 1 )))
+  step=(--kill-on-bad-exit=0 --nodes=1 --ntasks="${#RUNS[@]}" --ntasks-per-node="${#RUNS[@]}" --overcommit --cpus-per-task=$(( cpus > 0 ? cpus : 1 )))
 fi
 # RANK etc. per srun task; unlearn/distributed.py reads them.
 detached_srun "${step[@]}" bash -c \
@@ -69,7 +69,7 @@ detached_srun "${step[@]}" bash -c \
      export RANK=$SLURM_PROCID LOCAL_RANK=$SLURM_LOCALID WORLD_SIZE=$SLURM_NTASKS
    fi
    trap "kill -TERM \$pid" TERM; trap "kill -USR1 \$pid" USR1   # outlive the run to report its status
-   "$@" --config "$SWEEP_DIR/configs/$run.yaml" & pid=$!
+   "$@" --config "$CONFIGS/$run.yaml" & pid=$!
    while wait "$pid"; rc=$?; [ "$rc" -gt 128 ] && kill -0 "$pid" 2>/dev/null; do :; done
    echo "$run $rc" >> "$EXITS"; exit "$rc"' rank \
   "$PY" launch/unlearn.py --ds_config "$DS_CONFIG" --resume auto --no_report

@@ -478,29 +478,50 @@ def test_submitit_halving(slurm_env, demo_dir, tmp_path, executor):
 
 def test_runs_per_gpu_trains_two_grid_points_in_one_allocation(slurm_env, demo_dir, tmp_path):
     """slurm/profiles/local_shared.yaml (runs_per_gpu: 2): a 2-point grid is one array task whose two
-    runs train at once, one single-rank job step each, and each stays under the profile's footprint."""
+    runs train at once, one job step of two single-rank tasks, and each stays under the profile's
+    footprint. One `scancel --full --signal=TERM` to the task reaches both runs: each saves and exits 3
+    (recorded per run), the task is requeued once, and each resumes from its own checkpoint."""
     grid = tmp_path / "two.yaml"
     grid.write_text(yaml.safe_dump({"name": "k2", "output_dir": str(tmp_path), "eval": {"enabled": False},
                                     "profile": "slurm/profiles/local_shared.yaml",
-                                    "base": {"train": {"max_steps": 2, "save_every_n_steps": 0}},
+                                    "base": {"train": {"max_steps": 60, "save_every_n_steps": 4}},
                                     "axes": {"optim.lr": [1e-4, 5e-4]}}))
     _run(["bash", "slurm/sweep.sh", str(grid), *TINY, *_demo_overrides(demo_dir)], slurm_env)
     sweep_dir = tmp_path / "k2"
-    jobs = dict(line.split(" ", 1) for line in (sweep_dir / "jobs.txt").read_text().splitlines())
+    names = ("lr=0.0001", "lr=0.0005")
     try:
+        jobs = _jobs(sweep_dir)
+        task = f"{jobs['train']}_0"  # the array has one task
+        log = sweep_dir / "logs" / f"train-{task}.out"
+        first = [sweep_dir / "runs" / name / "checkpoints" / "step-000004" / "COMPLETE" for name in names]
+        _until("both runs' first checkpoint", lambda: all(path.exists() for path in first))
+        _run(["scancel", "--full", "--signal=TERM", task], slurm_env)
         rows = _wait_done([jobs["train"], jobs["report"]], slurm_env, timeout=240, expect=2)
     finally:
-        subprocess.run(["scancel", jobs["train"], jobs["report"]], env=slurm_env, capture_output=True)
-    task = f"{jobs['train']}_0"
-    assert rows[task]["State"] == "COMPLETED", rows  # the array has one task
+        _cancel(sweep_dir, slurm_env)
+    assert rows[task]["State"] == "COMPLETED", rows
     assert (sweep_dir / "tasks.txt").read_text() == "lr=0.0001 lr=0.0005\n"
-    out = _run(["sacct", "-n", "-P", "-j", task, "-o", "JobID,Start,End,State"], slurm_env)
-    steps = [line.split("|") for line in out.splitlines() if re.fullmatch(r"\d+_0\.\d+", line.split("|")[0])]
-    assert len(steps) == 2 and all(s[3] == "COMPLETED" for s in steps), out
-    (_, start0, end0, _), (_, start1, end1, _) = steps
-    assert _t(start0) < _t(end1) and _t(start1) < _t(end0), out  # the two runs overlapped in time
+    states = _run(["sacct", "-X", "-n", "-P", "-j", task, "-D", "-o", "State"], slurm_env).split()
+    assert states == ["REQUEUED", "COMPLETED"], states  # requeued once for both runs
+    steps = _run(["sacct", "-n", "-P", "-j", task, "-o", "JobID,NTasks"], slurm_env).split()
+    ntasks = [s.split("|")[1] for s in steps if re.fullmatch(r"\d+_0\.\d+\|\d+", s)]
+    assert ntasks and set(ntasks) == {"2"}, steps  # one job step of two tasks, one per run
+    text = log.read_text()
     footprint = yaml.safe_load((ROOT / "slurm/profiles/local_shared.yaml").read_text())["footprint"]
-    for name in ("lr=0.0001", "lr=0.0005"):
-        assert (sweep_dir / "runs" / name / "checkpoints" / "step-000002" / "COMPLETE").is_file()
-        peak = json.loads((sweep_dir / "runs" / name / "footprint.json").read_text())["peak_gib"]
+    resumed = []
+    for name in names:
+        run = sweep_dir / "runs" / name
+        assert f"requeued job {task} restart 0 (run {name}): the run saved after a stop" in text, text[-3000:]
+        step = re.findall(rf"resumed from {re.escape(str(run / 'checkpoints'))}/step-(\d+) at step (\d+)", text)
+        assert len(step) == 1 and step[0][0].lstrip("0") == step[0][1], text[-3000:]
+        resumed.append(int(step[0][1]))
+        assert (run / "train.exit").read_text() == "0\n" and not (run / "train.retries").exists()
+        assert (run / "checkpoints" / "step-000060" / "COMPLETE").is_file()
+        peak = json.loads((run / "footprint.json").read_text())["peak_gib"]
         assert 0.1 < peak <= footprint, (name, peak)
+    # both were training when the stop came: each saved where it was and resumed from there
+    saved = [int(s) for s in re.findall(r"preempted at step (\d+): checkpoint saved", text)]
+    assert sorted(saved) == sorted(resumed) and all(4 <= s < 60 for s in saved), text[-3000:]
+    assert text.count("step      1/60") == 2  # each run started from step 1 once: nothing trained twice
+    status = _status(sweep_dir, slurm_env)
+    assert status.returncode == 0 and status.stdout.count(" done ") == 2, status.stdout
