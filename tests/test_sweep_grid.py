@@ -437,3 +437,55 @@ def test_status_reads_the_training_task_beside_the_files(tmp_path):
     assert run_state(sweep, pts[0], task=queued)[0] == "queued"  # requeued by hand: no longer lost
     (run / TRAIN_EXIT).unlink()
     assert run_state(sweep, pts[0], task=Task("7_0", "NODE_FAIL", "0:0"))[0] == LOST  # not requeued
+
+
+def test_outcome_decides_each_run_of_a_shared_task_and_requeues_it_once(tmp_path):
+    """runs_per_gpu: 2: each run of a task is decided from its own exit status, retries are counted per
+    run, the task is requeued once whatever needs it, and a run that ended for good meanwhile is left
+    out of the next incarnation (logs/.requeued-JOB) and reported from its train.exit, not as queued."""
+    from unlearn.runs import TRAIN_EXIT
+    from unlearn.sweep import outcome
+    from unlearn.sweep.queue import Task, task_ids
+    from unlearn.sweep.report import LOST, run_state
+
+    sweep = load_sweep(_grid(tmp_path, axes={"optim.lr": [1e-4, 5e-4, 1e-3]}))
+    pts = plan(sweep, runs_per_task=2)
+    a, b = pts[0].name, pts[1].name
+    (sweep.folder / "jobs.txt").write_text("train 7\n")
+    assert task_ids(sweep.folder, 3) == ["7_0", "7_0", "7_1"]  # the 3rd point is task 1's only run
+    # exits per run from the rank wrappers' lines; srun's status (or 1) for a run that left none
+    assert outcome.task_exits([a, b], [f"{b} 0", f"{a} 137"], 137, 1) == {a: [137], b: [0]}
+    assert outcome.task_exits([a, b], [f"{a} 3"], 0, 1) == {a: [3], b: [1]}
+    assert outcome.task_exits([a], [f"{a} 3", f"{a} 3"], 3, 2) == {a: [3, 3]}  # one run, 2 ranks
+
+    asked = []
+    requeue = lambda kinds: asked.append(kinds) or True  # noqa: E731
+    ends = outcome.conclude_runs(sweep.folder, {a: [137], b: [0]}, False, 1, "7_0 restart 0", requeue)
+    assert ends == {a: ("requeued", 137), b: ("done", 0)} and outcome.verdict(ends) == "requeued"
+    assert asked == [{"retry"}]
+    assert outcome.retries(sweep.folder / "runs" / a) == ["retry 1/1: killed by SIGKILL (exit 137) (job 7_0 restart 0)"]
+    assert not outcome.retries(sweep.folder / "runs" / b)
+    assert not (sweep.folder / "runs" / a / TRAIN_EXIT).exists()
+    assert (sweep.folder / "runs" / b / TRAIN_EXIT).read_text() == "0\n"
+    assert outcome.requeued_runs(sweep.folder, "7_0") == [a]  # the next incarnation trains a only
+    assert outcome.requeued_runs(sweep.folder, "7_1") is None
+
+    ends = outcome.conclude_runs(sweep.folder, {a: [137]}, False, 1, "7_0 restart 1", requeue)
+    assert ends == {a: ("failed", 137)} and outcome.verdict(ends) == "failed" and len(asked) == 1  # none left
+    assert (sweep.folder / "runs" / a / TRAIN_EXIT).read_text() == "137\n"
+    assert outcome.requeued_runs(sweep.folder, "7_0") is None  # ended for good: a rerun trains both
+
+    for name in (a, b):
+        (sweep.folder / "runs" / name / TRAIN_EXIT).unlink()
+    ends = outcome.conclude_runs(sweep.folder, {a: [3], b: [3]}, True, 1, "7_0 restart 2", requeue)
+    assert outcome.verdict(ends) == "requeued" and asked[-1] == {"requeue"} and len(asked) == 2  # once
+    assert outcome.requeued_runs(sweep.folder, "7_0") is None  # both go on: nothing left out
+
+    ends = outcome.conclude_runs(sweep.folder, {a: [3], b: [2]}, True, 1, "7_0 restart 3", requeue)
+    assert ends == {a: ("requeued", 3), b: ("failed", 2)} and outcome.requeued_runs(sweep.folder, "7_0") == [a]
+    queued = Task("7_0", "PENDING", "BeginTime", ("REQUEUED",))
+    assert run_state(sweep, pts[1], task=queued)[0] == LOST  # b: user error, though its task is queued again
+    assert run_state(sweep, pts[0], task=queued)[0] == "queued"
+    assert outcome.conclude_runs(sweep.folder, {a: [3]}, True, 1, "7_0 restart 4", lambda kinds: False) == {
+        a: ("failed", 3)}  # nobody to requeue
+    assert outcome.requeued_runs(sweep.folder, "7_0") is None
