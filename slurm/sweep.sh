@@ -5,7 +5,8 @@
 #   (or `bash slurm/sweep.sh ...` on a login node: the same, without the small submitting job)
 #
 # Plans the sweep folder (launch/sweep.py --plan-shell), then submits
-#   - one job array, one task per grid point (slurm/train-task.sh): a distributed run over its allocation;
+#   - one job array, one task per grid point (slurm/train-task.sh): a distributed run over its allocation
+#     (K grid points per task with runs_per_gpu: K in the cluster profile);
 #   - one eval job per checkpoint (slurm/eval-task.sh), --dependency=afterany on its own array task: it
 #     runs once the task is over for good, whatever became of it, and evaluates the checkpoint if the
 #     run completed it (else it ends at once) (with `search: halving`: held, and released by the

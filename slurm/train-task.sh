@@ -53,10 +53,11 @@ fi
 export RUN_NAMES="${RUNS[*]}" CONFIGS=$SWEEP_DIR/configs PORTS=""
 step=(--kill-on-bad-exit=1)   # one run: a rank that fails ends the others (they would wait in a collective)
 if [ "${#RUNS[@]}" -gt 1 ]; then   # K runs: independent, so none ends another; a free port each
-  PORTS=$("$PY" -c 'import socket, sys; s = [socket.socket() for _ in range(int(sys.argv[1]))]
-[x.bind(("127.0.0.1", 0)) for x in s]; print(*[x.getsockname()[1] for x in s])' "${#RUNS[@]}")
-  cpus=$(( ${SLURM_CPUS_PER_TASK:-1} / ${#RUNS[@]} ))
-  step=(--kill-on-bad-exit=0 --nodes=1 --ntasks="${#RUNS[@]}" --ntasks-per-node="${#RUNS[@]}" --overcommit --cpus-per-task=$(( cpus > 0 ? cpus : 1 )))
+  k=${#RUNS[@]} cpus=$(( ${SLURM_CPUS_PER_TASK:-1} / ${#RUNS[@]} ))
+  PORTS=$("$PY" -c 'import sys; from unlearn.sweep.jobs import free_ports; print(*free_ports(int(sys.argv[1])))' "$k")
+  # one step of K tasks in the allocation's one task: --overcommit lets them share its CPUs and GPU
+  step=(--kill-on-bad-exit=0 --nodes=1 --ntasks="$k" --ntasks-per-node="$k" --overcommit
+        --cpus-per-task=$(( cpus > 0 ? cpus : 1 )))
 fi
 # RANK etc. per srun task; unlearn/distributed.py reads them.
 detached_srun "${step[@]}" bash -c \
@@ -84,5 +85,8 @@ elif [ "$halving" = 1 ]; then
   wait "$watcher"   # it releases the eval jobs still held, then ends
   "$PY" -m unlearn.sweep.halving "$SWEEP_DIR" || echo "halving decision failed" >&2
 fi
-[ "$next" = done ] && exit 0
-exit $(( rc ? rc : 1 ))   # a run failed for good (or the task was requeued: its status no longer counts)
+case $next in
+  done) exit 0 ;;
+  failed) exit $(( rc ? rc : 1 )) ;;   # a run lost for good: the task FAILED (srun may say 0 after a node loss)
+  *) exit "$rc" ;;
+esac

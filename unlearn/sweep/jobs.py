@@ -1,4 +1,5 @@
-"""The submitit job classes of a sweep: one per grid point (train), per checkpoint (eval), one report.
+"""The submitit job classes of a sweep: one per array task (train: one grid point, or K with runs_per_gpu:
+K), one per checkpoint (eval), one report.
 
 Each runs a launch/ script as a child process in the checkout, so a job sees exactly what a user's
 command line would. `TrainJob.checkpoint` is submitit's requeue hook: on preemption or near the time
@@ -99,7 +100,7 @@ class TrainJob:
                       "WORLD_SIZE": str(job.num_tasks), "MASTER_ADDR": addr, "MASTER_PORT": str(_port(job.job_id))}]
         else:  # a free rendezvous port each
             ranks = [{"RANK": "0", "LOCAL_RANK": "0", "WORLD_SIZE": "1", "MASTER_ADDR": "127.0.0.1",
-                      "MASTER_PORT": str(port)} for port in _free_ports(len(names))]
+                      "MASTER_PORT": str(port)} for port in free_ports(len(names))]
         stops: list[int] = []
 
         def relay(signum, frame) -> None:
@@ -224,8 +225,9 @@ def _node_addr(node: str) -> str:
     return node
 
 
-def _free_ports(count: int) -> list[int]:
-    """`count` distinct free ports on this host (all bound at once, then released)."""
+def free_ports(count: int) -> list[int]:
+    """`count` distinct free ports on this host (all bound at once, then released); slurm/train-task.sh
+    asks for its K runs' rendezvous ports here too."""
     import socket
 
     socks = [socket.socket() for _ in range(count)]

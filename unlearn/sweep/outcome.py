@@ -126,7 +126,7 @@ def requeued_runs(sweep_dir: Path, job: str) -> list[str] | None:
     ended for good); None: train them all (a first start, a requeue by SLURM or by hand, a resubmitted
     sweep, a task of one run)."""
     path = Path(sweep_dir) / "logs" / f"{NEXT}{job}"
-    return path.read_text().split() or None if path.is_file() else None
+    return (path.read_text().split() or None) if path.is_file() else None
 
 
 def task_exits(names: list[str], lines: list[str], srun_rc: int, ranks: int) -> dict[str, list[int]]:
@@ -165,7 +165,8 @@ def main(argv: list[str] | None = None) -> None:
                         f"RANKS EXITS_FILE NAME [NAME ...] (EXITS_FILE: `NAME EXIT` lines); got {args}") from None
     if not names:
         raise UserError(f"python -m unlearn.sweep.outcome: no run NAME given; got {args}")
-    ends = conclude_runs(Path(sweep_dir), exits, stopped == "1", limit, job, lambda kinds: queue.requeue(job.split()[0]))
+    ends = conclude_runs(Path(sweep_dir), exits, stopped == "1", limit, job,
+                         lambda kinds: queue.requeue(job.split()[0]))
     print(verdict(ends))
 
 
