@@ -2,13 +2,13 @@
 
     python launch/sweep.py configs/sweeps/X.yaml [--executor slurm|local] [--profile P.yaml]
                            [--wait] [key.sub=value | sweep.key=value ...]
-    python launch/sweep.py --status SWEEP_DIR      # each run's state and newest eval metrics
+    python launch/sweep.py --status SWEEP_DIR      # runs (files + scheduler), evals; 1 if one is lost/failed
     python launch/sweep.py --report SWEEP_DIR      # report.csv, report.png, HParams sessions
 
 One job array (one task per grid point, `array_parallelism` at once); each task runs the distributed
-run over its allocation and, when preempted or near its time limit, saves and requeues itself
-(`unlearn.sweep.jobs.TrainJob.checkpoint`). Each checkpoint's eval is its own job, `afterok` on its training task;
-a report job runs after all evals.
+run over its allocation, saves and requeues itself when stopped (`unlearn.sweep.jobs.TrainJob`), and
+is retried after a crash up to `max_retries` times. Each checkpoint's eval is its own job, `afterany`
+on its training task; a report job runs after all evals.
 """
 
 import argparse
@@ -41,7 +41,7 @@ def main(argv: list[str] | None = None) -> None:
         if args.status:
             sweep, pts = grid.open_sweep(args.status)
             print(report.status_table(sweep, pts))
-            if report.failed_evals(sweep, pts):
+            if report.lost_runs(sweep, pts) or report.failed_evals(sweep, pts):
                 raise SystemExit(1)
         elif args.best:
             from unlearn.sweep import select

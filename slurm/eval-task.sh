@@ -3,13 +3,20 @@
 #   slurm/eval-task.sh CHECKPOINT_DIR [launch/evaluate.py options]
 # A failure leaves its reason in CHECKPOINT_DIR/eval.error (evaluate.py writes it for errors it
 # catches; this script for a signal or any other exit), which `launch/sweep.py --status` shows.
-# In a sweep with `search: halving` it then decides the rounds its result completes (STOP files,
-# halving.json); a checkpoint its run never wrote because halving stopped it is skipped (exit 0).
+# It starts once its training task is over for good (afterany; or released by it in a halving sweep),
+# whatever became of the task: a checkpoint the run never completed (it stopped, crashed for good or
+# was stopped by halving before that step) is skipped with the reason (exit 0); --status counts it as
+# skipped. In a sweep with `search: halving` it then decides the rounds its result completes (STOP
+# files, halving.json).
 set -uo pipefail
 # `make setup`'s .venv unless UNLEARN_PYTHON names another Python (a job's shell has no environment active)
 PY=${UNLEARN_PYTHON:-$([ -x "$PWD/.venv/bin/python" ] && echo "$PWD/.venv/bin/python" || echo python)}
 echo "eval job ${SLURM_JOB_ID:-local} on $(hostname): $1"
-if [ ! -d "$1" ] && "$PY" -m unlearn.sweep.halving --skip "$1"; then exit 0; fi
+if [ ! -f "$1/COMPLETE" ]; then
+  why=$("$PY" -m unlearn.sweep.halving --skip "$1") || why="skipped $1: the run never completed it"
+  echo "$why"
+  exit 0
+fi
 trap 'echo "stopped by a signal (time limit or scancel) in job ${SLURM_JOB_ID:-?}" > "$1/eval.error"; exit 143' TERM
 "$PY" launch/evaluate.py "$@" &
 wait $!

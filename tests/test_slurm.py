@@ -186,7 +186,7 @@ def test_two_node_run_preempted_and_requeued_resumes(slurm_env, demo_dir, tmp_pa
     states = _run(["sacct", "-X", "-n", "-P", "-j", task, "-D", "-o", "State"], slurm_env).split()
     assert states == ["REQUEUED", "REQUEUED", "COMPLETED"], states  # -D: every incarnation
     text = log.read_text()
-    assert "saved after a preemption signal; requeueing" in text  # train-task.sh's own requeue
+    assert "the run saved after a stop" in text  # train-task.sh's own requeue (unlearn.sweep.outcome)
     resumed = [int(s) for s in re.findall(r"resumed from \S+ at step (\d+)", text)]
     assert len(resumed) == 2 and 1 <= resumed[0] < resumed[1] < 40, text[-3000:]
     assert "2 rank(s) on n[1-2]" in text and "restart 2" in text
@@ -199,32 +199,155 @@ def test_two_node_run_preempted_and_requeued_resumes(slurm_env, demo_dir, tmp_pa
 
 
 def test_submitit_preempted_job_requeues_and_resumes(slurm_env, demo_dir, tmp_path):
-    """A preemption as SLURM delivers it (SIGTERM, then submitit's USR2): TrainJob.checkpoint lets the
-    run save, submitit requeues the job, and the run resumes from that checkpoint."""
+    """A stop sent to the whole job, batch shell included (`scancel --full --signal=TERM`, as some sites
+    preempt): the batch shell passes it on as submitit's preemption signal (USR2), TrainJob.checkpoint
+    lets the run save, submitit requeues the job, and the run resumes from that checkpoint. Then its
+    rank is SIGKILLed: TrainJob requeues it as retry 1 of the profile's 2 and it resumes again. Before:
+    the batch shell and srun died of the stop and the job FAILED; a crash was never retried."""
     grid = tmp_path / "one.yaml"
     grid.write_text(yaml.safe_dump({"name": "pre", "output_dir": str(tmp_path), "eval": {"enabled": False},
-                                    "base": {"train": {"max_steps": 40, "save_every_n_steps": 4}},
+                                    "base": {"train": {"max_steps": 60, "save_every_n_steps": 4}},
                                     "axes": {"optim.lr": [1e-4]}}))
     _run([sys.executable, "launch/sweep.py", str(grid), *TINY, *_demo_overrides(demo_dir)], slurm_env)
     sweep_dir = tmp_path / "pre"
     jobs = dict(line.split(" ", 1) for line in (sweep_dir / "submitit_jobs.txt").read_text().splitlines())
     task = jobs["train"]
     ckpts = sweep_dir / "runs" / "lr=0.0001" / "checkpoints"
-    end = time.time() + 180
-    while not (ckpts / "step-000004" / "COMPLETE").exists():
-        assert time.time() < end, "first checkpoint never appeared"
-        time.sleep(0.2)
-    for sig in ("TERM", "USR2"):  # what submitit's own Job._interrupt() sends
-        _run(["scancel", f"--signal={sig}", task], slurm_env)
-    rows = _wait_done([task.split("_")[0], jobs["report"]], slurm_env, timeout=240, expect=2)
+
+    def log() -> str:
+        return "".join(p.read_text() for p in sorted((sweep_dir / "submitit").rglob(f"{task}_0_log.*")))
+
+    try:
+        _until("first checkpoint", lambda: (ckpts / "step-000004" / "COMPLETE").exists())
+        _run(["scancel", "--full", "--signal=TERM", task], slurm_env)
+        _until("resumed", lambda: "resumed from" in log())
+        _until("its rank", lambda: _rank(sweep_dir)).kill()
+        rows = _wait_done([task.split("_")[0], jobs["report"]], slurm_env, timeout=240, expect=2)
+    finally:
+        subprocess.run(["scancel", *[j for v in jobs.values() for j in v.split()]], env=slurm_env)
     assert rows[task]["State"] == "COMPLETED", rows
     states = _run(["sacct", "-X", "-n", "-P", "-j", task, "-D", "-o", "State"], slurm_env).split()
-    assert states == ["REQUEUED", "COMPLETED"], states
-    log = "".join(p.read_text() for p in sorted((sweep_dir / "submitit").rglob(f"{task}_0_log.*")))
-    resumed = re.findall(r"resumed from \S+ at step (\d+)", log)
-    assert len(resumed) == 1 and 4 <= int(resumed[0]) < 40, log[-3000:]
-    assert (ckpts / f"step-{int(resumed[0]):06d}" / "COMPLETE").exists()
-    assert (ckpts / "step-000040" / "COMPLETE").exists()
+    assert states == ["REQUEUED", "REQUEUED", "COMPLETED"], states
+    resumed = [int(s) for s in re.findall(r"resumed from \S+ at step (\d+)", log())]
+    assert len(resumed) == 2 and 4 <= resumed[0] <= resumed[1] < 60, log()[-3000:]
+    assert (ckpts / f"step-{resumed[0]:06d}" / "COMPLETE").exists()
+    assert (ckpts / "step-000060" / "COMPLETE").exists()
+    assert (ckpts.parent / "train.retries").read_text().startswith("retry 1/2: killed by SIGKILL (exit 137)")
+
+
+def _one_point_grid(tmp_path: Path, name: str, **keys) -> Path:
+    grid = tmp_path / f"{name}.yaml"
+    grid.write_text(yaml.safe_dump({"name": name, "output_dir": str(tmp_path), "axes": {"optim.lr": [1e-4]}, **keys}))
+    return grid
+
+
+def _jobs(sweep_dir: Path) -> dict[str, str]:
+    return dict(line.split(" ", 1) for line in (sweep_dir / "jobs.txt").read_text().splitlines())
+
+
+def _cancel(sweep_dir: Path, env: dict[str, str]) -> None:
+    """Cancel whatever of the sweep is still queued (a failed test leaves nothing behind)."""
+    if (sweep_dir / "jobs.txt").is_file():
+        ids = [j for v in _jobs(sweep_dir).values() for j in v.split()]
+        subprocess.run(["scancel", *ids], env=env, capture_output=True)
+
+
+def _until(what: str, check, timeout: float = 180, every: float = 0.2):
+    """Poll `check()` until it returns something true; return it."""
+    end = time.time() + timeout
+    while not (got := check()):
+        assert time.time() < end, f"{what}: not after {timeout} s"
+        time.sleep(every)
+    return got
+
+
+def _status(sweep_dir: Path, env: dict[str, str]) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "launch/sweep.py", "--status", str(sweep_dir)], env=env, cwd=ROOT,
+                          capture_output=True, text=True, timeout=60)
+
+
+def _status_if(sweep_dir: Path, env: dict[str, str], pattern: str) -> str:
+    """--status's output if it matches `pattern`, else ""."""
+    out = _status(sweep_dir, env).stdout
+    return out if re.search(pattern, out) else ""
+
+
+def _rank(sweep_dir: Path):
+    """The newest training process (rank 0) of the sweep's only run, not its wrapper shell."""
+    import psutil
+
+    ranks = []
+    for proc in psutil.process_iter(["cmdline", "create_time"]):
+        cmd = proc.info["cmdline"] or []
+        if len(cmd) > 1 and cmd[1].endswith("launch/unlearn.py") and any(str(sweep_dir) in word for word in cmd):
+            ranks.append(proc)
+    return max(ranks, key=lambda proc: proc.info["create_time"], default=None)
+
+
+def test_sbatch_sweep_survives_stops_crashes_and_a_lost_node(slurm_env, demo_dir, tmp_path):
+    """One run, max_retries 1, checkpoints every 20 of 80 steps, four faults in a row:
+    1. `scancel --full --signal=TERM` (the batch shell too, as some sites preempt): the run saves, the
+       task requeues itself (--status: queued, PENDING, requeued before) and resumes; no retry counted;
+    2. its rank SIGKILLed (as by the OOM killer): retried 1/1 from its newest checkpoint;
+    3. its node down (scontrol): SLURM requeues it (NODE_FAIL), not a retry; it resumes elsewhere;
+    4. SIGKILLed again: no retry left, lost for good. --status and the report say FAILED with the
+       reason and exit non-zero; the eval jobs (afterany) evaluate every checkpoint the run completed
+       and skip the rest.
+    Before: 1 failed the task (0:15) without a save, 2 failed it for good, and the evals were cancelled."""
+    grid = _one_point_grid(tmp_path, "faults", max_retries=1,
+                           base={"train": {"max_steps": 80, "save_every_n_steps": 20}})
+    _run(["bash", "slurm/sweep.sh", str(grid), *TINY, EVAL, *_demo_overrides(demo_dir)], slurm_env)
+    sweep_dir = tmp_path / "faults"
+    try:
+        jobs = _jobs(sweep_dir)
+        task, eval_ids = f"{jobs['train']}_0", jobs["eval"].split()
+        log = sweep_dir / "logs" / f"train-{task}.out"
+        run = sweep_dir / "runs" / "lr=0.0001"
+        resumed = lambda n: log.exists() and len(re.findall(r"resumed from ", log.read_text())) >= n  # noqa: E731
+        _until("step-20 checkpoint", lambda: (run / "checkpoints" / "step-000020" / "COMPLETE").exists())
+        _run(["scancel", "--full", "--signal=TERM", task], slurm_env)  # 1
+        queued = _until("--status: queued again",
+                        lambda: _status_if(sweep_dir, slurm_env, r"queued .*PENDING.*requeued 1x \(REQUEUED\)"))
+        assert "retried" not in queued and "lost" not in queued, queued
+        _until("resumed after the stop", lambda: resumed(1))
+        saved = int(re.findall(r"preempted at step (\d+): checkpoint saved", log.read_text())[0])
+        assert f"resumed from {run / 'checkpoints' / f'step-{saved:06d}'} at step {saved}" in log.read_text()
+        _until("its rank", lambda: _rank(sweep_dir)).kill()  # 2
+        _until("retried", lambda: resumed(2))
+        node = _run(["squeue", "-h", "-j", task, "-o", "%N"], slurm_env).strip()
+        try:  # 3
+            _run(["scontrol", "update", f"nodename={node}", "state=down", "reason=unlearn-test"], slurm_env)
+            # it answers at once (ReturnToService=2): drained, it gets no job while the killed one's processes end
+            _run(["scontrol", "update", f"nodename={node}", "state=drain", "reason=unlearn-test"], slurm_env)
+            pending = _until("--status after the node went down", lambda: _status_if(sweep_dir, slurm_env, "NODE_FAIL"),
+                             every=0.5)
+            assert re.search(r"(queued|running) .*job \S+ (PENDING|RUNNING).*NODE_FAIL.*retried 1/1", pending), pending
+            _until("restarted elsewhere", lambda: resumed(3), timeout=240)
+        finally:
+            _run(["scontrol", "update", f"nodename={node}", "state=resume"], slurm_env)
+        _until("its rank", lambda: _rank(sweep_dir)).kill()  # 4
+        rows = _wait_done([jobs["train"], *eval_ids, jobs["report"]], slurm_env, timeout=240, expect=2 + len(eval_ids))
+        assert rows[task]["State"] == "FAILED", rows
+        states = _run(["sacct", "-X", "-n", "-P", "-j", task, "-D", "-o", "State"], slurm_env).split()
+        assert states == ["REQUEUED", "REQUEUED", "NODE_FAIL", "FAILED"], states
+        assert (run / "train.retries").read_text().count("\n") == 1
+        assert (run / "train.retries").read_text().startswith("retry 1/1: killed by SIGKILL (exit 137)")
+        status = _status(sweep_dir, slurm_env)
+        assert status.returncode == 1, status.stdout
+        assert re.search(r"lr=0.0001 +FAILED .*NODE_FAIL.*retried 1/1, killed by SIGKILL \(exit 137\)", status.stdout)
+        assert "1 run(s) lost for good" in status.stdout and "pending" not in status.stdout
+        report = (sweep_dir / "report.csv").read_text()
+        assert ",FAILED," in report and "killed by SIGKILL" in report
+        assert "1 run(s) lost for good" in next((sweep_dir / "logs").glob("report-*.out")).read_text()
+        assert rows[jobs["report"]]["State"] == "FAILED"  # the report job exits non-zero too
+        complete = {int(p.parent.name[5:]) for p in (run / "checkpoints").glob("step-*/COMPLETE")}
+        assert 20 in complete and 80 not in complete
+        for job, step in zip(eval_ids, (20, 40, 60, 80)):  # every eval ran once the task was over for good
+            assert rows[job]["State"] == "COMPLETED" and _t(rows[job]["Start"]) >= _t(rows[task]["End"]), rows[job]
+            evaluated = (run / "checkpoints" / f"step-{step:06d}" / "eval.json").is_file()
+            assert evaluated == (step in complete), (step, complete)
+    finally:
+        _cancel(sweep_dir, slurm_env)
 
 
 def _halving_grid(tmp_path: Path, name: str, max_steps: int, every: int) -> Path:
@@ -355,29 +478,50 @@ def test_submitit_halving(slurm_env, demo_dir, tmp_path, executor):
 
 def test_runs_per_gpu_trains_two_grid_points_in_one_allocation(slurm_env, demo_dir, tmp_path):
     """slurm/profiles/local_shared.yaml (runs_per_gpu: 2): a 2-point grid is one array task whose two
-    runs train at once, one single-rank job step each, and each stays under the profile's footprint."""
+    runs train at once, one job step of two single-rank tasks, and each stays under the profile's
+    footprint. One `scancel --full --signal=TERM` to the task reaches both runs: each saves and exits 3
+    (recorded per run), the task is requeued once, and each resumes from its own checkpoint."""
     grid = tmp_path / "two.yaml"
     grid.write_text(yaml.safe_dump({"name": "k2", "output_dir": str(tmp_path), "eval": {"enabled": False},
                                     "profile": "slurm/profiles/local_shared.yaml",
-                                    "base": {"train": {"max_steps": 2, "save_every_n_steps": 0}},
+                                    "base": {"train": {"max_steps": 60, "save_every_n_steps": 4}},
                                     "axes": {"optim.lr": [1e-4, 5e-4]}}))
     _run(["bash", "slurm/sweep.sh", str(grid), *TINY, *_demo_overrides(demo_dir)], slurm_env)
     sweep_dir = tmp_path / "k2"
-    jobs = dict(line.split(" ", 1) for line in (sweep_dir / "jobs.txt").read_text().splitlines())
+    names = ("lr=0.0001", "lr=0.0005")
     try:
+        jobs = _jobs(sweep_dir)
+        task = f"{jobs['train']}_0"  # the array has one task
+        log = sweep_dir / "logs" / f"train-{task}.out"
+        first = [sweep_dir / "runs" / name / "checkpoints" / "step-000004" / "COMPLETE" for name in names]
+        _until("both runs' first checkpoint", lambda: all(path.exists() for path in first))
+        _run(["scancel", "--full", "--signal=TERM", task], slurm_env)
         rows = _wait_done([jobs["train"], jobs["report"]], slurm_env, timeout=240, expect=2)
     finally:
-        subprocess.run(["scancel", jobs["train"], jobs["report"]], env=slurm_env, capture_output=True)
-    task = f"{jobs['train']}_0"
-    assert rows[task]["State"] == "COMPLETED", rows  # the array has one task
+        _cancel(sweep_dir, slurm_env)
+    assert rows[task]["State"] == "COMPLETED", rows
     assert (sweep_dir / "tasks.txt").read_text() == "lr=0.0001 lr=0.0005\n"
-    out = _run(["sacct", "-n", "-P", "-j", task, "-o", "JobID,Start,End,State"], slurm_env)
-    steps = [line.split("|") for line in out.splitlines() if re.fullmatch(r"\d+_0\.\d+", line.split("|")[0])]
-    assert len(steps) == 2 and all(s[3] == "COMPLETED" for s in steps), out
-    (_, start0, end0, _), (_, start1, end1, _) = steps
-    assert _t(start0) < _t(end1) and _t(start1) < _t(end0), out  # the two runs overlapped in time
+    states = _run(["sacct", "-X", "-n", "-P", "-j", task, "-D", "-o", "State"], slurm_env).split()
+    assert states == ["REQUEUED", "COMPLETED"], states  # requeued once for both runs
+    steps = _run(["sacct", "-n", "-P", "-j", task, "-o", "JobID,NTasks"], slurm_env).split()
+    ntasks = [s.split("|")[1] for s in steps if re.fullmatch(r"\d+_0\.\d+\|\d+", s)]
+    assert ntasks and set(ntasks) == {"2"}, steps  # one job step of two tasks, one per run
+    text = log.read_text()
     footprint = yaml.safe_load((ROOT / "slurm/profiles/local_shared.yaml").read_text())["footprint"]
-    for name in ("lr=0.0001", "lr=0.0005"):
-        assert (sweep_dir / "runs" / name / "checkpoints" / "step-000002" / "COMPLETE").is_file()
-        peak = json.loads((sweep_dir / "runs" / name / "footprint.json").read_text())["peak_gib"]
+    resumed = []
+    for name in names:
+        run = sweep_dir / "runs" / name
+        assert f"requeued job {task} restart 0 (run {name}): the run saved after a stop" in text, text[-3000:]
+        step = re.findall(rf"resumed from {re.escape(str(run / 'checkpoints'))}/step-(\d+) at step (\d+)", text)
+        assert len(step) == 1 and step[0][0].lstrip("0") == step[0][1], text[-3000:]
+        resumed.append(int(step[0][1]))
+        assert (run / "train.exit").read_text() == "0\n" and not (run / "train.retries").exists()
+        assert (run / "checkpoints" / "step-000060" / "COMPLETE").is_file()
+        peak = json.loads((run / "footprint.json").read_text())["peak_gib"]
         assert 0.1 < peak <= footprint, (name, peak)
+    # both were training when the stop came: each saved where it was and resumed from there
+    saved = [int(s) for s in re.findall(r"preempted at step (\d+): checkpoint saved", text)]
+    assert sorted(saved) == sorted(resumed) and all(4 <= s < 60 for s in saved), text[-3000:]
+    assert text.count("step      1/60") == 2  # each run started from step 1 once: nothing trained twice
+    status = _status(sweep_dir, slurm_env)
+    assert status.returncode == 0 and status.stdout.count(" done ") == 2, status.stdout

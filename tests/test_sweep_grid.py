@@ -382,3 +382,110 @@ def test_runs_per_gpu_must_fit_the_gpu_before_anything_is_submitted(tmp_path):
         load(grid, [], profile(train={**shipped["train"], "tasks_per_node": 2}))
     with pytest.raises(UserError, match="runs_per_gpu must be >= 1"):
         load(grid, [], profile(runs_per_gpu=0))
+
+
+def test_outcome_requeues_a_stop_retries_a_crash_and_never_a_user_error(tmp_path):
+    """What a training task's end means (unlearn.sweep.outcome), from the exit statuses of its ranks
+    and srun: a save after a stop requeues uncounted; a crash is retried max_retries times, once per
+    job incarnation however many ranks report it; exit 2 and 4 never; train.exit only at the end."""
+    from unlearn.runs import TRAIN_EXIT
+    from unlearn.sweep import outcome
+
+    assert outcome.decide([0, 0], False, 0, 2) == "done"
+    assert outcome.decide([137, 3], False, 2, 2) == "requeue"  # saved: the other rank was ended by srun
+    assert outcome.decide([1], True, 2, 2) == "requeue"  # stopped before it could save (start-up)
+    assert outcome.decide([137], False, 1, 2) == "retry"
+    assert outcome.decide([137], False, 2, 2) == "failed"
+    assert outcome.decide([4, 137], False, 0, 2) == "failed" and outcome.decide([2], True, 0, 2) == "failed"
+    assert outcome.reason(137) == "killed by SIGKILL (exit 137)" and outcome.reason(143).startswith("killed by SIGTERM")
+    assert outcome.reason(4) == "diverged (exit 4)" and outcome.reason(1) == "exit 1"
+
+    run = tmp_path / "runs" / "a"
+    asked = []
+    requeue = lambda: asked.append(1) or True  # noqa: E731
+    assert outcome.conclude(run, [137, 137], False, 1, "7_0 restart 0", requeue) == ("requeued", 137)
+    assert outcome.conclude(run, [1], False, 1, "7_0 restart 0", requeue) == ("requeued", 1)  # another rank, same try
+    assert outcome.retries(run) == ["retry 1/1: killed by SIGKILL (exit 137) (job 7_0 restart 0)"]
+    assert not (run / TRAIN_EXIT).exists() and len(asked) == 2
+    assert outcome.conclude(run, [137], False, 1, "7_0 restart 1", requeue) == ("failed", 137)
+    assert (run / TRAIN_EXIT).read_text() == "137\n" and len(asked) == 2  # no retry left: not requeued
+    assert outcome.conclude(run, [3], True, 1, "7_0 restart 2", lambda: False) == ("failed", 3)  # nobody to requeue
+
+
+def test_status_reads_the_training_task_beside_the_files(tmp_path):
+    """A run's state: the scheduler's word for its task first (queued after a requeue, whatever its
+    files say), then the files: train.exit != 0 or a task that ended for good without the final
+    checkpoint is FAILED (lost), with the retries used and the exit status in words."""
+    from unlearn.runs import TRAIN_EXIT
+    from unlearn.sweep import outcome
+    from unlearn.sweep.queue import Task
+    from unlearn.sweep.report import LOST, run_state
+
+    sweep = load_sweep(_grid(tmp_path, axes={"optim.lr": [1e-4]}))
+    pts = plan(sweep)
+    run = sweep.folder / "runs" / pts[0].name
+    _fake_checkpoint(sweep.folder, pts[0].name, 2, None)
+    assert run_state(sweep, pts[0]) == ("running", "")  # files only: a checkpoint, not the last
+    queued = Task("7_0", "PENDING", "BeginTime", ("NODE_FAIL",))
+    assert run_state(sweep, pts[0], task=queued) == ("queued", "job 7_0 PENDING (BeginTime), requeued 1x (NODE_FAIL)")
+    (run / outcome.RETRIES).write_text("retry 1/2: killed by SIGKILL (exit 137) (job 7_0 restart 0)\n"
+                                       "retry 2/2: exit 1 (job 7_0 restart 1)\n")
+    (run / TRAIN_EXIT).write_text("137\n")
+    failed = Task("7_0", "FAILED", "137:0", ("REQUEUED", "REQUEUED"))
+    assert run_state(sweep, pts[0], task=failed) == (
+        LOST, "job 7_0 FAILED, requeued 2x (REQUEUED, REQUEUED), retried 2/2, killed by SIGKILL (exit 137)")
+    assert run_state(sweep, pts[0], task=queued)[0] == "queued"  # requeued by hand: no longer lost
+    (run / TRAIN_EXIT).unlink()
+    assert run_state(sweep, pts[0], task=Task("7_0", "NODE_FAIL", "0:0"))[0] == LOST  # not requeued
+
+
+def test_outcome_decides_each_run_of_a_shared_task_and_requeues_it_once(tmp_path):
+    """runs_per_gpu: 2: each run of a task is decided from its own exit status, retries are counted per
+    run, the task is requeued once whatever needs it, and a run that ended for good meanwhile is left
+    out of the next incarnation (logs/.requeued-JOB) and reported from its train.exit, not as queued."""
+    from unlearn.runs import TRAIN_EXIT
+    from unlearn.sweep import outcome
+    from unlearn.sweep.queue import Task, task_ids
+    from unlearn.sweep.report import LOST, run_state
+
+    sweep = load_sweep(_grid(tmp_path, axes={"optim.lr": [1e-4, 5e-4, 1e-3]}))
+    pts = plan(sweep, runs_per_task=2)
+    a, b = pts[0].name, pts[1].name
+    (sweep.folder / "jobs.txt").write_text("train 7\n")
+    assert task_ids(sweep.folder, 3) == ["7_0", "7_0", "7_1"]  # the 3rd point is task 1's only run
+    # exits per run from the rank wrappers' lines; srun's status (or 1) for a run that left none
+    assert outcome.task_exits([a, b], [f"{b} 0", f"{a} 137"], 137, 1) == {a: [137], b: [0]}
+    assert outcome.task_exits([a, b], [f"{a} 3"], 0, 1) == {a: [3], b: [1]}
+    assert outcome.task_exits([a], [f"{a} 3", f"{a} 3"], 3, 2) == {a: [3, 3]}  # one run, 2 ranks
+
+    asked = []
+    requeue = lambda kinds: asked.append(kinds) or True  # noqa: E731
+    ends = outcome.conclude_runs(sweep.folder, {a: [137], b: [0]}, False, 1, "7_0 restart 0", requeue)
+    assert ends == {a: ("requeued", 137), b: ("done", 0)} and outcome.verdict(ends) == "requeued"
+    assert asked == [{"retry"}]
+    assert outcome.retries(sweep.folder / "runs" / a) == ["retry 1/1: killed by SIGKILL (exit 137) (job 7_0 restart 0)"]
+    assert not outcome.retries(sweep.folder / "runs" / b)
+    assert not (sweep.folder / "runs" / a / TRAIN_EXIT).exists()
+    assert (sweep.folder / "runs" / b / TRAIN_EXIT).read_text() == "0\n"
+    assert outcome.requeued_runs(sweep.folder, "7_0") == [a]  # the next incarnation trains a only
+    assert outcome.requeued_runs(sweep.folder, "7_1") is None
+
+    ends = outcome.conclude_runs(sweep.folder, {a: [137]}, False, 1, "7_0 restart 1", requeue)
+    assert ends == {a: ("failed", 137)} and outcome.verdict(ends) == "failed" and len(asked) == 1  # none left
+    assert (sweep.folder / "runs" / a / TRAIN_EXIT).read_text() == "137\n"
+    assert outcome.requeued_runs(sweep.folder, "7_0") is None  # ended for good: a rerun trains both
+
+    for name in (a, b):
+        (sweep.folder / "runs" / name / TRAIN_EXIT).unlink()
+    ends = outcome.conclude_runs(sweep.folder, {a: [3], b: [3]}, True, 1, "7_0 restart 2", requeue)
+    assert outcome.verdict(ends) == "requeued" and asked[-1] == {"requeue"} and len(asked) == 2  # once
+    assert outcome.requeued_runs(sweep.folder, "7_0") is None  # both go on: nothing left out
+
+    ends = outcome.conclude_runs(sweep.folder, {a: [3], b: [2]}, True, 1, "7_0 restart 3", requeue)
+    assert ends == {a: ("requeued", 3), b: ("failed", 2)} and outcome.requeued_runs(sweep.folder, "7_0") == [a]
+    queued = Task("7_0", "PENDING", "BeginTime", ("REQUEUED",))
+    assert run_state(sweep, pts[1], task=queued)[0] == LOST  # b: user error, though its task is queued again
+    assert run_state(sweep, pts[0], task=queued)[0] == "queued"
+    assert outcome.conclude_runs(sweep.folder, {a: [3]}, True, 1, "7_0 restart 4", lambda kinds: False) == {
+        a: ("failed", 3)}  # nobody to requeue
+    assert outcome.requeued_runs(sweep.folder, "7_0") is None

@@ -11,6 +11,7 @@
                                        # default with --suite tofu: tofu/forget_quality vs tofu/model_utility
     search: halving                    # grid (default: every point runs to the end) | halving
     halving: {eta: 2, min_rounds: 1}   # successive halving after each eval round (unlearn.sweep.halving)
+    max_retries: 2                     # retries of a crashed training task (default: the profile's)
 
 Folder layout (`plan` writes it; launchers and `status` read it; nothing here talks to SLURM):
 
@@ -46,7 +47,7 @@ from unlearn.errors import UserError
 from unlearn.runs import COMPLETE, EVAL_ERROR, evaluated, step_dir
 
 SWEEP_KEYS = {"name", "output_dir", "ds_config", "profile", "base", "base_configs", "axes", "eval", "report",
-              "select", "search", "halving"}
+              "select", "search", "halving", "max_retries"}
 SWEEP_PREFIX = "sweep."
 """Command-line overrides under this prefix set sweep keys (sweep.output_dir=/tmp/s); others patch `base`."""
 
@@ -109,6 +110,8 @@ class Sweep:
     search: str = "grid"
     """grid | halving (SEARCHES)."""
     halving: HalvingSpec = field(default_factory=HalvingSpec)
+    max_retries: int | None = None
+    """Retries of a training task that crashed (unlearn.sweep.outcome); None = the cluster profile's."""
 
     @property
     def folder(self) -> Path:
@@ -179,7 +182,8 @@ def load_sweep(path: str | Path, overrides: list[str] | None = None) -> Sweep:
                   base=base, axes=tuple((k, tuple(v)) for k, v in axes.items()),
                   eval_args=tuple(str(a) for a in ev.get("args") or ()),
                   eval_enabled=ev.get("enabled", True), report=report_spec, select=_select_spec(raw.get("select")),
-                  search=str(raw.get("search") or "grid"), halving=_halving_spec(raw.get("halving")))
+                  search=str(raw.get("search") or "grid"), halving=_halving_spec(raw.get("halving")),
+                  max_retries=_max_retries(raw.get("max_retries")))
     pts = points(sweep)  # validate every grid point now, not in a job an hour later
     _check_search(sweep, pts)
     return sweep
@@ -203,6 +207,16 @@ def _default_report(eval_args: list[str]) -> dict:
     from unlearn.eval.job import tofu_utility_metric  # torch-free
 
     return {**TOFU_REPORT, "utility_metric": tofu_utility_metric((_flag_values(eval_args, "--tofu_data") or [""])[-1])}
+
+
+def _max_retries(raw: Any) -> int | None:
+    if raw is None:
+        return None
+    if isinstance(raw, bool) or not isinstance(raw, int) or raw < 0:
+        raise UserError(f"sweep key 'max_retries' must be an integer >= 0, got {raw!r}")
+    return raw
+
+
 def _halving_spec(raw: Any) -> HalvingSpec:
     try:
         spec = HalvingSpec(**(raw or {}))
@@ -356,7 +370,8 @@ def sweep_dict(sweep: Sweep) -> dict[str, Any]:
             "eval": {"args": list(sweep.eval_args), "enabled": sweep.eval_enabled}, "report": dict(sweep.report.__dict__),
             "select": dict(sweep.select.__dict__),
             # only for halving, so the resolved sweep.yaml of a plain grid stays as it was
-            **({"search": sweep.search, "halving": dict(sweep.halving.__dict__)} if sweep.search != "grid" else {})}
+            **({"search": sweep.search, "halving": dict(sweep.halving.__dict__)} if sweep.search != "grid" else {}),
+            **({"max_retries": sweep.max_retries} if sweep.max_retries is not None else {})}
 
 
 def open_sweep(folder: str | Path) -> tuple[Sweep, list[Point]]:

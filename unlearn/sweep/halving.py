@@ -11,7 +11,7 @@ rule and, from round `min_rounds` on (never after the last round), the worst sto
 ceil(n / eta), at least `min_points`, go on. A point whose eval failed is not ranked and goes on;
 a run that ended is out.
 
-Evaluation while training: on SLURM a halving sweep's eval jobs are submitted held, not `afterok` on
+Evaluation while training: on SLURM a halving sweep's eval jobs are submitted held, not `afterany` on
 their run; the training task releases each as soon as its checkpoint is written (`watch`), and the
 rest when it ends. (The local executor starts each eval once its checkpoint is written.)
 

@@ -1,4 +1,5 @@
-"""The submitit job classes of a sweep: one per grid point (train), per checkpoint (eval), one report.
+"""The submitit job classes of a sweep: one per array task (train: one grid point, or K with runs_per_gpu:
+K), one per checkpoint (eval), one report.
 
 Each runs a launch/ script as a child process in the checkout, so a job sees exactly what a user's
 command line would. `TrainJob.checkpoint` is submitit's requeue hook: on preemption or near the time
@@ -13,37 +14,47 @@ import subprocess
 import sys
 from pathlib import Path
 
-from unlearn.errors import EXIT_REQUEUE
-
 ROOT = Path(__file__).resolve().parents[2]
 """The checkout: jobs run its launch/ scripts with it as the working directory."""
 
 
 class TrainJob:
-    """One grid point, or several sharing the allocation's GPU (cluster profile runs_per_gpu: `name`
-    is then their list, each trained as a single-rank process at once; unlearn.sweep.colocate).
-    Runs training as child processes so a preemption can stop them at a step boundary."""
+    """One grid point, or several sharing the allocation's GPU (cluster profile runs_per_gpu: `name` is
+    then their list, each trained as a single-rank process at once; unlearn.sweep.colocate). Runs
+    training as child processes so a preemption can stop them at a step boundary.
 
-    def __init__(self, sweep_dir: str, name: str | list[str], ds_config: str):
-        self.sweep_dir, self.name, self.ds_config = sweep_dir, name, ds_config
-        self._procs: list[subprocess.Popen] = []
+    Stops: submitit's preemption signal (USR2, also what a stop sent to the batch shell becomes:
+    submit.TRAIN_SETUP) makes `checkpoint` ask every run to save and submitit requeue the job. A SIGTERM
+    is passed on to every run (proctrack/cgroup signals only this process, the step's task); they save
+    and exit 3, and without submitit's signal this job requeues itself. Other failures are retried up
+    to `max_retries` times per run. unlearn.sweep.outcome decides for each run, as for
+    slurm/train-task.sh; the job is requeued once if any run needs it, and trains only those again.
+    """
+
+    def __init__(self, sweep_dir: str, name: str | list[str], ds_config: str, max_retries: int = 2):
+        self.sweep_dir, self.name, self.ds_config, self.max_retries = sweep_dir, name, ds_config, max_retries
+        self._procs: dict[str, subprocess.Popen] = {}
+        self._job = ""  # this incarnation, as outcome names it: "12_3 restart 1"
+
+    @property
+    def names(self) -> list[str]:
+        return [self.name] if isinstance(self.name, str) else list(self.name)
 
     def __getstate__(self) -> dict:
         return {k: v for k, v in self.__dict__.items() if k != "_procs"}  # a process does not pickle
 
     def __setstate__(self, state: dict) -> None:
-        self.__dict__.update(state, _procs=[])
+        self.__dict__.update(state, _procs={})
 
     def __call__(self) -> str:
         import submitit  # only inside a submitit job
 
-        from unlearn.runs import TRAIN_EXIT
+        from unlearn.errors import EXIT_REQUEUE
+        from unlearn.sweep import outcome, queue
 
-        names = [self.name] if isinstance(self.name, str) else list(self.name)
-        for name in names:
-            (Path(self.sweep_dir) / "runs" / name / TRAIN_EXIT).unlink(missing_ok=True)  # running (again)
+        sweep = Path(self.sweep_dir)
         watcher = None
-        if _halving(Path(self.sweep_dir)) and os.environ.get("SUBMITIT_EXECUTOR") == "slurm":
+        if _halving(sweep) and os.environ.get("SUBMITIT_EXECUTOR") == "slurm":
             import threading
 
             from unlearn.sweep import halving
@@ -52,45 +63,99 @@ class TrainJob:
             watcher = threading.Thread(target=halving.watch, args=(self.sweep_dir, self.name), daemon=True)
             watcher.start()
         job = submitit.JobEnvironment()
-        if len(names) == 1:  # one distributed run over the allocation
+        on_slurm = os.environ.get("SUBMITIT_EXECUTOR") == "slurm"
+        restart = int(os.environ.get("SLURM_RESTART_COUNT", "0"))
+        while True:
+            self._job = f"{job.job_id} restart {restart}"
+            names = outcome.requeued_runs(sweep, job.job_id) or self.names  # the others ended for good
+            codes, stopped = self._run(names, job)
+            if job.global_rank and all(rc in (0, EXIT_REQUEUE) for rc in codes.values()):
+                # rank 0 speaks for a run that ended or saved; a crash, any rank that sees it (the
+                # others may wait in a collective)
+                ends = {name: ("requeued" if rc else "done", rc) for name, rc in codes.items()}
+                break
+            ends = outcome.conclude_runs(sweep, {name: [rc] for name, rc in codes.items()}, stopped,
+                                         self.max_retries, self._job,
+                                         lambda kinds: queue.requeue(job.job_id) if on_slurm else kinds == {"retry"})
+            if outcome.verdict(ends) != "requeued" or on_slurm:
+                break
+            restart += 1  # the local executor has no scheduler to requeue it: run them again here
+        if outcome.verdict(ends) == "requeued":
+            raise SystemExit(max(rc for _, rc in ends.values()))  # no result: the job runs again
+        _halving_after_run(sweep, watcher)
+        failed = [f"run {name} failed: {outcome.reason(rc)}; {len(outcome.retries(sweep / 'runs' / name))} of "
+                  f"{self.max_retries} retries used" for name, (what, rc) in ends.items() if what == "failed"]
+        if failed:
+            raise RuntimeError("; ".join(failed))
+        return self.name if isinstance(self.name, str) else " ".join(self.names)
+
+    def _run(self, names: list[str], job) -> tuple[dict[str, int], bool]:
+        """({run: exit status}, whether a SIGTERM came meanwhile) of the training processes of `names`:
+        one rank of a distributed run over the allocation, or K single-rank runs on this host."""
+        from unlearn.runs import TRAIN_EXIT
+
+        if len(self.names) == 1:
             addr = _node_addr(job.hostnames[0]) if job.num_nodes > 1 else "127.0.0.1"
             ranks = [{"RANK": str(job.global_rank), "LOCAL_RANK": str(job.local_rank),
                       "WORLD_SIZE": str(job.num_tasks), "MASTER_ADDR": addr, "MASTER_PORT": str(_port(job.job_id))}]
-        else:  # K single-rank runs on this host, a free rendezvous port each
+        else:  # a free rendezvous port each
             ranks = [{"RANK": "0", "LOCAL_RANK": "0", "WORLD_SIZE": "1", "MASTER_ADDR": "127.0.0.1",
-                      "MASTER_PORT": str(_free_port())} for _ in names]
+                      "MASTER_PORT": str(port)} for port in free_ports(len(names))]
+        stops: list[int] = []
+
+        def relay(signum, frame) -> None:
+            stops.append(signum)
+            for proc in self._procs.values():
+                if proc.poll() is None:
+                    proc.send_signal(signum)
+
+        previous = signal.signal(signal.SIGTERM, relay)  # instead of submitit's, which only logs it
+        self._procs = {}
         for name, rank_env in zip(names, ranks):
+            (Path(self.sweep_dir) / "runs" / name / TRAIN_EXIT).unlink(missing_ok=True)  # running (again)
             cmd = [sys.executable, str(ROOT / "launch" / "unlearn.py"), "--ds_config", self.ds_config,
                    "--config", str(Path(self.sweep_dir) / "configs" / f"{name}.yaml"), "--resume", "auto",
                    "--no_report"]
             # SIG_IGN survives exec: submitit's preemption signal (USR2) is for this process, which then
-            # asks the children to save with USR1 (see checkpoint); SIGTERM reaches them directly.
-            self._procs.append(subprocess.Popen(cmd, cwd=ROOT, env={**os.environ, **rank_env},
-                                                preexec_fn=lambda: signal.signal(signal.SIGUSR2, signal.SIG_IGN)))
-        codes = [proc.wait() for proc in self._procs]
-        if len(names) == 1 and codes[0] != EXIT_REQUEUE:
-            _halving_after_run(Path(self.sweep_dir), self.name, codes[0], watcher)
-        if EXIT_REQUEUE in codes:
-            raise RuntimeError(f"run(s) {', '.join(names)} were preempted (saved, exit {EXIT_REQUEUE}) without "
-                               "submitit's signal")
-        failed = [f"{n} (exit {rc})" for n, rc in zip(names, codes) if rc]
-        if failed:
-            raise RuntimeError(f"run {', '.join(failed)} failed")
-        return self.name if isinstance(self.name, str) else " ".join(names)
+            # asks the children to save with USR1 (see checkpoint).
+            self._procs[name] = subprocess.Popen(cmd, cwd=ROOT, env={**os.environ, **rank_env},
+                                                 preexec_fn=lambda: signal.signal(signal.SIGUSR2, signal.SIG_IGN))
+        codes = {name: proc.wait() for name, proc in self._procs.items()}
+        signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGUSR2})  # too late for submitit's requeue now
+        signal.signal(signal.SIGTERM, previous)
+        return {name: _shell_status(rc) for name, rc in codes.items()}, bool(stops)
 
     def checkpoint(self):
-        """On preemption/timeout: let the runs save at their next step, then resubmit (they resume)."""
+        """On preemption/timeout: let every run save at its next step, then resubmit (they resume). Runs
+        that ended for good before are recorded so (the next incarnation leaves them out)."""
         import submitit
 
-        for proc in self._procs:
+        from unlearn.sweep import outcome
+
+        for proc in self._procs.values():
             if proc.returncode is None:
                 proc.send_signal(signal.SIGUSR1)  # a no-op if SIGTERM already asked it to save
-        for proc in self._procs:
-            if proc.returncode is None:
-                # Wait for the exit without reaping: we run inside a signal handler that interrupted
-                # proc.wait() in __call__, which holds Popen's waitpid lock (proc.wait() would deadlock).
-                os.waitid(os.P_PID, proc.pid, os.WEXITED | os.WNOWAIT)
-        return submitit.helpers.DelayedSubmission(TrainJob(self.sweep_dir, self.name, self.ds_config))
+        codes = {name: _exit_status(proc) for name, proc in self._procs.items()}
+        if len(self.names) > 1 and codes:
+            ends = outcome.conclude_runs(Path(self.sweep_dir), {name: [rc] for name, rc in codes.items()}, True,
+                                         self.max_retries, self._job, lambda kinds: True)
+            if outcome.verdict(ends) != "requeued":
+                return None  # every run ended for good meanwhile: nothing to requeue (submitit ends the job)
+        return submitit.helpers.DelayedSubmission(TrainJob(self.sweep_dir, self.name, self.ds_config,
+                                                           self.max_retries))
+
+
+def _shell_status(rc: int) -> int:
+    return 128 - rc if rc < 0 else rc  # Popen's -N for killed by signal N -> 128 + N, as a shell says
+
+
+def _exit_status(proc: subprocess.Popen) -> int:
+    """A child's exit status once it ended, without reaping it: we run inside a signal handler that
+    interrupted proc.wait() in __call__, which holds Popen's waitpid lock (proc.wait() would deadlock)."""
+    if proc.returncode is not None:
+        return _shell_status(proc.returncode)
+    info = os.waitid(os.P_PID, proc.pid, os.WEXITED | os.WNOWAIT)
+    return info.si_status if info.si_code == os.CLD_EXITED else 128 + info.si_status
 
 
 class EvalJob:
@@ -101,11 +166,11 @@ class EvalJob:
         self.ckpt, self.args = ckpt, list(args)  # not `checkpoint`: that name is submitit's requeue hook
 
     def __call__(self) -> str:
+        from unlearn.runs import COMPLETE
         from unlearn.sweep import halving
 
-        why = halving.skip_eval(self.ckpt)  # halving stopped the run before this checkpoint
-        if why:
-            print(why, flush=True)
+        if not (Path(self.ckpt) / COMPLETE).is_file():  # afterany: the run is over and never completed it
+            print(halving.skip_eval(self.ckpt) or f"skipped {self.ckpt}: the run never completed it", flush=True)
             return self.ckpt
         cmd = [sys.executable, str(ROOT / "launch" / "evaluate.py"), self.ckpt, *self.args]
         rc = subprocess.run(cmd, cwd=ROOT).returncode
@@ -139,16 +204,13 @@ def _halving(sweep_dir: Path) -> bool:
     return "search: halving" in (sweep_dir / "sweep.yaml").read_text().splitlines()
 
 
-def _halving_after_run(sweep_dir: Path, name: str, rc: int, watcher) -> None:
-    """A run that is over (not requeued), in a search: halving sweep: record its exit status
-    (runs/NAME/train.exit), let the watcher release the eval jobs still held, decide the rounds
-    the run no longer holds up."""
-    from unlearn.runs import TRAIN_EXIT
+def _halving_after_run(sweep_dir: Path, watcher) -> None:
+    """A run that is over (not requeued), in a search: halving sweep: let the watcher release the eval
+    jobs still held (outcome.conclude wrote runs/NAME/train.exit), decide the rounds the run no longer
+    holds up."""
     from unlearn.sweep import halving
 
     if _halving(sweep_dir):
-        (sweep_dir / "runs" / name).mkdir(parents=True, exist_ok=True)
-        (sweep_dir / "runs" / name / TRAIN_EXIT).write_text(f"{rc}\n")
         if watcher is not None:
             watcher.join()
         halving.decide(sweep_dir)
@@ -163,12 +225,19 @@ def _node_addr(node: str) -> str:
     return node
 
 
-def _free_port() -> int:
+def free_ports(count: int) -> list[int]:
+    """`count` distinct free ports on this host (all bound at once, then released); slurm/train-task.sh
+    asks for its K runs' rendezvous ports here too."""
     import socket
 
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+    socks = [socket.socket() for _ in range(count)]
+    try:
+        for sock in socks:
+            sock.bind(("127.0.0.1", 0))
+        return [sock.getsockname()[1] for sock in socks]
+    finally:
+        for sock in socks:
+            sock.close()
 
 
 def _port(job_id: str) -> int:

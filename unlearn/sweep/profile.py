@@ -50,6 +50,10 @@ class Profile:
     """Memory of one GPU of the training nodes, GiB (checked against runs_per_gpu x footprint)."""
     footprint: str = ""
     """Memory one run needs, measured: GiB, or a footprint.json a run wrote (runs/<name>/footprint.json)."""
+    max_retries: int = 2
+    """Times a training task that failed other than by a stop (a rank killed, a traceback) is requeued
+    to resume from its newest complete checkpoint; a grid's `max_retries:` overrides it. Stops
+    (preemption, time limit) requeue without limit; user errors and divergence stops never."""
     train: Resources = field(default_factory=Resources)
     """Resources of one training job (one grid point)."""
     eval: Resources = field(default_factory=Resources)
@@ -102,7 +106,7 @@ def sbatch_args(profile: Profile, kind: str) -> list[str]:
         args.append(f"--gpus-per-node={res.gpus_per_node}")
     if res.mem_gb:
         args.append(f"--mem={res.mem_gb}G")
-    if kind == "train":  # warn before the limit; requeue keeps the job id (afterok still holds)
+    if kind == "train":  # warn before the limit; requeue keeps the job id (its evals' afterany waits on)
         args += [f"--signal=USR1@{profile.signal_delay_s}", "--requeue", "--open-mode=append"]
     return args
 

@@ -10,8 +10,8 @@ from collections import Counter
 from pathlib import Path
 
 from unlearn.errors import UserError
-from unlearn.runs import COMPLETE, evaluated, step_dir
-from unlearn.sweep import halving, queue, select
+from unlearn.runs import COMPLETE, TRAIN_EXIT, evaluated, step_dir
+from unlearn.sweep import halving, outcome, queue, select
 from unlearn.sweep.grid import Point, ReportSpec, Sweep, checkpoint_steps, open_sweep, run_status
 from unlearn.sweep.select import pareto_front
 
@@ -20,29 +20,86 @@ HPARAMS_DIR = "hparams"
 
 
 def status_table(sweep: Sweep, pts: list[Point]) -> str:
-    """One line per run: state, newest checkpoint, its evals by state (done, running, pending in the
-    queue, waiting to be submitted, failed), newest eval metrics; then every failed eval with its reason."""
+    """One line per run: state (the files' and the scheduler's), newest checkpoint, its evals by state
+    (done, running, pending in the queue, waiting to be submitted, failed), its training job, newest eval
+    metrics; then every run lost for good and every failed eval, with the reason."""
     spec = sweep.report
     jobs, note = queue.eval_jobs(sweep.folder)
-    lines = [f"sweep {sweep.folder}  ({len(pts)} runs)" + (f"  [{note}]" if note and sweep.eval_enabled else "")]
+    tasks, task_note = queue.train_tasks(sweep.folder, len(pts))
+    notes = [n for n in (task_note, note if sweep.eval_enabled else "") if n]
+    lines = [f"sweep {sweep.folder}  ({len(pts)} runs)" + (f"  [{'; '.join(dict.fromkeys(notes))}]" if notes else "")]
     stopped = halving.stopped_at(sweep.folder)
-    for p in pts:
+    lost = []
+    for p, task in zip(pts, tasks):
         st = run_status(sweep, p)
         shown = {k: v for k, v in st.latest_eval.items() if k in (spec.forget_metric, spec.utility_metric)}
         shown = shown or dict(list(st.latest_eval.items())[:4])
         metrics = " ".join(f"{k}={v:.4g}" for k, v in shown.items()) or "-"
         counts = Counter(state for state, _ in eval_states(sweep, p, st, jobs).values())
         states = ", ".join(f"{counts[s]} {s.upper() if s == 'failed' else s}" for s in EVAL_STATES if counts[s])
-        state = "stopped" if p.name in stopped and st.state != "done" else st.state
+        state, job = run_state(sweep, p, st, task)
         cut = f" STOPPED r{stopped[p.name]}" if p.name in stopped else ""
         lines.append(f"{p.name:<40} {state:<8} step {st.step:>5}/{st.max_steps:<5} "
-                     f"evals {st.evaluated}/{st.checkpoints}{f' ({states})' if states else ''}{cut}  {metrics}")
+                     f"evals {st.evaluated}/{st.checkpoints}{f' ({states})' if states else ''}{cut}"
+                     f"{f'  [{job}]' if job else ''}  {metrics}")
+        if state == LOST:
+            lost.append(f"  {p.name}: {job}")
+    if lost:
+        lines.append(f"{len(lost)} run(s) lost for good (their complete checkpoints are still evaluated; "
+                     "rerun: python launch/unlearn.py --resume ... or resubmit the sweep):")
+        lines += lost
     failures = failed_evals(sweep, pts, jobs)
     if failures:
         lines.append(f"{len(failures)} failed eval(s) (eval.error beside the checkpoint, or the job's "
                      "SLURM state; rerun: python launch/evaluate.py CHECKPOINT ...):")
         lines += [f"  {run} step {step}: {reason}" for run, step, reason in failures]
     return "\n".join(lines + halving.status_lines(sweep.folder))
+
+
+LOST = "FAILED"
+"""The run state of a run whose training task ended for good without its final checkpoint."""
+
+
+def run_state(sweep: Sweep, p: Point, st=None, task: queue.Task | None = None) -> tuple[str, str]:
+    """(state, what its training job says). state: done | stopped (halving) | ended (stopped early
+    by itself) | FAILED (its task ended for good without the final checkpoint: lost) | queued |
+    running | pending (no checkpoint and nothing known of a job). The job part: the scheduler's word
+    for the current incarnation and the earlier ones, the retries used, the exit status in words."""
+    st = st or run_status(sweep, p)
+    run_dir = sweep.folder / "runs" / p.name
+    exit_file = run_dir / TRAIN_EXIT
+    rc = int(exit_file.read_text()) if exit_file.is_file() else None
+    said = [task.describe(detail=not rc)] if task else []  # sacct's exit code of a batch script is no clue
+    tries = outcome.retries(run_dir)
+    if tries:
+        said.append(tries[-1].split(":")[0].replace("retry", "retried"))
+    if rc:
+        said.append(outcome.reason(rc))
+    # runs_per_gpu: K: a run that ended for good while its task was requeued for another run of it
+    left = outcome.requeued_runs(sweep.folder, task.job) if task and rc is not None else None
+    live = task is not None and (left is None or p.name in left)
+    if st.state == "done":
+        state = "done"
+    elif p.name in halving.stopped_at(sweep.folder):
+        state = "stopped"
+    elif live and task.state in ("PENDING", "REQUEUED", "SUSPENDED", "RESIZING"):
+        state = "queued"  # the scheduler's word first: a requeued task's files still say how it ended
+    elif live and task.state in ("RUNNING", "COMPLETING", "CONFIGURING"):
+        state = "running"
+    elif rc or (rc is None and task and task.state in queue.LOST):
+        state = LOST
+    elif rc == 0 or (task and task.state == "COMPLETED"):
+        state = "ended"
+    else:
+        state = st.state
+    return state, ", ".join(said)
+
+
+def lost_runs(sweep: Sweep, pts: list[Point]) -> list[tuple[str, str]]:
+    """(run, what its job says) of every run lost for good."""
+    tasks, _ = queue.train_tasks(sweep.folder, len(pts))
+    return [(p.name, job) for p, task in zip(pts, tasks) for state, job in [run_state(sweep, p, task=task)]
+            if state == LOST]
 
 
 EVAL_STATES = ("done", "running", "pending", "waiting", "skipped", "failed")
@@ -86,15 +143,17 @@ def _chosen(sweep: Sweep, folder: Path):
 
 
 def write_report(sweep: Sweep, pts: list[Point]) -> tuple[Path, Path | None]:
-    """report.csv (every run: axes, state, newest eval metrics, the checkpoint its select: rule
-    chooses), report.png (the chosen checkpoint marked), best.json, and HParams sessions holding
-    each run's chosen checkpoint's metrics."""
+    """report.csv (every run: axes, state and what its training job says (see `run_state`), newest eval
+    metrics, the checkpoint its select: rule chooses), report.png (the chosen checkpoint marked),
+    best.json, and HParams sessions holding each run's chosen checkpoint's metrics."""
     rows = []
-    for p in pts:
+    tasks, _ = queue.train_tasks(sweep.folder, len(pts))
+    for p, task in zip(pts, tasks):
         st = run_status(sweep, p)
         run_dir = sweep.folder / "runs" / p.name
         own = _chosen(sweep, run_dir) if run_dir.is_dir() else None
-        rows.append({"run": p.name, **{k: v for k, v in p.values.items()}, "state": st.state,
+        state, job = run_state(sweep, p, st, task)
+        rows.append({"run": p.name, **{k: v for k, v in p.values.items()}, "state": state, "job": job,
                      "step": st.step, "eval_step": st.eval_step, "chosen_step": own[0].step if own else "",
                      **st.latest_eval})
         _write_hparams(sweep, p, own[0].metrics if own else st.latest_eval)
@@ -211,7 +270,11 @@ def report_folder(sweep_dir: str) -> Path:
     sweep, pts = open_sweep(sweep_dir)
     csv_path, png = write_report(sweep, pts)
     print(f"wrote {csv_path}" + (f" and {png}" if png else " (no plot: report metrics not evaluated yet)"))
-    failures = failed_evals(sweep, pts)
+    lost, failures = lost_runs(sweep, pts), failed_evals(sweep, pts)
+    if lost:
+        run, job = lost[0]
+        raise UserError(f"{len(lost)} run(s) lost for good, e.g. {run}: {job}; "
+                        f"see python launch/sweep.py --status {sweep_dir}")
     if failures:
         run, step, reason = failures[0]
         raise UserError(f"{len(failures)} eval(s) failed, e.g. {run} step {step}: {reason}; "

@@ -27,6 +27,18 @@ def load(grid: str, overrides: list[str], profile: str = ""):
     return sweep, prof, plan(sweep, prof.runs_per_gpu)
 
 
+TRAIN_SETUP = [f"source {shlex.quote(str(ROOT / 'slurm' / 'detach.sh'))}",
+               "relay_stops USR2   # a stop sent to this shell goes on to submitit's handler: save, requeue",
+               'srun() { detached_srun "$@"; }   # the srun below runs detached from this shell (detach.sh)']
+"""Lines submitit puts before its `srun ... submitit.core._submit` in a training job's batch script, as
+slurm/train-task.sh does for the sbatch route: a stop sent to the batch step reaches the run."""
+
+
+def retries_of(sweep, prof) -> int:
+    """The grid's max_retries, else the cluster profile's."""
+    return prof.max_retries if sweep.max_retries is None else sweep.max_retries
+
+
 def submit(grid: str, overrides: list[str], *, executor_kind: str = "slurm", profile: str = "",
            wait: bool = False) -> None:
     """Submit the grid: one job array of runs, an eval job per checkpoint, a report job after them."""
@@ -40,16 +52,20 @@ def submit(grid: str, overrides: list[str], *, executor_kind: str = "slurm", pro
         params = submitit_params(prof, kind)
         if executor_kind != "slurm":  # the local executor knows no SLURM options
             params = {k: v for k, v in params.items() if not k.startswith("slurm_")}
-        elif dependency == "hold":  # search: halving: TrainJob releases it once its checkpoint is written
-            params["slurm_additional_parameters"] = {"hold": True}
-        elif dependency:
-            params["slurm_additional_parameters"] = {"dependency": dependency}
+        else:
+            if kind == "train":
+                params["slurm_setup"] = TRAIN_SETUP
+            if dependency == "hold":  # search: halving: TrainJob releases it once its checkpoint is written
+                params["slurm_additional_parameters"] = {"hold": True}
+            elif dependency:
+                params["slurm_additional_parameters"] = {"dependency": dependency}
         executor.update_parameters(name=name or f"{sweep.name}-{kind}", **params)
 
     configure("train")
     tasks = colocate.groups([p.name for p in pts], prof.runs_per_gpu)
     with executor.batch():  # one job array
-        task_jobs = [executor.submit(TrainJob(folder, g[0] if len(g) == 1 else g, sweep.ds_config)) for g in tasks]
+        task_jobs = [executor.submit(TrainJob(folder, g[0] if len(g) == 1 else g, sweep.ds_config,
+                                              retries_of(sweep, prof))) for g in tasks]
     train_jobs = [task_jobs[p.index // prof.runs_per_gpu] for p in pts]  # per point: the task that trains it
     if executor_kind == "local" and sweep.search == "halving":  # evals as checkpoints appear
         _local_halving(sweep, prof, pts, train_jobs, executor, configure)
@@ -61,7 +77,7 @@ def submit(grid: str, overrides: list[str], *, executor_kind: str = "slurm", pro
               for step in (checkpoint_steps(p.config) if sweep.eval_enabled else [])]
 
     def submit_eval(p, tj, step):
-        configure("eval", "hold" if sweep.search == "halving" else f"afterok:{tj.job_id}", f"eval-{p.name}-{step}")
+        configure("eval", "hold" if sweep.search == "halving" else f"afterany:{tj.job_id}", f"eval-{p.name}-{step}")
         ckpt = str(sweep.folder.resolve() / "runs" / p.name / "checkpoints" / f"step-{step:06d}")
         return executor.submit(EvalJob(ckpt, list(sweep.eval_args)))
 
@@ -138,6 +154,6 @@ def plan_shell(grid: str, overrides: list[str], profile: str = "") -> None:
               "PARALLEL": str(prof.array_parallelism or n_tasks), "DS_CONFIG": sweep.ds_config,
               "SWEEP_NAME": sweep.name, "TRAIN_SBATCH": " ".join(sbatch_args(prof, "train")),
               "EVAL_SBATCH": " ".join(sbatch_args(prof, "eval")), "EVAL_ARGS": " ".join(sweep.eval_args),
-              "HALVING": "1" if sweep.search == "halving" else "0"}
+              "HALVING": "1" if sweep.search == "halving" else "0", "MAX_RETRIES": str(retries_of(sweep, prof))}
     for key, value in values.items():
         print(f"{key}={shlex.quote(value)}")

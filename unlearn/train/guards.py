@@ -16,6 +16,7 @@ skip the step on every rank.
 from __future__ import annotations
 
 import math
+import os
 import signal
 from pathlib import Path
 
@@ -28,17 +29,21 @@ PREEMPTION_SIGNALS = (signal.SIGUSR1, signal.SIGTERM)
 
 
 class Preemption:
-    """Records a preemption signal; the loop saves at the next step boundary and exits EXIT_REQUEUE.
+    """Records a stop: a preemption signal, or the `deepspeed` command above this rank gone. The loop
+    saves at the next step boundary and exits EXIT_REQUEUE.
 
-    The flag is shared over ranks, so a signal that reaches one rank stops all of them at the same
+    The flag is shared over ranks, so a stop that reaches one rank stops all of them at the same
     step, and the deepspeed launcher then exits 3 as well. A SIGTERM to the launcher's whole process
-    group (scancel, SLURM signalling the step) still gets the checkpoint saved (its per-node agent
-    passes SIGTERM on to the ranks and waits 30 s), but the `deepspeed` command itself dies of the
-    signal (status 143), not 3: requeue-on-3 needs the signal sent to the ranks, or srun/torchrun.
+    group (Ctrl-C, SLURM signalling a step) reaches the ranks directly. A SIGTERM to the `deepspeed`
+    command alone does not: DeepSpeed's runner (deepspeed/launcher/runner.py) has no handler on one
+    node and dies of it (status 143) while its per-node agent and the ranks would train on, orphaned;
+    `Launcher` notices that at the next step boundary and stops the run as if the signal had come.
     """
 
     def __init__(self):
         self.signum = 0
+        self.reason = ""
+        self._launcher = Launcher.above(os.getpid())
         self._previous = {sig: signal.signal(sig, self._handle) for sig in PREEMPTION_SIGNALS}
 
     def _handle(self, signum, frame) -> None:
@@ -46,12 +51,49 @@ class Preemption:
 
     @property
     def requested(self) -> bool:
-        return self.signum != 0
+        if self.signum:
+            self.reason = self.reason or signal.Signals(self.signum).name
+        elif self._launcher is not None and not self._launcher.alive():
+            self.reason = self.reason or f"the deepspeed command (pid {self._launcher.runner_pid}) is gone"
+        return bool(self.reason)
 
     def restore(self) -> None:
         """Put back the handlers that were there before (in-process callers, tests)."""
         for sig, handler in self._previous.items():
             signal.signal(sig, handler)
+
+
+class Launcher:
+    """The `deepspeed` command above a rank: its runner process, and the per-node agent
+    (deepspeed.launcher.launch) between them, which is the rank's parent."""
+
+    AGENT = "deepspeed.launcher.launch"
+
+    def __init__(self, agent, runner_pid: int):
+        self.agent, self.runner_pid = agent, runner_pid
+
+    @classmethod
+    def above(cls, pid: int) -> Launcher | None:
+        """The launcher of process `pid`; None when its parent is not DeepSpeed's agent (srun, torchrun,
+        a plain `python launch/unlearn.py`, tests)."""
+        import psutil  # DeepSpeed's own dependency
+
+        try:
+            agent = psutil.Process(pid).parent()
+            if agent is None or not any(cls.AGENT in word for word in agent.cmdline()):
+                return None
+            return cls(agent, agent.ppid())
+        except psutil.Error:
+            return None
+
+    def alive(self) -> bool:
+        """Whether the agent still runs under the same runner (one /proc read per call)."""
+        import psutil
+
+        try:
+            return self.agent.is_running() and self.agent.ppid() == self.runner_pid
+        except psutil.Error:
+            return False
 
 
 def on_any_rank(flag: bool, env: DistEnv) -> bool:

@@ -400,7 +400,8 @@ def _train_in(cfg: Config, ds: dict[str, Any], env: DistEnv, run_dir: Path, toke
         if guards.on_any_rank(preempt.requested, env):
             save()
             writer.close()
-            say(env, f"preempted at step {state.step}: checkpoint saved, exiting {EXIT_REQUEUE} for requeue")
+            why = f" ({preempt.reason})" if preempt.reason else " (on another rank)"
+            say(env, f"preempted at step {state.step}: checkpoint saved, exiting {EXIT_REQUEUE} for requeue{why}")
             raise SystemExit(EXIT_REQUEUE)
     save()
     if env.is_main and cfg.run.export_dir:
