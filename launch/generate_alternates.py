@@ -31,6 +31,7 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--stop", action="append", default=None, help="cut each alternate here (default: Question:)")
     p.add_argument("--batch_size", type=int, default=Sampling.batch_size)
     p.add_argument("--seed", type=int, default=Sampling.seed)
+    p.add_argument("--tries", type=int, default=Sampling.tries, help="draws of an empty alternate before giving up")
     p.add_argument("overrides", nargs="*", metavar="key.sub=value", help="run config overrides")
     args = p.parse_args(argv)
 
@@ -41,7 +42,7 @@ def main(argv: list[str] | None = None) -> None:
         cfg, _ = load_config(args.config, args.overrides)
         stop = tuple(args.stop) if args.stop is not None else Sampling.stop
         altpo.run(cfg, args.out, Sampling(args.repeats, args.max_new_tokens, args.temperature, args.greedy, stop,
-                                          args.template, args.batch_size, seed=args.seed))
+                                          args.template, args.batch_size, seed=args.seed, tries=args.tries))
 
     guarded(job)
 
