@@ -146,10 +146,18 @@ def test_status_report_pareto_and_hparams(tmp_path):
     # HParams holds each run's chosen checkpoint (default rule pareto-knee): run 0's two checkpoints
     # (0.9, 10) and (0.2, 30) scale to (0, 1) and (1, 0), a tie that the earlier step wins
     assert acc.Scalars("eval/copyright/verbatim_rouge_l")[-1].value == pytest.approx(0.9)
-    assert [r["chosen_step"] for r in rows] == ["2", "2", ""]
+    assert [r["run_choice_step"] for r in rows] == ["2", "2", ""]
     # sweep-wide: front (0.9,10) (0.5,12) (0.2,30); the knee is (0.5, 12): run 1 step 2
     best = json.loads((f / "best.json").read_text())
     assert (best["run"], best["step"], best["rule"]) == (pts[1].name, 2, "pareto-knee")
+    assert [r["sweep_choice_step"] for r in rows] == ["", "2", ""]
+    # run 1 evaluated again at step 5, (0.35, 13): alone, run 1's two points scale to a tie that its
+    # earlier step wins; sweep-wide, (0.35, 13) is the knee. The row says both; best.json has the sweep's
+    _fake_checkpoint(f, pts[1].name, 5, {"copyright/verbatim_rouge_l": 0.35, "utility/retain_ppl": 13.0})
+    rows = list(csv.DictReader(write_report(sweep, pts)[0].open()))
+    best = json.loads((f / "best.json").read_text())
+    assert (best["run"], best["step"]) == (pts[1].name, 5)
+    assert [(r["run_choice_step"], r["sweep_choice_step"]) for r in rows] == [("2", ""), ("2", "5"), ("", "")]
 
 
 def test_pareto_front_directions():

@@ -144,8 +144,11 @@ def _chosen(sweep: Sweep, folder: Path):
 
 def write_report(sweep: Sweep, pts: list[Point]) -> tuple[Path, Path | None]:
     """report.csv (every run: axes, state and what its training job says (see `run_state`), newest eval
-    metrics, the checkpoint its select: rule chooses), report.png (the chosen checkpoint marked),
-    best.json, and HParams sessions holding each run's chosen checkpoint's metrics."""
+    metrics, `run_choice_step`: the checkpoint the grid's select: rule picks among this run's own, and
+    `sweep_choice_step` on one row: best.json's pick, the same rule over every run's checkpoints; the two
+    differ where a run's own best is not the sweep's, e.g. the knee of all runs' Pareto front lies on
+    another of its checkpoints than the knee of its own), report.png (best.json's checkpoint marked),
+    best.json, and HParams sessions holding each run's own choice's metrics."""
     rows = []
     tasks, _ = queue.train_tasks(sweep.folder, len(pts))
     for p, task in zip(pts, tasks):
@@ -154,12 +157,13 @@ def write_report(sweep: Sweep, pts: list[Point]) -> tuple[Path, Path | None]:
         own = _chosen(sweep, run_dir) if run_dir.is_dir() else None
         state, job = run_state(sweep, p, st, task)
         rows.append({"run": p.name, **{k: v for k, v in p.values.items()}, "state": state, "job": job,
-                     "step": st.step, "eval_step": st.eval_step, "chosen_step": own[0].step if own else "",
-                     **st.latest_eval})
+                     "step": st.step, "eval_step": st.eval_step, "run_choice_step": own[0].step if own else "",
+                     "sweep_choice_step": "", **st.latest_eval})
         _write_hparams(sweep, p, own[0].metrics if own else st.latest_eval)
     best = _chosen(sweep, sweep.folder)
     if best is not None:
         select.write_best(sweep.folder, *best, sweep.report, sweep.select)  # best.json, as `--best` writes it
+        next(r for r in rows if r["run"] == best[0].run)["sweep_choice_step"] = best[0].step
     columns: list[str] = []
     for row in rows:
         columns += [k for k in row if k not in columns]
