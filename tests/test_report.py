@@ -25,3 +25,36 @@ def test_labels_of_points_close_together_never_cover_each_other():
     same = [ax.annotate(str(n), p, xytext=(4, 4), textcoords="offset points", fontsize=7) for n, p in enumerate(points)]
     assert same[0].get_window_extent(renderer).overlaps(same[1].get_window_extent(renderer))
     plt.close(fig)
+
+
+def test_the_report_job_writes_no_best_json_for_a_damaged_winner(tmp_path):
+    """The report job chooses as `--best` does and checks the winner's files against its manifest: 4 KiB
+    flipped in its weights -> report.csv still written, no best.json (an earlier one removed), one line."""
+    import csv
+
+    import pytest
+
+    from tests.test_sweep_grid import _fake_checkpoint, _grid
+    from unlearn import manifest
+    from unlearn.errors import UserError
+    from unlearn.sweep.grid import load_sweep, plan
+    from unlearn.sweep.report import report_folder
+
+    sweep = load_sweep(_grid(tmp_path, axes={"optim.lr": [1e-4, 5e-4]}))
+    pts = plan(sweep)
+    for p, rouge in zip(pts, (0.2, 0.6)):
+        _fake_checkpoint(sweep.folder, p.name, 2, {"copyright/verbatim_rouge_l": rouge, "utility/retain_ppl": 1.1})
+        ckpt = sweep.folder / "runs" / p.name / "checkpoints" / "step-000002"
+        (ckpt / "model.safetensors").write_bytes(bytes(range(256)) * 64)
+        manifest.write(ckpt)
+    report_folder(str(sweep.folder))  # intact: best.json names the lower ROUGE-L (pareto-knee, equal PPL)
+    winner = sweep.folder / "runs" / pts[0].name / "checkpoints" / "step-000002" / "model.safetensors"
+    assert str(winner.parent) in (sweep.folder / "best.json").read_text()
+    data = bytearray(winner.read_bytes())
+    data[4096:8192] = bytes(b ^ 0xFF for b in data[4096:8192])
+    winner.write_bytes(bytes(data))
+    with pytest.raises(UserError, match=f"no best.json: the chosen checkpoint {winner} does not match its "
+                                        "xxh3_128 checksum"):
+        report_folder(str(sweep.folder))
+    assert not (sweep.folder / "best.json").exists()
+    assert len(list(csv.DictReader((sweep.folder / "report.csv").open()))) == 2

@@ -9,6 +9,7 @@ import shutil
 from collections import Counter
 from pathlib import Path
 
+from unlearn import manifest
 from unlearn.errors import UserError
 from unlearn.runs import COMPLETE, TRAIN_EXIT, evaluated, step_dir
 from unlearn.sweep import halving, outcome, queue, select
@@ -16,6 +17,8 @@ from unlearn.sweep.grid import Point, ReportSpec, Sweep, checkpoint_steps, open_
 from unlearn.sweep.select import pareto_front
 
 HPARAMS_DIR = "hparams"
+BEST_ERROR = "best.error"
+"""Beside best.json: why the report could not write it (the chosen checkpoint's files are damaged)."""
 """Under each run's tb/: the HParams session (axis values + final eval metrics), rewritten per report."""
 
 
@@ -161,8 +164,12 @@ def write_report(sweep: Sweep, pts: list[Point]) -> tuple[Path, Path | None]:
                      "sweep_choice_step": "", **st.latest_eval})
         _write_hparams(sweep, p, own[0].metrics if own else st.latest_eval)
     best = _chosen(sweep, sweep.folder)
+    (sweep.folder / BEST_ERROR).unlink(missing_ok=True)
     if best is not None:
-        select.write_best(sweep.folder, *best, sweep.report, sweep.select)  # best.json, as `--best` writes it
+        try:
+            select.write_best(sweep.folder, *best, sweep.report, sweep.select)  # best.json, as `--best` writes it
+        except manifest.Damaged as exc:  # the report is still written; the report job then fails with it
+            (sweep.folder / BEST_ERROR).write_text(" ".join(str(exc).split()) + "\n")
         next(r for r in rows if r["run"] == best[0].run)["sweep_choice_step"] = best[0].step
     columns: list[str] = []
     for row in rows:
@@ -275,6 +282,8 @@ def report_folder(sweep_dir: str) -> Path:
     csv_path, png = write_report(sweep, pts)
     print(f"wrote {csv_path}" + (f" and {png}" if png else " (no plot: report metrics not evaluated yet)"))
     lost, failures = lost_runs(sweep, pts), failed_evals(sweep, pts)
+    if (sweep.folder / BEST_ERROR).is_file():
+        raise UserError(f"no best.json: the chosen {(sweep.folder / BEST_ERROR).read_text().strip()}")
     if lost:
         run, job = lost[0]
         raise UserError(f"{len(lost)} run(s) lost for good, e.g. {run}: {job}; "

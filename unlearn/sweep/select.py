@@ -175,12 +175,17 @@ def best(folder: str | Path, report: ReportSpec, sel: SelectSpec) -> dict[str, A
     """Choose, check that the winner's weights match its manifest (else refuse, writing nothing),
     write FOLDER/best.json, return it."""
     winner, why = choose(candidates(Path(folder)), report, sel)
-    manifest.verify(Path(winner.checkpoint), engine=False)
     return write_best(Path(folder), winner, why, report, sel)
 
 
 def write_best(folder: Path, winner: Candidate, why: str, report: ReportSpec, sel: SelectSpec) -> dict[str, Any]:
-    """FOLDER/best.json for a chosen checkpoint; returns its content."""
+    """FOLDER/best.json for a chosen checkpoint, once its weights match their manifest (manifest.Damaged
+    names the file otherwise, and a best.json of an earlier choice is removed); returns its content."""
+    try:
+        manifest.verify(Path(winner.checkpoint), engine=False)
+    except manifest.Damaged:
+        (folder / BEST_FILE).unlink(missing_ok=True)
+        raise
     result = {**asdict(winner), "rule": sel.rule, "parameters": asdict(sel), "report": asdict(report), "why": why}
     (folder / BEST_FILE).write_text(json.dumps(result, indent=2) + "\n")
     return result
