@@ -185,5 +185,5 @@ def test_a_sweep_from_a_new_shell_with_status_report_and_best(demo_run):
     assert len(report) == 5, report
     _ok(shell(f"{activate} && {best}", repo, timeout=120))
     chosen = json.loads((folder / "best.json").read_text())
-    assert Path(chosen["checkpoint"]).is_dir() and chosen["run"] in (folder / "tasks.txt").read_text()
+    assert (repo / chosen["checkpoint"]).is_dir() and chosen["run"] in (folder / "tasks.txt").read_text()
     assert not list(repo.glob("sweep-submit-*.out"))  # the submitting job logs under slurm/logs/
