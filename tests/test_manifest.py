@@ -20,8 +20,8 @@ from tests.unlearn_runs import loop_overrides, weights
 from unlearn import manifest, runs
 from unlearn.config_io import load_config
 from unlearn.errors import UserError
-from unlearn.train.loop import train
 from unlearn.runs import RESUME_LAST
+from unlearn.train.loop import train
 
 DS = str(ROOT / "ds_configs" / "zero2.json")
 ENGINE = Path("engine") / "state"
