@@ -14,8 +14,9 @@ import yaml
 from unlearn.config_io import load_config
 from unlearn.errors import UserError
 from unlearn.runs import COMPLETE
-from unlearn.sweep.grid import checkpoint_steps, load_sweep, open_sweep, plan, points, run_name, run_status
+from unlearn.sweep.grid import checkpoint_steps, load_sweep, open_sweep, plan, points, run_name
 from unlearn.sweep.profile import load_profile, sbatch_args, submitit_params
+from unlearn.sweep.progress import run_status
 from unlearn.sweep.report import status_table, write_report
 from unlearn.sweep.select import pareto_front
 

@@ -13,7 +13,8 @@ from unlearn import manifest
 from unlearn.errors import UserError
 from unlearn.runs import COMPLETE, TRAIN_EXIT, evaluated, step_dir
 from unlearn.sweep import halving, outcome, queue, select
-from unlearn.sweep.grid import Point, ReportSpec, Sweep, checkpoint_steps, open_sweep, run_status
+from unlearn.sweep.grid import Point, ReportSpec, Sweep, checkpoint_steps, open_sweep
+from unlearn.sweep.progress import run_status
 from unlearn.sweep.select import pareto_front
 
 HPARAMS_DIR = "hparams"
