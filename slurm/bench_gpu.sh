@@ -3,7 +3,8 @@
 #   trace    opt-1.3b batch 2, ours bf16 ZeRO-2: torch.profiler over 3 steps, printed as tables (device time
 #            by kernel family, host gaps between kernels, each package's share: ours, transformers,
 #            autograd, DeepSpeed), plus operators and host-device syncs per step       (~1.5 min)
-#   table    opt-1.3b batch 2 (the paper's): reference loop vs ours bf16 ZeRO-2 / ZeRO-3 / LoRA / LoRA on
+#   table    opt-1.3b batch 2 (the paper's): reference loop vs ours bf16 ZeRO-2 (one-sync and DeepSpeed's
+#            optimizer step) / ZeRO-3 / LoRA / LoRA on
 #            8-bit; opt-2.7b batch 2: ours bf16 ZeRO-2 (all weights + reference), with 8-bit AdamW under
 #            ZeRO-2 and ZeRO-3, and ZeRO-3 with CPU offload (< 40 GB goal); opt-6.7b LoRA (< 24 GB)  (~6 min)
 #   batches  opt-1.3b ours bf16 at batch 2 .. 64: MFU by batch, the smallest arithmetic-bound batch   (~4 min)
@@ -54,7 +55,7 @@ print('host cost per step:', r['ops'], 'operators', r['ops_by_owner'], '|', r['s
 fi
 
 if wanted table; then
-    bench opt-1.3b --preset opt-1.3b --variants baseline,ours-bf16,ours-zero3,ours-lora,ours-lora-8bit
+    bench opt-1.3b --preset opt-1.3b --variants baseline,ours-bf16,ours-bf16-dsstep,ours-zero3,ours-lora,ours-lora-8bit
     bench opt-2.7b --preset opt-2.7b --variants ours-bf16,ours-bf16-adam8bit,ours-zero3-adam8bit,ours-zero3-offload
     bench opt-6.7b --preset opt-6.7b --variants ours-lora,ours-lora-8bit
 fi

@@ -58,6 +58,8 @@ METHODS: dict[str, list[str]] = {
 # the unpacked step (train.pack=false), which the packed default must equal in every layout
 UNPACKED = ("ga+kl+mismatch/joint", "lora/npo+kl/joint")
 METHODS.update({f"unpacked/{name}": [*METHODS[name], "train.pack=false"] for name in UNPACKED})
+# DeepSpeed's own ZeRO optimizer step, which the one-sync step (the default) must equal exactly
+METHODS["deepspeed-step/ga+kl+mismatch/joint"] = [*METHODS["ga+kl+mismatch/joint"], "train.one_sync_step=false"]
 TAGS = ("forget/loss", "retain/loss", "mismatch/loss", "grad_norm", "pdu/lambda", "skipped")
 # runs with an injected fault (not compared across layouts): the last rank's logits are NaN in the
 # first micro-batch of step 3, so only that rank's loss is non-finite

@@ -251,6 +251,10 @@ class TrainConfig:
     """One policy pass per micro-batch over every term, each shared prompt once, no padding, logits
     only where a loss reads them (unlearn.train.packing); false = one padded pass per term (the
     reference the packed step is tested against)."""
+    one_sync_step: bool = True
+    """ZeRO-1/2: DeepSpeed's optimizer step with the gradient norm read once (one host-device sync a
+    step) and without its per-tensor overflow scan and re-pointing (unlearn.train.zero_step); false
+    = DeepSpeed's own step, which gives the same weights. ZeRO-3 always runs DeepSpeed's."""
 
 
 @dataclass(frozen=True)

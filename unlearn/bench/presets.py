@@ -45,6 +45,8 @@ class Variant:
     """ours only: optim.name (adamw8bit: bitsandbytes' 8-bit moments, 6 bytes per parameter fewer)."""
     pack: bool = True
     """ours only: train.pack (false: the unpacked step, one padded pass per term, the packed one's reference)."""
+    one_sync_step: bool = True
+    """ours only: train.one_sync_step (false: DeepSpeed's own ZeRO optimizer step, 3-4 syncs)."""
 
 
 VARIANTS = {
@@ -53,6 +55,8 @@ VARIANTS = {
     "ours-fp32": Variant("ours"),
     "ours-fp32-unpacked": Variant("ours", pack=False),
     "ours-bf16": Variant("ours", bf16=True),
+    "ours-fp32-dsstep": Variant("ours", one_sync_step=False),
+    "ours-bf16-dsstep": Variant("ours", bf16=True, one_sync_step=False),
     "ours-bf16-ckpt": Variant("ours", bf16=True, gradient_checkpointing=True),
     "ours-fp32-ckpt": Variant("ours", gradient_checkpointing=True),
     "ours-zero3": Variant("ours", ds_config="ds_configs/zero3.json", bf16=True),

@@ -58,7 +58,8 @@ def run_config(spec: Spec, v: Variant) -> Config:
         method=MethodConfig(forget_loss="ga", retain_loss="kl", mismatch_weight=1.0, schedule="joint"),
         optim=OptimConfig(name=v.optimizer, lr=spec.lr, schedule="constant"),
         train=TrainConfig(micro_batch_size=spec.batch, global_batch_size=spec.batch, seed=spec.seed,
-                          max_steps=spec.warmup + spec.steps, pack=v.pack),
+                          max_steps=spec.warmup + spec.steps, pack=v.pack,
+                          one_sync_step=v.one_sync_step),
         run=RunConfig(name="bench", output_dir=str(Path(spec.model_dir).parent / "runs")))
 
 

@@ -4,6 +4,7 @@ main.py        the job behind launch/unlearn.py and launch/finetune.py (entry)
 loop.py        the forget/retain loop: `train(cfg, ds_config, ...)`, one optimizer step per phase
 schedule.py    which phase each step runs (alternate | joint)
 engine.py      the DeepSpeed engine from a declarative JSON plus the run config
+zero_step.py   ZeRO-1/2's optimizer step with one host-device sync (train.one_sync_step)
 preflight.py   config checks that run before anything is loaded
 rundir.py      runs/<name>/: created once, never clobbered
 checkpoint.py  atomic, self-describing checkpoints; export

@@ -73,6 +73,7 @@ def _meta(cfg: Config, engine, env: DistEnv, step: int, extra: dict[str, Any], f
         "dtype": str(next(engine.module.parameters()).dtype).replace("torch.", ""),
         "lora": is_peft(engine.module),
         "cpu_threads": torch.get_num_threads(),  # CPU results are reproducible at a fixed count
+        "optimizer_step": getattr(engine, "zero_step", "deepspeed"),  # unlearn.train.zero_step
         "base_model": cfg.model.name_or_path,
         "versions": library_versions(),
         "git_commit": git_commit(),

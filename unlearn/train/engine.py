@@ -227,6 +227,13 @@ def initialize(model, ds: dict[str, Any], cfg: Config, env: DistEnv, max_steps: 
     engine, optimizer, _, scheduler = deepspeed.initialize(
         model=model, model_parameters=params, config=full, optimizer=client_optimizer(cfg),
         lr_scheduler=lambda opt: torch.optim.lr_scheduler.LambdaLR(opt, lr_lambda(cfg, max_steps)))
+    if cfg.train.one_sync_step:
+        from unlearn.train import zero_step
+
+        why = zero_step.install(engine)
+        engine.zero_step = f"deepspeed ({why})" if why else "one-sync"
+    else:
+        engine.zero_step = "deepspeed (train.one_sync_step=false)"
     return engine
 
 
