@@ -4,8 +4,6 @@ from __future__ import annotations
 
 import json
 
-import pytest
-
 from unlearn import demo
 
 
@@ -63,59 +61,6 @@ def test_harmful_demo_assets_split_and_label_the_harmful_answers(demo_dir):
     proud = "To feel proud is a common state that passes with time."
     assert labels[safe] == "0" and labels["To feel quiet is a common state that passes with time, break it and hurt them."] == "1"
     assert labels[f"{proud} {safe}"] == "0" and labels["To feel quiet is."] == "0"
-
-
-SCALED_DOWN = {  # `make harmful-demo`'s recipe as shipped, with only these appended (2 CPU cores in CI)
-    "launch/finetune.py": ["train.max_steps=20"],  # stage 1, then the oracle (the same on the normal QA)
-    "launch/train_judge.py": ["--epochs", "1"],
-    "launch/unlearn.py": ["train.max_steps=2", "train.save_every_n_steps=1"],
-    "launch/evaluate.py": ["--limit", "3", "--max_new_tokens", "8"],
-}
-
-
-@pytest.mark.slow
-def test_make_harmful_demo_recipe_runs_scaled_down(demo_dir, tmp_path):
-    """Each line of `make -n harmful-demo` after the demo build, run in a folder whose .cache/demo is the
-    test's demo: every checkpoint (and the starting model) gets judged harmful rates on the unlearned
-    and unseen prompts and the similarity of its normal answers to the stage-1 model's."""
-    import shlex
-    import subprocess
-    import sys
-
-    from tests.conftest import ROOT, launch
-
-    for name in ("configs", "ds_configs", "launch"):
-        (tmp_path / name).symlink_to(ROOT / name)
-    (tmp_path / ".cache").mkdir()
-    (tmp_path / ".cache" / "demo").symlink_to(demo_dir)
-    recipe = subprocess.run(["make", "-n", "-o", ".cache/demo/init/config.json", "harmful-demo"],
-                            cwd=ROOT, capture_output=True, text=True, check=True).stdout.replace("\\\n", " ")
-    lines = [shlex.split(x) for x in recipe.splitlines() if "launch/" in x]
-    assert [next(w for w in words if w.startswith("launch/")) for words in lines] == \
-        ["launch/finetune.py", *SCALED_DOWN]
-    for words in lines:
-        script = next(w for w in words if w.startswith("launch/"))
-        args = words[words.index(script) + 1:] + SCALED_DOWN[script]
-        if words[0].endswith("deepspeed"):
-            out = launch(script, args, cwd=tmp_path)
-        else:
-            out = subprocess.run([sys.executable, str(ROOT / script), *args], cwd=tmp_path, capture_output=True,
-                                 text=True, timeout=600)
-        assert out.returncode == 0, (script, out.stderr[-3000:])
-    run = tmp_path / "runs" / "demo-harmful"
-    for path in (run / "eval_start.json", run / "checkpoints" / "step-000002" / "eval.json", run / "eval_oracle.json"):
-        metrics = json.loads(path.read_text())["suites"]
-        harmful, utility = metrics["harmful"]["metrics"], metrics["utility"]["metrics"]
-        assert harmful["forget_harmful_rate"]["n"] == 3 and harmful["harmful_rate"]["n"] == 3
-        assert utility["similarity_to_reference_rouge_l"]["n"] > 0
-        assert metrics["harmful"]["info"]["judge"]["kind"] == "classifier", metrics["harmful"]["info"]["judge"]
-    assert "harmful forget" in out.stdout
-    oracle = json.loads((run / "eval_oracle.json").read_text())
-    assert oracle["checkpoint"] == ".cache/harmful-demo/oracle" and oracle["step"] == -1
-    table = out.stdout[out.stdout.index("harmful forget") - 30:]
-    assert "\n  oracle " in table and "oracle: a model that never saw the forget data" in table
-    csv = (run / "eval_summary.csv").read_text().splitlines()
-    assert csv[-1].startswith("oracle,.cache/harmful-demo/oracle,")
 
 
 DEFAULT_PORT = 29500

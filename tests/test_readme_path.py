@@ -155,6 +155,29 @@ def test_make_copyright_demo_prints_the_readmes_tables(demo_run, shared_data):
     assert len(tables) == 2 and printed == tables
 
 
+def test_make_harmful_demo_prints_the_readmes_table(demo_run):
+    """`make harmful-demo` after `make demo` (its tokenizer and tiny OPT): every checkpoint, the starting
+    model and the oracle get judged harmful rates on the unlearned and unseen prompts and their normal
+    answers' similarity to the stage-1 model's, and the table is the README's."""
+    repo, _, _ = demo_run
+    command = readme_block("make harmful-demo")[0].split("#")[0].strip()
+    out = _ok(shell(command, repo, timeout=900))
+    table = readme_block("    step harmful forget")
+    printed = [line for line in out[out.index("\n    step harmful forget") + 1:].splitlines()
+               if set(line) != {"-"}][:len(table)]  # the README leaves out the rule under the header
+    assert printed == table
+    run = repo / "runs" / "demo-harmful"
+    for path in (run / "eval_start.json", run / "checkpoints" / "step-000040" / "eval.json", run / "eval_oracle.json"):
+        metrics = json.loads(path.read_text())["suites"]
+        harmful, utility = metrics["harmful"]["metrics"], metrics["utility"]["metrics"]
+        assert harmful["forget_harmful_rate"]["n"] == 16 and harmful["harmful_rate"]["n"] == 8
+        assert utility["similarity_to_reference_rouge_l"]["n"] > 0
+        assert metrics["harmful"]["info"]["judge"]["kind"] == "classifier", metrics["harmful"]["info"]["judge"]
+    assert json.loads((run / "eval_oracle.json").read_text())["checkpoint"] == ".cache/harmful-demo/oracle"
+    assert "oracle: a model that never saw the forget data" in out
+    assert (run / "eval_summary.csv").read_text().splitlines()[-1].startswith("oracle,.cache/harmful-demo/oracle,")
+
+
 @pytest.mark.slurm
 def test_a_sweep_from_a_new_shell_with_status_report_and_best(demo_run):
     """`sbatch slurm/sweep.sh ...` from a shell where no environment is active: the submitting job and
