@@ -525,3 +525,45 @@ def test_runs_per_gpu_trains_two_grid_points_in_one_allocation(slurm_env, demo_d
     assert text.count("step      1/60") == 2  # each run started from step 1 once: nothing trained twice
     status = _status(sweep_dir, slurm_env)
     assert status.returncode == 0 and status.stdout.count(" done ") == 2, status.stdout
+
+
+def test_submitit_runs_per_gpu_trains_two_grid_points_in_one_job(slurm_env, demo_dir, tmp_path):
+    """The submitit route with runs_per_gpu: 2 (slurm/profiles/local_shared.yaml): a 2-point grid is one
+    array task whose TrainJob trains both runs at once. `scancel --full --signal=TERM` reaches both (the
+    batch shell turns it into submitit's preemption signal): each saves, the job is requeued once,
+    and each resumes from its own checkpoint and completes."""
+    grid = tmp_path / "two.yaml"
+    grid.write_text(yaml.safe_dump({"name": "sk2", "output_dir": str(tmp_path), "eval": {"enabled": False},
+                                    "profile": "slurm/profiles/local_shared.yaml",
+                                    "base": {"train": {"max_steps": 60, "save_every_n_steps": 4}},
+                                    "axes": {"optim.lr": [1e-4, 5e-4]}}))
+    _run([sys.executable, "launch/sweep.py", str(grid), *TINY, *_demo_overrides(demo_dir)], slurm_env)
+    sweep_dir = tmp_path / "sk2"
+    jobs = dict(line.split(" ", 1) for line in (sweep_dir / "submitit_jobs.txt").read_text().splitlines())
+    (task,) = jobs["train"].split()  # one array task for both points
+    names = ("lr=0.0001", "lr=0.0005")
+    runs = [sweep_dir / "runs" / name for name in names]
+
+    def log() -> str:
+        return "".join(p.read_text() for p in sorted((sweep_dir / "submitit").rglob(f"{task}_0_log.*")))
+
+    try:
+        _until("both runs' first checkpoint",
+               lambda: all((run / "checkpoints" / "step-000004" / "COMPLETE").exists() for run in runs))
+        _run(["scancel", "--full", "--signal=TERM", task], slurm_env)
+        rows = _wait_done([task.split("_")[0], jobs["report"]], slurm_env, timeout=240, expect=2)
+    finally:
+        subprocess.run(["scancel", *[j for v in jobs.values() for j in v.split()]], env=slurm_env)
+    assert rows[task]["State"] == "COMPLETED", rows
+    states = _run(["sacct", "-X", "-n", "-P", "-j", task, "-D", "-o", "State"], slurm_env).split()
+    assert states == ["REQUEUED", "COMPLETED"], states  # requeued once for both runs
+    text = log()
+    for run in runs:
+        resumed = re.findall(rf"resumed from {re.escape(str(run / 'checkpoints'))}/step-(\d+) at step (\d+)", text)
+        assert len(resumed) == 1 and 4 <= int(resumed[0][1]) < 60, text[-3000:]
+        assert (run / "train.exit").read_text() == "0\n" and not (run / "train.retries").exists()
+        assert (run / "checkpoints" / "step-000060" / "COMPLETE").is_file()
+        assert (run / "footprint.json").is_file()
+    assert text.count("step      1/60") == 2, text[-3000:]  # each run started from step 1 once
+    status = _status(sweep_dir, slurm_env)
+    assert status.returncode == 0 and status.stdout.count(" done ") == 2, status.stdout
