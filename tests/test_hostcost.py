@@ -76,3 +76,40 @@ def test_logged_means_of_device_values_equal_those_of_host_floats():
     lazy.add({"grad_norm": values[3].double()})
     lazy.add({"grad_norm": 1.0})
     assert lazy.pop_means() == {"grad_norm": float("inf")}
+
+
+def _step_boundary_syncs(rank: int, port: int, run_dir: str, out: str) -> None:
+    """One rank of two (gloo): the loop's per-step agreement on a STOP file and a preemption, counted."""
+    import json
+
+    import torch.distributed as dist
+
+    from unlearn.distributed import DistEnv
+    from unlearn.train import guards
+
+    dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=2)
+    env = DistEnv(rank=rank, local_rank=rank, world_size=2)
+    counts, got = hostcost.count(lambda: (guards.stop_file(run_dir, env), guards.on_any_rank(rank == 1, env)))
+    if rank == 0:
+        with open(out, "w") as f:
+            json.dump({"syncs": counts.total_syncs, "got": list(got)}, f)
+    dist.destroy_process_group()
+
+
+def test_step_boundary_checks_agree_over_ranks_without_waiting_for_the_device(tmp_path):
+    """Every step the ranks agree whether to stop (a STOP file) and whether a preemption came: two
+    all-reduces of host flags over the host group (gloo), which wait for the other ranks' hosts, not
+    for a GPU. Before, each flag went to the device (NCCL's group) and was read back: 2 syncs each
+    (a blocking copy and a read), 4 a step with several ranks. The answers are every rank's."""
+    import json
+
+    import torch.multiprocessing as mp
+
+    from tests.conftest import _free_port
+
+    (tmp_path / "STOP").write_text("halving: stopped after round 1\n")
+    out = tmp_path / "rank0.json"
+    mp.spawn(_step_boundary_syncs, args=(_free_port(), str(tmp_path), str(out)), nprocs=2)
+    result = json.loads(out.read_text())
+    assert result["got"] == [f"{tmp_path / 'STOP'}: halving: stopped after round 1", True]  # rank 1's preemption too
+    assert result["syncs"] == 0, result

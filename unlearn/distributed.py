@@ -64,7 +64,21 @@ def init(env: DistEnv | None = None) -> DistEnv:
         raise UserError(f"port {port} (MASTER_PORT, where the ranks meet) is in use by another program; expected a "
                         f"free port: deepspeed --master_port N ... (make demo PORT=N; make picks a free one "
                         "itself)") from None
+    global _HOST_GROUP
+    if torch.cuda.is_available() and env.world_size > 1 and _HOST_GROUP is None:
+        _HOST_GROUP = torch.distributed.new_group(backend="gloo")  # collective: every rank, here
     return env
+
+
+_HOST_GROUP = None
+
+
+def host_group():
+    """The process group for flags each rank's host decides (a STOP file, a preemption signal): gloo
+    over host tensors, so agreeing on them waits for the other ranks' hosts and never for a GPU. On
+    NCCL a flag would go to the device and its result be read back, a sync at every step boundary.
+    None = the default group (already gloo on CPUs)."""
+    return _HOST_GROUP
 
 
 def barrier() -> None:

@@ -22,7 +22,7 @@ from pathlib import Path
 
 import torch
 
-from unlearn.distributed import DistEnv
+from unlearn.distributed import DistEnv, host_group
 
 PREEMPTION_SIGNALS = (signal.SIGUSR1, signal.SIGTERM)
 """What SLURM sends before a time limit (--signal=USR1@T) or a preemption (SIGTERM, then SIGKILL)."""
@@ -102,11 +102,12 @@ def on_any_rank(flag: bool, env: DistEnv) -> bool:
 
 
 def all_ranks(flag: bool, env: DistEnv) -> bool:
-    """True on every rank if `flag` is True on all of them (one all-reduce)."""
+    """True on every rank if `flag` is True on all of them (one all-reduce of a host tensor over the
+    host group: no device sync, see unlearn.distributed.host_group)."""
     if env.world_size == 1:
         return flag
-    t = torch.tensor([1.0 if flag else 0.0], device=env.device)
-    torch.distributed.all_reduce(t, op=torch.distributed.ReduceOp.MIN)
+    t = torch.tensor([1.0 if flag else 0.0])
+    torch.distributed.all_reduce(t, op=torch.distributed.ReduceOp.MIN, group=host_group())
     return bool(t.item() > 0)
 
 
