@@ -13,7 +13,7 @@ PORT ?= $(shell $(PYTHON) -c 'import socket; s = socket.socket(); s.bind(("", 0)
 # output and its one-line errors.
 DEEPSPEED ?= deepspeed --log_level warning --master_port $(PORT)
 
-.PHONY: setup demo demo-base copyright-demo harmful-demo tofu-mini test test-fast clean-demo bench bench-gpu slurm-up slurm-down
+.PHONY: setup demo demo-base copyright-demo harmful-demo tofu-mini test test-fast clean-demo bench bench-gpu gpu-wheels slurm-up slurm-down
 
 setup: $(VENV)/.installed
 
@@ -131,6 +131,21 @@ bench: $(VENV)/.installed
 # (about 15 minutes in all; PARTS="trace table" picks parts, see slurm/bench_gpu.sh).
 bench-gpu: $(VENV)/.installed
 	bash slurm/bench_gpu.sh
+
+# Wheels for a GPU machine without a package index (slurm/offline_gpu.sh): what its Python lacks, or has in
+# another version than pinned here (its torch is kept), for GPU_PYTHON on x86_64 Linux; GPU_WHEELS_8BIT=1
+# adds bitsandbytes.
+GPU_PYTHON ?= 3.12
+GPU_WHEELS := transformers==5.24.0 peft==0.21.2 datasets==5.2.0 submitit==1.5.4 pydantic==2.14.4 \
+	pydantic-core==2.50.5 annotated-types typing-inspection hjson multiprocess dill \
+	$(if $(GPU_WHEELS_8BIT),bitsandbytes==0.50.2)
+gpu-wheels: $(VENV)/.installed
+	rm -rf .wheels && mkdir -p .wheels
+	$(BIN)/pip download -q -d .wheels --no-deps --only-binary=:all: --python-version $(GPU_PYTHON) \
+	    --platform manylinux2014_x86_64 --platform manylinux_2_17_x86_64 --platform manylinux_2_24_x86_64 \
+	    --platform manylinux_2_28_x86_64 $(GPU_WHEELS)
+	$(BIN)/pip wheel -q -w .wheels --no-deps deepspeed==0.19.8
+	@du -sh .wheels
 
 clean-demo:
 	rm -rf $(DEMO) runs/demo-base

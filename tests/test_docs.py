@@ -212,6 +212,17 @@ def test_gpu_checks_without_a_gpu_exit_2_with_one_line():
     assert proc.stderr.startswith("error: slurm/gpu_checks.sh needs a CUDA GPU;") and proc.stderr.count("\n") == 1
 
 
+def test_offline_gpu_without_wheels_exits_2_with_one_line(tmp_path):
+    """slurm/offline_gpu.sh before `make gpu-wheels`: one line naming the folder and the make target,
+    exit 2, nothing installed or written."""
+    out = tmp_path / "never-written"
+    proc = subprocess.run(["bash", "slurm/offline_gpu.sh"], cwd=ROOT, capture_output=True, text=True,
+                          env={**os.environ, "WHEELS": str(tmp_path / "none"), "OUT": str(out)})
+    assert proc.returncode == 2 and proc.stdout == "" and not out.exists(), proc.stdout
+    assert proc.stderr == (f"error: no wheels in {tmp_path / 'none'}/; expected the output of 'make gpu-wheels' "
+                           "(made where an index is reachable)\n")
+
+
 def test_every_config_and_profile_is_checked():
     """Each run YAML carries the command that runs it (preflighted by test_readme_commands); each sweep grid
     and cluster profile is loaded by tests/test_sweep_grid.py::test_shipped_sweep_files_load."""
