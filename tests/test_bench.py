@@ -95,7 +95,7 @@ def test_logits_of_the_answer_span_give_the_same_losses(demo_dir):
 
     from unlearn import data, methods
     from unlearn.config import MethodConfig
-    from unlearn.train import loop as train
+    from unlearn.train import step as train
 
     tok = AutoTokenizer.from_pretrained(demo_dir / "init")
     policy = AutoModelForCausalLM.from_pretrained(demo_dir / "init").eval()
@@ -109,9 +109,9 @@ def test_logits_of_the_answer_span_give_the_same_losses(demo_dir):
     keep = train.logits_span(batch["labels"])
     first = int((batch["labels"] != data.IGNORE).any(0).int().argmax())
     assert keep == batch["labels"].size(1) - (first - 1) < batch["labels"].size(1)
-    full = methods.Forward(train._forward(policy, batch), batch["labels"], train._forward(ref, batch))
-    span = methods.Forward(train._forward(policy, batch, keep), batch["labels"][:, -keep:],
-                           train._forward(ref, batch, keep))
+    full = methods.Forward(train.forward_logits(policy, batch), batch["labels"], train.forward_logits(ref, batch))
+    span = methods.Forward(train.forward_logits(policy, batch, keep), batch["labels"][:, -keep:],
+                           train.forward_logits(ref, batch, keep))
     assert span.logits.shape[1] == keep
     for obj in (methods.FORGET["ga"], methods.FORGET["npo"], methods.FORGET["simnpo"], methods.RETAIN["kl"]):
         assert obj.fn(span, MethodConfig()).item() == pytest.approx(obj.fn(full, MethodConfig()).item(), rel=1e-5)

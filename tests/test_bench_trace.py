@@ -15,7 +15,7 @@ def _x(cat, name, ts, dur, tid=1, ext=None):
 
 def test_gpu_trace_families_gaps_and_who_launched_what():
     stacked = [
-        _x("python_function", "unlearn/train/loop.py(200): step", 0, 100),
+        _x("python_function", "unlearn/train/step.py(200): step", 0, 100),
         _x("python_function", "torch/nn/modules/module.py(1751): _call_impl", 5, 20),
         _x("cpu_op", "aten::mm", 10, 5, ext=1),
         _x("python_function", "deepspeed/runtime/engine.py(2400): step", 50, 40),

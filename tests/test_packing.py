@@ -8,8 +8,8 @@ import torch
 
 from unlearn import data, methods
 from unlearn.config import MethodConfig
-from unlearn.train import loop as train
 from unlearn.train import packing
+from unlearn.train import step as train
 
 TEMPLATE = "### Question: {prompt}\n ### Answer: {response}"
 
@@ -76,16 +76,16 @@ def test_packed_losses_and_gradients_equal_the_unpacked_step(demo_dir, forget, r
         for name, obj in objs.items():
             batch = data.collate(samples[name], tok.pad_token_id)
             with torch.no_grad():
-                ref_logits = train._forward(ref, batch) if obj.needs_reference else None
-            out[name] = obj.fn(methods.Forward(train._forward(policy, batch), batch["labels"], ref_logits), cfg)
+                ref_logits = train.forward_logits(ref, batch) if obj.needs_reference else None
+            out[name] = obj.fn(methods.Forward(train.forward_logits(policy, batch), batch["labels"], ref_logits), cfg)
         return out
 
     def packed() -> dict[str, torch.Tensor]:
         def ref_logits(b, keep):
             with torch.no_grad():
-                return train._forward(ref, b, keep)
+                return train.forward_logits(ref, b, keep)
 
-        fwds, tokens, positions = packing.forwards(lambda b, keep: train._forward(policy, b, keep), ref_logits,
+        fwds, tokens, positions = packing.forwards(lambda b, keep: train.forward_logits(policy, b, keep), ref_logits,
                                                    samples, {n: o.needs_reference for n, o in objs.items()},
                                                    tok.pad_token_id, torch.float32, torch.device("cpu"))
         assert tokens == sum(len(s["input_ids"]) for v in samples.values() for s in v)

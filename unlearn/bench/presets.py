@@ -28,7 +28,7 @@ TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json")
 @dataclass(frozen=True)
 class Variant:
     loop: str
-    """baseline (the reference loop, unlearn.bench.baseline) | ours (unlearn.train.loop.Loop on DeepSpeed)."""
+    """baseline (the reference loop, unlearn.bench.baseline) | ours (unlearn.train.step.Loop on DeepSpeed)."""
     padding: str = "max"
     """baseline only: max (every batch padded to data.max_length) | longest (to the batch's longest)."""
     ds_config: str = "ds_configs/zero2.json"

@@ -1,7 +1,8 @@
 """Training: unlearning (and stage-1 fine-tuning) on a DeepSpeed engine.
 
 main.py        the job behind launch/unlearn.py and launch/finetune.py (entry)
-loop.py        the forget/retain loop: `train(cfg, ds_config, ...)`, one optimizer step per phase
+loop.py        the run: `train(cfg, ds_config, ...)`: inputs checked, engine, resume, steps, saves, guards
+step.py        one optimizer step of the objective (Loop.step) and the reference model's logits
 schedule.py    which phase each step runs (alternate | joint)
 engine.py      the DeepSpeed engine from a declarative JSON plus the run config
 zero_step.py   ZeRO-1/2's optimizer step with one host-device sync (train.one_sync_step)
