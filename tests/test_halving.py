@@ -12,9 +12,10 @@ import yaml
 from unlearn.errors import UserError
 from unlearn.runs import COMPLETE, EVAL_ERROR, STOP, TRAIN_EXIT, step_dir
 from unlearn.sweep import halving
-from unlearn.sweep.grid import ReportSpec, SelectSpec, load_sweep, open_sweep, plan
+from unlearn.sweep.grid import load_sweep, open_sweep, plan
 from unlearn.sweep.report import status_table
 from unlearn.sweep.select import Candidate
+from unlearn.sweep.spec import ReportSpec, SelectSpec
 
 F, U = "copyright/verbatim_rouge_l", "utility/retain_ppl"
 LRS = [1e-5, 2e-5, 3e-5, 4e-5, 5e-5, 6e-5, 7e-5, 8e-5]

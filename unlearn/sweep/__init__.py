@@ -1,6 +1,7 @@
 """Sweeps: a grid of runs on SLURM (sbatch or submitit), an eval job per checkpoint, a report.
 
-grid.py     sweep YAML -> grid points -> the sweep folder; status read back from it
+spec.py     what a sweep YAML says: Sweep, its report/select/halving parts, Point (checked)
+grid.py     sweep YAML -> grid points -> the sweep folder
 profile.py  cluster profiles (slurm/profiles/*.yaml) as sbatch options or submitit parameters
 jobs.py     submitit job classes: TrainJob (requeues itself), EvalJob, ReportJob
 submit.py   plan + submit through submitit, or print the plan for slurm/sweep.sh (entry)

@@ -41,9 +41,10 @@ from typing import Any
 
 from unlearn.errors import UserError
 from unlearn.runs import COMPLETE, EVAL_ERROR, STOP, TRAIN_EXIT, evaluated, step_dir
-from unlearn.sweep.grid import ReportSpec, SelectSpec, Sweep, checkpoint_steps, open_sweep
+from unlearn.sweep.grid import checkpoint_steps, open_sweep
 from unlearn.sweep.progress import flat_metrics
 from unlearn.sweep.select import Candidate, choose
+from unlearn.sweep.spec import ReportSpec, SelectSpec, Sweep
 
 RECORD = "halving.json"
 

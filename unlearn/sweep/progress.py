@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import Any
 
 from unlearn.runs import COMPLETE, EVAL_ERROR, evaluated, step_dir
-from unlearn.sweep.grid import Point, Sweep
+from unlearn.sweep.spec import Point, Sweep
 
 
 @dataclass(frozen=True)

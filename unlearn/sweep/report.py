@@ -13,9 +13,10 @@ from unlearn import manifest
 from unlearn.errors import UserError
 from unlearn.runs import COMPLETE, TRAIN_EXIT, evaluated, step_dir
 from unlearn.sweep import halving, outcome, queue, select
-from unlearn.sweep.grid import Point, ReportSpec, Sweep, checkpoint_steps, open_sweep
+from unlearn.sweep.grid import checkpoint_steps, open_sweep
 from unlearn.sweep.progress import run_status
 from unlearn.sweep.select import pareto_front
+from unlearn.sweep.spec import Point, ReportSpec, Sweep
 
 HPARAMS_DIR = "hparams"
 BEST_ERROR = "best.error"

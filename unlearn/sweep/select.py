@@ -33,8 +33,8 @@ from typing import Any
 from unlearn import manifest
 from unlearn.errors import UserError
 from unlearn.runs import complete_checkpoints, evaluated
-from unlearn.sweep.grid import RULES, ReportSpec, SelectSpec
 from unlearn.sweep.progress import flat_metrics
+from unlearn.sweep.spec import RULES, ReportSpec, SelectSpec
 
 BEST_FILE = "best.json"
 MUSE = (ReportSpec(forget_metric="muse/knowmem_forget", forget_goal="min", utility_metric="muse/knowmem_retain",
