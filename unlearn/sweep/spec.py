@@ -121,12 +121,16 @@ def max_retries(raw: Any) -> int | None:
     return raw
 
 
-def halving_spec(raw: Any) -> HalvingSpec:
+def _part(cls, key: str, raw: Any):
+    """`cls(**raw)` for the sweep key `key` (absent: the defaults); a field it lacks is one line."""
     try:
-        spec = HalvingSpec(**(raw or {}))
+        return cls(**(raw or {}))
     except TypeError:
-        raise UserError(f"sweep key 'halving' accepts {sorted(HalvingSpec.__dataclass_fields__)}, got "
-                        f"{sorted(raw)}") from None
+        raise UserError(f"sweep key '{key}' accepts {sorted(cls.__dataclass_fields__)}, got {sorted(raw)}") from None
+
+
+def halving_spec(raw: Any) -> HalvingSpec:
+    spec = _part(HalvingSpec, "halving", raw)
     try:
         spec = HalvingSpec(float(spec.eta), int(spec.min_rounds), int(spec.min_points))
     except (TypeError, ValueError):
@@ -139,12 +143,7 @@ def halving_spec(raw: Any) -> HalvingSpec:
 
 def report_spec(raw: Any, eval_args: list[str]) -> ReportSpec:
     """The sweep's `report:` (or, for a grid evaluated with the tofu suite, TOFU's pair of metrics)."""
-    report = raw or default_report(eval_args)
-    try:
-        spec = ReportSpec(**report)
-    except TypeError:
-        raise UserError(f"sweep key 'report' accepts {sorted(ReportSpec.__dataclass_fields__)}, "
-                        f"got {sorted(report)}") from None
+    spec = _part(ReportSpec, "report", raw or default_report(eval_args))
     for goal in (spec.forget_goal, spec.utility_goal):
         if goal not in ("min", "max"):
             raise UserError(f"sweep report goal '{goal}' is unknown; expected min or max")
@@ -152,11 +151,7 @@ def report_spec(raw: Any, eval_args: list[str]) -> ReportSpec:
 
 
 def select_spec(raw: Any) -> SelectSpec:
-    try:
-        spec = SelectSpec(**(raw or {}))
-    except TypeError:
-        raise UserError(f"sweep key 'select' accepts {sorted(SelectSpec.__dataclass_fields__)}, got "
-                        f"{sorted(raw)}") from None
+    spec = _part(SelectSpec, "select", raw)
     if spec.rule not in RULES:
         raise UserError(f"sweep select.rule '{spec.rule}' is unknown; expected one of: {', '.join(RULES)}")
     return spec
