@@ -75,6 +75,9 @@ write_configs() {
   cat > "$SLURM_CONF" <<CONF
 # written by slurm/local-cluster.sh
 ClusterName=unlearnci
+# job ids of their own per cluster (the ports are): two clusters on one host share node names, so
+# under proctrack/cgroup equal ids would share /sys/fs/cgroup/freezer/slurm_nX/uid_U/job_J
+FirstJobId=$((CTLD_PORT * 1000))
 SlurmctldHost=localhost
 SlurmctldPort=$CTLD_PORT
 SlurmUser=root
