@@ -10,10 +10,12 @@
 #   UNLEARN_SLURM_DIR   base folder                                (default /tmp/unlearn-slurm)
 #   UNLEARN_SLURM_NODES slurmd daemons = node names n1..nN         (default 2)
 #   UNLEARN_SLURM_CPUS  CPUs advertised per node; may exceed nproc (default 4: 2 cores run 8 tasks)
-#   UNLEARN_SLURM_PROCTRACK  linuxproc | cgroup (default linuxproc). cgroup: proctrack/cgroup + task/cgroup
-#                       (cgroup/v1, nothing constrained), what most clusters run; each slurmd keeps its jobs
-#                       under /sys/fs/cgroup/<controller>/slurm_<node>. Falls back to linuxproc, saying so,
-#                       where the cgroup v1 freezer hierarchy is not writable.
+#   UNLEARN_SLURM_PROCTRACK  cgroup | linuxproc (default cgroup). cgroup: proctrack/cgroup + task/cgroup
+#                       (cgroup/v1, nothing constrained), what most clusters run, each slurmd's jobs under
+#                       /sys/fs/cgroup/freezer/slurm_<node>; a stop sent to a job step then reaches only its
+#                       tasks, not their children (linuxproc: the whole tree), which is the harder case for
+#                       the ranks' relays. Falls back to linuxproc, saying so, where the cgroup v1 freezer
+#                       hierarchy is not writable.
 #   UNLEARN_SLURM_PORTS "CTLD DBD SQL NODE0": slurmctld, slurmdbd, mariadbd, first slurmd port
 #                       (default "26817 26819 26306 26901"); another set runs a second cluster beside one
 set -euo pipefail
@@ -21,7 +23,7 @@ set -euo pipefail
 BASE=${UNLEARN_SLURM_DIR:-/tmp/unlearn-slurm}
 NODES=${UNLEARN_SLURM_NODES:-2}
 CPUS=${UNLEARN_SLURM_CPUS:-4}
-PROCTRACK=${UNLEARN_SLURM_PROCTRACK:-linuxproc}
+PROCTRACK=${UNLEARN_SLURM_PROCTRACK:-cgroup}
 # Ports away from SLURM's defaults (6817-6819) and the shared reference cluster's.
 read -r CTLD_PORT DBD_PORT SQL_PORT NODE_PORT0 <<< "${UNLEARN_SLURM_PORTS:-26817 26819 26306 26901}"
 [ -n "$NODE_PORT0" ] || { echo "UNLEARN_SLURM_PORTS: want 4 ports \"CTLD DBD SQL NODE0\", got '$UNLEARN_SLURM_PORTS'" >&2; exit 2; }
