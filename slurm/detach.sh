@@ -6,11 +6,11 @@
 #   detached_srun ARGS...   srun ARGS outside this shell's process tree and session; returns its status
 #
 # Why: a stop may come to the batch step as well as to the job steps (scancel --full or --batch, some
-# sites' preemption). Under proctrack/linuxproc every process of the batch step's tree and session gets
-# it, srun included, and srun turns a SIGTERM it receives into SIGKILL for its whole step ("forcing job
-# termination", srun(1)): the ranks would die before they could save. Started through a double fork and
-# setsid, srun is in neither; proctrack/cgroup signals only the batch script itself anyway (not its
-# children), so this changes nothing there. A bash trap runs only once the command it waits for returns,
+# sites' preemption). Under proctrack/linuxproc and proctrack/cgroup alike it reaches the batch shell's
+# process group (tests/test_slurm.py::test_which_processes_each_stop_reaches), srun included if started
+# there, and srun turns a SIGTERM it receives into SIGKILL for its whole step ("forcing job termination",
+# srun(1)): the ranks would die before they could save. Started through a double fork and setsid, srun
+# is in a process group and session of its own. A bash trap runs only once the command it waits for returns,
 # hence `read` on a pipe (interrupted by trapped signals) instead of waiting for srun in the foreground.
 
 STOPPED=0

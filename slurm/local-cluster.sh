@@ -10,13 +10,24 @@
 #   UNLEARN_SLURM_DIR   base folder                                (default /tmp/unlearn-slurm)
 #   UNLEARN_SLURM_NODES slurmd daemons = node names n1..nN         (default 2)
 #   UNLEARN_SLURM_CPUS  CPUs advertised per node; may exceed nproc (default 4: 2 cores run 8 tasks)
+#   UNLEARN_SLURM_PROCTRACK  cgroup | linuxproc (default cgroup). cgroup: proctrack/cgroup + task/cgroup
+#                       (cgroup/v1, nothing constrained), what most clusters run, each slurmd's jobs under
+#                       /sys/fs/cgroup/freezer/slurm_<node>; a stop sent to a job step then reaches only its
+#                       tasks, not their children (linuxproc: the whole tree), which is the harder case for
+#                       the ranks' relays. Falls back to linuxproc, saying so, where the cgroup v1 freezer
+#                       hierarchy is not writable.
+#   UNLEARN_SLURM_PORTS "CTLD DBD SQL NODE0": slurmctld, slurmdbd, mariadbd, first slurmd port
+#                       (default "26817 26819 26306 26901"); another set runs a second cluster beside one
 set -euo pipefail
 
 BASE=${UNLEARN_SLURM_DIR:-/tmp/unlearn-slurm}
 NODES=${UNLEARN_SLURM_NODES:-2}
 CPUS=${UNLEARN_SLURM_CPUS:-4}
+PROCTRACK=${UNLEARN_SLURM_PROCTRACK:-cgroup}
 # Ports away from SLURM's defaults (6817-6819) and the shared reference cluster's.
-CTLD_PORT=26817 DBD_PORT=26819 SQL_PORT=26306 NODE_PORT0=26901
+read -r CTLD_PORT DBD_PORT SQL_PORT NODE_PORT0 <<< "${UNLEARN_SLURM_PORTS:-26817 26819 26306 26901}"
+[ -n "$NODE_PORT0" ] || { echo "UNLEARN_SLURM_PORTS: want 4 ports \"CTLD DBD SQL NODE0\", got '$UNLEARN_SLURM_PORTS'" >&2; exit 2; }
+case $PROCTRACK in linuxproc|cgroup) ;; *) echo "UNLEARN_SLURM_PROCTRACK: want linuxproc or cgroup, got '$PROCTRACK'" >&2; exit 2;; esac
 ETC=$BASE/etc RUN=$BASE/run LOG=$BASE/log STATE=$BASE/state
 SOCK=$RUN/munge.socket
 export SLURM_CONF=$ETC/slurm.conf
@@ -53,6 +64,12 @@ install_missing() {
   apt-get update -qq && apt-get install -y -qq --no-install-recommends "${pkgs[@]}" >/dev/null
 }
 
+# cgroup_writable: proctrack/cgroup (cgroup/v1) needs a freezer hierarchy it may create folders in
+cgroup_writable() {
+  local probe=/sys/fs/cgroup/freezer/unlearn-probe-$$
+  mkdir "$probe" 2>/dev/null && rmdir "$probe"
+}
+
 write_configs() {
   head -c 1024 /dev/urandom > "$ETC/munge.key"; chmod 400 "$ETC/munge.key"
   : > "$ETC/plugstack.conf"
@@ -60,6 +77,9 @@ write_configs() {
   cat > "$SLURM_CONF" <<CONF
 # written by slurm/local-cluster.sh
 ClusterName=unlearnci
+# job ids of their own per cluster (the ports are): two clusters on one host share node names, so
+# under proctrack/cgroup equal ids would share /sys/fs/cgroup/freezer/slurm_nX/uid_U/job_J
+FirstJobId=$((CTLD_PORT * 1000))
 SlurmctldHost=localhost
 SlurmctldPort=$CTLD_PORT
 SlurmUser=root
@@ -77,8 +97,8 @@ SlurmdLogFile=$LOG/slurmd-%n.log
 PlugStackConfig=$ETC/plugstack.conf
 MailProg=/bin/true
 MpiDefault=none
-ProctrackType=proctrack/linuxproc
-TaskPlugin=task/none
+ProctrackType=proctrack/$PROCTRACK
+TaskPlugin=task/$([ "$PROCTRACK" = cgroup ] && echo cgroup || echo none)
 SelectType=select/cons_tres
 SelectTypeParameters=CR_Core_Memory
 # start the next job as soon as one ends (the default waits up to 3 s); scheduling passes every 2 s,
@@ -103,6 +123,15 @@ AccountingStoragePass=$SOCK
 JobAcctGatherType=jobacct_gather/linux
 NodeName=n[1-$NODES] NodeHostname=localhost NodeAddr=127.0.0.1 Port=[$NODE_PORT0-$((NODE_PORT0 + NODES - 1))] CPUs=$CPUS RealMemory=$mem State=UNKNOWN
 PartitionName=debug Nodes=ALL Default=YES MaxTime=INFINITE State=UP
+CONF
+  # read by the cgroup plugins only. Nothing constrained: the nodes advertise more CPUs than the host
+  # has, and jobs stay within the memory of the container this runs in.
+  cat > "$ETC/cgroup.conf" <<CONF
+CgroupPlugin=cgroup/v1
+CgroupMountpoint=/sys/fs/cgroup
+ConstrainCores=no
+ConstrainRAMSpace=no
+ConstrainDevices=no
 CONF
   cat > "$ETC/slurmdbd.conf" <<CONF
 AuthType=auth/munge
@@ -131,6 +160,10 @@ start() {
   mkdir -p "$ETC" "$RUN" "$LOG" "$STATE/ctld" "$STATE/mysql"
   for i in $(seq 1 "$NODES"); do mkdir -p "$STATE/slurmd-n$i"; done
   chmod 700 "$ETC"; chmod 755 "$RUN"    # munged wants its socket folder world-searchable
+  if [ "$PROCTRACK" = cgroup ] && ! cgroup_writable; then
+    say "cgroup v1 freezer hierarchy not writable (/sys/fs/cgroup/freezer): proctrack/linuxproc instead"
+    PROCTRACK=linuxproc
+  fi
   write_configs
   local t0=$SECONDS
   munged --socket="$SOCK" --key-file="$ETC/munge.key" --pid-file="$RUN/munged.pid" \
@@ -148,7 +181,7 @@ start() {
   wait_until 30 "slurmctld" scontrol ping
   for i in $(seq 1 "$NODES"); do slurmd -f "$SLURM_CONF" -N "n$i" || fail "slurmd n$i did not start"; done
   wait_until 60 "$NODES idle node(s)" all_idle
-  say "up in $((SECONDS - t0)) s: $NODES nodes x $CPUS CPUs; export SLURM_CONF=$SLURM_CONF"
+  say "up in $((SECONDS - t0)) s: $NODES nodes x $CPUS CPUs, proctrack/$PROCTRACK; export SLURM_CONF=$SLURM_CONF"
 }
 
 # stop_pid PIDFILE NAME: SIGTERM the daemon named in PIDFILE (only if it still is NAME), wait, then SIGKILL.

@@ -40,6 +40,55 @@ def slurm_env(tmp_path_factory) -> dict[str, str]:
     return env
 
 
+def _proctrack() -> str:
+    """The cluster's process tracking (slurm/local-cluster.sh: UNLEARN_SLURM_PROCTRACK), read from its
+    slurm.conf at collection so that the test below names it: "none" when there is no cluster."""
+    conf = CLUSTER_DIR / "etc" / "slurm.conf"
+    found = re.search(r"^ProctrackType=proctrack/(\w+)", conf.read_text(), re.M) if conf.is_file() else None
+    return found.group(1) if found else "none"
+
+
+# Each process logs the stops it gets to STOPS.<who>: the batch shell, a child in its process group, a
+# child in a session of its own (as slurm/detach.sh starts srun), a step's task and that task's child.
+_STOPS_JOB = """#!/bin/bash
+log='for s in TERM USR1 USR2; do trap "echo $s >> $STOPS.$0" $s; done; touch $STOPS.$0; while :; do sleep 0.1; done'
+for s in TERM USR1 USR2; do trap "echo $s >> $STOPS.shell" $s; done; touch $STOPS.shell
+bash -c "$log" group &
+setsid bash -c "$log" session &
+setsid srun bash -c "bash -c '$log' step-child & $log" step-task &
+while :; do sleep 0.1; done
+"""
+
+
+@pytest.mark.parametrize("proctrack", [_proctrack()])
+def test_which_processes_each_stop_reaches(slurm_env, tmp_path, proctrack):
+    """What the stop paths rely on, per ProctrackType (the test's id names the cluster's): a stop sent
+    to the job steps (scancel --signal, --signal=USR1@N) reaches each step's task, and under
+    proctrack/cgroup only that task (so each rank's wrapper in slurm/train-task.sh and TrainJob in
+    unlearn/sweep/jobs.py pass it on); one sent to the whole job (scancel --full) reaches the batch
+    shell and its process group but not a child in a session of its own (so slurm/detach.sh's srun
+    does not turn it into SIGKILL for the ranks)."""
+    script = tmp_path / "stops.sh"
+    script.write_text(_STOPS_JOB)
+    job = _run(["sbatch", "--parsable", "-n1", "-o", str(tmp_path / "out"), "--export", f"ALL,STOPS={tmp_path}/got",
+                str(script)], slurm_env).strip()
+    who = ("shell", "group", "session", "step-task", "step-child")
+    got = lambda name: (tmp_path / f"got.{name}").read_text().split()  # noqa: E731
+    try:
+        _until("every process's traps", lambda: all((tmp_path / f"got.{name}").exists() for name in who))
+        _run(["scancel", "--signal=USR1", job], slurm_env)
+        _until("USR1 at the step's task", lambda: got("step-task"), timeout=30)
+        _run(["scancel", "--full", "--signal=USR2", job], slurm_env)
+        _until("USR2 at the batch shell", lambda: "USR2" in got("shell"), timeout=30)
+        time.sleep(1)  # whoever else gets it, gets it by now
+        seen = {name: got(name) for name in who}
+    finally:
+        subprocess.run(["scancel", job], env=slurm_env, capture_output=True)
+    assert proctrack in ("linuxproc", "cgroup"), proctrack
+    assert seen == {"shell": ["USR2"], "group": ["USR2"], "session": [], "step-task": ["USR1"],
+                    "step-child": ["USR1"] if proctrack == "linuxproc" else []}, seen
+
+
 def _demo_overrides(demo_dir: Path) -> list[str]:
     return [f"model.name_or_path={demo_dir / 'init'}", f"data.forget={demo_dir / 'forget.txt'}",
             f"data.retain={demo_dir / 'retain.txt'}"]
