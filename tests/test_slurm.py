@@ -5,6 +5,7 @@ Outside CI these skip when no cluster is up; in CI (CI=true) a missing cluster i
 
 from __future__ import annotations
 
+import csv
 import json
 import os
 import re
@@ -17,13 +18,19 @@ from pathlib import Path
 import pytest
 import yaml
 
+from unlearn import runs
+
 ROOT = Path(__file__).resolve().parents[1]
 CLUSTER_DIR = Path(os.environ.get("UNLEARN_SLURM_DIR", "/tmp/unlearn-slurm"))
 pytestmark = [pytest.mark.slurm, pytest.mark.slow]
 
 # Tiny runs: each process start costs ~10 s on 2 cores, so few processes and few steps.
 TINY = ["train.micro_batch_size=2", "train.global_batch_size=2", "train.log_every_n_steps=1"]
-EVAL = "sweep.eval.args=[--suite, 'copyright,utility', --limit, '4', --truthfulqa, none, --reference, none]"
+# utility first: it takes ~0.1 s, copyright ~2 s, so a stop sent once utility is in eval.json lands in copyright
+EVAL = "sweep.eval.args=[--suite, 'utility,copyright', --limit, '4', --truthfulqa, none, --reference, none]"
+STOPS = (["--signal=TERM"], ["--full", "--signal=TERM"], ["--signal=USR1"])
+"""scancel options of a stop: to the job steps (preemption, scancel), to the batch shell as well (scancel
+--full, some sites' preemption), SLURM's warning before the time limit (what --signal=USR1@N sends)."""
 
 
 @pytest.fixture(scope="module")
@@ -79,6 +86,11 @@ def _t(stamp: str) -> datetime:
     return datetime.fromisoformat(stamp)
 
 
+def _evals(sweep_dir: Path) -> list[list[str]]:
+    """(task, run, step, checkpoint) of each eval job, in submission order (evals.tsv)."""
+    return [line.split("\t") for line in (sweep_dir / "evals.tsv").read_text().splitlines()]
+
+
 def _check_sweep(sweep_dir: Path, train_ids: dict[int, str], eval_ids: list[str], rows: dict, env) -> None:
     """Every run finished; every checkpoint has an eval.json written by its own eval job, which started
     only after its training task ended; the report and HParams sessions exist."""
@@ -86,7 +98,7 @@ def _check_sweep(sweep_dir: Path, train_ids: dict[int, str], eval_ids: list[str]
     assert len(names) == 4
     for task, job in train_ids.items():
         assert rows[job]["State"] == "COMPLETED", (job, rows[job])
-    expected = [line.split("\t") for line in (sweep_dir / "evals.tsv").read_text().splitlines()]
+    expected = _evals(sweep_dir)
     assert len(eval_ids) == len(expected) > 0
     for job, (task, name, step, ckpt) in zip(eval_ids, expected):
         ev, tr = rows[job], rows[train_ids[int(task)]]
@@ -108,7 +120,39 @@ def _check_sweep(sweep_dir: Path, train_ids: dict[int, str], eval_ids: list[str]
     assert status.count(" done ") == 4 and "copyright/verbatim_rouge_l=" in status
 
 
+def _stop_in_copyright(stops: list[tuple[str, Path, list[str]]], env: dict[str, str], timeout: float = 300) -> None:
+    """Send each eval job (id, checkpoint, scancel options) its stop while evaluate.py runs copyright,
+    its second suite: once utility is in eval.json (`incomplete` until copyright is)."""
+    left, end = list(stops), time.time() + timeout
+    while left:
+        for stop in list(left):
+            job, ckpt, how = stop
+            if "incomplete" in ((ckpt / "eval.json").read_text() if (ckpt / "eval.json").is_file() else ""):
+                _run(["scancel", *how, job], env)
+                left.remove(stop)
+        assert time.time() < end, f"evals {left} never reached copyright"
+        time.sleep(0.05)
+
+
+def _check_requeued_evals(stops, report: str, rows: dict, env: dict[str, str]) -> None:
+    """Each stopped eval requeued itself once; its next incarnation ran only copyright (utility was kept)
+    and completed the checkpoint's eval.json; no eval.error; the report job waited for it."""
+    for job, ckpt, how in stops:
+        states = _run(["sacct", "-X", "-n", "-P", "-j", job, "-D", "-o", "State"], env).split()
+        assert states == ["REQUEUED", "COMPLETED"], (how, states)
+        assert runs.evaluated(ckpt) and not (ckpt / "eval.error").exists(), how
+        first, _, rerun = next(ckpt.parents[3].glob(f"logs/eval-*-{job}.out")).read_text().partition("restart 1\n")
+        assert "utility suite ..." in first and f"requeued eval job {job}: stopped (exit 3); requeue 1 of 2" in first
+        assert "copyright suite ..." in rerun and "utility suite" not in rerun, (first, rerun)
+        assert _t(rows[report]["Start"]) >= _t(rows[job]["End"]), (rows[report], rows[job])
+
+
 def test_sbatch_sweep_2x2(slurm_env, demo_dir, tmp_path):
+    """The 2x2 demo grid through sbatch; then three step-4 evals are stopped while evaluate.py runs,
+    one by each of STOPS: each job requeues itself (sacct REQUEUED, then COMPLETED), its rerun does only
+    the suite not yet in eval.json, the report waits for it and lists the step-4 metrics of every run.
+    Before: the step and the USR1 stops did not reach evaluate.py (an eval job had no step), and the
+    --full one ended the job FAILED with eval.error (the checkpoint never evaluated)."""
     overrides = [f"sweep.output_dir={tmp_path}", "sweep.name=sb", EVAL, "train.max_steps=4",
                  "train.save_every_n_steps=2", *TINY, *_demo_overrides(demo_dir)]
     _run(["sbatch", f"--output={tmp_path}/submit-%j.out", "slurm/sweep.sh", "configs/sweeps/demo_2x2.yaml",
@@ -125,9 +169,18 @@ def test_sbatch_sweep_2x2(slurm_env, demo_dir, tmp_path):
         assert time.time() < end + 60, status
         status = _run([sys.executable, "launch/sweep.py", "--status", str(sweep_dir)], slurm_env)
     assert "sacct" not in status.splitlines()[0], status
-    rows = _wait_done([array, *eval_ids, report], slurm_env, timeout=300, expect=4 + len(eval_ids) + 1)
+    last = [(job, Path(ckpt)) for job, (_, _, step, ckpt) in zip(eval_ids, _evals(sweep_dir)) if step == "4"]
+    stops = [(job, ckpt, how) for (job, ckpt), how in zip(last, STOPS)]
+    try:
+        _stop_in_copyright(stops, slurm_env)
+        rows = _wait_done([array, *eval_ids, report], slurm_env, timeout=300, expect=4 + len(eval_ids) + 1)
+    finally:
+        _cancel(sweep_dir, slurm_env)
     assert rows[report]["State"] == "COMPLETED"
     _check_sweep(sweep_dir, {i: f"{array}_{i}" for i in range(4)}, eval_ids, rows, slurm_env)
+    _check_requeued_evals(stops, report, rows, slurm_env)
+    with (sweep_dir / "report.csv").open() as f:
+        assert [row["eval_step"] for row in csv.DictReader(f)] == ["4"] * 4
 
 
 def test_submitit_sweep_2x2(slurm_env, demo_dir, tmp_path):
