@@ -120,15 +120,20 @@ def _check_sweep(sweep_dir: Path, train_ids: dict[int, str], eval_ids: list[str]
     assert status.count(" done ") == 4 and "copyright/verbatim_rouge_l=" in status
 
 
-def _stop_in_copyright(stops: list[tuple[str, Path, list[str]]], env: dict[str, str], timeout: float = 300) -> None:
-    """Send each eval job (id, checkpoint, scancel options) its stop while evaluate.py runs copyright,
-    its second suite: once utility is in eval.json (`incomplete` until copyright is)."""
+def _eval_log(job: str, ckpt: Path) -> Path:
+    return next(ckpt.parents[3].glob(f"logs/eval-*-{job}.out"), ckpt.parents[3] / "logs" / f"none-{job}")
+
+
+def _stop_in_copyright(stops: list[tuple[str, Path, list[str]]], env: dict[str, str], restart: int = 0,
+                       timeout: float = 300) -> None:
+    """Send each eval job (id, checkpoint, scancel options) its stop while evaluate.py runs copyright
+    (after utility, kept in eval.json) in the job's incarnation `restart`, as its log says."""
     left, end = list(stops), time.time() + timeout
     while left:
         for stop in list(left):
-            job, ckpt, how = stop
-            if "incomplete" in ((ckpt / "eval.json").read_text() if (ckpt / "eval.json").is_file() else ""):
-                _run(["scancel", *how, job], env)
+            log = _eval_log(stop[0], stop[1])
+            if "copyright suite ..." in (log.read_text() if log.is_file() else "").partition(f"restart {restart}\n")[2]:
+                _run(["scancel", *stop[2], stop[0]], env)
                 left.remove(stop)
         assert time.time() < end, f"evals {left} never reached copyright"
         time.sleep(0.05)
@@ -141,7 +146,7 @@ def _check_requeued_evals(stops, report: str, rows: dict, env: dict[str, str]) -
         states = _run(["sacct", "-X", "-n", "-P", "-j", job, "-D", "-o", "State"], env).split()
         assert states == ["REQUEUED", "COMPLETED"], (how, states)
         assert runs.evaluated(ckpt) and not (ckpt / "eval.error").exists(), how
-        first, _, rerun = next(ckpt.parents[3].glob(f"logs/eval-*-{job}.out")).read_text().partition("restart 1\n")
+        first, _, rerun = _eval_log(job, ckpt).read_text().partition("restart 1\n")
         assert "utility suite ..." in first and f"requeued eval job {job}: stopped (exit 3); requeue 1 of 2" in first
         assert "copyright suite ..." in rerun and "utility suite" not in rerun, (first, rerun)
         assert _t(rows[report]["Start"]) >= _t(rows[job]["End"]), (rows[report], rows[job])
@@ -345,8 +350,11 @@ def test_sbatch_sweep_survives_stops_crashes_and_a_lost_node(slurm_env, demo_dir
     3. its node down (scontrol): SLURM requeues it (NODE_FAIL), not a retry; it resumes elsewhere;
     4. SIGKILLed again: no retry left, lost for good. --status and the report say FAILED with the
        reason and exit non-zero; the eval jobs (afterany) evaluate every checkpoint the run completed
-       and skip the rest.
-    Before: 1 failed the task (0:15) without a save, 2 failed it for good, and the evals were cancelled."""
+       and skip the rest;
+    5. but step 20's eval, stopped while it runs (scancel --full), requeues itself (1 of max_retries 1);
+       stopped again, it gives up: FAILED, eval.error and --status say why and which suite is missing.
+    Before: 1 failed the task (0:15) without a save, 2 failed it for good, and the evals were cancelled;
+    5 failed the eval at its first stop ("stopped by a signal"), with no requeue."""
     grid = _one_point_grid(tmp_path, "faults", max_retries=1,
                            base={"train": {"max_steps": 80, "save_every_n_steps": 20}})
     _run(["bash", "slurm/sweep.sh", str(grid), *TINY, EVAL, *_demo_overrides(demo_dir)], slurm_env)
@@ -379,6 +387,9 @@ def test_sbatch_sweep_survives_stops_crashes_and_a_lost_node(slurm_env, demo_dir
         finally:
             _run(["scontrol", "update", f"nodename={node}", "state=resume"], slurm_env)
         _until("its rank", lambda: _rank(sweep_dir)).kill()  # 4
+        step20 = (eval_ids[0], run / "checkpoints" / "step-000020")
+        _stop_in_copyright([(*step20, STOPS[1])], slurm_env)  # 5: requeued (1 of max_retries 1) ...
+        _stop_in_copyright([(*step20, STOPS[2])], slurm_env, restart=1)  # ... stopped again: given up
         rows = _wait_done([jobs["train"], *eval_ids, jobs["report"]], slurm_env, timeout=240, expect=2 + len(eval_ids))
         assert rows[task]["State"] == "FAILED", rows
         states = _run(["sacct", "-X", "-n", "-P", "-j", task, "-D", "-o", "State"], slurm_env).split()
@@ -389,16 +400,21 @@ def test_sbatch_sweep_survives_stops_crashes_and_a_lost_node(slurm_env, demo_dir
         assert status.returncode == 1, status.stdout
         assert re.search(r"lr=0.0001 +FAILED .*NODE_FAIL.*retried 1/1, killed by SIGKILL \(exit 137\)", status.stdout)
         assert "1 run(s) lost for good" in status.stdout and "pending" not in status.stdout
+        gave_up = (step20[1] / "eval.error").read_text()
+        assert gave_up.startswith(f"stopped 2 time(s) by a signal (preemption, time limit or scancel), the last in job "
+                                  f"{step20[0]} (exit 3); gave up after 1 requeue(s) (max_retries); not run: copyright")
+        assert f"lr=0.0001 step 20: {gave_up.strip()}" in status.stdout, status.stdout
         report = (sweep_dir / "report.csv").read_text()
         assert ",FAILED," in report and "killed by SIGKILL" in report
         assert "1 run(s) lost for good" in next((sweep_dir / "logs").glob("report-*.out")).read_text()
         assert rows[jobs["report"]]["State"] == "FAILED"  # the report job exits non-zero too
         complete = {int(p.parent.name[5:]) for p in (run / "checkpoints").glob("step-*/COMPLETE")}
         assert 20 in complete and 80 not in complete
-        for job, step in zip(eval_ids, (20, 40, 60, 80)):  # every eval ran once the task was over for good
+        states = _run(["sacct", "-X", "-n", "-P", "-j", step20[0], "-D", "-o", "State"], slurm_env).split()
+        assert states == ["REQUEUED", "FAILED"], states
+        for job, step in zip(eval_ids[1:], (40, 60, 80)):  # every eval ran once the task was over for good
             assert rows[job]["State"] == "COMPLETED" and _t(rows[job]["Start"]) >= _t(rows[task]["End"]), rows[job]
-            evaluated = (run / "checkpoints" / f"step-{step:06d}" / "eval.json").is_file()
-            assert evaluated == (step in complete), (step, complete)
+            assert runs.evaluated(run / "checkpoints" / f"step-{step:06d}") == (step in complete), (step, complete)
     finally:
         _cancel(sweep_dir, slurm_env)
 
