@@ -6,6 +6,7 @@ Outside CI these skip when no cluster is up; in CI (CI=true) a missing cluster i
 from __future__ import annotations
 
 import csv
+import itertools
 import json
 import os
 import re
@@ -129,12 +130,18 @@ def _stop_in_copyright(stops: list[tuple[str, Path, list[str]]], env: dict[str, 
     """Send each eval job (id, checkpoint, scancel options) its stop while evaluate.py runs copyright
     (after utility, kept in eval.json) in the job's incarnation `restart`, as its log says."""
     left, end = list(stops), time.time() + timeout
-    while left:
+    for poll in itertools.count():
         for stop in list(left):
             log = _eval_log(stop[0], stop[1])
-            if "copyright suite ..." in (log.read_text() if log.is_file() else "").partition(f"restart {restart}\n")[2]:
+            incarnations = re.split(r"^eval job ", log.read_text() if log.is_file() else "", flags=re.M)[1:]
+            if len(incarnations) > restart and "copyright suite ..." in incarnations[restart]:
                 _run(["scancel", *stop[2], stop[0]], env)
                 left.remove(stop)
+            elif poll % 20 == 19 and not _run(["squeue", "-h", "-j", stop[0]], env).strip():
+                raise AssertionError(f"eval job {stop[0]} ended before incarnation {restart} reached copyright: "
+                                     f"{''.join(incarnations)[-2000:]}")
+        if not left:
+            return
         assert time.time() < end, f"evals {left} never reached copyright"
         time.sleep(0.05)
 
