@@ -359,7 +359,8 @@ def test_sbatch_sweep_survives_stops_crashes_and_a_lost_node(slurm_env, demo_dir
        reason and exit non-zero; the eval jobs (afterany) evaluate every checkpoint the run completed
        and skip the rest;
     5. but step 20's eval, stopped while it runs (scancel --full), requeues itself (1 of max_retries 1);
-       stopped again, it gives up: FAILED, eval.error and --status say why and which suite is missing.
+       stopped again, it gives up: FAILED, eval.error and --status say why and which suite is missing;
+    6. `scontrol requeue` of it: its rerun does that suite, and eval.error is gone.
     Before: 1 failed the task (0:15) without a save, 2 failed it for good, and the evals were cancelled;
     5 failed the eval at its first stop ("stopped by a signal"), with no requeue."""
     grid = _one_point_grid(tmp_path, "faults", max_retries=1,
@@ -419,9 +420,19 @@ def test_sbatch_sweep_survives_stops_crashes_and_a_lost_node(slurm_env, demo_dir
         assert 20 in complete and 80 not in complete
         states = _run(["sacct", "-X", "-n", "-P", "-j", step20[0], "-D", "-o", "State"], slurm_env).split()
         assert states == ["REQUEUED", "FAILED"], states
-        for job, step in zip(eval_ids[1:], (40, 60, 80)):  # every eval ran once the task was over for good
-            assert rows[job]["State"] == "COMPLETED" and _t(rows[job]["Start"]) >= _t(rows[task]["End"]), rows[job]
-            assert runs.evaluated(run / "checkpoints" / f"step-{step:06d}") == (step in complete), (step, complete)
+        for job, step in zip(eval_ids, (20, 40, 60, 80)):  # every eval ran once the task was over for good
+            assert _t(rows[job]["Start"]) >= _t(rows[task]["End"]), rows[job]
+            if step != 20:
+                assert rows[job]["State"] == "COMPLETED", rows[job]
+                assert runs.evaluated(run / "checkpoints" / f"step-{step:06d}") == (step in complete), (step, complete)
+        _run(["scontrol", "requeue", step20[0]], slurm_env)  # 6: the user's retry: copyright only, eval.error gone
+        _until("step 20 evaluated", lambda: runs.evaluated(step20[1]), timeout=120)
+        assert not (step20[1] / "eval.error").exists()
+        assert _wait_done([step20[0]], slurm_env, timeout=60, expect=1)[step20[0]]["State"] == "COMPLETED"
+        rerun = re.split(r"^eval job ", _eval_log(*step20).read_text(), flags=re.M)[3]
+        assert "copyright suite ..." in rerun and "utility suite" not in rerun, rerun
+        status = _status(sweep_dir, slurm_env)
+        assert "failed eval" not in status.stdout and status.returncode == 1, status.stdout
     finally:
         _cancel(sweep_dir, slurm_env)
 
