@@ -154,7 +154,7 @@ def _check_requeued_evals(stops, report: str, rows: dict, env: dict[str, str]) -
         assert states == ["REQUEUED", "COMPLETED"], (how, states)
         assert runs.evaluated(ckpt) and not (ckpt / "eval.error").exists(), how
         first, _, rerun = _eval_log(job, ckpt).read_text().partition("restart 1\n")
-        assert "utility suite ..." in first and f"requeued eval job {job}: stopped (exit 3); requeue 1 of 2" in first
+        assert "utility suite ..." in first and f"requeueing eval job {job}: stopped (exit 3); requeue 1 of 2" in first
         assert "copyright suite ..." in rerun and "utility suite" not in rerun, (first, rerun)
         assert _t(rows[report]["Start"]) >= _t(rows[job]["End"]), (rows[report], rows[job])
 

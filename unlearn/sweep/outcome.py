@@ -165,10 +165,11 @@ def conclude_eval(ckpt: Path, rc: int, stopped: bool, restarts: int, max_retries
         return "done"
     error = Path(ckpt) / EVAL_ERROR
     if rc == EXIT_REQUEUE or rc - 128 in STOP_SIGNALS or (stopped and rc != EXIT_USER_ERROR):
-        if restarts < max_retries and requeue():
-            print(f"requeued eval job {job}: stopped ({reason(rc)}); requeue {restarts + 1} of {max_retries}",
+        if restarts < max_retries:  # said first: the requeue ends this job's processes
+            print(f"requeueing eval job {job}: stopped ({reason(rc)}); requeue {restarts + 1} of {max_retries}",
                   file=sys.stderr, flush=True)
-            return "requeued"
+            if requeue():
+                return "requeued"
         why = f"after {max_retries} requeue(s) (max_retries)" if restarts >= max_retries else "(scontrol requeue failed)"
         error.write_text(f"stopped {restarts + 1} time(s) by a signal (preemption, time limit or scancel), the last "
                          f"in job {job} ({reason(rc)}); gave up {why}; not run: {', '.join(_not_run(ckpt)) or '?'}\n")
@@ -206,6 +207,7 @@ def main(argv: list[str] | None = None) -> None:
         except ValueError:
             raise UserError("usage: python -m unlearn.sweep.outcome --eval CHECKPOINT MAX_RETRIES STOPPED(0|1) JOB "
                             f"RESTARTS EXIT; got {args}") from None
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)  # what the requeue sends this job: first say what became of it
         print(conclude_eval(Path(ckpt), rc, stopped == "1", restarts, limit, job, lambda: queue.requeue(job)))
         return
     try:
