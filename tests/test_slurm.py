@@ -426,9 +426,10 @@ def test_sbatch_sweep_survives_stops_crashes_and_a_lost_node(slurm_env, demo_dir
                 assert rows[job]["State"] == "COMPLETED", rows[job]
                 assert runs.evaluated(run / "checkpoints" / f"step-{step:06d}") == (step in complete), (step, complete)
         _run(["scontrol", "requeue", step20[0]], slurm_env)  # 6: the user's retry: copyright only, eval.error gone
-        _until("step 20 evaluated", lambda: runs.evaluated(step20[1]), timeout=120)
+        _until("step 20 evaluated", lambda: runs.evaluated(step20[1]), timeout=120)  # then the job ends
+        _until("its rerun COMPLETED", lambda: _sacct([step20[0]], slurm_env)[step20[0]]["State"] == "COMPLETED",
+               timeout=60, every=0.5)
         assert not (step20[1] / "eval.error").exists()
-        assert _wait_done([step20[0]], slurm_env, timeout=60, expect=1)[step20[0]]["State"] == "COMPLETED"
         rerun = re.split(r"^eval job ", _eval_log(*step20).read_text(), flags=re.M)[3]
         assert "copyright suite ..." in rerun and "utility suite" not in rerun, rerun
         status = _status(sweep_dir, slurm_env)
