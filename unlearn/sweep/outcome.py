@@ -200,6 +200,9 @@ def main(argv: list[str] | None = None) -> None:
     from unlearn.sweep import queue
 
     args = sys.argv[1:] if argv is None else argv
+    # `scontrol requeue` ends the job's processes with SIGTERM, this one too: outlive it to write what the
+    # files must say (a retry line, train.exit, eval.error) and print the verdict (SIGKILL comes KillWait later)
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
     if args[:1] == ["--eval"]:
         try:
             ckpt, limit, stopped, job, restarts, rc = args[1:]
@@ -207,7 +210,6 @@ def main(argv: list[str] | None = None) -> None:
         except ValueError:
             raise UserError("usage: python -m unlearn.sweep.outcome --eval CHECKPOINT MAX_RETRIES STOPPED(0|1) JOB "
                             f"RESTARTS EXIT; got {args}") from None
-        signal.signal(signal.SIGTERM, signal.SIG_IGN)  # what the requeue sends this job: first say what became of it
         print(conclude_eval(Path(ckpt), rc, stopped == "1", restarts, limit, job, lambda: queue.requeue(job)))
         return
     try:
