@@ -4,6 +4,7 @@
     python launch/evaluate.py --run RUN_DIR        # every complete checkpoint not yet evaluated + summary
 
 Writes CHECKPOINT_DIR/eval.json and `eval/...` scalars in RUN_DIR/tb at the checkpoint's step.
+A stop (SIGTERM, SIGUSR1) exits 3 with the suites that finished kept: the same command runs the rest.
 Data defaults come from the checkpoint's config.yaml; the flags below override them.
 """
 
@@ -12,7 +13,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout without install
 
-from unlearn.errors import guarded  # noqa: E402
+from unlearn.errors import guarded, stop_signals_raise  # noqa: E402
 from unlearn.eval.context import options_from_flags  # noqa: E402
 from unlearn.eval.job import parser  # noqa: E402
 
@@ -25,8 +26,9 @@ def main(argv: list[str] | None = None) -> None:
         from unlearn.eval.record import metrics_table
 
         opts = options_from_flags(args, evaluation.parse_suites(args.suite))
-        results = evaluation.evaluate_run(args.run, opts) if args.run else \
-            [evaluation.evaluate_checkpoint(args.checkpoint, opts)]
+        with stop_signals_raise():  # SIGTERM/SIGUSR1: exit 3, the finished suites kept in eval.json
+            results = evaluation.evaluate_run(args.run, opts) if args.run else \
+                [evaluation.evaluate_checkpoint(args.checkpoint, opts)]
         for result in results:
             print("\n" + metrics_table(result), flush=True)
 

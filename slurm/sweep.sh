@@ -10,8 +10,9 @@
 #   - one eval job per checkpoint (slurm/eval-task.sh), --dependency=afterany on its own array task: it
 #     runs once the task is over for good, whatever became of it, and evaluates the checkpoint if the
 #     run completed it (else it ends at once) (with `search: halving`: held, and released by the
-#     training task once the checkpoint is written);
-#   - a report job (report.csv/png, HParams) after all evals (afterany: a failed eval still gets a report).
+#     training task once the checkpoint is written); stopped, it requeues itself up to max_retries times;
+#   - a report job (report.csv/png, HParams) after all evals (afterany: a failed eval still gets a report;
+#     a requeued one keeps its job id, so the report waits for its next incarnation).
 # Job ids go to SWEEP_DIR/jobs.txt; this submitting job logs to slurm/logs/. Resources come from the cluster
 # profile, not from this file.
 #SBATCH --job-name=sweep-submit
@@ -43,7 +44,8 @@ while IFS=$'\t' read -r task name step ckpt; do
   [ "$HALVING" = 1 ] && after=--hold   # evaluation while training: released by slurm/train-task.sh
   # shellcheck disable=SC2086
   id=$(sbatch --parsable --chdir="$ROOT" --job-name="eval-$name-$step" "$after" \
-       $EVAL_SBATCH --output="$SWEEP_DIR/logs/eval-${name}-step${step}-%j.out" slurm/eval-task.sh "$ckpt" $EVAL_ARGS)
+       $EVAL_SBATCH --output="$SWEEP_DIR/logs/eval-${name}-step${step}-%j.out" \
+       slurm/eval-task.sh "$ckpt" "$MAX_RETRIES" $EVAL_ARGS)
   evals+=("${id%%;*}")
 done < "$SWEEP_DIR/evals.tsv"
 echo "eval jobs: ${evals[*]:-none}"

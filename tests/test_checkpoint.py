@@ -169,6 +169,38 @@ def test_evaluate_of_a_checkpoint_that_keep_last_n_or_a_hand_removes(saved, demo
     assert not first.exists()
 
 
+def test_evaluate_run_skips_a_checkpoint_keep_last_n_removed_before_its_turn(saved, demo_dir, tmp_path):
+    """launch/evaluate.py --run lists step-1..3; while it evaluates step-1 (stopped there with SIGSTOP),
+    keep_last_n=1's prune removes step-2 (step-1 it keeps: being read). The run says one line for step-2
+    and goes on: exit 0, step-3 evaluated, the summary covers steps 0, 1 and 3.
+    Before: `checkpoint '.../step-000002' not found`, exit 2, step-3 never evaluated, no summary."""
+    for step in (1, 2, 3):
+        _save(saved, tmp_path, step)
+    first, second = runs.step_dir(tmp_path, 1), runs.step_dir(tmp_path, 2)
+    proc = subprocess.Popen([sys.executable, str(ROOT / "launch" / "evaluate.py"), "--run", str(tmp_path),
+                             "--suite", "copyright", "--limit", "2", "--forget", str(demo_dir / "forget.txt"),
+                             "--retain", str(demo_dir / "retain.txt")],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=child_env())
+    try:
+        deadline = time.time() + 180
+        while not _locked(first / runs.COMPLETE):  # its turn came: the listing is done
+            assert proc.poll() is None and time.time() < deadline, proc.communicate()
+            time.sleep(0.005)
+        os.kill(proc.pid, signal.SIGSTOP)
+        checkpoint.prune(tmp_path, 1, saved[3])
+        assert [p.name for p in runs.complete_checkpoints(tmp_path)] == ["step-000001", "step-000003"]
+        assert not second.exists()
+    finally:
+        os.kill(proc.pid, signal.SIGCONT)
+    out, err = proc.communicate(timeout=300)
+    assert proc.returncode == 0, err[-3000:]
+    assert "skipped step-000002: removed since the checkpoints were listed (train.keep_last_n?)" in out.splitlines()
+    assert "Traceback" not in err and not second.exists()
+    assert all(runs.evaluated(c) for c in (first, runs.step_dir(tmp_path, 3)))
+    summary = (tmp_path / "eval_summary.csv").read_text().splitlines()
+    assert [line.split(",")[0] for line in summary[1:]] == ["0", "1", "3"], summary
+
+
 @pytest.fixture
 def small_disk(tmp_path):
     """mount(size) -> a fresh folder on a real tmpfs of that size ('60m'); unmounted at the end."""

@@ -5,6 +5,8 @@ Outside CI these skip when no cluster is up; in CI (CI=true) a missing cluster i
 
 from __future__ import annotations
 
+import csv
+import itertools
 import json
 import os
 import re
@@ -17,13 +19,19 @@ from pathlib import Path
 import pytest
 import yaml
 
+from unlearn import runs
+
 ROOT = Path(__file__).resolve().parents[1]
 CLUSTER_DIR = Path(os.environ.get("UNLEARN_SLURM_DIR", "/tmp/unlearn-slurm"))
 pytestmark = [pytest.mark.slurm, pytest.mark.slow]
 
 # Tiny runs: each process start costs ~10 s on 2 cores, so few processes and few steps.
 TINY = ["train.micro_batch_size=2", "train.global_batch_size=2", "train.log_every_n_steps=1"]
-EVAL = "sweep.eval.args=[--suite, 'copyright,utility', --limit, '4', --truthfulqa, none, --reference, none]"
+# utility first: it takes ~0.1 s, copyright ~2 s, so a stop sent once utility is in eval.json lands in copyright
+EVAL = "sweep.eval.args=[--suite, 'utility,copyright', --limit, '4', --truthfulqa, none, --reference, none]"
+STOPS = (["--signal=TERM"], ["--full", "--signal=TERM"], ["--signal=USR1"])
+"""scancel options of a stop: to the job steps (preemption, scancel), to the batch shell as well (scancel
+--full, some sites' preemption), SLURM's warning before the time limit (what --signal=USR1@N sends)."""
 
 
 @pytest.fixture(scope="module")
@@ -128,6 +136,11 @@ def _t(stamp: str) -> datetime:
     return datetime.fromisoformat(stamp)
 
 
+def _evals(sweep_dir: Path) -> list[list[str]]:
+    """(task, run, step, checkpoint) of each eval job, in submission order (evals.tsv)."""
+    return [line.split("\t") for line in (sweep_dir / "evals.tsv").read_text().splitlines()]
+
+
 def _check_sweep(sweep_dir: Path, train_ids: dict[int, str], eval_ids: list[str], rows: dict, env) -> None:
     """Every run finished; every checkpoint has an eval.json written by its own eval job, which started
     only after its training task ended; the report and HParams sessions exist."""
@@ -135,7 +148,7 @@ def _check_sweep(sweep_dir: Path, train_ids: dict[int, str], eval_ids: list[str]
     assert len(names) == 4
     for task, job in train_ids.items():
         assert rows[job]["State"] == "COMPLETED", (job, rows[job])
-    expected = [line.split("\t") for line in (sweep_dir / "evals.tsv").read_text().splitlines()]
+    expected = _evals(sweep_dir)
     assert len(eval_ids) == len(expected) > 0
     for job, (task, name, step, ckpt) in zip(eval_ids, expected):
         ev, tr = rows[job], rows[train_ids[int(task)]]
@@ -157,7 +170,50 @@ def _check_sweep(sweep_dir: Path, train_ids: dict[int, str], eval_ids: list[str]
     assert status.count(" done ") == 4 and "copyright/verbatim_rouge_l=" in status
 
 
+def _eval_log(job: str, ckpt: Path) -> Path:
+    return next(ckpt.parents[3].glob(f"logs/eval-*-{job}.out"), ckpt.parents[3] / "logs" / f"none-{job}")
+
+
+def _stop_in_copyright(stops: list[tuple[str, Path, list[str]]], env: dict[str, str], restart: int = 0,
+                       timeout: float = 300) -> None:
+    """Send each eval job (id, checkpoint, scancel options) its stop while evaluate.py runs copyright
+    (after utility, kept in eval.json) in the job's incarnation `restart`, as its log says."""
+    left, end = list(stops), time.time() + timeout
+    for poll in itertools.count():
+        for stop in list(left):
+            log = _eval_log(stop[0], stop[1])
+            incarnations = re.split(r"^eval job ", log.read_text() if log.is_file() else "", flags=re.M)[1:]
+            if len(incarnations) > restart and "copyright suite ..." in incarnations[restart]:
+                _run(["scancel", *stop[2], stop[0]], env)
+                left.remove(stop)
+            elif poll % 20 == 19 and not _run(["squeue", "-h", "-j", stop[0]], env).strip():
+                raise AssertionError(f"eval job {stop[0]} ended before incarnation {restart} reached copyright: "
+                                     f"{''.join(incarnations)[-2000:]}")
+        if not left:
+            return
+        assert time.time() < end, f"evals {left} never reached copyright"
+        time.sleep(0.05)
+
+
+def _check_requeued_evals(stops, report: str, rows: dict, env: dict[str, str]) -> None:
+    """Each stopped eval requeued itself once; its next incarnation ran only copyright (utility was kept)
+    and completed the checkpoint's eval.json; no eval.error; the report job waited for it."""
+    for job, ckpt, how in stops:
+        states = _run(["sacct", "-X", "-n", "-P", "-j", job, "-D", "-o", "State"], env).split()
+        assert states == ["REQUEUED", "COMPLETED"], (how, states)
+        assert runs.evaluated(ckpt) and not (ckpt / "eval.error").exists(), how
+        first, _, rerun = _eval_log(job, ckpt).read_text().partition("restart 1\n")
+        assert "utility suite ..." in first and f"requeueing eval job {job}: stopped (exit 3); requeue 1 of 2" in first
+        assert "copyright suite ..." in rerun and "utility suite" not in rerun, (first, rerun)
+        assert _t(rows[report]["Start"]) >= _t(rows[job]["End"]), (rows[report], rows[job])
+
+
 def test_sbatch_sweep_2x2(slurm_env, demo_dir, tmp_path):
+    """The 2x2 demo grid through sbatch; then three step-4 evals are stopped while evaluate.py runs,
+    one by each of STOPS: each job requeues itself (sacct REQUEUED, then COMPLETED), its rerun does only
+    the suite not yet in eval.json, the report waits for it and lists the step-4 metrics of every run.
+    Before: the step and the USR1 stops did not reach evaluate.py (an eval job had no step), and the
+    --full one ended the job FAILED with eval.error (the checkpoint never evaluated)."""
     overrides = [f"sweep.output_dir={tmp_path}", "sweep.name=sb", EVAL, "train.max_steps=4",
                  "train.save_every_n_steps=2", *TINY, *_demo_overrides(demo_dir)]
     _run(["sbatch", f"--output={tmp_path}/submit-%j.out", "slurm/sweep.sh", "configs/sweeps/demo_2x2.yaml",
@@ -174,9 +230,18 @@ def test_sbatch_sweep_2x2(slurm_env, demo_dir, tmp_path):
         assert time.time() < end + 60, status
         status = _run([sys.executable, "launch/sweep.py", "--status", str(sweep_dir)], slurm_env)
     assert "sacct" not in status.splitlines()[0], status
-    rows = _wait_done([array, *eval_ids, report], slurm_env, timeout=300, expect=4 + len(eval_ids) + 1)
+    last = [(job, Path(ckpt)) for job, (_, _, step, ckpt) in zip(eval_ids, _evals(sweep_dir)) if step == "4"]
+    stops = [(job, ckpt, how) for (job, ckpt), how in zip(last, STOPS)]
+    try:
+        _stop_in_copyright(stops, slurm_env)
+        rows = _wait_done([array, *eval_ids, report], slurm_env, timeout=300, expect=4 + len(eval_ids) + 1)
+    finally:
+        _cancel(sweep_dir, slurm_env)
     assert rows[report]["State"] == "COMPLETED"
     _check_sweep(sweep_dir, {i: f"{array}_{i}" for i in range(4)}, eval_ids, rows, slurm_env)
+    _check_requeued_evals(stops, report, rows, slurm_env)
+    with (sweep_dir / "report.csv").open() as f:
+        assert [row["eval_step"] for row in csv.DictReader(f)] == ["4"] * 4
 
 
 def test_submitit_sweep_2x2(slurm_env, demo_dir, tmp_path):
@@ -341,8 +406,12 @@ def test_sbatch_sweep_survives_stops_crashes_and_a_lost_node(slurm_env, demo_dir
     3. its node down (scontrol): SLURM requeues it (NODE_FAIL), not a retry; it resumes elsewhere;
     4. SIGKILLed again: no retry left, lost for good. --status and the report say FAILED with the
        reason and exit non-zero; the eval jobs (afterany) evaluate every checkpoint the run completed
-       and skip the rest.
-    Before: 1 failed the task (0:15) without a save, 2 failed it for good, and the evals were cancelled."""
+       and skip the rest;
+    5. but step 20's eval, stopped while it runs (scancel --full), requeues itself (1 of max_retries 1);
+       stopped again, it gives up: FAILED, eval.error and --status say why and which suite is missing;
+    6. `scontrol requeue` of it: its rerun does that suite, and eval.error is gone.
+    Before: 1 failed the task (0:15) without a save, 2 failed it for good, and the evals were cancelled;
+    5 failed the eval at its first stop ("stopped by a signal"), with no requeue."""
     grid = _one_point_grid(tmp_path, "faults", max_retries=1,
                            base={"train": {"max_steps": 80, "save_every_n_steps": 20}})
     _run(["bash", "slurm/sweep.sh", str(grid), *TINY, EVAL, *_demo_overrides(demo_dir)], slurm_env)
@@ -375,6 +444,9 @@ def test_sbatch_sweep_survives_stops_crashes_and_a_lost_node(slurm_env, demo_dir
         finally:
             _run(["scontrol", "update", f"nodename={node}", "state=resume"], slurm_env)
         _until("its rank", lambda: _rank(sweep_dir)).kill()  # 4
+        step20 = (eval_ids[0], run / "checkpoints" / "step-000020")
+        _stop_in_copyright([(*step20, STOPS[1])], slurm_env)  # 5: requeued (1 of max_retries 1) ...
+        _stop_in_copyright([(*step20, STOPS[2])], slurm_env, restart=1)  # ... stopped again: given up
         rows = _wait_done([jobs["train"], *eval_ids, jobs["report"]], slurm_env, timeout=240, expect=2 + len(eval_ids))
         assert rows[task]["State"] == "FAILED", rows
         states = _run(["sacct", "-X", "-n", "-P", "-j", task, "-D", "-o", "State"], slurm_env).split()
@@ -385,16 +457,32 @@ def test_sbatch_sweep_survives_stops_crashes_and_a_lost_node(slurm_env, demo_dir
         assert status.returncode == 1, status.stdout
         assert re.search(r"lr=0.0001 +FAILED .*NODE_FAIL.*retried 1/1, killed by SIGKILL \(exit 137\)", status.stdout)
         assert "1 run(s) lost for good" in status.stdout and "pending" not in status.stdout
+        gave_up = (step20[1] / "eval.error").read_text()
+        assert gave_up.startswith(f"stopped 2 time(s) by a signal (preemption, time limit or scancel), the last in job "
+                                  f"{step20[0]} (exit 3); gave up after 1 requeue(s) (max_retries); not run: copyright")
+        assert f"lr=0.0001 step 20: {gave_up.strip()}" in status.stdout, status.stdout
         report = (sweep_dir / "report.csv").read_text()
         assert ",FAILED," in report and "killed by SIGKILL" in report
         assert "1 run(s) lost for good" in next((sweep_dir / "logs").glob("report-*.out")).read_text()
         assert rows[jobs["report"]]["State"] == "FAILED"  # the report job exits non-zero too
         complete = {int(p.parent.name[5:]) for p in (run / "checkpoints").glob("step-*/COMPLETE")}
         assert 20 in complete and 80 not in complete
+        states = _run(["sacct", "-X", "-n", "-P", "-j", step20[0], "-D", "-o", "State"], slurm_env).split()
+        assert states == ["REQUEUED", "FAILED"], states
         for job, step in zip(eval_ids, (20, 40, 60, 80)):  # every eval ran once the task was over for good
-            assert rows[job]["State"] == "COMPLETED" and _t(rows[job]["Start"]) >= _t(rows[task]["End"]), rows[job]
-            evaluated = (run / "checkpoints" / f"step-{step:06d}" / "eval.json").is_file()
-            assert evaluated == (step in complete), (step, complete)
+            assert _t(rows[job]["Start"]) >= _t(rows[task]["End"]), rows[job]
+            if step != 20:
+                assert rows[job]["State"] == "COMPLETED", rows[job]
+                assert runs.evaluated(run / "checkpoints" / f"step-{step:06d}") == (step in complete), (step, complete)
+        _run(["scontrol", "requeue", step20[0]], slurm_env)  # 6: the user's retry: copyright only, eval.error gone
+        _until("step 20 evaluated", lambda: runs.evaluated(step20[1]), timeout=120)  # then the job ends
+        _until("its rerun COMPLETED", lambda: _sacct([step20[0]], slurm_env)[step20[0]]["State"] == "COMPLETED",
+               timeout=60, every=0.5)
+        assert not (step20[1] / "eval.error").exists()
+        rerun = re.split(r"^eval job ", _eval_log(*step20).read_text(), flags=re.M)[3]
+        assert "copyright suite ..." in rerun and "utility suite" not in rerun, rerun
+        status = _status(sweep_dir, slurm_env)
+        assert "failed eval" not in status.stdout and status.returncode == 1, status.stdout
     finally:
         _cancel(sweep_dir, slurm_env)
 

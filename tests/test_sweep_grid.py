@@ -172,6 +172,7 @@ def test_profiles_give_sbatch_and_submitit_options(tmp_path):
     assert local.train.time_min >= 5  # submitit's early signal must not hit a job still starting
     args = sbatch_args(local, "train")
     assert "--partition=debug" in args and "--requeue" in args and any(a.startswith("--signal=USR1@") for a in args)
+    assert {"--requeue", "--signal=USR1@60", "--open-mode=append"} <= set(sbatch_args(local, "eval"))  # evals too
     gpu = load_profile(ROOT / "slurm" / "profiles" / "example_gpu.yaml")
     params = submitit_params(gpu, "train")
     assert params["gpus_per_node"] == params["tasks_per_node"] == 4 and params["slurm_partition"] == "gpu"

@@ -3,18 +3,21 @@
 `UserError`: a mistake the user can fix (config, paths, data, checkpoints); `NoSpace`, one of them:
 a checkpoint did not fit on its disk. `Diverged`: the loss or gradients stayed non-finite for
 train.max_nonfinite_steps steps in a row. The launchers print each as a single `error: ...` line,
-without a traceback. Everything else is a bug in this project and keeps its traceback.
+without a traceback; `Stopped` (a stop signal ended an evaluation) as one line too, exit 3. Everything
+else is a bug in this project and keeps its traceback.
 """
 
 from __future__ import annotations
 
+import contextlib
 import os
 import sys
-from typing import Callable
+from typing import Callable, Iterator
 
 EXIT_USER_ERROR = 2
 EXIT_REQUEUE = 3
-"""Exit status after a preemption signal was handled and a checkpoint saved: requeue me."""
+"""Exit status after a preemption signal was handled and a checkpoint saved (an evaluation: the suites
+that finished kept in eval.json): requeue me."""
 EXIT_DIVERGED = 4
 """Exit status after a divergence stop: do not requeue (the same settings would diverge again)."""
 EXIT_NO_SPACE = 5
@@ -41,8 +44,9 @@ class Diverged(Exception):
 
 def guarded(fn: Callable[[], object]) -> None:
     """Run `fn`; a UserError becomes one `error:` line on stderr and exit status 2 (5 for NoSpace), a
-    divergence stop one line and status 4 (no traceback). In a multi-rank run the launcher (deepspeed,
-    torchrun, srun --kill-on-bad-exit) then ends the other ranks, so none waits in a collective."""
+    divergence stop one line and status 4 (no traceback), a Stopped one line and status 3. In a
+    multi-rank run the launcher (deepspeed, torchrun, srun --kill-on-bad-exit) then ends the other
+    ranks, so none waits in a collective."""
     try:
         check_environment()
         fn()
@@ -53,6 +57,36 @@ def guarded(fn: Callable[[], object]) -> None:
     except Diverged as exc:
         print(f"error: {_one_line(exc)}", file=sys.stderr, flush=True)
         raise SystemExit(EXIT_DIVERGED) from None
+    except Stopped as exc:
+        print(f"{exc}: what finished is kept; the same command does the rest", file=sys.stderr, flush=True)
+        raise SystemExit(EXIT_REQUEUE) from None
+
+
+class Stopped(BaseException):
+    """A stop signal ended work that keeps what it finished (an evaluation: its finished suites), so the
+    same command does only the rest; exit status EXIT_REQUEUE. A BaseException, like KeyboardInterrupt,
+    so that no `except Exception` on its way swallows it."""
+
+
+@contextlib.contextmanager
+def stop_signals_raise() -> Iterator[None]:
+    """Within the block (main thread), the first SIGTERM (preemption, scancel) or SIGUSR1 (SLURM's warning
+    before the time limit) raises Stopped; later ones (a stop often comes both ways) are ignored from
+    then on, so the clean-up and the exit run to the end."""
+    import signal
+
+    def stop(signum, frame) -> None:
+        for sig in previous:
+            signal.signal(sig, signal.SIG_IGN)
+        raise Stopped(f"stopped by {signal.Signals(signum).name}")
+
+    previous = {sig: signal.signal(sig, stop) for sig in (signal.SIGTERM, signal.SIGUSR1)}
+    try:
+        yield
+    finally:
+        if signal.getsignal(signal.SIGTERM) is stop:  # no stop came: the handlers of before
+            for sig, handler in previous.items():
+                signal.signal(sig, handler)
 
 
 REQUIRED = ("yaml", "torch", "transformers")

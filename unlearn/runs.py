@@ -73,6 +73,11 @@ def require_complete(path: Path) -> None:
                         "expected a completely written checkpoint")
 
 
+class Removed(UserError):
+    """The checkpoint went (train.keep_last_n, or by hand) before an evaluation could take its lock:
+    nothing of it was read, nothing written."""
+
+
 def removed_message(path: Path) -> str:
     return (f"checkpoint '{path}' was removed while being evaluated (by train.keep_last_n, or by hand); nothing "
             "was written; expected it to stay until its evaluation ends (train.keep_last_n=0 keeps all)")
@@ -87,11 +92,11 @@ def reading(path: Path) -> Iterator[None]:
     try:
         fh = open(marker, "rb")
     except FileNotFoundError:
-        raise UserError(removed_message(path)) from None
+        raise Removed(removed_message(path)) from None
     with fh:
         _lock(fh, fcntl.LOCK_SH)  # waits while a pruner holds it (it is removing the folder)
         if not marker.is_file():  # the pruner won: the marker we opened was unlinked
-            raise UserError(removed_message(path))
+            raise Removed(removed_message(path))
         yield
 
 

@@ -18,7 +18,7 @@ from typing import Callable
 
 from unlearn import manifest, runs
 from unlearn.config import Config
-from unlearn.errors import UserError
+from unlearn.errors import Stopped, UserError
 from unlearn.eval import inputs, record
 from unlearn.eval.context import Context, EvalOptions, add_option_flags, role_format
 from unlearn.eval.record import EVAL_FILE
@@ -134,9 +134,16 @@ def evaluate_checkpoint(ckpt: str | Path, opts: EvalOptions, check: bool = True)
     Files that differ from the checkpoint's manifest are refused before anything is read, and the
     suites' inputs before the first suite runs (`check`; off where the caller checked them). A failure
     leaves its one-line reason in eval.error beside the weights (then re-raises), and the suites that
-    finished in eval.json; a checkpoint removed meanwhile (train.keep_last_n) is said so."""
+    finished in eval.json; a checkpoint removed meanwhile (train.keep_last_n) is said so. A stop
+    (errors.Stopped) leaves no eval.error: the same command runs the suites that did not finish."""
     ckpt = Path(ckpt)
     runs.require_complete(ckpt)
+    return _evaluate_locked(ckpt, opts, check)
+
+
+def _evaluate_locked(ckpt: Path, opts: EvalOptions, check: bool) -> dict:
+    """evaluate_checkpoint on a checkpoint seen complete, under its shared lock; raises runs.Removed
+    (nothing read or written) when it went before the lock was taken."""
     from unlearn.model import threads_hint  # torch: not needed for --help
 
     threads_hint()
@@ -144,10 +151,12 @@ def evaluate_checkpoint(ckpt: str | Path, opts: EvalOptions, check: bool = True)
         with runs.reading(ckpt):  # keep_last_n leaves it alone meanwhile
             manifest.verify(ckpt, engine=False)
             result = _evaluate(ckpt, opts, check)
+    except runs.Removed:
+        raise
     except BaseException as exc:
         if not (ckpt / runs.COMPLETE).is_file():
             raise UserError(runs.removed_message(ckpt)) from None
-        if not isinstance(exc, KeyboardInterrupt):
+        if not isinstance(exc, (KeyboardInterrupt, Stopped)):
             (ckpt / ERROR_FILE).write_text(f"{type(exc).__name__}: {_reason(exc)}"[:500] + "\n")
         raise
     (ckpt / ERROR_FILE).unlink(missing_ok=True)
@@ -194,7 +203,8 @@ def _evaluate_model(model: Path, cfg: Config, opts: EvalOptions, out: Path, step
             if fresh:  # what finished stays; a rerun of the same command runs only the rest
                 record.write_result(out, model, step, ctx, todo, fresh, {
                     "not_run": todo[i:], "failed_suite": name, "error": _reason(exc)[:300]})
-                print(f"{model}: kept {', '.join(fresh)} in {out.name}; {name} failed, so the same command "
+                ended = "was stopped" if isinstance(exc, Stopped) else "failed"
+                print(f"{model}: kept {', '.join(fresh)} in {out.name}; {name} {ended}, so the same command "
                       f"runs only {', '.join(todo[i:])}", flush=True)
             raise
         rest = todo[i + 1:]
@@ -245,7 +255,8 @@ def evaluate_start(run_dir: Path, opts: EvalOptions, check: bool = True) -> dict
 def evaluate_run(run_dir: str | Path, opts: EvalOptions) -> list[dict]:
     """Evaluate every complete checkpoint of a run (skipping evaluated ones) and the model it started
     from (step 0), then its run.oracle if it names one, then summarise. The suites' inputs are checked
-    once, before the starting model and the first checkpoint."""
+    once, before the starting model and the first checkpoint. A checkpoint removed after the listing,
+    before its turn, is skipped with a line saying so; the summary covers those evaluated."""
     from unlearn.eval import summary as eval_summary
 
     run_dir = Path(run_dir)
@@ -259,6 +270,11 @@ def evaluate_run(run_dir: str | Path, opts: EvalOptions) -> list[dict]:
     missing = [s for s in wanted if opts.force or any(s not in record.read_eval(c).get("suites", {}) for c in ckpts)]
     inputs.check_suites(Context(ckpts[0], cfg, opts, run_dir / "eval_cache"), missing)
     start = evaluate_start(run_dir, opts, check=False)
-    results = [evaluate_checkpoint(c, opts, check=False) for c in ckpts]
+    results = []
+    for ckpt in ckpts:
+        try:
+            results.append(_evaluate_locked(ckpt, opts, check=False))
+        except runs.Removed:  # e.g. by train.keep_last_n of a run still training; the others go on
+            print(f"skipped {ckpt.name}: removed since the checkpoints were listed (train.keep_last_n?)", flush=True)
     eval_summary.write(run_dir, ([start] if start else []) + results, oracle=evaluate_oracle(run_dir, opts, False))
     return results

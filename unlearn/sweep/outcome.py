@@ -17,6 +17,9 @@ next incarnation (logs/.requeued-JOB names the runs it trains: `requeued_runs`).
 What the files say (read by `launch/sweep.py --status` and the report beside the scheduler's state):
 runs/NAME/train.exit holds the run's exit status once it ended for good, runs/NAME/train.retries one
 line per retry (`retry K/MAX: REASON (job ID)`).
+
+An eval job of slurm/eval-task.sh decides here too (`conclude_eval`): stopped, it is requeued up to
+max_retries times (the suites that finished stay in eval.json), then eval.error says it gave up.
 """
 
 from __future__ import annotations
@@ -27,7 +30,7 @@ from pathlib import Path
 from typing import Callable
 
 from unlearn.errors import EXIT_DIVERGED, EXIT_REQUEUE, EXIT_USER_ERROR, UserError
-from unlearn.runs import TRAIN_EXIT
+from unlearn.runs import EVAL_ERROR, EVAL_FILE, TRAIN_EXIT
 
 RETRIES = "train.retries"
 FINAL = {EXIT_USER_ERROR: "user error", EXIT_DIVERGED: "diverged"}
@@ -146,15 +149,69 @@ def verdict(ends: dict[str, tuple[str, int]]) -> str:
     return "requeued" if "requeued" in words else "done" if words == {"done"} else "failed"
 
 
+STOP_SIGNALS = (signal.SIGTERM, signal.SIGUSR1)
+"""A process killed by one of these was stopped (preemption, scancel, the warning before the time limit)."""
+
+
+def conclude_eval(ckpt: Path, rc: int, stopped: bool, restarts: int, max_retries: int, job: str,
+                  requeue: Callable[[], bool]) -> str:
+    """How an sbatch eval job's evaluate.py ended (exit status `rc`; `stopped`: a stop signal reached the
+    job's shell) -> done | requeued | failed. A stop (exit 3: the finished suites kept in eval.json;
+    killed by SIGTERM/SIGUSR1; or any failure but a user error after a stop) is requeued while the job
+    was requeued fewer than `max_retries` times (`restarts`; its next incarnation runs only the suites
+    not in eval.json), else eval.error says it gave up. Any other failure leaves eval.error (the
+    evaluation's own, or the exit status)."""
+    if rc == 0:
+        return "done"
+    error = Path(ckpt) / EVAL_ERROR
+    if rc == EXIT_REQUEUE or rc - 128 in STOP_SIGNALS or (stopped and rc != EXIT_USER_ERROR):
+        if restarts < max_retries:  # said first: the requeue ends this job's processes
+            print(f"requeueing eval job {job}: stopped ({reason(rc)}); requeue {restarts + 1} of {max_retries}",
+                  file=sys.stderr, flush=True)
+            if requeue():
+                return "requeued"
+        why = f"after {max_retries} requeue(s) (max_retries)" if restarts >= max_retries else "(scontrol requeue failed)"
+        error.write_text(f"stopped {restarts + 1} time(s) by a signal (preemption, time limit or scancel), the last "
+                         f"in job {job} ({reason(rc)}); gave up {why}; not run: {', '.join(_not_run(ckpt)) or '?'}\n")
+    elif not error.is_file():
+        error.write_text(f"evaluate.py exited with status {rc} (see the job's log)\n")
+    return "failed"
+
+
+def _not_run(ckpt: Path) -> list[str]:
+    """The suites an interrupted evaluation left for later (eval.json's `incomplete`), [] if unknown."""
+    import json
+
+    try:
+        return list(json.loads((Path(ckpt) / EVAL_FILE).read_text())["incomplete"]["not_run"])
+    except (OSError, ValueError, KeyError, TypeError):
+        return []
+
+
 def main(argv: list[str] | None = None) -> None:
     """`python -m unlearn.sweep.outcome SWEEP_DIR MAX_RETRIES STOPPED JOB SRUN_EXIT RANKS EXITS NAME...`
     (slurm/train-task.sh, once srun has returned): decides for runs NAME... from the file EXITS (`RUN
     EXIT` per rank, RANKS per run) and srun's status, requeues job JOB (an array task: 12_3) once if
     that is the decision, writes what the files must say, and prints `requeued`, `done` or `failed`
-    last (the script acts on it)."""
+    last (the script acts on it).
+
+    `python -m unlearn.sweep.outcome --eval CHECKPOINT MAX_RETRIES STOPPED JOB RESTARTS EXIT`
+    (slurm/eval-task.sh, once evaluate.py has returned): the same for an eval job (`conclude_eval`)."""
     from unlearn.sweep import queue
 
     args = sys.argv[1:] if argv is None else argv
+    # `scontrol requeue` ends the job's processes with SIGTERM, this one too: outlive it to write what the
+    # files must say (a retry line, train.exit, eval.error) and print the verdict (SIGKILL comes KillWait later)
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    if args[:1] == ["--eval"]:
+        try:
+            ckpt, limit, stopped, job, restarts, rc = args[1:]
+            limit, restarts, rc = int(limit), int(restarts), int(rc)
+        except ValueError:
+            raise UserError("usage: python -m unlearn.sweep.outcome --eval CHECKPOINT MAX_RETRIES STOPPED(0|1) JOB "
+                            f"RESTARTS EXIT; got {args}") from None
+        print(conclude_eval(Path(ckpt), rc, stopped == "1", restarts, limit, job, lambda: queue.requeue(job)))
+        return
     try:
         sweep_dir, max_retries, stopped, job, srun_rc, ranks, exits_file, *names = args
         lines = Path(exits_file).read_text().splitlines() if Path(exits_file).is_file() else []

@@ -28,7 +28,7 @@ class Resources:
     mem_gb: int = 0
     """Memory per node in GB (0 = the cluster's default per CPU)."""
     time_min: int = 60
-    """Wall-clock limit per job, minutes; a training job is warned `signal_delay_s` before it."""
+    """Wall-clock limit per job, minutes; a job is warned `signal_delay_s` before it."""
 
 
 @dataclass(frozen=True)
@@ -42,7 +42,8 @@ class Profile:
     array_parallelism: int = 0
     """Grid points running at once (0 = no limit)."""
     signal_delay_s: int = 90
-    """Seconds before the time limit at which training gets SIGUSR1 (saves, exits 3, requeues)."""
+    """Seconds before the time limit at which a job gets SIGUSR1: training saves, an evaluation keeps its
+    finished suites; each exits 3 and its job requeues itself."""
     runs_per_gpu: int = 1
     """Grid points per training allocation, sharing its one GPU (unlearn.sweep.colocate); > 1 needs
     single-rank runs, gpu_memory_gib and footprint, and runs_per_gpu x footprint <= gpu_memory_gib."""
@@ -53,7 +54,9 @@ class Profile:
     max_retries: int = 2
     """Times a training task that failed other than by a stop (a rank killed, a traceback) is requeued
     to resume from its newest complete checkpoint; a grid's `max_retries:` overrides it. Stops
-    (preemption, time limit) requeue without limit; user errors and divergence stops never."""
+    (preemption, time limit) requeue training without limit; user errors and divergence stops never.
+    An eval job (sbatch route) that is stopped is requeued up to max_retries times (an evaluation
+    that never outlasts its stops would else requeue forever)."""
     train: Resources = field(default_factory=Resources)
     """Resources of one training job (one grid point)."""
     eval: Resources = field(default_factory=Resources)
@@ -106,9 +109,9 @@ def sbatch_args(profile: Profile, kind: str) -> list[str]:
         args.append(f"--gpus-per-node={res.gpus_per_node}")
     if res.mem_gb:
         args.append(f"--mem={res.mem_gb}G")
-    if kind == "train":  # warn before the limit; requeue keeps the job id (its evals' afterany waits on)
-        args += [f"--signal=USR1@{profile.signal_delay_s}", "--requeue", "--open-mode=append"]
-    return args
+    # warn before the limit; requeue keeps the job id (what the evals' and the report's afterany wait on);
+    # a requeued job's log goes on in the same file
+    return args + [f"--signal=USR1@{profile.signal_delay_s}", "--requeue", "--open-mode=append"]
 
 
 def submitit_params(profile: Profile, kind: str) -> dict[str, Any]:
