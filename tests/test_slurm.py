@@ -174,15 +174,26 @@ def _eval_log(job: str, ckpt: Path) -> Path:
     return next(ckpt.parents[3].glob(f"logs/eval-*-{job}.out"), ckpt.parents[3] / "logs" / f"none-{job}")
 
 
+def _sbatch_incarnations(job: str, ckpt: Path) -> list[str]:
+    """An sbatch eval job's log, split at each start of the job (it appends across requeues)."""
+    log = _eval_log(job, ckpt)
+    return re.split(r"^eval job ", log.read_text() if log.is_file() else "", flags=re.M)[1:]
+
+
+def _submitit_incarnations(job: str, ckpt: Path) -> list[str]:
+    """A submitit eval job's stdout and stderr together, split at each start of its runner."""
+    logs = sorted((ckpt.parents[3] / "submitit" / job).glob(f"{job}_0_log.*"))
+    return re.split(r"Starting with JobEnvironment", "".join(p.read_text() for p in logs))[1:]
+
+
 def _stop_in_copyright(stops: list[tuple[str, Path, list[str]]], env: dict[str, str], restart: int = 0,
-                       timeout: float = 300) -> None:
+                       timeout: float = 300, incarnations_of=_sbatch_incarnations) -> None:
     """Send each eval job (id, checkpoint, scancel options) its stop while evaluate.py runs copyright
     (after utility, kept in eval.json) in the job's incarnation `restart`, as its log says."""
     left, end = list(stops), time.time() + timeout
     for poll in itertools.count():
         for stop in list(left):
-            log = _eval_log(stop[0], stop[1])
-            incarnations = re.split(r"^eval job ", log.read_text() if log.is_file() else "", flags=re.M)[1:]
+            incarnations = incarnations_of(stop[0], stop[1])
             if len(incarnations) > restart and "copyright suite ..." in incarnations[restart]:
                 _run(["scancel", *stop[2], stop[0]], env)
                 left.remove(stop)
@@ -245,6 +256,10 @@ def test_sbatch_sweep_2x2(slurm_env, demo_dir, tmp_path):
 
 
 def test_submitit_sweep_2x2(slurm_env, demo_dir, tmp_path):
+    """The 2x2 demo grid through submitit; two of its evals are stopped while evaluate.py runs
+    copyright, one by a SIGTERM to the job's steps (preemption), one by a SIGTERM to the batch shell as
+    well: each eval job is requeued once and its rerun does only copyright. Before: the first FAILED
+    with eval.error (evaluate.py's exit 3 was a failure to EvalJob), the second died with its shell."""
     overrides = [f"sweep.output_dir={tmp_path}", "sweep.name=si", EVAL, "train.max_steps=3",
                  "train.save_every_n_steps=0", *TINY, *_demo_overrides(demo_dir)]
     _run([sys.executable, "launch/sweep.py", "configs/sweeps/demo_2x2.yaml", "--executor", "slurm", *overrides],
@@ -253,10 +268,24 @@ def test_submitit_sweep_2x2(slurm_env, demo_dir, tmp_path):
     jobs = dict(line.split(" ", 1) for line in (sweep_dir / "submitit_jobs.txt").read_text().splitlines())
     train, eval_ids, report = jobs["train"].split(), jobs["eval"].split(), jobs["report"]
     assert len({t.split("_")[0] for t in train}) == 1  # one job array
-    rows = _wait_done([train[0].split("_")[0], *eval_ids, report], slurm_env, timeout=300,
-                      expect=4 + len(eval_ids) + 1)
+    ckpts = [sweep_dir / "runs" / name / "checkpoints" / "step-000003"
+             for name in (sweep_dir / "tasks.txt").read_text().split()]
+    stops = [(job, ckpt, how) for job, ckpt, how in zip(eval_ids, ckpts, STOPS[:2])]
+    try:
+        _stop_in_copyright(stops, slurm_env, incarnations_of=_submitit_incarnations)
+        rows = _wait_done([train[0].split("_")[0], *eval_ids, report], slurm_env, timeout=300,
+                          expect=4 + len(eval_ids) + 1)
+    finally:
+        subprocess.run(["scancel", *[j for v in jobs.values() for j in v.split()]], env=slurm_env)
     assert rows[report]["State"] == "COMPLETED"
     _check_sweep(sweep_dir, dict(enumerate(train)), eval_ids, rows, slurm_env)
+    for job, ckpt, how in stops:
+        states = _run(["sacct", "-X", "-n", "-P", "-j", job, "-D", "-o", "State"], slurm_env).split()
+        assert states == ["REQUEUED", "COMPLETED"], (how, states)
+        assert runs.evaluated(ckpt) and not (ckpt / "eval.error").exists(), how
+        first, rerun = _submitit_incarnations(job, ckpt)
+        assert "utility suite ..." in first and "copyright suite ..." in rerun and "utility suite" not in rerun, how
+        assert _t(rows[report]["Start"]) >= _t(rows[job]["End"]), (rows[report], rows[job])
 
 
 def test_two_node_run_preempted_and_requeued_resumes(slurm_env, demo_dir, tmp_path):

@@ -24,7 +24,7 @@ class TrainJob:
     training as child processes so a preemption can stop them at a step boundary.
 
     Stops: submitit's preemption signal (USR2, also what a stop sent to the batch shell becomes:
-    submit.TRAIN_SETUP) makes `checkpoint` ask every run to save and submitit requeue the job. A SIGTERM
+    submit.STOP_SETUP) makes `checkpoint` ask every run to save and submitit requeue the job. A SIGTERM
     is passed on to every run (proctrack/cgroup signals only this process, the step's task); they save
     and exit 3, and without submitit's signal this job requeues itself. Other failures are retried up
     to `max_retries` times per run. unlearn.sweep.outcome decides for each run, as for
@@ -159,21 +159,42 @@ def _exit_status(proc: subprocess.Popen) -> int:
 
 
 class EvalJob:
-    """`python launch/evaluate.py CHECKPOINT [args]` for one checkpoint. Requeued when preempted or out
-    of time (`checkpoint`): a rerun skips the suites already in eval.json."""
+    """`python launch/evaluate.py CHECKPOINT [args]` for one checkpoint; a rerun does only the suites not
+    yet in eval.json. Stops, as for TrainJob: submitit's preemption signal (USR2, also what a stop sent
+    to the batch shell becomes: submit.STOP_SETUP) makes `checkpoint` stop the evaluation (SIGUSR1: the
+    finished suites stay in eval.json) and submitit requeue the job. A SIGTERM to the job's steps reaches
+    evaluate.py itself, which stops the same way (exit 3); this job then requeues itself, up to
+    `max_retries` times (unlearn.sweep.outcome.conclude_eval), after which eval.error says it gave up."""
 
-    def __init__(self, ckpt: str, args: list[str]):
-        self.ckpt, self.args = ckpt, list(args)  # not `checkpoint`: that name is submitit's requeue hook
+    def __init__(self, ckpt: str, args: list[str], max_retries: int = 2):
+        self.ckpt, self.args, self.max_retries = ckpt, list(args), max_retries  # `checkpoint`: submitit's hook
+        self._proc: subprocess.Popen | None = None
+
+    def __getstate__(self) -> dict:
+        return {k: v for k, v in self.__dict__.items() if k != "_proc"}  # a process does not pickle
+
+    def __setstate__(self, state: dict) -> None:
+        self.__dict__.update(state, _proc=None)
 
     def __call__(self) -> str:
         from unlearn.runs import COMPLETE
-        from unlearn.sweep import halving
+        from unlearn.sweep import halving, outcome, queue
 
         if not (Path(self.ckpt) / COMPLETE).is_file():  # afterany: the run is over and never completed it
             print(halving.skip_eval(self.ckpt) or f"skipped {self.ckpt}: the run never completed it", flush=True)
             return self.ckpt
         cmd = [sys.executable, str(ROOT / "launch" / "evaluate.py"), self.ckpt, *self.args]
-        rc = subprocess.run(cmd, cwd=ROOT).returncode
+        # SIG_IGN survives exec: submitit's preemption signal is for this process (see checkpoint)
+        self._proc = subprocess.Popen(cmd, cwd=ROOT, preexec_fn=lambda: signal.signal(signal.SIGUSR2, signal.SIG_IGN))
+        rc = _shell_status(self._proc.wait())
+        if rc and os.environ.get("SUBMITIT_EXECUTOR") == "slurm":
+            import submitit
+
+            job = submitit.JobEnvironment().job_id
+            restarts = int(os.environ.get("SLURM_RESTART_COUNT", "0"))
+            if outcome.conclude_eval(Path(self.ckpt), rc, False, restarts, self.max_retries, job,
+                                     lambda: queue.requeue(job)) == "requeued":
+                raise SystemExit(rc)  # no result: the job runs again
         sweep = halving.sweep_of(self.ckpt)
         if sweep is not None:
             halving.decide(sweep)  # search: halving: the rounds this result completes (no-op otherwise)
@@ -185,9 +206,13 @@ class EvalJob:
         return self.ckpt
 
     def checkpoint(self):
+        """On preemption/timeout: stop the evaluation (it keeps what finished), then resubmit."""
         import submitit
 
-        return submitit.helpers.DelayedSubmission(EvalJob(self.ckpt, self.args))
+        if self._proc is not None and self._proc.returncode is None:
+            self._proc.send_signal(signal.SIGUSR1)
+            _exit_status(self._proc)  # wait until it has written what finished (not reaped: see _exit_status)
+        return submitit.helpers.DelayedSubmission(EvalJob(self.ckpt, self.args, self.max_retries))
 
 
 class ReportJob:

@@ -27,11 +27,12 @@ def load(grid: str, overrides: list[str], profile: str = ""):
     return sweep, prof, plan(sweep, prof.runs_per_gpu)
 
 
-TRAIN_SETUP = [f"source {shlex.quote(str(ROOT / 'slurm' / 'detach.sh'))}",
-               "relay_stops USR2   # a stop sent to this shell goes on to submitit's handler: save, requeue",
-               'srun() { detached_srun "$@"; }   # the srun below runs detached from this shell (detach.sh)']
-"""Lines submitit puts before its `srun ... submitit.core._submit` in a training job's batch script, as
-slurm/train-task.sh does for the sbatch route: a stop sent to the batch step reaches the run."""
+STOP_SETUP = [f"source {shlex.quote(str(ROOT / 'slurm' / 'detach.sh'))}",
+              "relay_stops USR2   # a stop sent to this shell goes on to submitit's handler: save, requeue",
+              'srun() { detached_srun "$@"; }   # the srun below runs detached from this shell (detach.sh)']
+"""Lines submitit puts before its `srun ... submitit.core._submit` in a training or eval job's batch
+script, as slurm/train-task.sh and eval-task.sh do for the sbatch route: a stop sent to the batch step
+reaches the run or the evaluation."""
 
 
 def retries_of(sweep, prof) -> int:
@@ -53,8 +54,8 @@ def submit(grid: str, overrides: list[str], *, executor_kind: str = "slurm", pro
         if executor_kind != "slurm":  # the local executor knows no SLURM options
             params = {k: v for k, v in params.items() if not k.startswith("slurm_")}
         else:
-            if kind == "train":
-                params["slurm_setup"] = TRAIN_SETUP
+            if kind in ("train", "eval"):
+                params["slurm_setup"] = STOP_SETUP
             if dependency == "hold":  # search: halving: TrainJob releases it once its checkpoint is written
                 params["slurm_additional_parameters"] = {"hold": True}
             elif dependency:
@@ -79,7 +80,7 @@ def submit(grid: str, overrides: list[str], *, executor_kind: str = "slurm", pro
     def submit_eval(p, tj, step):
         configure("eval", "hold" if sweep.search == "halving" else f"afterany:{tj.job_id}", f"eval-{p.name}-{step}")
         ckpt = str(sweep.folder.resolve() / "runs" / p.name / "checkpoints" / f"step-{step:06d}")
-        return executor.submit(EvalJob(ckpt, list(sweep.eval_args)))
+        return executor.submit(EvalJob(ckpt, list(sweep.eval_args), retries_of(sweep, prof)))
 
     if executor_kind == "local":  # waves of array_parallelism evals, as SLURM would run them
         width = prof.array_parallelism or len(wanted) or 1
@@ -135,7 +136,7 @@ def _local_halving(sweep, prof, pts, train_jobs, executor, configure) -> None:
             ckpt = step_dir(sweep.folder.resolve() / "runs" / p.name, step)
             if len(running) < width and ((ckpt / COMPLETE).is_file() or tj.done()):
                 configure("eval", name=f"eval-{p.name}-{step}")
-                running.append(executor.submit(EvalJob(str(ckpt), list(sweep.eval_args))))
+                running.append(executor.submit(EvalJob(str(ckpt), list(sweep.eval_args), retries_of(sweep, prof))))
                 wanted.remove(w)
         time.sleep(0.5)
     for job in train_jobs:
