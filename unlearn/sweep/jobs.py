@@ -162,8 +162,8 @@ class EvalJob:
     """`python launch/evaluate.py CHECKPOINT [args]` for one checkpoint; a rerun does only the suites not
     yet in eval.json. Stops, as for TrainJob: submitit's preemption signal (USR2, also what a stop sent
     to the batch shell becomes: submit.STOP_SETUP) makes `checkpoint` stop the evaluation (SIGUSR1: the
-    finished suites stay in eval.json) and submitit requeue the job. A SIGTERM to the job's steps reaches
-    evaluate.py itself, which stops the same way (exit 3); this job then requeues itself, up to
+    finished suites stay in eval.json) and submitit requeue the job. A SIGTERM to the job's steps is
+    passed on to evaluate.py, which stops the same way (exit 3); this job then requeues itself, up to
     `max_retries` times (unlearn.sweep.outcome.conclude_eval), after which eval.error says it gave up."""
 
     def __init__(self, ckpt: str, args: list[str], max_retries: int = 2):
@@ -186,7 +186,14 @@ class EvalJob:
         cmd = [sys.executable, str(ROOT / "launch" / "evaluate.py"), self.ckpt, *self.args]
         # SIG_IGN survives exec: submitit's preemption signal is for this process (see checkpoint)
         self._proc = subprocess.Popen(cmd, cwd=ROOT, preexec_fn=lambda: signal.signal(signal.SIGUSR2, signal.SIG_IGN))
-        rc = _shell_status(self._proc.wait())
+        # a SIGTERM to the job's steps reaches this process, the step's task, and under proctrack/cgroup
+        # not its child: pass it on (instead of submitit's handler, which only logs it); evaluate.py
+        # stops at the first and ignores a second that linuxproc also delivers
+        previous = signal.signal(signal.SIGTERM, lambda signum, frame: self._proc.send_signal(signum))
+        try:
+            rc = _shell_status(self._proc.wait())
+        finally:
+            signal.signal(signal.SIGTERM, previous)
         if rc and os.environ.get("SUBMITIT_EXECUTOR") == "slurm":
             import submitit
 
