@@ -43,22 +43,27 @@ import contextlib
 import math
 import types
 
+import deepspeed  # imported by engine.initialize only, once DeepSpeed is in use
 import torch
+from deepspeed import comm as dist
+from deepspeed.runtime.utils import combine_grad_norm_groups
+from deepspeed.runtime.zero import stage_1_and_2 as zero
+from deepspeed.runtime.zero.utils import get_norm_dtype
 
 DEEPSPEED_VERSION = "0.19.8"
 """The DeepSpeed whose `step()` this wrapper was read against and is tested with; another version
-keeps DeepSpeed's own step (a warning says so)."""
+keeps DeepSpeed's own step (meta.json's `optimizer_step` says which ran, and why)."""
 
 
 def install(engine) -> str:
     """Wrap the engine's ZeRO optimizer step if it qualifies; returns "" or why it does not."""
-    import deepspeed
-    from deepspeed.runtime.zero.stage_1_and_2 import DeepSpeedZeroOptimizer
-
     opt = engine.optimizer
-    why = ("DeepSpeed " + deepspeed.__version__ if deepspeed.__version__ != DEEPSPEED_VERSION
-           else "" if isinstance(opt, DeepSpeedZeroOptimizer) else f"{type(opt).__name__} (ZeRO-3 or stage 0)")
-    why = why or _unsupported(opt)
+    if deepspeed.__version__ != DEEPSPEED_VERSION:
+        why = f"DeepSpeed {deepspeed.__version__}"
+    elif not isinstance(opt, zero.DeepSpeedZeroOptimizer):
+        why = f"{type(opt).__name__} (ZeRO-3 or stage 0)"
+    else:
+        why = _unsupported(opt)
     if not why:
         opt.step = types.MethodType(_step, opt)
         opt._one_sync_views = _flat_addresses(opt) if _views_intact(opt) else None
@@ -76,10 +81,6 @@ def _unsupported(opt) -> str:
 def global_norm(opt) -> torch.Tensor:
     """DeepSpeed's `scaled_global_norm()` (L2 over every gradient of this optimizer, all ranks) with
     one fused norm per group instead of a norm per tensor; the same operations on the same dtypes."""
-    from deepspeed import comm as dist
-    from deepspeed.runtime.utils import combine_grad_norm_groups
-    from deepspeed.runtime.zero.utils import get_norm_dtype
-
     groups = []
     for i in range(len(opt.bit16_groups)):
         grads = [g for g in opt.averaged_gradients[i] if not getattr(g, "_zero_padding", False)]
@@ -106,8 +107,6 @@ def _step(opt, closure=None):
 @contextlib.contextmanager
 def _checked(opt, norm: torch.Tensor):
     """For one DeepSpeed `step()`: the overflow check done, `norm` its global norm, known valid."""
-    from deepspeed.runtime.zero import stage_1_and_2 as zero
-
     is_invalid = zero.is_invalid_grad_norm
     zero.is_invalid_grad_norm = lambda value: False if value is norm else is_invalid(value)
     opt.check_overflow = lambda partition_gradients=True: None  # self.overflow stays False
