@@ -1,12 +1,13 @@
 #!/bin/bash
 # GPU benchmark on one GPU, OPT shapes with random weights (speed does not depend on the values), in parts:
-#   trace    opt-1.3b batch 2, ours bf16 ZeRO-2: torch.profiler over 3 steps, printed as tables (device time
-#            by kernel family, host gaps between kernels, each package's share: ours, transformers,
-#            autograd, DeepSpeed), plus operators and host-device syncs per step       (~1.5 min)
-#   table    opt-1.3b batch 2 (the paper's): reference loop vs ours bf16 ZeRO-2 (one-sync and DeepSpeed's
-#            optimizer step) / ZeRO-3 / LoRA / LoRA on
-#            8-bit; opt-2.7b batch 2: ours bf16 ZeRO-2 (all weights + reference), with 8-bit AdamW under
-#            ZeRO-2 and ZeRO-3, and ZeRO-3 with CPU offload (< 40 GB goal); opt-6.7b LoRA (< 24 GB)  (~6 min)
+#   trace    opt-1.3b batch 2, ours bf16 ZeRO-2, eager and with compiled decoder layers (train.compile):
+#            torch.profiler over 3 steps, printed as tables (device time by kernel family, host gaps
+#            between kernels, each package's share: ours, transformers, autograd, DeepSpeed), plus
+#            operators and host-device syncs per step (eager)                           (~2.5 min)
+#   table    opt-1.3b batch 2 (the paper's): reference loop vs ours bf16 ZeRO-2 (one-sync, DeepSpeed's
+#            optimizer step, compiled layers) / ZeRO-3 / LoRA / LoRA on 8-bit; opt-2.7b batch 2: ours
+#            bf16 ZeRO-2 (all weights + reference; eager and compiled), with 8-bit AdamW under ZeRO-2
+#            and ZeRO-3, and ZeRO-3 with CPU offload (< 40 GB goal); opt-6.7b LoRA (< 24 GB)  (~7.5 min)
 #   batches  opt-1.3b ours bf16 at batch 2 .. 64: MFU by batch, the smallest arithmetic-bound batch   (~4 min)
 #   shared   opt-1.3b ours bf16, K = 1, 2, 4 benchmark processes on the GPU at once (runs_per_gpu: K):
 #            grid points per GPU-hour for runs of STEPS_PER_RUN steps; K=4 may not fit (reported)  (~3 min)
@@ -48,15 +49,18 @@ bench() {  # name, then launch/bench.py arguments
 }
 
 if wanted trace; then
-    bench opt-1.3b-trace --preset opt-1.3b --variants ours-bf16 --trace-steps 3 --trace-dir "$OUT_DIR/traces"
+    bench opt-1.3b-trace --preset opt-1.3b --variants ours-bf16,ours-bf16-compile --trace-steps 3 \
+        --trace-dir "$OUT_DIR/traces"
     "$PY" -c "import json, sys; r = json.load(open(sys.argv[1]))['results'][0]['host_cost']
 print('host cost per step:', r['ops'], 'operators', r['ops_by_owner'], '|', r['syncs'], 'syncs', r['syncs_by_site'])" \
         "$OUT_DIR/opt-1.3b-trace.json" || failed=1
 fi
 
 if wanted table; then
-    bench opt-1.3b --preset opt-1.3b --variants baseline,ours-bf16,ours-bf16-dsstep,ours-zero3,ours-lora,ours-lora-8bit
-    bench opt-2.7b --preset opt-2.7b --variants ours-bf16,ours-bf16-adam8bit,ours-zero3-adam8bit,ours-zero3-offload
+    bench opt-1.3b --preset opt-1.3b \
+        --variants baseline,ours-bf16,ours-bf16-dsstep,ours-bf16-compile,ours-zero3,ours-lora,ours-lora-8bit
+    bench opt-2.7b --preset opt-2.7b \
+        --variants ours-bf16,ours-bf16-compile,ours-bf16-adam8bit,ours-zero3-adam8bit,ours-zero3-offload
     bench opt-6.7b --preset opt-6.7b --variants ours-lora,ours-lora-8bit
 fi
 

@@ -60,6 +60,9 @@ UNPACKED = ("ga+kl+mismatch/joint", "lora/npo+kl/joint")
 METHODS.update({f"unpacked/{name}": [*METHODS[name], "train.pack=false"] for name in UNPACKED})
 # DeepSpeed's own ZeRO optimizer step, which the one-sync step (the default) must equal exactly
 METHODS["deepspeed-step/ga+kl+mismatch/joint"] = [*METHODS["ga+kl+mismatch/joint"], "train.one_sync_step=false"]
+# each decoder layer through torch.compile (ZeRO-0/1/2 only: the driver leaves it out under ZeRO-3)
+COMPILED = "compiled/ga+kl+mismatch/joint"
+ZERO2_ONLY = {COMPILED: [*METHODS["ga+kl+mismatch/joint"], "train.compile=true"]}
 TAGS = ("forget/loss", "retain/loss", "mismatch/loss", "grad_norm", "pdu/lambda", "skipped")
 # runs with an injected fault (not compared across layouts): the last rank's logits are NaN in the
 # first micro-batch of step 3, so only that rank's loss is non-finite
@@ -88,24 +91,28 @@ def main() -> None:
     parser.add_argument("--ds_config", required=True)
     parser.add_argument("--demo", required=True, type=Path)
     parser.add_argument("--out", required=True, type=Path)
-    parser.add_argument("--methods", default=",".join([*METHODS, *FAULTS]))
+    parser.add_argument("--methods", default=",".join([*METHODS, *ZERO2_ONLY, *FAULTS]))
     parser.add_argument("--local_rank", type=int, default=-1)
     args = parser.parse_args()
 
     from tests.unlearn_runs import dpo_forget_file
     from unlearn.config_io import load_config
     from unlearn.distributed import barrier, env_from_os
+    from unlearn.runs import complete_checkpoints
     from unlearn.train.loop import train
 
     # every rank writes the same table and renames it into place (atomic: no rank reads a partial file)
     own = dpo_forget_file(args.demo, args.out.parent / f".dpo.rank{env_from_os().rank}.jsonl")
     own.replace(args.out.parent / "dpo.jsonl")
     result = {}
+    zero3 = json.loads(Path(args.ds_config).read_text())["zero_optimization"]["stage"] == 3
     for i, name in enumerate(args.methods.split(",")):
+        if zero3 and name in ZERO2_ONLY:  # train.compile refuses ZeRO-3 (tests/test_compile.py)
+            continue
         cfg, patch = load_config(overrides=[*common(args.demo, args.out.parent / "runs"),
                                             f"run.name=m{i}",
                                             *(o.format(demo=args.demo, out=args.out.parent)
-                                              for o in {**METHODS, **FAULTS}[name])])
+                                              for o in {**METHODS, **ZERO2_ONLY, **FAULTS}[name])])
         restore = _nan_on_last_rank(cfg) if name in FAULTS else None
         run_dir = train(cfg, args.ds_config, patch, overwrite=True)
         if restore:
@@ -113,6 +120,9 @@ def main() -> None:
         barrier()
         if env_from_os().is_main:
             result[name] = scalars(run_dir / "tb")
+            if name in ZERO2_ONLY:  # the final checkpoint says how many layers ran compiled
+                meta = json.loads((complete_checkpoints(run_dir)[-1] / "meta.json").read_text())
+                result[name]["compiled_layers"] = [meta["compiled_layers"]]
     if env_from_os().is_main:
         args.out.write_text(json.dumps(result, indent=1))
 

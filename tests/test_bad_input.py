@@ -118,6 +118,10 @@ def _cases(f: dict[str, str], demo: Path, out: str) -> dict[str, tuple[list[str]
         "offload_8bit_adam": (["--ds_config", str(ROOT / "ds_configs" / "zero3_offload.json")] + ok
                               + ["optim.name=adamw8bit"], ["adamw8bit with zero_optimization.offload_optimizer",
                                                            "expected optim.name=adamw"]),
+        "compile_zero3": (z3 + ok + ["train.compile=true"], ["train.compile=true with ZeRO stage 3",
+                                                             "expected a ZeRO-0/1/2 ds_config"]),
+        "compile_rmu": (z2 + ok + ["train.compile=true", "method.forget_loss=rmu", "method.retain_loss=rmu"],
+                        ["train.compile=true with an RMU term", "expected train.compile=false"]),
         "batch_split": (z2 + ok + ["train.global_batch_size=6", "train.micro_batch_size=4"],
                         ["global_batch_size=6 is not a multiple", "micro_batch_size x world size"]),
     }

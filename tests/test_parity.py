@@ -8,7 +8,7 @@ import math
 import pytest
 
 from tests.conftest import ROOT, launch
-from tests.parity_driver import METHODS, UNPACKED
+from tests.parity_driver import COMPILED, METHODS, UNPACKED
 
 pytestmark = pytest.mark.multirank  # 1 and 2 ranks: 2 GPUs where CUDA is present
 
@@ -89,6 +89,23 @@ def test_one_sync_step_equals_deepspeeds_step_in_every_layout(trajectories):
         for tag, series in ours.items():
             worst = max(abs(a - b) / max(1.0, abs(b)) for a, b in zip(series, theirs[tag]))
             assert len(series) == len(theirs[tag]) and worst <= TOLERANCE, (layout, tag, worst)
+
+
+@pytest.mark.slow
+def test_compiled_layers_train_as_the_eager_ones_under_zero2(trajectories):
+    """train.compile (each decoder layer through torch.compile, inductor's CPU kernels here) against
+    the eager layers in the same launch: every logged value within 1e-5 (relative above 1), 1 and 2
+    ranks, so DeepSpeed's gradient hooks see the same gradients from the compiled graph."""
+    for layout, runs in trajectories.items():
+        if layout[0] == "zero3":
+            assert COMPILED not in runs, layout
+            continue
+        ours, eager = dict(runs[COMPILED]), runs["ga+kl+mismatch/joint"]
+        assert ours.pop("compiled_layers") == [4], layout  # the tiny model's 4 layers (meta.json)
+        assert set(ours) == set(eager) and len(ours["forget/loss"]) >= 3, (layout, ours)
+        for tag, series in ours.items():
+            worst = max(abs(a - b) / max(1.0, abs(b)) for a, b in zip(series, eager[tag]))
+            assert len(series) == len(eager[tag]) and worst <= TOLERANCE, (layout, tag, worst)
 
 
 @pytest.mark.slow

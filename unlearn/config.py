@@ -255,6 +255,12 @@ class TrainConfig:
     """ZeRO-1/2: DeepSpeed's optimizer step with the gradient norm read once (one host-device sync a
     step) and without its per-tensor overflow scan and re-pointing (unlearn.train.zero_step); false
     = DeepSpeed's own step, which gives the same weights. ZeRO-3 always runs DeepSpeed's."""
+    compile: bool = False
+    """torch.compile each decoder layer of the policy and of a frozen reference copy (inductor,
+    dynamic shapes: a packed batch's rows and width change every step without recompiling), so a
+    GPU runs a layer's elementwise work in fewer kernels (unlearn.train.engine.compile_layers). Off
+    by default until slurm/bench_gpu.sh measures it on a GPU: on CPUs the first step compiles for
+    ~15 s (tiny model) and later steps are no faster. ZeRO-0/1/2; not with RMU's layer taps."""
 
 
 @dataclass(frozen=True)

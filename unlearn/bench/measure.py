@@ -121,8 +121,13 @@ class Session:
         self.padded += int(out.get("padded_tokens", n_padded))
 
     def count(self, i: int) -> None:
-        """Step i (untimed) under `unlearn.bench.hostcost`: operators and syncs of one step."""
+        """Step i (untimed) under `unlearn.bench.hostcost`: operators and syncs of one step. Not for a
+        compiled variant: under a dispatch mode torch.compile runs the layers eagerly, so the count
+        would be the eager step's (the profiler trace sees a compiled step's kernels)."""
         from unlearn.bench import hostcost
+
+        if variant(self.spec.variant).compile:
+            return
 
         self.host_cost, _ = hostcost.count(self.run_untimed, i)
 

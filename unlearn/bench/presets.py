@@ -47,6 +47,8 @@ class Variant:
     """ours only: train.pack (false: the unpacked step, one padded pass per term, the packed one's reference)."""
     one_sync_step: bool = True
     """ours only: train.one_sync_step (false: DeepSpeed's own ZeRO optimizer step, 3-4 syncs)."""
+    compile: bool = False
+    """ours only: train.compile (each decoder layer through torch.compile; ZeRO-0/1/2)."""
 
 
 VARIANTS = {
@@ -57,6 +59,8 @@ VARIANTS = {
     "ours-bf16": Variant("ours", bf16=True),
     "ours-fp32-dsstep": Variant("ours", one_sync_step=False),
     "ours-bf16-dsstep": Variant("ours", bf16=True, one_sync_step=False),
+    "ours-fp32-compile": Variant("ours", compile=True),
+    "ours-bf16-compile": Variant("ours", bf16=True, compile=True),
     "ours-bf16-ckpt": Variant("ours", bf16=True, gradient_checkpointing=True),
     "ours-fp32-ckpt": Variant("ours", gradient_checkpointing=True),
     "ours-zero3": Variant("ours", ds_config="ds_configs/zero3.json", bf16=True),

@@ -236,6 +236,9 @@ def table(report: dict) -> str:
     if any("host_cost" in r for r in report["results"]):
         lines.append("ops/step, syncs = ATen operators and host-device synchronisations of one counted step "
                      "(device-independent: unlearn/bench/hostcost.py; the JSON names each sync's site)")
+    if any(presets.variant(r["variant"]).compile for r in report["results"]):
+        lines.append("*-compile: no count (torch.compile runs eagerly under the counting dispatch mode); "
+                     "its kernels show in a --trace-steps profile")
     from unlearn.bench import trace
 
     for r in report["results"]:

@@ -59,7 +59,7 @@ def run_config(spec: Spec, v: Variant) -> Config:
         optim=OptimConfig(name=v.optimizer, lr=spec.lr, schedule="constant"),
         train=TrainConfig(micro_batch_size=spec.batch, global_batch_size=spec.batch, seed=spec.seed,
                           max_steps=spec.warmup + spec.steps, pack=v.pack,
-                          one_sync_step=v.one_sync_step),
+                          one_sync_step=v.one_sync_step, compile=v.compile),
         run=RunConfig(name="bench", output_dir=str(Path(spec.model_dir).parent / "runs")))
 
 

@@ -74,6 +74,8 @@ def _meta(cfg: Config, engine, env: DistEnv, step: int, extra: dict[str, Any], f
         "lora": is_peft(engine.module),
         "cpu_threads": torch.get_num_threads(),  # CPU results are reproducible at a fixed count
         "optimizer_step": getattr(engine, "zero_step", "deepspeed"),  # unlearn.train.zero_step
+        # train.compile: the decoder layers that ran through torch.compile (read off the modules)
+        "compiled_layers": sum(getattr(m, "_compiled_call_impl", None) is not None for m in engine.module.modules()),
         "base_model": cfg.model.name_or_path,
         "versions": library_versions(),
         "git_commit": git_commit(),

@@ -237,6 +237,37 @@ def initialize(model, ds: dict[str, Any], cfg: Config, env: DistEnv, max_steps: 
     return engine
 
 
+def check_compile(cfg: Config, ds: dict[str, Any]) -> None:
+    """train.compile's limits, before any weights load."""
+    from unlearn import rmu
+
+    if not cfg.train.compile:
+        return
+    if zero_stage(ds) == 3:
+        raise UserError("train.compile=true with ZeRO stage 3, whose parameter gathering runs inside the layers; "
+                        "expected a ZeRO-0/1/2 ds_config (ds_configs/zero2.json) or train.compile=false")
+    if rmu.selected(cfg.method):
+        raise UserError("train.compile=true with an RMU term, whose layer taps change the compiled layer every "
+                        "step; expected train.compile=false for method rmu")
+
+
+def compile_layers(model) -> int:
+    """torch.compile each decoder layer in place (train.compile); returns how many.
+
+    Each layer is compiled, not the whole model: a layer is one clean function of its hidden states
+    and attention mask, every layer shares one graph (parameters are graph inputs), and the model
+    around it (embeddings, the packed batch's `logits_to_keep` gather, the LM head) stays eager.
+    `dynamic=True`: shapes are symbolic from the first step, so packed batches of new widths and
+    row counts reuse the graph. DeepSpeed's ZeRO-1/2 hooks sit on the parameters' gradient
+    accumulation, outside the graph, and see the same gradients."""
+    from unlearn import rmu
+
+    layers = rmu.decoder_layers(model)
+    for layer in layers:
+        layer.compile(dynamic=True)
+    return len(layers)
+
+
 def reference_engine(model, ds: dict[str, Any]):
     """ZeRO-3 reference: the frozen copy sharded by an engine of its own, without an optimizer."""
     import deepspeed

@@ -95,9 +95,12 @@ def _train(cfg: Config, ds_config: str, ds_patch: dict[str, Any] | None, resume:
 
 
 def load_policy(cfg: Config, dtype: torch.dtype):
-    """The model to train (RMU: only its chosen layers trainable, set before ZeRO partitions them)."""
+    """The model to train (RMU: only its chosen layers trainable, set before ZeRO partitions them;
+    train.compile: its decoder layers compiled)."""
     policy = models.load_policy(cfg.model, dtype)
     rmu.restrict_trainable(policy, cfg.method)
+    if cfg.train.compile:
+        engines.compile_layers(policy)
     return policy
 
 

@@ -65,6 +65,7 @@ def check_config(cfg: Config, ds: dict[str, Any], world_size: int, *, resume: bo
         raise UserError(f"optim.phase_state '{cfg.optim.phase_state}' is unknown; expected one of: "
                         f"{', '.join(PHASE_STATES)}")
     engines.check_run_config(cfg, ds, world_size)
+    engines.check_compile(cfg, ds)
     if cfg.train.max_steps <= 0 and cfg.train.epochs <= 0:
         raise UserError(f"train.max_steps={cfg.train.max_steps}; expected a positive number of optimizer steps "
                         "(or train.epochs > 0)")

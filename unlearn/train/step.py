@@ -57,6 +57,8 @@ class Reference:
                 self.model = engines.reference_engine(ref, ds)
             else:
                 self.model = ref.to(env.device)
+                if cfg.train.compile:  # a graph of its own: no gradients
+                    engines.compile_layers(self.model)
 
     @property
     def module(self) -> torch.nn.Module:
