@@ -25,6 +25,8 @@ def parse(argv: list[str] | None):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--preset", default="tiny", choices=presets.PRESETS)
     p.add_argument("--scale-down", type=int, default=1, help="divide width, heads and depth by this (CPU runs)")
+    p.add_argument("--keep-depth", action="store_true", help="--scale-down divides width and heads only: the "
+                   "preset's layers, so a CPU sees its operators and launches per step")
     p.add_argument("--variants", default="", help=f"comma list or 'all' of: {', '.join(presets.VARIANTS)}")
     p.add_argument("--batch", type=int, default=2, help="samples per term per step (paper: 2)")
     p.add_argument("--max-length", type=int, default=128, help="tokens per sample (baseline pads to this)")

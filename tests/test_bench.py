@@ -85,6 +85,14 @@ def test_preset_shapes_and_parameter_count(tmp_path):
     assert model.config.hidden_size == 64 and model.config.num_hidden_layers == 2
     assert presets.parameter_count(folder) == sum(p.numel() for p in model.parameters())
     assert (folder / "tokenizer.json").is_file()
+    # --keep-depth: the width scaled, the 24 layers kept (a CPU sees OPT-1.3b's operators per step)
+    assert presets.shape("opt-1.3b", 64, keep_depth=True) == {**presets.shape("opt-1.3b", 64), "num_hidden_layers": 24}
+
+
+def test_keep_depth_without_an_opt_preset_is_a_user_error(tmp_path):
+    proc = _bench(["--keep-depth", "--variants", "ours-fp32"], tmp_path)
+    assert proc.returncode == 2
+    assert proc.stderr.strip().splitlines()[-1].startswith("error: --scale-down / --keep-depth apply to the OPT")
 
 
 def test_unknown_variant_is_a_user_error(tmp_path):
@@ -216,3 +224,23 @@ def test_arithmetic_bound_batch_and_grid_points_per_gpu_hour():
     assert rows[1]["points_per_gpu_hour"] == pytest.approx(2 * 3600 / (1000 * 0.16))  # the slower run sets it
     assert rows[2]["status"] == "failed" and rows[2]["errors"] == ["CUDA oom"]
     assert scaling.shared_table(rows, "ours-bf16", 1000).splitlines()[3].split()[:4] == ["2", "0.160", "45.0", "1.25"]
+
+
+@pytest.mark.slow
+def test_bench_gpu_script_trace_part_rehearsed_on_a_cpu(tmp_path):
+    """slurm/bench_gpu.sh as shipped, its trace part at OPT-1.3b / 32 (the scale-down is the only
+    change; the GPU run is the same command without SCALE_DOWN): eager and compiled layers each get a
+    profile, and the eager step's host cost line closes the part."""
+    env = child_env({"PYTHON": sys.executable, "PARTS": "trace", "SCALE_DOWN": "32", "STEPS": "1", "WARMUP": "1",
+                     "BENCH_OUT": str(tmp_path / "bench"), "OMP_NUM_THREADS": "1"})
+    proc = subprocess.run(["bash", str(ROOT / "slurm" / "bench_gpu.sh")], capture_output=True, text=True,
+                          timeout=900, env=env)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-2000:]
+    report = json.loads((tmp_path / "bench" / "opt-1.3b-trace.json").read_text())
+    rows = {r["variant"]: r for r in report["results"]}
+    assert list(rows) == ["ours-bf16", "ours-bf16-compile"] and all(r["status"] == "ok" for r in rows.values())
+    assert all(r["trace"]["steps"] == 3 and r["trace"]["kernels"] > 0 for r in rows.values()), rows
+    for name in rows:
+        assert f"{name}: 3 profiled steps, per step" in proc.stdout
+    assert proc.stdout.splitlines()[-1].startswith("host cost per step: ")
+    assert "'train/zero_step.py:101 _step': 1" in proc.stdout.splitlines()[-1]  # the one sync a step

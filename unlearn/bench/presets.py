@@ -97,8 +97,9 @@ def default_variants(preset: str, cuda: bool) -> tuple[str, ...]:
     return GPU_DEFAULT[preset] if cuda else CPU_DEFAULT
 
 
-def shape(preset: str, scale_down: int = 1) -> dict[str, int]:
-    """OPTConfig keyword arguments of a preset; `scale_down` k divides width, heads and depth by k."""
+def shape(preset: str, scale_down: int = 1, keep_depth: bool = False) -> dict[str, int]:
+    """OPTConfig keyword arguments of a preset; `scale_down` k divides width, heads and depth by k
+    (`keep_depth`: not the depth, so a CPU sees the preset's launches per step: they scale with depth)."""
     if preset not in OPT_SHAPES:
         raise UserError(f"preset '{preset}' has no OPT shape; expected one of: {', '.join(OPT_SHAPES)}")
     if scale_down < 1:
@@ -106,13 +107,13 @@ def shape(preset: str, scale_down: int = 1) -> dict[str, int]:
     hidden, layers, heads, ffn = OPT_SHAPES[preset]
     heads_k = max(1, heads // scale_down)
     head_dim = hidden // heads                       # kept, so attention stays a realistic shape
-    return {"hidden_size": heads_k * head_dim, "num_hidden_layers": max(2, layers // scale_down),
+    return {"hidden_size": heads_k * head_dim, "num_hidden_layers": layers if keep_depth else max(2, layers // scale_down),
             "num_attention_heads": heads_k, "ffn_dim": max(4 * head_dim, ffn // scale_down),
             "vocab_size": 50272, "max_position_embeddings": 2048}
 
 
 def build_model_dir(preset: str, out: Path, tokenizer_dir: Path, scale_down: int = 1,
-                    on_gpu: bool = False) -> Path:
+                    on_gpu: bool = False, keep_depth: bool = False) -> Path:
     """A Hugging Face folder with a random-weight OPT of the preset's shape and the demo tokenizer."""
     import torch
     from transformers import OPTConfig, OPTForCausalLM
@@ -120,7 +121,7 @@ def build_model_dir(preset: str, out: Path, tokenizer_dir: Path, scale_down: int
     out = Path(out)
     if (out / "config.json").is_file():
         return out
-    kw = shape(preset, scale_down)
+    kw = shape(preset, scale_down, keep_depth)
     config = OPTConfig(**kw, word_embed_proj_dim=kw["hidden_size"], pad_token_id=1, bos_token_id=2,
                        eos_token_id=2, dropout=0.1, attention_dropout=0.0, activation_dropout=0.0)
     torch.manual_seed(0)

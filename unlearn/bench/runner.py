@@ -31,6 +31,8 @@ BASELINE_BYTES_PER_PARAM = 20
 class Options:
     preset: str = "tiny"
     scale_down: int = 1
+    keep_depth: bool = False
+    """--scale-down divides width and heads only (launches per step scale with depth)."""
     variants: tuple[str, ...] = ()
     """Empty = presets.default_variants for the preset and device."""
     repeats: int = 1
@@ -54,13 +56,14 @@ def prepare(opts: Options, spec: Spec, cuda: bool) -> Spec:
     if not (demo_dir / "init" / "config.json").is_file():
         demo.build(demo_dir)
     if opts.preset == "tiny":
-        if opts.scale_down != 1:
-            raise UserError("--scale-down applies to the OPT presets; expected it with --preset opt-*")
+        if opts.scale_down != 1 or opts.keep_depth:
+            raise UserError("--scale-down / --keep-depth apply to the OPT presets; expected them with --preset opt-*")
         model_dir = demo_dir / "init"
     else:
         name = opts.preset if opts.scale_down == 1 else f"{opts.preset}-div{opts.scale_down}"
+        name += "-deep" if opts.keep_depth and opts.scale_down != 1 else ""
         model_dir = presets.build_model_dir(opts.preset, work / "models" / name, demo_dir / "init",
-                                            opts.scale_down, on_gpu=cuda)
+                                            opts.scale_down, on_gpu=cuda, keep_depth=opts.keep_depth)
     return replace(spec, model_dir=str(model_dir), forget=opts.forget or str(demo_dir / "harmful.jsonl"),
                    retain=opts.retain or str(demo_dir / "normal.jsonl"))
 
@@ -188,7 +191,8 @@ def run(opts: Options, spec: Spec) -> dict:
                     row[out] = ratio
         if opts.preset == "opt-1.3b" and opts.scale_down == 1 and row["status"] == "ok" and cuda:
             row["speedup_vs_paper_step"] = PAPER_OPT13B_STEP_S / row["step_s"]
-    return {"preset": opts.preset, "scale_down": opts.scale_down, "parameters": n_params,
+    return {"preset": opts.preset, "scale_down": opts.scale_down, "keep_depth": opts.keep_depth,
+            "parameters": n_params,
             "device": gpu_name or "cpu", "peak_bf16_flops": peak, "spec": spec.to_json(),
             "repeats": opts.repeats, "isolated": not (opts.in_process or opts.interleave),
             "interleaved_steps": opts.interleave, "padding": pads, "results": rows}
@@ -214,7 +218,8 @@ def table(report: dict) -> str:
     how = ("variants took turns step by step in one process (peak memory cumulative), x base / x dynpad = "
            "median of same-step ratios" if report.get("interleaved_steps") else
            "x base / x dynpad = median of same-round ratios")
-    lines = [f"{report['preset']} (x1/{report['scale_down']}, {report['parameters'] / 1e6:.1f}M params) on "
+    scale = f"x1/{report['scale_down']}" + (" width, full depth" if report.get("keep_depth") else "")
+    lines = [f"{report['preset']} ({scale}, {report['parameters'] / 1e6:.1f}M params) on "
              f"{report['device']}, batch {report['spec']['batch']}; medians of {report['repeats']} interleaved "
              f"rounds, spread = (max - min) / median, {how} (CPU time)", head]
     for r in report["results"]:
@@ -264,7 +269,8 @@ def main(args) -> None:
                                                                    args.trace_steps) < 0:
         raise UserError("--batch, --steps, --repeats and --max-length must be >= 1; "
                         "--warmup, --mismatch-pass-cost and --trace-steps >= 0")
-    opts = Options(preset=args.preset, scale_down=args.scale_down, variants=names, repeats=repeats,
+    opts = Options(preset=args.preset, scale_down=args.scale_down, keep_depth=args.keep_depth, variants=names,
+                   repeats=repeats,
                    in_process=in_process, interleave=args.interleave, work_dir=args.work_dir, forget=args.forget,
                    retain=args.retain)
     spec = Spec(variant="", model_dir="", forget="", retain="", batch=args.batch, max_length=args.max_length,
