@@ -25,8 +25,7 @@ def parse(argv: list[str] | None):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--preset", default="tiny", choices=presets.PRESETS)
     p.add_argument("--scale-down", type=int, default=1, help="divide width, heads and depth by this (CPU runs)")
-    p.add_argument("--keep-depth", action="store_true", help="--scale-down divides width and heads only: the "
-                   "preset's layers, so a CPU sees its operators and launches per step")
+    p.add_argument("--keep-depth", action="store_true", help="with --scale-down: the preset's layers kept")
     p.add_argument("--variants", default="", help=f"comma list or 'all' of: {', '.join(presets.VARIANTS)}")
     p.add_argument("--batch", type=int, default=2, help="samples per term per step (paper: 2)")
     p.add_argument("--max-length", type=int, default=128, help="tokens per sample (baseline pads to this)")
@@ -45,8 +44,7 @@ def parse(argv: list[str] | None):
                    "by step; ratios per step (precise on a shared machine; peak memory is then cumulative)")
     p.add_argument("--smoke", action="store_true", help="CI: all variants, 1 step, no warm-up, in-process")
     p.add_argument("--checksums", action="store_true", help="GB/s of checkpoint checksums vs a save (--preset)")
-    p.add_argument("--trace-steps", type=int, default=0, help="profile this many steps after the timed ones "
-                   "and print where the time went: kernel families, host gaps, each package's share")
+    p.add_argument("--trace-steps", type=int, default=0, help="profile N steps after the timed ones: kernels, gaps")
     p.add_argument("--trace-dir", default="", help="profiler traces (default: WORK_DIR/traces/PRESET)")
     p.add_argument("--json", default="", help="also write the report here")
     return p.parse_args(argv)
