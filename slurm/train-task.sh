@@ -33,7 +33,10 @@ relay_stops USR1
 first=$(scontrol show hostnames "$SLURM_JOB_NODELIST" | head -n 1)
 MASTER_ADDR=$(scontrol show node "$first" | grep -o 'NodeAddr=[^ ]*' | cut -d= -f2)
 export MASTER_ADDR=${MASTER_ADDR:-$first}
-export MASTER_PORT=$((20000 + SLURM_JOB_ID % 20000))   # one port per job: tasks may share a host
+# A port free now on this host, the allocation's first node, where rank 0 runs: a port derived from the
+# job id collided with whatever held it (any outgoing connection may), and the run failed for good.
+MASTER_PORT=$("$PY" -c 'from unlearn.sweep.jobs import free_ports; print(free_ports(1)[0])') || exit 1
+export MASTER_PORT
 JOB=${SLURM_ARRAY_JOB_ID}_$SLURM_ARRAY_TASK_ID
 # The runs to train now: all, or those a requeue of this task named (the others ended for good).
 RUNS=("${names[@]}")

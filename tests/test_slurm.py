@@ -341,6 +341,68 @@ def test_two_node_run_preempted_and_requeued_resumes(slurm_env, demo_dir, tmp_pa
         assert "step      1/40" not in later
 
 
+class _PortsOfTheNextJobsHeld:
+    """Listening sockets on the rendezvous ports that the next few jobs' ids would have given: 20000 +
+    id % 20000 (slurm/train-task.sh) and 20000 + int(id's digits) % 20000 (submitit; array task N_0 ->
+    N0). What a run that was handed such a port meets when another program holds it."""
+
+    def __init__(self, env: dict[str, str], jobs: int = 6):
+        import socket
+
+        probe = _run(["sbatch", "--parsable", "--hold", "--output=/dev/null", "--wrap", "true"], env).strip()
+        _run(["scancel", probe], env)
+        ids = range(int(probe) + 1, int(probe) + 1 + jobs)
+        self.ports = sorted({20000 + i % 20000 for i in ids} | {20000 + int(f"{i}0") % 20000 for i in ids})
+        self.socks = []
+        for port in self.ports:
+            sock = socket.socket()
+            try:
+                sock.bind(("", port))
+                sock.listen()
+                self.socks.append(sock)
+            except OSError:  # held already: all the better
+                sock.close()
+
+    def close(self) -> None:
+        for sock in self.socks:
+            sock.close()
+
+
+@pytest.mark.parametrize("route", ["sbatch", "submitit"])
+def test_a_rendezvous_port_held_by_another_program_costs_no_run(slurm_env, demo_dir, tmp_path, route):
+    """A run over 2 nodes while another program listens on the port its job id would have given it
+    (held from before submission). The ranks meet on a port free on rank 0's host, chosen there
+    (train-task.sh; TrainJob through a file in the sweep folder), and the run completes. Before: its
+    first start failed with "port ... is in use by another program" (exit 2, a user error, never
+    retried): the grid point was lost (seen once in CI, held by an outgoing connection)."""
+    profile = yaml.safe_load((ROOT / "slurm/profiles/local.yaml").read_text())
+    profile["train"]["nodes"] = 2
+    (tmp_path / "two_nodes.yaml").write_text(yaml.safe_dump(profile))
+    grid = _one_point_grid(tmp_path, "port", eval={"enabled": False}, base={"train": {"max_steps": 2}})
+    held = _PortsOfTheNextJobsHeld(slurm_env)
+    sweep_dir = tmp_path / "port"
+    try:
+        cmd = ["bash", "slurm/sweep.sh"] if route == "sbatch" else [sys.executable, "launch/sweep.py", "--executor",
+                                                                    "slurm"]
+        _run([*cmd, str(grid), "--profile", str(tmp_path / "two_nodes.yaml"), *TINY, "train.global_batch_size=4",
+              *_demo_overrides(demo_dir)], slurm_env)
+        jobs = _jobs(sweep_dir) if route == "sbatch" else dict(
+            line.split(" ", 1) for line in (sweep_dir / "submitit_jobs.txt").read_text().splitlines())
+        task = f"{jobs['train']}_0" if route == "sbatch" else jobs["train"]
+        rows = _wait_done([task.split("_")[0], jobs["report"]], slurm_env, timeout=240, expect=2)
+    finally:
+        held.close()
+        _cancel(sweep_dir, slurm_env) if route == "sbatch" else None
+    run = sweep_dir / "runs" / "lr=0.0001"
+    logs = "".join(p.read_text() for p in sweep_dir.rglob("*") if p.is_file() and p.suffix in (".out", ".err"))
+    assert rows[task]["State"] == "COMPLETED" and rows[task]["NodeList"] == "n[1-2]", (rows, logs[-3000:])
+    assert "in use by another program" not in logs
+    assert (run / "train.exit").read_text() == "0\n" and not (run / "train.retries").exists()
+    meta = json.loads((run / "checkpoints" / "step-000002" / "meta.json").read_text())
+    assert meta["world_size"] == 2
+    assert _status(sweep_dir, slurm_env).stdout.count(" done ") == 1
+
+
 def test_submitit_preempted_job_requeues_and_resumes(slurm_env, demo_dir, tmp_path):
     """A stop sent to the whole job, batch shell included (`scancel --full --signal=TERM`, as some sites
     preempt): the batch shell passes it on as submitit's preemption signal (USR2), TrainJob.checkpoint

@@ -96,8 +96,10 @@ class TrainJob:
 
         if len(self.names) == 1:
             addr = _node_addr(job.hostnames[0]) if job.num_nodes > 1 else "127.0.0.1"
+            port = rendezvous_port(Path(self.sweep_dir) / "logs" / f".port-{self._job.replace(' ', '-')}",
+                                   job.global_rank, job.num_tasks)
             ranks = [{"RANK": str(job.global_rank), "LOCAL_RANK": str(job.local_rank),
-                      "WORLD_SIZE": str(job.num_tasks), "MASTER_ADDR": addr, "MASTER_PORT": str(_port(job.job_id))}]
+                      "WORLD_SIZE": str(job.num_tasks), "MASTER_ADDR": addr, "MASTER_PORT": str(port)}]
         else:  # a free rendezvous port each
             ranks = [{"RANK": "0", "LOCAL_RANK": "0", "WORLD_SIZE": "1", "MASTER_ADDR": "127.0.0.1",
                       "MASTER_PORT": str(port)} for port in free_ports(len(names))]
@@ -258,21 +260,39 @@ def _node_addr(node: str) -> str:
 
 
 def free_ports(count: int) -> list[int]:
-    """`count` distinct free ports on this host (all bound at once, then released); slurm/train-task.sh
-    asks for its K runs' rendezvous ports here too."""
+    """`count` distinct ports free on every interface of this host (all bound at once, then released):
+    the rendezvous ports of a task's runs. slurm/train-task.sh asks here too."""
     import socket
 
     socks = [socket.socket() for _ in range(count)]
     try:
         for sock in socks:
-            sock.bind(("127.0.0.1", 0))
+            sock.bind(("", 0))
         return [sock.getsockname()[1] for sock in socks]
     finally:
         for sock in socks:
             sock.close()
 
 
-def _port(job_id: str) -> int:
-    """A rendezvous port per job, so tasks sharing a host do not collide (array ids look like 12_3)."""
-    digits = "".join(c for c in job_id if c.isdigit()) or "0"
-    return 20000 + int(digits) % 20000
+def rendezvous_port(file: Path, rank: int, ranks: int, timeout: float = 300.0) -> int:
+    """The port where a run's ranks meet: one free on rank 0's host, chosen there and passed to the
+    other ranks through `file` (on the sweep's shared folder; one per job incarnation).
+
+    A port derived from the job id (as before) collided with whatever held it: in an ephemeral range
+    any outgoing connection may, and the run then failed for good (a port in use is a user error)."""
+    import time
+
+    if ranks == 1:
+        return free_ports(1)[0]
+    if rank == 0:
+        port = free_ports(1)[0]
+        tmp = file.with_name(file.name + ".tmp")
+        tmp.write_text(f"{port}\n")
+        tmp.replace(file)  # whole or absent: a rank never reads half a number
+        return port
+    end = time.time() + timeout
+    while not file.is_file():
+        if time.time() > end:
+            raise RuntimeError(f"rank {rank}: rank 0 named no rendezvous port in {file} within {timeout:.0f} s")
+        time.sleep(0.2)
+    return int(file.read_text())
