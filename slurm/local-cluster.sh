@@ -122,7 +122,12 @@ AccountingStoragePort=$DBD_PORT
 AccountingStoragePass=$SOCK
 JobAcctGatherType=jobacct_gather/linux
 NodeName=n[1-$NODES] NodeHostname=localhost NodeAddr=127.0.0.1 Port=[$NODE_PORT0-$((NODE_PORT0 + NODES - 1))] CPUs=$CPUS RealMemory=$mem State=UNKNOWN
-PartitionName=debug Nodes=ALL Default=YES MaxTime=INFINITE State=UP
+# Preemption as sites run it: a job in "urgent" (higher PriorityTier) that needs a node takes it from the
+# debug jobs there; they get SIGCONT + SIGTERM, SIGKILL GraceTime s later, and SLURM requeues them.
+PreemptType=preempt/partition_prio
+PreemptMode=REQUEUE
+PartitionName=debug Nodes=ALL Default=YES MaxTime=INFINITE State=UP PriorityTier=1 GraceTime=30
+PartitionName=urgent Nodes=ALL MaxTime=INFINITE State=UP PriorityTier=2 PreemptMode=OFF
 CONF
   # read by the cgroup plugins only. Nothing constrained: the nodes advertise more CPUs than the host
   # has, and jobs stay within the memory of the container this runs in.

@@ -489,6 +489,44 @@ def _rank(sweep_dir: Path):
     return max(ranks, key=lambda proc: proc.info["create_time"], default=None)
 
 
+@pytest.mark.parametrize("route", ["sbatch", "submitit"])
+def test_a_run_preempted_by_the_scheduler_requeues_and_resumes(slurm_env, demo_dir, tmp_path, route):
+    """Preemption by slurmctld itself (slurm/local-cluster.sh: PreemptType=preempt/partition_prio,
+    PreemptMode=REQUEUE, GraceTime=30 on debug): a job in the higher-tier partition "urgent" that needs the
+    node of a training task. SLURM signals the task's step (SIGTERM), the run saves at its next step and
+    exits 3, and the task requeues itself; SLURM would not: a preempted job that ends within its grace
+    time ends COMPLETED, however it ended. The run resumes from its checkpoint once the node is free,
+    with no retry counted, and completes."""
+    grid = _one_point_grid(tmp_path, "pre", eval={"enabled": False},
+                           base={"train": {"max_steps": 40, "save_every_n_steps": 4}})
+    cmd = ["bash", "slurm/sweep.sh"] if route == "sbatch" else [sys.executable, "launch/sweep.py", "--executor", "slurm"]
+    _run([*cmd, str(grid), *TINY, *_demo_overrides(demo_dir)], slurm_env)
+    sweep_dir = tmp_path / "pre"
+    jobs = _jobs(sweep_dir) if route == "sbatch" else dict(
+        line.split(" ", 1) for line in (sweep_dir / "submitit_jobs.txt").read_text().splitlines())
+    task = f"{jobs['train']}_0" if route == "sbatch" else jobs["train"]
+    run = sweep_dir / "runs" / "lr=0.0001"
+    urgent = ""
+    try:
+        _until("step-4 checkpoint", lambda: (run / "checkpoints" / "step-000004" / "COMPLETE").exists())
+        node = _run(["squeue", "-h", "-j", task, "-o", "%N"], slurm_env).strip()
+        urgent = _run(["sbatch", "--parsable", "-p", "urgent", "-w", node, "--exclusive", "--output=/dev/null",
+                       "--wrap", "sleep 2"], slurm_env).strip()
+        rows = _wait_done([task.split("_")[0], jobs["report"], urgent], slurm_env, timeout=240, expect=3)
+    finally:
+        subprocess.run(["scancel", *[j for v in jobs.values() for j in v.split()]], env=slurm_env)
+    logs = "".join(p.read_text() for p in sorted(sweep_dir.rglob("*")) if p.is_file() and p.suffix in (".out", ".err"))
+    assert rows[task]["State"] == "COMPLETED" and rows[urgent]["State"] == "COMPLETED", (rows, logs[-3000:])
+    states = _run(["sacct", "-X", "-n", "-P", "-j", task, "-D", "-o", "State"], slurm_env).split()
+    assert states == ["REQUEUED", "COMPLETED"], (states, logs[-3000:])
+    saved = [int(s) for s in re.findall(r"preempted at step (\d+): checkpoint saved", logs)]
+    resumed = [int(s) for s in re.findall(r"resumed from \S+ at step (\d+)", logs)]
+    assert len(saved) == 1 and resumed == saved and 4 <= saved[0] < 40, logs[-3000:]
+    assert _t(rows[urgent]["Start"]) <= _t(rows[task]["Start"])  # the requeued task waited for the node
+    assert (run / "train.exit").read_text() == "0\n" and not (run / "train.retries").exists()
+    assert (run / "checkpoints" / "step-000040" / "COMPLETE").is_file()
+
+
 def test_sbatch_sweep_survives_stops_crashes_and_a_lost_node(slurm_env, demo_dir, tmp_path):
     """One run, max_retries 1, checkpoints every 20 of 80 steps, four faults in a row:
     1. `scancel --full --signal=TERM` (the batch shell too, as some sites preempt): the run saves, the
