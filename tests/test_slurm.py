@@ -382,17 +382,14 @@ def test_a_rendezvous_port_held_by_another_program_costs_no_run(slurm_env, demo_
     held = _PortsOfTheNextJobsHeld(slurm_env)
     sweep_dir = tmp_path / "port"
     try:
-        cmd = ["bash", "slurm/sweep.sh"] if route == "sbatch" else [sys.executable, "launch/sweep.py", "--executor",
-                                                                    "slurm"]
-        _run([*cmd, str(grid), "--profile", str(tmp_path / "two_nodes.yaml"), *TINY, "train.global_batch_size=4",
-              *_demo_overrides(demo_dir)], slurm_env)
-        jobs = _jobs(sweep_dir) if route == "sbatch" else dict(
-            line.split(" ", 1) for line in (sweep_dir / "submitit_jobs.txt").read_text().splitlines())
+        _run([*SUBMIT[route], str(grid), "--profile", str(tmp_path / "two_nodes.yaml"), *TINY,
+              "train.global_batch_size=4", *_demo_overrides(demo_dir)], slurm_env)
+        jobs = _jobs(sweep_dir)
         task = f"{jobs['train']}_0" if route == "sbatch" else jobs["train"]
         rows = _wait_done([task.split("_")[0], jobs["report"]], slurm_env, timeout=240, expect=2)
     finally:
         held.close()
-        _cancel(sweep_dir, slurm_env) if route == "sbatch" else None
+        _cancel(sweep_dir, slurm_env)
     run = sweep_dir / "runs" / "lr=0.0001"
     logs = "".join(p.read_text() for p in sweep_dir.rglob("*") if p.is_file() and p.suffix in (".out", ".err"))
     assert rows[task]["State"] == "COMPLETED" and rows[task]["NodeList"] == "n[1-2]", (rows, logs[-3000:])
@@ -446,15 +443,24 @@ def _one_point_grid(tmp_path: Path, name: str, **keys) -> Path:
     return grid
 
 
+def _jobs_file(sweep_dir: Path) -> Path:
+    """The sweep's job ids: jobs.txt (slurm/sweep.sh) or submitit_jobs.txt (launch/sweep.py)."""
+    return sweep_dir / "jobs.txt" if (sweep_dir / "jobs.txt").is_file() else sweep_dir / "submitit_jobs.txt"
+
+
 def _jobs(sweep_dir: Path) -> dict[str, str]:
-    return dict(line.split(" ", 1) for line in (sweep_dir / "jobs.txt").read_text().splitlines())
+    return dict(line.split(" ", 1) for line in _jobs_file(sweep_dir).read_text().splitlines())
 
 
 def _cancel(sweep_dir: Path, env: dict[str, str]) -> None:
     """Cancel whatever of the sweep is still queued (a failed test leaves nothing behind)."""
-    if (sweep_dir / "jobs.txt").is_file():
+    if _jobs_file(sweep_dir).is_file():
         ids = [j for v in _jobs(sweep_dir).values() for j in v.split()]
         subprocess.run(["scancel", *ids], env=env, capture_output=True)
+
+
+SUBMIT = {"sbatch": ["bash", "slurm/sweep.sh"], "submitit": [sys.executable, "launch/sweep.py", "--executor", "slurm"]}
+"""The two routes of a sweep onto the cluster."""
 
 
 def _until(what: str, check, timeout: float = 180, every: float = 0.2):
@@ -499,11 +505,9 @@ def test_a_run_preempted_by_the_scheduler_requeues_and_resumes(slurm_env, demo_d
     with no retry counted, and completes."""
     grid = _one_point_grid(tmp_path, "pre", eval={"enabled": False},
                            base={"train": {"max_steps": 40, "save_every_n_steps": 4}})
-    cmd = ["bash", "slurm/sweep.sh"] if route == "sbatch" else [sys.executable, "launch/sweep.py", "--executor", "slurm"]
-    _run([*cmd, str(grid), *TINY, *_demo_overrides(demo_dir)], slurm_env)
+    _run([*SUBMIT[route], str(grid), *TINY, *_demo_overrides(demo_dir)], slurm_env)
     sweep_dir = tmp_path / "pre"
-    jobs = _jobs(sweep_dir) if route == "sbatch" else dict(
-        line.split(" ", 1) for line in (sweep_dir / "submitit_jobs.txt").read_text().splitlines())
+    jobs = _jobs(sweep_dir)
     task = f"{jobs['train']}_0" if route == "sbatch" else jobs["train"]
     run = sweep_dir / "runs" / "lr=0.0001"
     urgent = ""
@@ -514,7 +518,7 @@ def test_a_run_preempted_by_the_scheduler_requeues_and_resumes(slurm_env, demo_d
                        "--wrap", "sleep 2"], slurm_env).strip()
         rows = _wait_done([task.split("_")[0], jobs["report"], urgent], slurm_env, timeout=240, expect=3)
     finally:
-        subprocess.run(["scancel", *[j for v in jobs.values() for j in v.split()]], env=slurm_env)
+        _cancel(sweep_dir, slurm_env)
     logs = "".join(p.read_text() for p in sorted(sweep_dir.rglob("*")) if p.is_file() and p.suffix in (".out", ".err"))
     assert rows[task]["State"] == "COMPLETED" and rows[urgent]["State"] == "COMPLETED", (rows, logs[-3000:])
     states = _run(["sacct", "-X", "-n", "-P", "-j", task, "-D", "-o", "State"], slurm_env).split()
