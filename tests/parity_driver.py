@@ -99,13 +99,14 @@ def main() -> None:
     from unlearn.config_io import load_config
     from unlearn.distributed import barrier, env_from_os
     from unlearn.runs import complete_checkpoints
+    from unlearn.train import engine as engines
     from unlearn.train.loop import train
 
     # every rank writes the same table and renames it into place (atomic: no rank reads a partial file)
     own = dpo_forget_file(args.demo, args.out.parent / f".dpo.rank{env_from_os().rank}.jsonl")
     own.replace(args.out.parent / "dpo.jsonl")
     result = {}
-    zero3 = json.loads(Path(args.ds_config).read_text())["zero_optimization"]["stage"] == 3
+    zero3 = engines.zero_stage(engines.read_ds_config(args.ds_config)) == 3
     for i, name in enumerate(args.methods.split(",")):
         if zero3 and name in ZERO2_ONLY:  # train.compile refuses ZeRO-3 (tests/test_compile.py)
             continue

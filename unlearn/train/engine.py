@@ -16,7 +16,7 @@ from typing import Any
 
 import torch
 
-from unlearn import textfiles
+from unlearn import rmu, textfiles
 from unlearn.config import Config
 from unlearn.config_io import deep_merge
 from unlearn.distributed import DistEnv
@@ -239,8 +239,6 @@ def initialize(model, ds: dict[str, Any], cfg: Config, env: DistEnv, max_steps: 
 
 def check_compile(cfg: Config, ds: dict[str, Any]) -> None:
     """train.compile's limits, before any weights load."""
-    from unlearn import rmu
-
     if not cfg.train.compile:
         return
     if zero_stage(ds) == 3:
@@ -260,8 +258,6 @@ def compile_layers(model) -> int:
     `dynamic=True`: shapes are symbolic from the first step, so packed batches of new widths and
     row counts reuse the graph. DeepSpeed's ZeRO-1/2 hooks sit on the parameters' gradient
     accumulation, outside the graph, and see the same gradients."""
-    from unlearn import rmu
-
     layers = rmu.decoder_layers(model)
     for layer in layers:
         layer.compile(dynamic=True)
